@@ -1,0 +1,163 @@
+"""`crmsync`: the one command line that fronts everything (infra, Campaign db, services, sandboxes, demo)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crmsync import config, infra, logs, pg
+from crmsync.config import ConfigError, Settings
+
+app = typer.Typer(help="crmsync: two-way CRM ⇄ Campaign sync over Kafka.", no_args_is_help=True)
+infra_app = typer.Typer(help="Start, stop and inspect the embedded broker and PostgreSQL.", no_args_is_help=True)
+campaign_app = typer.Typer(help="The Campaign (marketing) database.", no_args_is_help=True)
+capture_app = typer.Typer(help="Change capture of the Campaign database.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(capture_app, name="capture")
+console = Console()
+SERVICES = ("capture",)
+
+
+def _sandbox_app() -> typer.Typer | None:
+    try:
+        from services.sandboxes.cli import sandbox_app
+    except ImportError:
+        return None
+    return sandbox_app
+
+
+if (_sandboxes := _sandbox_app()) is not None:
+    app.add_typer(_sandboxes, name="sandbox")
+
+
+@app.callback()
+def main(ctx: typer.Context,
+         config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="crmsync.yaml to use",
+                                                    envvar="CRMSYNC_CONFIG")) -> None:
+    ctx.obj = {"config_file": config_file}
+
+
+def settings(ctx: typer.Context) -> Settings:
+    """Load the configuration once per command; a bad file ends the command with its explanation."""
+    if "settings" not in ctx.obj:
+        try:
+            ctx.obj["settings"] = config.load(ctx.obj["config_file"])
+        except ConfigError as exc:
+            console.print(f"[red]configuration error[/red]\n{exc}", highlight=False)
+            raise typer.Exit(2)
+    return ctx.obj["settings"]
+
+
+def endpoints(ctx: typer.Context, migrate: bool = True) -> infra.Endpoints:
+    found = infra.up(settings(ctx))
+    if migrate:
+        pg.migrate(found.campaign_dsn)
+    return found
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """Validate the configuration and print it (secrets masked)."""
+    console.print_json(settings(ctx).model_dump_json())
+
+
+# -- infra --------------------------------------------------------------------------------------------------
+@infra_app.command("up")
+def infra_up(ctx: typer.Context) -> None:
+    """Start the embedded broker and PostgreSQL (unless configured to use external ones) and migrate."""
+    found = endpoints(ctx)
+    console.print(f"broker     {found.bootstrap_servers}\npostgresql {found.campaign_dsn}")
+
+
+@infra_app.command("down")
+def infra_down(ctx: typer.Context) -> None:
+    """Stop the embedded services (the broker is memory-only: its topics are gone afterwards)."""
+    stopped = infra.down(settings(ctx))
+    for name, was_running in stopped.items():
+        console.print(f"{name}: {'stopped' if was_running else 'not running'}")
+
+
+@infra_app.command("status")
+def infra_status(ctx: typer.Context) -> None:
+    status = infra.status(settings(ctx))
+    for name, info in status.items():
+        console.print(f"{name}: {json.dumps(info) if info else 'not running'}")
+    if not all(status.values()):
+        raise typer.Exit(1)
+
+
+# -- Campaign database ----------------------------------------------------------------------------------------
+@campaign_app.command("migrate")
+def campaign_migrate(ctx: typer.Context) -> None:
+    """Apply pending migrations of the Campaign database (also done by every service on start)."""
+    found = endpoints(ctx, migrate=False)
+    applied = pg.migrate(found.campaign_dsn)
+    console.print("applied: " + (", ".join(applied) if applied else "nothing, schema is current"))
+
+
+@campaign_app.command("seed")
+def campaign_seed(ctx: typer.Context, recipients: int = typer.Option(1000, min=1),
+                  seed: int = typer.Option(42, help="same seed, same data"),
+                  first_person: int = typer.Option(0, help="index of the first generated person")) -> None:
+    """Fill the Campaign database with realistic recipients, organisations and purchases (COPY, fast)."""
+    from rich.progress import Progress
+
+    from crmsync.campaign.seed import seed as run_seed
+
+    found = endpoints(ctx)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("seeding recipients", total=recipients)
+        counts = run_seed(found.campaign_dsn, recipients, seed=seed, first_person=first_person,
+                          progress=lambda n: progress.advance(task, n))
+    console.print(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+# -- services -------------------------------------------------------------------------------------------------
+@app.command("service")
+def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}"),
+            log_level: str = typer.Option("INFO")) -> None:
+    """Run one service in the foreground (what a container runs)."""
+    if name not in SERVICES:
+        console.print(f"[red]unknown service {name!r}[/red]; choose one of: {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    logs.setup(name, log_level)
+    found = endpoints(ctx)
+    if name == "capture":
+        from services.capture.service import CaptureConfigError, main as capture_main
+
+        try:
+            capture_main(settings(ctx), found.bootstrap_servers, found.campaign_dsn)
+        except CaptureConfigError as exc:
+            console.print(f"[red]change capture cannot start:[/red] {exc}", highlight=False)
+            raise typer.Exit(2)
+
+
+@capture_app.command("status")
+def capture_status(ctx: typer.Context) -> None:
+    """Replication slot position and lag in bytes."""
+    from services.capture.service import read_slot_status
+
+    found = endpoints(ctx)
+    with pg.connect(found.campaign_dsn, autocommit=True) as conn:
+        console.print_json(json.dumps(read_slot_status(conn, settings(ctx).campaign.slot_name)))
+
+
+@app.command("demo")
+def demo(ctx: typer.Context, recipients: int = typer.Option(1000, min=1),
+         exit_after: Optional[float] = typer.Option(None, help="stop after this many seconds (for scripts)")) -> None:
+    """Embedded infra + Campaign database + change capture, with a live count of captured changes."""
+    from crmsync.demo import run_capture_demo
+
+    found = endpoints(ctx)
+    run_capture_demo(settings(ctx), found, recipients=recipients, exit_after=exit_after, console=console)
+
+
+if __name__ == "__main__":
+    app()

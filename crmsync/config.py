@@ -1,0 +1,159 @@
+"""crmsync configuration: one YAML file (`crmsync.yaml`), validated by pydantic, with environment overrides.
+
+Precedence, highest first: environment (`KAFKA_BOOTSTRAP_SERVERS`, `CAMPAIGN_DSN`, `CRMSYNC_STATE_DIR`),
+then the file, then the embedded defaults (a broker and a PostgreSQL that crmsync starts itself).
+A bad file is reported as ``<file>: <key.path>: <what is expected>`` so the user knows what to fix.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+DEFAULT_CONFIG_FILE = "crmsync.yaml"
+DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the user: file, key, expectation."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Strict):
+    bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; empty = embedded broker")
+    partitions: int = Field(4, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1)
+
+
+class CampaignSettings(_Strict):
+    dsn: str | None = Field(None, description="PostgreSQL DSN; empty = embedded PostgreSQL")
+    name: str = Field("campaign", description="logical name of the Campaign database, used in topic names")
+    capture_tables: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPTURE_TABLES))
+    slot_name: str = "crmsync"
+    publication: str = "crmsync"
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    poll_interval_seconds: float = Field(0.05, gt=0)
+    batch_changes: int = Field(5000, ge=1)
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_is_postgres(cls, value: str | None) -> str | None:
+        if value and not (value.startswith(("postgresql://", "postgres://")) or "=" in value):
+            raise ValueError("expected a PostgreSQL DSN such as postgresql://user@host:5432/campaign")
+        return value
+
+
+def _https_only(value: str) -> str:
+    if not value.startswith("https://"):
+        raise ValueError(f"must be an https:// URL (got {value!r}); crmsync talks to CRMs over HTTPS only")
+    return value.rstrip("/")
+
+
+class SalesforceAccount(_Strict):
+    type: Literal["salesforce"] = "salesforce"
+    login_url: str = "https://login.salesforce.com"
+    username: str
+    password: SecretStr
+    security_token: SecretStr = SecretStr("")
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    sandbox: bool = False
+    api_version: str = "59.0"
+    ca_file: Path | None = Field(None, description="extra CA bundle, e.g. the local sandbox CA")
+    auth: Literal["oauth", "soap"] = "oauth"
+
+    _check_url = field_validator("login_url")(classmethod(lambda cls, v: _https_only(v)))
+
+    @field_validator("api_version")
+    @classmethod
+    def _version_form(cls, value: str) -> str:
+        cleaned = value.lstrip("vV")
+        try:
+            float(cleaned)
+        except ValueError:
+            raise ValueError(f"expected an API version like '59.0' (got {value!r})") from None
+        return cleaned
+
+
+Account = Annotated[Union[SalesforceAccount], Field(discriminator="type")]
+ACCOUNT_TYPES = ("salesforce",)
+
+
+class Settings(_Strict):
+    state_dir: Path = Path(".crmsync")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    campaign: CampaignSettings = Field(default_factory=CampaignSettings)
+    accounts: dict[str, Account] = Field(default_factory=dict)
+    mappings: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return not self.kafka.bootstrap_servers
+
+    @property
+    def uses_embedded_postgres(self) -> bool:
+        return not self.campaign.dsn
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        if len(loc) > 2 and loc[0] == "accounts" and loc[2] in ACCOUNT_TYPES:
+            del loc[2]  # the discriminated-union tag is noise for the user
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see docs/configuration.md)"
+        got = item.get("input")
+        quiet = item["type"] in ("missing", "extra_forbidden", "value_error") or isinstance(got, dict)
+        suffix = "" if quiet else f" (got {got!r})"
+        lines.append(f"{source}: {path}: {message}{suffix}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        data.setdefault("kafka", {})["bootstrap_servers"] = environ["KAFKA_BOOTSTRAP_SERVERS"]
+    if environ.get("CAMPAIGN_DSN"):
+        data.setdefault("campaign", {})["dsn"] = environ["CAMPAIGN_DSN"]
+    if environ.get("CRMSYNC_STATE_DIR"):
+        data["state_dir"] = environ["CRMSYNC_STATE_DIR"]
+    return data
+
+
+def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load settings from `path` (default: $CRMSYNC_CONFIG or ./crmsync.yaml if present) plus the environment."""
+    environ = dict(os.environ if environ is None else environ)
+    explicit = path is not None or bool(environ.get("CRMSYNC_CONFIG"))
+    file = Path(path or environ.get("CRMSYNC_CONFIG") or DEFAULT_CONFIG_FILE)
+    if file.exists():
+        data = _read_yaml(file)
+    elif explicit:
+        raise ConfigError(f"{file}: no such configuration file")
+    else:
+        data = {}
+    data = _apply_environment(data, environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        source = str(file) if file.exists() else "environment"
+        raise ConfigError(_format_validation_error(source, exc)) from None

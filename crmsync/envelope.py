@@ -1,0 +1,130 @@
+"""The change envelope: one JSON shape for every record change, apply command and reject in crmsync.
+
+Why one module: pollers, the change-capture service, the stream processors and the writers all exchange these
+messages through Kafka; defining them once keeps producers and consumers in lock-step (see docs/envelope.md).
+
+Delivery is at-least-once. Every message carries a deterministic ``id`` derived from its source position
+(Campaign: commit LSN + sequence in the transaction; CRM: modification stamp + record id), so a consumer drops
+a duplicate by remembering the last position it applied per key.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+Op = Literal["c", "u", "d", "r"]  # create, update, delete, read (snapshot / backfill / repair)
+OPS: tuple[str, ...] = ("c", "u", "d", "r")
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def record_key(key: dict[str, Any]) -> bytes:
+    """Kafka message key for a record: its primary key as canonical JSON, so equal keys hash alike."""
+    return json.dumps(key, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=str, ensure_ascii=False).encode()
+
+
+@dataclass(slots=True)
+class Change:
+    """One row change on one side. ``after`` is the full row (None for deletes); ``before`` holds the old row
+    when the source knows it (Campaign updates/deletes, REPLICA IDENTITY FULL)."""
+
+    id: str
+    side: Literal["crm", "campaign"]
+    source: str
+    object: str
+    op: Op
+    key: dict[str, Any]
+    after: dict[str, Any] | None
+    position: dict[str, Any]
+    source_ts: str | None = None
+    captured_ts: str = field(default_factory=utc_now_iso)
+    before: dict[str, Any] | None = None
+    origin: str | None = None  # set when the change was written by crmsync itself (echo suppression)
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"op must be one of {OPS}, got {self.op!r}")
+
+    def to_json(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Change":
+        return cls(**_checked(json.loads(raw), "change"))
+
+    def kafka_key(self) -> bytes:
+        return record_key(self.key)
+
+
+@dataclass(slots=True)
+class ApplyCommand:
+    """An instruction for a writer: make ``object`` on ``side``/``target`` look like ``values``.
+
+    ``key`` identifies the target record when it is known (CRM id or Campaign key); ``match`` holds the
+    matching-key values used to find or create it otherwise. ``cause`` is the id of the change it came from."""
+
+    id: str
+    side: Literal["crm", "campaign"]
+    target: str
+    object: str
+    action: Literal["upsert", "delete"]
+    key: dict[str, Any] | None
+    values: dict[str, Any]
+    cause: str
+    match: dict[str, Any] | None = None
+    source_ts: str | None = None
+    created_ts: str = field(default_factory=utc_now_iso)
+    attempt: int = 0
+    v: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "ApplyCommand":
+        return cls(**_checked(json.loads(raw), "apply command"))
+
+
+@dataclass(slots=True)
+class Reject:
+    """A record a stage could not process. It keeps the whole record and the reason, so nothing is lost and
+    `crmsync rejects retry` can put it back."""
+
+    id: str
+    stage: str
+    side: Literal["crm", "campaign"]
+    target: str
+    object: str
+    reason: str
+    error_code: str | None
+    record: dict[str, Any]
+    attempt: int = 0
+    created_ts: str = field(default_factory=utc_now_iso)
+    v: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Reject":
+        return cls(**_checked(json.loads(raw), "reject"))
+
+
+def _checked(payload: Any, what: str) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    version = payload.get("v")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{what} has schema version {version!r}; this crmsync reads version {SCHEMA_VERSION}")
+    return payload

