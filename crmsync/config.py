@@ -111,8 +111,12 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see docs/configuration.md)"
+        elif item["type"] == "union_tag_not_found":
+            message = f"missing 'type:' (one of: {', '.join(ACCOUNT_TYPES)})"
+        elif item["type"] == "union_tag_invalid":
+            message = f"unknown account type {item['ctx']['tag']!r} (one of: {', '.join(ACCOUNT_TYPES)})"
         got = item.get("input")
-        quiet = item["type"] in ("missing", "extra_forbidden", "value_error") or isinstance(got, dict)
+        quiet = item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid") or isinstance(got, dict)
         suffix = "" if quiet else f" (got {got!r})"
         lines.append(f"{source}: {path}: {message}{suffix}")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from crmsync import kafka, pg, topics
 from crmsync.config import Settings
-from crmsync.envelope import Change, utc_now_iso
+from crmsync.envelope import Change
 from services.capture.pgoutput import Decoder, Transaction, lsn_to_int
 
 log = logging.getLogger("crmsync.capture")
@@ -71,7 +71,7 @@ class CaptureService:
     def prepare(self) -> None:
         """Check the tables, then create or align the publication and the slot (idempotent)."""
         tables = [*self.cfg.capture_tables]
-        for table in tables:
+        for table in [*tables, HEARTBEAT_TABLE]:
             self._check_table(table)
         published = ", ".join(f'"{s}"."{n}"' for s, n in map(_qualified, [*tables, HEARTBEAT_TABLE]))
         exists = self.conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.cfg.publication,)).fetchone()
@@ -148,9 +148,6 @@ class CaptureService:
         for seq, change in enumerate(txn.changes):
             relation = change.relation
             qualified = f"{relation.schema}.{relation.name}"
-            if qualified == HEARTBEAT_TABLE:
-                self._publish_heartbeat(txn, commit_ts)
-                continue
             row = change.new if change.new is not None else change.old or {}
             key = {column: row.get(column) for column in self.primary_keys[qualified]}
             event = Change(
@@ -162,16 +159,14 @@ class CaptureService:
                           "xid": txn.xid, "change_lsn": change.lsn},
                 source_ts=commit_ts, origin=origin,
             )
-            self._produce(self._topic(relation.name), event.kafka_key(), event.to_json())
+            heartbeat = qualified == HEARTBEAT_TABLE
+            topic = topics.heartbeat("campaign", self.cfg.name) if heartbeat else self._topic(relation.name)
+            self._produce(topic, event.kafka_key(), event.to_json())
             CHANGES.labels(relation.name, change.op).inc()
             published += 1
         if txn.commit_ts:
             LAST_COMMIT.labels(self.cfg.slot_name).set(txn.commit_ts.timestamp())
         return published
-
-    def _publish_heartbeat(self, txn: Transaction, commit_ts: str | None) -> None:
-        payload = f'{{"lsn":"{txn.commit_lsn}","commit_ts":"{commit_ts}","captured_ts":"{utc_now_iso()}"}}'
-        self._produce(topics.heartbeat("campaign", self.cfg.name), self.cfg.name.encode(), payload.encode())
 
     def _produce(self, topic: str, key: bytes, value: bytes) -> None:
         while True:

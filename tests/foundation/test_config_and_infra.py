@@ -1,0 +1,101 @@
+"""Configuration errors that say what to fix; embedded infrastructure that never starts twice."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from crmsync import config, infra, topics
+from crmsync.envelope import ApplyCommand, Change, Reject
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("kafka:\n  partitons: 3\n", r"crmsync.yaml: kafka.partitons: unknown key"),
+    ("kafka:\n  partitions: many\n", r"crmsync.yaml: kafka.partitions: Input should be a valid integer.*'many'"),
+    ("campaign:\n  dsn: mysql://x\n", r"crmsync.yaml: campaign.dsn: expected a PostgreSQL DSN"),
+    ("accounts:\n  sf:\n    type: salesforce\n    login_url: http://login.salesforce.com\n    username: u\n    password: p\n",
+     r"crmsync.yaml: accounts.sf.login_url: must be an https:// URL"),
+    ("accounts:\n  sf:\n    type: salesforce\n    username: u\n", r"crmsync.yaml: accounts.sf.password: Field required"),
+    ("accounts:\n  sf:\n    type: hubspot\n", r"crmsync.yaml: accounts.sf: unknown account type 'hubspot' \(one of: salesforce\)"),
+    ("accounts:\n  sf:\n    username: u\n", r"crmsync.yaml: accounts.sf: missing 'type:' \(one of: salesforce\)"),
+    ("kafka: [\n", r"crmsync.yaml: line 2, column 1: not valid YAML"),
+    ("- just\n- a list\n", r"crmsync.yaml: expected a mapping of settings at the top level"),
+])
+def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str, expected: str):
+    path = tmp_path / "crmsync.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=expected):
+        config.load(path, environ={})
+
+
+def test_cli_reports_bad_config_and_exits_2(tmp_path: Path):
+    path = tmp_path / "crmsync.yaml"
+    path.write_text("kafka:\n  partitions: 0\n")
+    result = subprocess.run([sys.executable, "-m", "crmsync", "--config", str(path), "config"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "kafka.partitions: Input should be greater than or equal to 1" in result.stdout
+
+
+def test_environment_overrides_file(tmp_path: Path):
+    path = tmp_path / "crmsync.yaml"
+    path.write_text("kafka:\n  bootstrap_servers: file:9092\ncampaign:\n  dsn: postgresql://file/db\n")
+    settings = config.load(path, environ={"KAFKA_BOOTSTRAP_SERVERS": "env:9092", "CAMPAIGN_DSN": "postgresql://env/db"})
+    assert settings.kafka.bootstrap_servers == "env:9092" and settings.campaign.dsn == "postgresql://env/db"
+    assert not settings.uses_embedded_broker and not settings.uses_embedded_postgres
+
+
+def test_secrets_are_masked_when_settings_are_printed(tmp_path: Path):
+    path = tmp_path / "crmsync.yaml"
+    path.write_text("accounts:\n  sf:\n    type: salesforce\n    username: u@example.com\n    password: hunter2\n    security_token: TOK123\n")
+    settings = config.load(path, environ={})
+    dumped = settings.model_dump_json() + repr(settings)
+    assert "hunter2" not in dumped and "TOK123" not in dumped and "u@example.com" in dumped
+
+
+def test_starting_twice_reuses_the_running_servers(tmp_path: Path):
+    settings = config.load(environ={"CRMSYNC_STATE_DIR": str(tmp_path / "state")})
+    try:
+        with ThreadPoolExecutor(3) as pool:  # concurrent starts, as when several services boot together
+            found = list(pool.map(lambda _: infra.up(settings), range(3)))
+        assert len({(f.bootstrap_servers, f.campaign_dsn) for f in found}) == 1
+        status = infra.status(settings)
+        again = subprocess.run([sys.executable, "-m", "crmsync", "infra", "up"], capture_output=True, text=True,
+                               env={**__import__("os").environ, "CRMSYNC_STATE_DIR": str(tmp_path / "state")})
+        assert again.returncode == 0, again.stderr
+        assert infra.status(settings)["broker"]["pid"] == status["broker"]["pid"]
+        assert infra.status(settings)["postgres"]["pid"] == status["postgres"]["pid"]
+        tansu = subprocess.run(["pgrep", "-f", f"127.0.0.1:{status['broker']['port']}"], capture_output=True, text=True)
+        assert len(tansu.stdout.split()) == 1
+    finally:
+        assert infra.down(settings) == {"broker": True, "postgres": True}
+    assert infra.status(settings) == {"broker": None, "postgres": None}
+
+
+def test_topic_names_follow_one_rule():
+    assert topics.changes("crm", "Sales EU", "Contact") == "crmsync.crm.sales_eu.contact"
+    assert topics.changes("campaign", "campaign", "recipients") == "crmsync.campaign.campaign.recipients"
+    assert topics.apply("crm", "sf", "Contact") == "crmsync.apply.crm.sf.contact"
+    assert topics.rejects("campaign", "campaign") == "crmsync.rejects.campaign.campaign"
+    assert topics.parse("crmsync.apply.crm.sf.contact") == {"kind": "apply", "side": "crm", "target": "sf", "object": "contact"}
+    with pytest.raises(ValueError):
+        topics.changes("erp", "x", "y")
+
+
+def test_envelopes_round_trip_and_refuse_other_versions():
+    change = Change(id="c1", side="crm", source="sf", object="Contact", op="u", key={"Id": "003"},
+                    after={"Email": "a@b.c"}, position={"modstamp": "2026-01-01T00:00:00.000+0000", "id": "003"})
+    assert Change.from_json(change.to_json()) == change
+    command = ApplyCommand(id="a1", side="campaign", target="campaign", object="recipients", action="upsert",
+                           key=None, values={"email": "a@b.c"}, cause="c1", match={"email": "a@b.c"})
+    assert ApplyCommand.from_json(command.to_json()) == command
+    reject = Reject(id="r1", stage="writer", side="crm", target="sf", object="Contact", reason="bad email",
+                    error_code="FIELD_CUSTOM_VALIDATION_EXCEPTION", record={"Email": "x"})
+    assert Reject.from_json(reject.to_json()) == reject
+    with pytest.raises(ValueError, match="schema version 2"):
+        Change.from_json(change.to_json().replace(b'"v":1', b'"v":2'))
+    with pytest.raises(ValueError, match="op must be one of"):
+        Change(id="x", side="crm", source="s", object="o", op="x", key={}, after=None, position={})
