@@ -10,7 +10,7 @@ a duplicate by remembering the last position it applied per key.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -29,7 +29,9 @@ def record_key(key: dict[str, Any]) -> bytes:
     return json.dumps(key, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def _dumps(payload: dict[str, Any]) -> bytes:
+def _dumps(message: Any) -> bytes:
+    """Shallow field dict → JSON. (dataclasses.asdict deep-copies every value: 10x slower on the hot path.)"""
+    payload = {f.name: getattr(message, f.name) for f in fields(message)}
     return json.dumps(payload, separators=(",", ":"), default=str, ensure_ascii=False).encode()
 
 
@@ -57,7 +59,7 @@ class Change:
             raise ValueError(f"op must be one of {OPS}, got {self.op!r}")
 
     def to_json(self) -> bytes:
-        return _dumps(asdict(self))
+        return _dumps(self)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Change":
@@ -89,7 +91,7 @@ class ApplyCommand:
     v: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        return _dumps(asdict(self))
+        return _dumps(self)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "ApplyCommand":
@@ -114,7 +116,7 @@ class Reject:
     v: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        return _dumps(asdict(self))
+        return _dumps(self)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Reject":

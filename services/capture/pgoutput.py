@@ -96,6 +96,9 @@ class Transaction:
     messages: dict[str, str] = field(default_factory=dict)  # prefix -> content of transactional messages
 
 
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
 class Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
@@ -106,8 +109,9 @@ class Reader:
         return value
 
     def unpack(self, fmt: str) -> Any:
-        values = struct.unpack_from("!" + fmt, self.data, self.pos)
-        self.pos += struct.calcsize("!" + fmt)
+        layout = _STRUCTS.get(fmt) or _STRUCTS.setdefault(fmt, struct.Struct("!" + fmt))
+        values = layout.unpack_from(self.data, self.pos)
+        self.pos += layout.size
         return values[0] if len(values) == 1 else values
 
     def string(self) -> str:
@@ -190,15 +194,22 @@ class Decoder:
 
     def _tuple(self, reader: Reader, relation: Relation) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for index in range(reader.unpack("H")):
+        data, pos = reader.data, reader.pos  # the hot loop of change capture: read bytes directly
+        count = int.from_bytes(data[pos:pos + 2], "big")
+        pos += 2
+        for index in range(count):
             column = relation.columns[index]
-            tag = reader.byte()
-            if tag == "n":
+            tag = data[pos]
+            pos += 1
+            if tag == 110:  # 'n'
                 values[column] = None
-            elif tag == "u":
+            elif tag == 117:  # 'u'
                 values[column] = UNCHANGED_TOAST
             else:
-                text = reader.raw(reader.unpack("I")).decode()
+                length = int.from_bytes(data[pos:pos + 4], "big")
+                text = data[pos + 4:pos + 4 + length].decode()
+                pos += 4 + length
                 convert = _CONVERTERS.get(relation.type_oids[index])
                 values[column] = convert(text) if convert else text
+        reader.pos = pos
         return values

@@ -16,11 +16,13 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from crmsync import kafka, pg, topics
 from crmsync.config import Settings
@@ -33,6 +35,8 @@ HEARTBEAT_TABLE = "crmsync.heartbeat"
 
 CHANGES = Counter("crmsync_capture_changes_total", "Row changes published by change capture", ["table", "op"])
 SLOT_LAG = Gauge("crmsync_capture_slot_lag_bytes", "WAL bytes between the server's position and the slot's confirmed position", ["slot"])
+COMMIT_TO_ACK = Histogram("crmsync_capture_commit_to_ack_seconds", "Time from a transaction's commit to the broker's acknowledgement of all its events",
+                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LAST_COMMIT = Gauge("crmsync_capture_last_commit_timestamp_seconds", "Commit time of the last published transaction", ["slot"])
 
 
@@ -66,6 +70,7 @@ class CaptureService:
         self.conn.execute("SET TimeZone = 'UTC'")
         self.last_beat = 0.0
         self.primary_keys: dict[str, list[str]] = {}  # "schema.table" -> primary-key columns
+        self.commit_to_ack: deque[float] = deque(maxlen=200_000)  # recent latencies, for benchmarks
 
     # -- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -130,11 +135,18 @@ class CaptureService:
         batch = Batch()
         if not rows:
             return batch
+        commit_times = []
         for txn in self.decoder.transactions(rows):
             batch.transactions += 1
             batch.changes += self._publish(txn)
             batch.last_commit_lsn = txn.commit_lsn
+            commit_times.append(txn.commit_ts)
         kafka.flush_all(self.producer, self.tracker)
+        acked = datetime.now(timezone.utc)
+        for committed in commit_times:
+            latency = (acked - committed).total_seconds()
+            COMMIT_TO_ACK.observe(latency)
+            self.commit_to_ack.append(latency)
         if batch.last_commit_lsn:
             self.conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
                               (self.cfg.slot_name, batch.last_commit_lsn))
