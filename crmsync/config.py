@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_FILE = "crmsync.yaml"
 DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
@@ -85,12 +85,82 @@ Account = Annotated[Union[SalesforceAccount], Field(discriminator="type")]
 ACCOUNT_TYPES = ("salesforce",)
 
 
+Conversion = Literal["default", "date_only", "without_time_offset", "copy"]
+Direction = Literal["both", "import", "export"]  # import = CRM → Campaign, export = Campaign → CRM
+Side = Literal["crm", "campaign"]
+
+
+class FieldMap(_Strict):
+    """One CRM field ⇄ one Campaign column."""
+
+    crm: str
+    campaign: str
+    conversion: Conversion = "default"
+    direction: Direction | None = Field(None, description="defaults to the mapping's direction")
+    owner: Side | None = Field(None, description="this side always wins conflicts on the field")
+    reference: str | None = Field(None, description="mapping name of the parent this field points to")
+    enumeration: str | None = Field(None, description="Campaign enumeration translating picklist values")
+
+
+class MatchKey(_Strict):
+    """Fields compared (case- and space-insensitively) to link records that have no link yet."""
+
+    crm: str
+    campaign: str
+
+
+class Filter(_Strict):
+    """Only records whose fields equal one of the listed values take part (per side, optional)."""
+
+    crm: dict[str, list[Any]] = Field(default_factory=dict)
+    campaign: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class Mapping(_Strict):
+    """A CRM account + object ⇄ a Campaign table, kept in sync by the stream processors."""
+
+    name: str
+    account: str
+    crm_object: str
+    campaign_table: str
+    direction: Direction = "both"
+    fields: list[FieldMap]
+    match: list[MatchKey] = Field(default_factory=list)
+    conflict: Literal["last_modified_wins", "crm_wins", "campaign_wins"] = "last_modified_wins"
+    delete: Literal["propagate", "mark", "ignore"] = "propagate"
+    crm_external_id: str | None = Field("Campaign_Key__c", description="CRM field holding the Campaign key")
+    filter: Filter = Field(default_factory=Filter)
+
+    def allows(self, field: FieldMap, from_side: Side) -> bool:
+        direction = field.direction or self.direction
+        return direction == "both" or direction == ("import" if from_side == "crm" else "export")
+
+
 class Settings(_Strict):
     state_dir: Path = Path(".crmsync")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     campaign: CampaignSettings = Field(default_factory=CampaignSettings)
     accounts: dict[str, Account] = Field(default_factory=dict)
-    mappings: list[dict[str, Any]] = Field(default_factory=list)
+    mappings: list[Mapping] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _mappings_are_consistent(self) -> "Settings":
+        names = [m.name for m in self.mappings]
+        for mapping in self.mappings:
+            if names.count(mapping.name) > 1:
+                raise ValueError(f"mapping name {mapping.name!r} is used twice")
+            if mapping.account not in self.accounts:
+                raise ValueError(f"mapping {mapping.name!r} uses account {mapping.account!r}, which is not under accounts:")
+            for field in mapping.fields:
+                if field.reference and field.reference not in names:
+                    raise ValueError(f"mapping {mapping.name!r} field {field.crm!r} references unknown mapping {field.reference!r}")
+        return self
+
+    def mapping(self, name: str) -> Mapping:
+        for mapping in self.mappings:
+            if mapping.name == name:
+                return mapping
+        raise KeyError(name)
 
     @property
     def uses_embedded_broker(self) -> bool:

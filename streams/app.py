@@ -1,0 +1,179 @@
+"""The stream processors (faust-streaming): consume both sides' change topics, emit apply commands.
+
+Two agents, one per side, each reading its change topics in batches (`stream.take`) so the per-message cost
+of the stream layer is paid once per batch, not once per record. A batch is decided by the Reconciler inside
+one PostgreSQL transaction that locks the batch's sync-state rows; its apply commands are produced and
+acknowledged by the broker *before* that transaction commits, and faust commits the consumed offsets only
+after the batch returns. A crash at any point replays the batch, which re-decides the same commands.
+Scaling out = more partitions and more `crmsync service streams` workers in the same consumer group.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from prometheus_client import Counter, Histogram
+
+from crmsync import kafka, pg, topics
+from crmsync.config import Mapping, Settings
+from crmsync.envelope import Change, record_key
+from crmsync.infra import Endpoints
+from streams.reconcile import Outcome, Reconciler, save_conflicts
+
+log = logging.getLogger("crmsync.streams")
+APP_ID = "crmsync-streams"
+BATCH_SIZE = 2000
+BATCH_WITHIN = 0.1
+
+DECIDED = Counter("crmsync_streams_changes_total", "Changes decided by the stream processors", ["side", "result"])
+COMMANDS = Counter("crmsync_streams_commands_total", "Apply commands emitted", ["side", "object"])
+CONFLICTS = Counter("crmsync_streams_conflicts_total", "Conflicts recorded", ["mapping"])
+BATCH_SECONDS = Histogram("crmsync_streams_batch_seconds", "Time to decide and publish one batch", ["side"])
+
+
+def decode(raw: bytes) -> list[Change]:
+    """One change per message, or a batch envelope {"v":1,"changes":[…]} as pollers use for backfills."""
+    payload = json.loads(raw)
+    if isinstance(payload, dict) and "changes" in payload:
+        return [Change(**item) for item in payload["changes"]]
+    return [Change(**payload)]
+
+
+def crm_backfill_done(conn, mapping: Mapping) -> bool:
+    """Campaign-only records may create CRM records only once the CRM's first full read is in: otherwise a
+    contact that exists in both would be created twice instead of matched."""
+    row = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
+                       (f"poller:salesforce:{mapping.account}:{mapping.crm_object}",)).fetchone()
+    return bool(row and (row[0] or {}).get("initial_done"))
+
+
+class BatchHandler:
+    """Runs in a worker thread (blocking PostgreSQL and producer calls stay off faust's event loop)."""
+
+    def __init__(self, settings: Settings, found: Endpoints, side: str) -> None:
+        self.settings = settings
+        self.side = side
+        self.conn = pg.connect(found.campaign_dsn, application=f"crmsync-streams-{side}")
+        self.producer = kafka.producer(found.bootstrap_servers)
+        self.tracker = kafka.DeliveryTracker()
+        self.reconciler = Reconciler(settings, settings.campaign.name,
+                                     crm_ready=lambda mapping: crm_backfill_done(self.conn, mapping))
+
+    def handle(self, changes: list[Change]) -> Outcome:
+        with BATCH_SECONDS.labels(self.side).time(), self.conn.transaction():
+            outcome = self.reconciler.process(self.conn, changes)
+            for command in outcome.commands:
+                message_key = record_key(command.key or command.match or {"cause": command.cause})
+                self.producer.produce(topics.apply(command.side, command.target, command.object),
+                                      value=command.to_json(), key=message_key, on_delivery=self.tracker)
+                COMMANDS.labels(command.side, command.object).inc()
+            kafka.flush_all(self.producer, self.tracker)
+            save_conflicts(self.conn, outcome.conflicts)
+            self._defer(outcome)
+            waiting = {item.change.id for item in outcome.deferred}
+            self.conn.execute("DELETE FROM crmsync.deferred_changes WHERE id = ANY(%s)",
+                              ([c.id for c in changes if c.id not in waiting],))
+        DECIDED.labels(self.side, "applied").inc(len(outcome.commands))
+        DECIDED.labels(self.side, "skipped").inc(outcome.skipped)
+        for conflict in outcome.conflicts:
+            CONFLICTS.labels(conflict.mapping).inc()
+        return outcome
+
+    def _defer(self, outcome: Outcome) -> None:
+        """Changes that must wait are parked in the database and re-published later (never dropped)."""
+        for item in outcome.deferred:
+            change = item.change
+            topic = topics.changes(change.side, change.source, change.object)
+            self.conn.execute(
+                """INSERT INTO crmsync.deferred_changes (id, topic, message_key, payload, reason, next_retry_at)
+                   VALUES (%s, %s, %s, %s, %s, now() + interval '2 seconds')
+                   ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, reason = excluded.reason,
+                       attempts = crmsync.deferred_changes.attempts + 1,
+                       next_retry_at = now() + least(interval '60 seconds',
+                           interval '2 seconds' * power(2, crmsync.deferred_changes.attempts + 1))""",
+                (change.id, topic, change.kafka_key(), change.to_json(), item.reason))
+
+    def republish_due(self, limit: int = 5000) -> int:
+        """Put due deferred changes back on their topic; delete them only once the broker has them."""
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                """SELECT id, topic, message_key, payload FROM crmsync.deferred_changes
+                   WHERE next_retry_at <= now() ORDER BY next_retry_at LIMIT %s FOR UPDATE SKIP LOCKED""",
+                (limit,)).fetchall()
+            for _id, topic, key, payload in rows:
+                self.producer.produce(topic, value=bytes(payload), key=bytes(key) if key else None,
+                                      on_delivery=self.tracker)
+            kafka.flush_all(self.producer, self.tracker)
+            # they come back through the stream; if they still cannot proceed they are parked again
+            self.conn.execute("UPDATE crmsync.deferred_changes SET next_retry_at = 'infinity' WHERE id = ANY(%s)",
+                              ([r[0] for r in rows],))
+        return len(rows)
+
+
+def change_topics(settings: Settings, side: str) -> list[str]:
+    if side == "crm":
+        names = {topics.changes("crm", m.account, m.crm_object) for m in settings.mappings}
+    else:
+        names = {topics.changes("campaign", settings.campaign.name, m.campaign_table) for m in settings.mappings}
+    return sorted(names)
+
+
+def apply_topics(settings: Settings) -> list[str]:
+    names = set()
+    for m in settings.mappings:
+        names.add(topics.apply("crm", m.account, m.crm_object))
+        names.add(topics.apply("campaign", settings.campaign.name, m.campaign_table))
+    return sorted(names)
+
+
+def build_app(settings: Settings, found: Endpoints) -> faust.App:
+    kafka.ensure_topics(found.bootstrap_servers,
+                        [*change_topics(settings, "crm"), *change_topics(settings, "campaign"), *apply_topics(settings)],
+                        settings.kafka.partitions, settings.kafka.replication_factor)
+    app = faust.App(
+        APP_ID, broker=f"kafka://{found.bootstrap_servers}", value_serializer="raw", key_serializer="raw",
+        store="memory://", web_enabled=False, topic_partitions=settings.kafka.partitions,
+        broker_session_timeout=6, broker_heartbeat_interval=1.5, consumer_auto_offset_reset="earliest",
+        broker_commit_every=1000, broker_commit_interval=1.0, topic_allow_declare=False,
+    )
+    handlers: dict[str, BatchHandler] = {}
+    executors = {side: ThreadPoolExecutor(1, thread_name_prefix=f"streams-{side}") for side in ("crm", "campaign")}
+
+    def handler(side: str) -> BatchHandler:
+        if side not in handlers:
+            handlers[side] = BatchHandler(settings, found, side)
+        return handlers[side]
+
+    for side in ("crm", "campaign"):
+        names = change_topics(settings, side)
+        if not names:
+            continue
+        source = app.topic(*names, value_type=bytes, key_type=bytes)
+
+        async def agent(stream: Any, side: str = side) -> None:
+            loop = asyncio.get_running_loop()
+            async for batch in stream.take(BATCH_SIZE, within=BATCH_WITHIN):
+                changes = [change for raw in batch for change in decode(raw)]
+                await loop.run_in_executor(executors[side], handler(side).handle, changes)
+
+        app.agent(source, name=f"{side}-changes")(agent)
+
+    @app.timer(interval=2.0)
+    async def republish_deferred() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executors["campaign"], handler("campaign").republish_due)
+
+    return app
+
+
+def run(settings: Settings, found: Endpoints, log_level: str = "info") -> None:
+    from faust.worker import Worker
+
+    pg.migrate(found.campaign_dsn)
+    app = build_app(settings, found)
+    Worker(app, loglevel=log_level, quiet=True).execute_from_commandline()

@@ -1,0 +1,574 @@
+"""The heart of two-way sync: turn a batch of record changes from one side into apply commands for the other.
+
+For every synced record the streams keep a row of `crmsync.sync_state`: the identity link (CRM id ⇄ Campaign
+key) and the *agreed* values — what both sides should hold after the last decision — with, per field, which
+side set it and when, and the writes still in flight to each side. Each incoming change is merged three-way
+against `agreed`:
+
+- a field equal to `agreed` is no change;
+- a field equal to a value we sent to that side is the echo of our own write (dropped: no ping-pong);
+- a field equal to the value that side had before our in-flight write is a side that has not caught up yet;
+- anything else is a real edit: it becomes the agreed value and is sent to the other side, unless the other
+  side edited the same field later (or owns it): then it is a conflict, decided by the mapping's policy and
+  recorded with both values.
+
+Campaign changes made by crmsync's own writer are recognised exactly (change capture tags their transaction)
+and skipped before any of this. Delivery is at-least-once everywhere; the commands are idempotent and the
+state update commits only after the commands are acknowledged, so a crash re-decides the same batch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from crmsync.config import FieldMap, Mapping, Settings
+from crmsync.envelope import ApplyCommand, Change
+from streams.convert import EnumerationMap, IdentityEnumerations, canonical, epoch, match_key
+
+log = logging.getLogger("crmsync.streams")
+WRITER_ORIGINS = ("writer-campaign",)
+PENDING_TTL_SECONDS = 3600  # an in-flight write never acknowledged (rejected, lost) stops shadowing edits
+
+
+@dataclass
+class Link:
+    """One row of crmsync.sync_state, loaded for the batch and written back if `dirty`."""
+
+    mapping: str
+    id: int | None = None
+    crm_id: str | None = None
+    campaign_key: int | None = None
+    match_key: str | None = None
+    agreed: dict[str, Any] = field(default_factory=dict)
+    field_meta: dict[str, list] = field(default_factory=dict)
+    pending: dict[str, dict[str, dict]] = field(default_factory=dict)
+    crm_modstamp: str | None = None
+    campaign_lsn: int | None = None
+    campaign_seq: int | None = None
+    deleted: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class Conflict:
+    mapping: str
+    crm_id: str | None
+    campaign_key: int | None
+    field: str
+    crm_value: Any
+    campaign_value: Any
+    crm_ts: float | None
+    campaign_ts: float | None
+    decision: str
+    policy: str
+
+
+@dataclass
+class Deferred:
+    change: Change
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """What one batch decided; the caller publishes `commands` and `deferred`, then calls `commit`."""
+
+    commands: list[ApplyCommand] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    deferred: list[Deferred] = field(default_factory=list)
+    skipped: int = 0  # echoes, duplicates, out-of-filter records
+
+
+def _other(side: str) -> str:
+    return "campaign" if side == "crm" else "crm"
+
+
+class Reconciler:
+    """Stateless between batches except for the database; safe to run in several workers at once (the rows
+    of a batch are locked in a stable order, so two workers never decide the same record concurrently)."""
+
+    def __init__(self, settings: Settings, campaign_name: str, enums: EnumerationMap | None = None,
+                 crm_ready: "callable[[Mapping], bool] | None" = None) -> None:
+        self.settings = settings
+        self.campaign_name = campaign_name
+        self.enums = enums or IdentityEnumerations()
+        self.crm_ready = crm_ready or (lambda mapping: True)
+
+    # -- routing ------------------------------------------------------------------------------------------
+    def mappings_for(self, change: Change) -> list[Mapping]:
+        if change.side == "crm":
+            return [m for m in self.settings.mappings
+                    if m.account.lower() == change.source.lower() and m.crm_object.lower() == change.object.lower()]
+        return [m for m in self.settings.mappings if m.campaign_table == change.object]
+
+    def process(self, conn: psycopg.Connection, changes: list[Change]) -> Outcome:
+        """Decide a batch (all from one side) inside the caller's open transaction."""
+        outcome = Outcome()
+        by_mapping: dict[str, list[Change]] = {}
+        for change in changes:
+            if change.side == "campaign" and change.origin in WRITER_ORIGINS:
+                outcome.skipped += 1  # our own write, recognised exactly by its transaction tag
+                continue
+            targets = self.mappings_for(change)
+            if not targets:
+                outcome.skipped += 1
+            for mapping in targets:
+                by_mapping.setdefault(mapping.name, []).append(change)
+        for name, batch in by_mapping.items():
+            MappingBatch(self, conn, self.settings.mapping(name), outcome).run(batch)
+        return outcome
+
+
+class MappingBatch:
+    """The decisions for one mapping and one batch of changes from one side."""
+
+    def __init__(self, reconciler: Reconciler, conn: psycopg.Connection, mapping: Mapping, outcome: Outcome) -> None:
+        self.r = reconciler
+        self.conn = conn
+        self.m = mapping
+        self.out = outcome
+        self.links_by_crm: dict[str, Link] = {}
+        self.links_by_key: dict[int, Link] = {}
+
+    # -- batch flow ---------------------------------------------------------------------------------------
+    def run(self, changes: list[Change]) -> None:
+        side = changes[0].side
+        latest = self._collapse(changes, side)
+        self._load_links(latest, side)
+        for change in latest:
+            if not self._in_filter(change):
+                self.out.skipped += 1
+                continue
+            link = self._find_link(change)
+            if link is None:
+                self._new_record(change)
+            elif change.op == "d":
+                self._deleted(change, link)
+            elif not self._is_stale(change, link):
+                self._merge(change, link)
+            else:
+                self.out.skipped += 1
+        self._save_links()
+
+    def _collapse(self, changes: list[Change], side: str) -> list[Change]:
+        """A burst of changes to one record collapses to its newest state (changes carry whole rows); an
+        at-least-once redelivery of an older change never overrides a newer one."""
+        newest: dict[Any, Change] = {}
+        for change in changes:
+            record = self._record_id(change)
+            if record not in newest or self._position(change) >= self._position(newest[record]):
+                newest[record] = change
+        return list(newest.values())
+
+    def _position(self, change: Change) -> tuple:
+        if change.side == "crm":
+            return (epoch((change.after or {}).get("SystemModstamp") or change.position.get("modstamp")),)
+        return (change.position.get("lsn_int") or 0, change.position.get("seq") or 0)
+
+    def _record_id(self, change: Change) -> Any:
+        return change.key.get("Id") if change.side == "crm" else change.key.get("id")
+
+    def _in_filter(self, change: Change) -> bool:
+        rules = self.m.filter.crm if change.side == "crm" else self.m.filter.campaign
+        row = change.after or change.before or {}
+        return all(row.get(name) in allowed for name, allowed in rules.items())
+
+    # -- state --------------------------------------------------------------------------------------------
+    def _load_links(self, changes: list[Change], side: str) -> None:
+        crm_ids, keys = set(), set()
+        for change in changes:
+            row = change.after or change.before or {}
+            if side == "crm":
+                crm_ids.add(change.key["Id"])
+                external = row.get(self.m.crm_external_id) if self.m.crm_external_id else None
+                if external not in (None, ""):
+                    keys.add(int(external))
+            else:
+                keys.add(int(change.key["id"]))
+                if row.get("crm_id") and row.get("crm_account") == self.m.account:
+                    crm_ids.add(row["crm_id"])
+        rows = self.conn.cursor(row_factory=dict_row).execute(
+            """SELECT * FROM crmsync.sync_state
+               WHERE mapping = %s AND (crm_id = ANY(%s) OR campaign_key = ANY(%s))
+               ORDER BY id FOR UPDATE""", (self.m.name, sorted(crm_ids), sorted(keys))).fetchall()
+        for row in rows:
+            self._remember(Link(**{k: v for k, v in row.items() if k != "updated_at"}))
+
+    def _remember(self, link: Link) -> Link:
+        if link.crm_id:
+            self.links_by_crm[link.crm_id] = link
+        if link.campaign_key is not None:
+            self.links_by_key[link.campaign_key] = link
+        return link
+
+    def _find_link(self, change: Change) -> Link | None:
+        row = change.after or change.before or {}
+        if change.side == "crm":
+            link = self.links_by_crm.get(change.key["Id"])
+            external = row.get(self.m.crm_external_id) if self.m.crm_external_id else None
+            if link is None and external not in (None, ""):
+                link = self.links_by_key.get(int(external))
+                if link is not None and link.crm_id is None:  # the CRM record we created for this row
+                    link.crm_id, link.dirty = change.key["Id"], True
+                    self._remember(link)
+            return link
+        link = self.links_by_key.get(int(change.key["id"]))
+        if link is None and row.get("crm_id") and row.get("crm_account") == self.m.account:
+            link = self.links_by_crm.get(row["crm_id"])
+            if link is not None and link.campaign_key is None:  # the row our writer inserted
+                link.campaign_key, link.dirty = int(change.key["id"]), True
+                self._remember(link)
+        return link
+
+    def _save_links(self) -> None:
+        links = {id(link): link for link in [*self.links_by_crm.values(), *self.links_by_key.values()] if link.dirty}
+        with self.conn.cursor() as cursor:
+            for link in links.values():
+                values = (link.crm_id, link.campaign_key, link.match_key, Jsonb(link.agreed), Jsonb(link.field_meta),
+                          Jsonb(link.pending), link.crm_modstamp, link.campaign_lsn, link.campaign_seq, link.deleted)
+                if link.id is None:
+                    cursor.execute(
+                        """INSERT INTO crmsync.sync_state (crm_id, campaign_key, match_key, agreed, field_meta, pending,
+                               crm_modstamp, campaign_lsn, campaign_seq, deleted, mapping)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""", (*values, self.m.name))
+                else:
+                    cursor.execute(
+                        """UPDATE crmsync.sync_state SET crm_id = %s, campaign_key = %s, match_key = %s, agreed = %s,
+                               field_meta = %s, pending = %s, crm_modstamp = %s, campaign_lsn = %s, campaign_seq = %s,
+                               deleted = %s, updated_at = now() WHERE id = %s""", (*values, link.id))
+                if link.crm_id and link.campaign_key is not None:
+                    cursor.execute(
+                        """INSERT INTO crmsync.identity_links (crm_account, crm_object, crm_id, campaign_table, campaign_key)
+                           VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                        (self.m.account, self.m.crm_object, link.crm_id, self.m.campaign_table, link.campaign_key))
+
+    # -- values -------------------------------------------------------------------------------------------
+    def _values(self, change: Change) -> dict[str, Any]:
+        """The change's mapped fields in canonical form, keyed by Campaign column."""
+        row = change.after or {}
+        values: dict[str, Any] = {}
+        for fm in self.m.fields:
+            if not self.m.allows(fm, change.side):
+                continue
+            source = fm.crm if change.side == "crm" else fm.campaign
+            if source not in row:
+                continue
+            raw = row[source]
+            if fm.reference:
+                values[fm.campaign] = raw if change.side == "crm" else self._parent_crm_id(fm, raw)
+            elif fm.enumeration and raw is not None:
+                values[fm.campaign] = canonical(self.r.enums.to_campaign(fm.enumeration, raw) if change.side == "crm" else raw)
+            else:
+                values[fm.campaign] = canonical(raw, fm.conversion)
+        return values
+
+    def _parent_crm_id(self, fm: FieldMap, campaign_key: Any) -> Any:
+        """A Campaign reference (parent key) in canonical form: the parent's CRM id, or a marker if unknown."""
+        if campaign_key is None:
+            return None
+        row = self.conn.execute("SELECT crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = %s",
+                                (fm.reference, int(campaign_key))).fetchone()
+        return row[0] if row and row[0] else {"campaign_key": int(campaign_key)}
+
+    def _change_ts(self, change: Change) -> float:
+        if change.side == "crm":
+            return epoch((change.after or {}).get("SystemModstamp") or change.source_ts)
+        return epoch(change.source_ts or (change.after or {}).get("updated_at"))
+
+    def _is_stale(self, change: Change, link: Link) -> bool:
+        """Duplicates (at-least-once delivery) and reordered old changes are ignored; repairs never are."""
+        if change.op == "r" and change.side == "crm":
+            return False
+        if change.side == "crm":
+            stamp = (change.after or {}).get("SystemModstamp") or change.position.get("modstamp")
+            return bool(link.crm_modstamp and stamp and epoch(stamp) <= epoch(link.crm_modstamp) and change.op != "r")
+        lsn, seq = change.position.get("lsn_int"), change.position.get("seq", 0)
+        return (change.op != "r" and lsn is not None and link.campaign_lsn is not None
+                and (lsn, seq) <= (link.campaign_lsn, link.campaign_seq or 0))
+
+    def _note_position(self, change: Change, link: Link) -> None:
+        if change.side == "crm":
+            stamp = (change.after or {}).get("SystemModstamp") or change.position.get("modstamp")
+            if stamp:
+                link.crm_modstamp = stamp
+        elif change.position.get("lsn_int") is not None:
+            link.campaign_lsn, link.campaign_seq = change.position["lsn_int"], change.position.get("seq", 0)
+        link.dirty = True
+
+    # -- decisions ----------------------------------------------------------------------------------------
+    def _new_record(self, change: Change) -> None:
+        if change.op == "d":
+            self.out.skipped += 1  # never synced, nothing to delete on the other side
+            return
+        values = self._values(change)
+        key = match_key(self._match_value(change))
+        if change.side == "crm":
+            existing = self._match_campaign_row(key)
+            if existing is not None:
+                return self._link_existing(change, values, existing, key)
+            link = self._remember(Link(mapping=self.m.name, crm_id=change.key["Id"], match_key=key, dirty=True))
+            self._accept_all(link, values, "crm", self._change_ts(change))
+            self._note_position(change, link)
+            self._send(link, "campaign", values, change, create=True)
+            return
+        if self.m.direction == "import":
+            self.out.skipped += 1
+            return
+        if not self.r.crm_ready(self.m):
+            self.out.deferred.append(Deferred(change, "waiting for the first CRM read of "
+                                                      f"{self.m.crm_object} to finish (matching needs it)"))
+            return
+        if self._unresolved_parent(values):
+            self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
+            return
+        link = self._remember(Link(mapping=self.m.name, campaign_key=int(change.key["id"]), match_key=key, dirty=True))
+        self._accept_all(link, values, "campaign", self._change_ts(change))
+        self._note_position(change, link)
+        self._send(link, "crm", values, change, create=True)
+
+    def _match_value(self, change: Change) -> Any:
+        row = change.after or {}
+        for key in self.m.match:
+            value = row.get(key.crm if change.side == "crm" else key.campaign)
+            if value not in (None, ""):
+                return value
+        return None
+
+    def _match_campaign_row(self, key: str | None) -> dict | None:
+        """An existing, unlinked Campaign row with the same matching key (e.g. the same email)."""
+        if key is None or not self.m.match:
+            return None
+        column = self.m.match[0].campaign
+        table = self.m.campaign_table
+        row = self.conn.cursor(row_factory=dict_row).execute(
+            f"""SELECT t.* FROM {table} t
+                WHERE lower(regexp_replace(t.{column}::text, '\\s', '', 'g')) = %s AND t.crm_id IS NULL
+                  AND NOT EXISTS (SELECT 1 FROM crmsync.sync_state s WHERE s.mapping = %s AND s.campaign_key = t.id)
+                ORDER BY t.id LIMIT 1 FOR UPDATE SKIP LOCKED""", (key, self.m.name)).fetchone()
+        return row
+
+    def _link_existing(self, change: Change, crm_values: dict, row: dict, key: str) -> None:
+        """First contact between a CRM record and the Campaign row it matches: merge field by field."""
+        campaign_change = Change(id=f"{change.id}:match", side="campaign", source=self.r.campaign_name,
+                                 object=self.m.campaign_table, op="r", key={"id": row["id"]},
+                                 after={k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()},
+                                 position={}, source_ts=str(row.get("updated_at")))
+        campaign_values = self._values(campaign_change)
+        link = self._remember(Link(mapping=self.m.name, crm_id=change.key["Id"], campaign_key=int(row["id"]),
+                                   match_key=key, dirty=True))
+        crm_ts, campaign_ts = self._change_ts(change), self._change_ts(campaign_change)
+        to_campaign, to_crm = {}, {}
+        for column in sorted(set(crm_values) | set(campaign_values)):
+            crm_value, campaign_value = crm_values.get(column), campaign_values.get(column)
+            if column not in campaign_values or crm_value == campaign_value:
+                winner = "crm"
+            elif column not in crm_values:
+                winner = "campaign"
+            else:
+                winner = self._winner(column, crm_ts, campaign_ts)
+                self._record_conflict(link, column, crm_value, campaign_value, crm_ts, campaign_ts, winner)
+            value = crm_value if winner == "crm" else campaign_value
+            link.agreed[column] = value
+            link.field_meta[column] = [winner, crm_ts if winner == "crm" else campaign_ts]
+            if winner == "crm" and campaign_value != value:
+                to_campaign[column] = value
+            if winner == "campaign" and crm_value != value:
+                to_crm[column] = value
+        self._note_position(change, link)
+        self._send(link, "campaign", to_campaign, change, link_only=True)
+        if to_crm or self.m.crm_external_id:
+            self._send(link, "crm", to_crm, change, bases=crm_values, link_only=True)
+
+    def _merge(self, change: Change, link: Link) -> None:
+        side, other = change.side, _other(change.side)
+        link.deleted = False if change.op != "r" else link.deleted
+        values = self._values(change)
+        before = self._values(replace(change, after=change.before)) if change.before else None
+        change_ts = self._change_ts(change)
+        to_other: dict[str, Any] = {}
+        back_to_side: dict[str, Any] = {}
+        bases = dict(link.agreed)  # what the other side holds now, for tracking our writes to it
+        for column, value in values.items():
+            agreed = link.agreed.get(column)
+            pending = self._pending(link, side, column, change_ts)
+            if value == agreed:
+                self._clear_pending(link, side, column)
+                continue
+            if pending and value in pending["sent"]:  # echo of an earlier write of ours, superseded since
+                pending["sent"] = pending["sent"][pending["sent"].index(value) + 1:]
+                link.dirty = True
+                continue
+            if before is not None and column in before and before[column] == value:
+                continue  # this Campaign update did not touch the column
+            if pending and value == pending["base"]:
+                if change.op == "r":  # a repair read: our write never arrived (e.g. broker data lost)
+                    back_to_side[column] = agreed
+                continue  # that side has not caught up with our write yet
+            winner = self._decide(link, column, side, value, agreed, change_ts, concurrent=bool(pending))
+            if winner == side:
+                link.agreed[column] = value
+                link.field_meta[column] = [side, change_ts]
+                to_other[column] = value
+                if pending:  # our older write may still land after this edit: re-assert the winner last
+                    back_to_side[column] = value
+                    self._clear_pending(link, side, column)
+            else:
+                back_to_side[column] = agreed
+        self._note_position(change, link)
+        if to_other:
+            self._send(link, other, to_other, change, bases=bases)
+        if back_to_side:
+            self._send(link, side, back_to_side, change, bases=values)
+        if not to_other and not back_to_side:
+            self.out.skipped += 1
+
+    def _decide(self, link: Link, column: str, side: str, value: Any, agreed: Any, change_ts: float,
+                concurrent: bool) -> str:
+        """Who wins a field edited on `side`. A plain edit wins; an edit the other side raced (it edited the
+        field later, or our write to this side was still in flight) is a conflict for the policy; an owned
+        field always goes to its owner. Conflicts are recorded with both values."""
+        meta = link.field_meta.get(column) or [None, 0.0]
+        other_ts = float(meta[1] or 0.0) if meta[0] not in (None, side) else 0.0
+        fm = self._field(column)
+        raced = concurrent or other_ts > change_ts
+        if fm.owner:
+            winner = fm.owner
+        elif not raced:
+            return side
+        else:
+            winner = self._winner(column, *((change_ts, other_ts) if side == "crm" else (other_ts, change_ts)))
+        if raced or winner != side:
+            crm_value, campaign_value = (value, agreed) if side == "crm" else (agreed, value)
+            crm_ts, campaign_ts = (change_ts, other_ts) if side == "crm" else (other_ts, change_ts)
+            self._record_conflict(link, column, crm_value, campaign_value, crm_ts, campaign_ts, winner)
+        return winner
+
+    def _field(self, column: str) -> FieldMap:
+        return next(f for f in self.m.fields if f.campaign == column)
+
+    def _winner(self, column: str, crm_ts: float, campaign_ts: float) -> str:
+        fm = self._field(column)
+        if fm.owner:
+            return fm.owner
+        if self.m.conflict == "crm_wins":
+            return "crm"
+        if self.m.conflict == "campaign_wins":
+            return "campaign"
+        return "crm" if crm_ts >= campaign_ts else "campaign"
+
+    def _record_conflict(self, link: Link, column: str, crm_value: Any, campaign_value: Any, crm_ts: float,
+                         campaign_ts: float, winner: str) -> None:
+        fm = self._field(column)
+        policy = f"owner:{fm.owner}" if fm.owner else self.m.conflict
+        self.out.conflicts.append(Conflict(self.m.name, link.crm_id, link.campaign_key, column, crm_value,
+                                           campaign_value, crm_ts, campaign_ts, f"{winner} wins", policy))
+
+    def _accept_all(self, link: Link, values: dict, side: str, ts: float) -> None:
+        """A record new to the sync: its values are the agreement."""
+        link.agreed.update(values)
+        for column in values:
+            link.field_meta[column] = [side, ts]
+
+    def _deleted(self, change: Change, link: Link) -> None:
+        other = _other(change.side)
+        self._note_position(change, link)
+        if link.deleted or self.m.delete == "ignore" or (
+                self.m.direction == ("export" if change.side == "crm" else "import")):
+            self.out.skipped += 1
+            return
+        link.deleted = True
+        if self.m.delete == "propagate":
+            self._emit(link, other, "delete", {}, change)
+        elif other == "campaign":  # mark as deleted: the Campaign row stays, flagged
+            self._emit(link, other, "upsert", {"deleted": True}, change, raw=True)
+        else:
+            self.out.skipped += 1  # a CRM record has no deletion flag to set: marking only applies to Campaign
+
+    # -- pending writes -----------------------------------------------------------------------------------
+    def _pending(self, link: Link, side: str, column: str, now: float) -> dict | None:
+        entry = link.pending.get(side, {}).get(column)
+        if entry and now - float(entry.get("at", now)) > PENDING_TTL_SECONDS:
+            self._clear_pending(link, side, column)
+            return None
+        return entry
+
+    def _clear_pending(self, link: Link, side: str, column: str) -> None:
+        if link.pending.get(side, {}).pop(column, None) is not None:
+            link.dirty = True
+
+    def _track_sent(self, link: Link, values: dict, bases: dict, ts: float) -> None:
+        """Remember writes in flight to the CRM: its poller will show them back to us (echoes). Campaign
+        echoes need no bookkeeping: change capture tags our writer's transactions."""
+        per_side = link.pending.setdefault("crm", {})
+        for column, value in values.items():
+            entry = per_side.get(column)
+            if entry is None:
+                entry = per_side[column] = {"base": bases.get(column), "sent": [], "at": ts}
+            entry["sent"] = (entry["sent"] + [value])[-5:]
+        link.dirty = True
+
+    # -- commands -----------------------------------------------------------------------------------------
+    def _unresolved_parent(self, values: dict) -> bool:
+        return any(isinstance(values.get(fm.campaign), dict) for fm in self.m.fields if fm.reference)
+
+    def _send(self, link: Link, side: str, values: dict, change: Change, *, bases: dict | None = None,
+              create: bool = False, link_only: bool = False) -> None:
+        """Send canonical `values` to `side` (converted there), remembering CRM writes as in flight."""
+        if self.m.direction == ("import" if side == "crm" else "export"):
+            return
+        values = {c: v for c, v in values.items() if self.m.allows(self._field(c), _other(side))}
+        if not values and not (create or link_only):
+            return
+        if side == "crm" and self._unresolved_parent(values):
+            self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
+            return
+        if side == "crm":
+            self._track_sent(link, values, bases or {}, self._change_ts(change))
+        self._emit(link, side, "upsert", values, change)
+
+    def _emit(self, link: Link, side: str, action: str, values: dict, change: Change, raw: bool = False) -> None:
+        if side == "campaign":
+            payload = values if raw else {fm.campaign: self._to_campaign(fm, values[fm.campaign])
+                                          for fm in self.m.fields if fm.campaign in values}
+            key = {"id": link.campaign_key} if link.campaign_key is not None else None
+            match = ({"crm_account": self.m.account, "crm_object": self.m.crm_object, "crm_id": link.crm_id}
+                     if link.crm_id else None)
+            target, obj = self.r.campaign_name, self.m.campaign_table
+        else:
+            payload = {fm.crm: self._to_crm(fm, values[fm.campaign]) for fm in self.m.fields if fm.campaign in values}
+            key = {"Id": link.crm_id} if link.crm_id else None
+            if key and self.m.crm_external_id and link.campaign_key is not None and action == "upsert":
+                payload[self.m.crm_external_id] = str(link.campaign_key)  # the CRM record points back to us
+            match = ({self.m.crm_external_id: str(link.campaign_key)}
+                     if self.m.crm_external_id and link.campaign_key is not None else None)
+            target, obj = self.m.account, self.m.crm_object
+        self.out.commands.append(ApplyCommand(
+            id=f"{change.id}>{self.m.name}>{side}", side=side, target=target, object=obj, action=action,
+            key=key, values=payload, cause=change.id, match=match, source_ts=change.source_ts))
+
+    def _to_campaign(self, fm: FieldMap, value: Any) -> Any:
+        if fm.reference and value is not None:  # resolved by the Campaign writer; it waits for the parent
+            parent = self.r.settings.mapping(fm.reference)
+            return {"$ref": {"table": parent.campaign_table, "crm_account": parent.account, "crm_id": value}}
+        return value
+
+    def _to_crm(self, fm: FieldMap, value: Any) -> Any:
+        if fm.enumeration and value is not None:
+            return self.r.enums.to_crm(fm.enumeration, value)
+        return value
+
+
+def save_conflicts(conn: psycopg.Connection, conflicts: Iterable[Conflict]) -> None:
+    rows = [(c.mapping, c.crm_id, c.campaign_key, c.field, Jsonb(c.crm_value), Jsonb(c.campaign_value),
+             c.crm_ts, c.campaign_ts, c.decision, c.policy) for c in conflicts]
+    if rows:
+        conn.cursor().executemany(
+            """INSERT INTO crmsync.conflicts (mapping, crm_id, campaign_key, field, crm_value, campaign_value,
+                   crm_ts, campaign_ts, decision, policy)
+               VALUES (%s, %s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s)""", rows)

@@ -1,0 +1,163 @@
+"""The reconciler's decisions against a real Campaign database: links, matching, echoes, conflicts, deletes."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from crmsync import config, pg
+from crmsync.defaults import default_mappings
+from crmsync.envelope import Change
+from streams.reconcile import Reconciler, save_conflicts
+
+ACCOUNT = "sf"
+_seq = itertools.count(1)
+
+
+def _settings(**contacts_overrides):
+    mappings = [m.model_dump() for m in default_mappings(ACCOUNT)]
+    for m in mappings:
+        if m["name"] == "contacts":
+            m.update(contacts_overrides)
+    return config.Settings.model_validate({
+        "accounts": {ACCOUNT: {"type": "salesforce", "username": "u", "password": "p"}},
+        "campaign": {"name": "campaign"}, "mappings": mappings})
+
+
+def crm(op: str, crm_id: str, modstamp: str, **fields) -> Change:
+    after = None if op == "d" else {"Id": crm_id, "SystemModstamp": modstamp, **fields}
+    return Change(id=f"crm:{crm_id}:{modstamp}:{next(_seq)}", side="crm", source=ACCOUNT, object="Contact", op=op,
+                  key={"Id": crm_id}, after=after, position={"modstamp": modstamp, "id": crm_id}, source_ts=modstamp)
+
+
+def campaign(op: str, key: int, commit_ts: str, after: dict | None, before: dict | None = None,
+             origin: str | None = None) -> Change:
+    lsn = next(_seq) * 1000
+    return Change(id=f"campaign:{lsn}", side="campaign", source="campaign", object="recipients", op=op,
+                  key={"id": key}, after=after, before=before, position={"lsn": "0/0", "lsn_int": lsn, "seq": 0},
+                  source_ts=commit_ts, origin=origin)
+
+
+@pytest.fixture
+def decide(campaign_db):
+    dsn, _name = campaign_db
+    state = {"settings": _settings()}
+
+    def run(changes, **overrides):
+        settings = _settings(**overrides) if overrides else state["settings"]
+        with pg.connect(dsn) as conn:
+            outcome = Reconciler(settings, "campaign").process(conn, changes)
+            save_conflicts(conn, outcome.conflicts)
+        return outcome
+
+    run.dsn = dsn
+    return run
+
+
+def _recipient(dsn: str, email: str, **columns) -> dict:
+    with pg.connect(dsn) as conn:
+        names = ["email", *columns]
+        row = conn.execute(f"INSERT INTO recipients ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
+                           "RETURNING id, updated_at", [email, *columns.values()]).fetchone()
+    return {"id": row[0], "updated_at": row[1]}
+
+
+def test_new_crm_contact_becomes_a_campaign_insert(decide):
+    out = decide([crm("c", "003A", "2026-01-01T10:00:00.000+0000", FirstName="Ann", LastName="Lee",
+                      Email="ann@example.com", Birthdate="1990-02-03", HasOptedOutOfEmail=False)])
+    [command] = out.commands
+    assert command.side == "campaign" and command.object == "recipients" and command.key is None
+    assert command.match == {"crm_account": ACCOUNT, "crm_object": "Contact", "crm_id": "003A"}
+    assert command.values == {"first_name": "Ann", "last_name": "Lee", "email": "ann@example.com",
+                              "birth_date": "1990-02-03", "email_opt_out": False}
+
+
+def test_matching_email_links_instead_of_duplicating(decide):
+    row = _recipient(decide.dsn, "  Bob@Example.com ", first_name="Bob", job_title="Buyer")
+    out = decide([crm("c", "003B", "2000-01-01T10:00:00.000+0000", FirstName="Robert", Email="bob@example.com",
+                      Title=None)])
+    campaign_cmds = [c for c in out.commands if c.side == "campaign"]
+    crm_cmds = [c for c in out.commands if c.side == "crm"]
+    assert len(campaign_cmds) == 1 and campaign_cmds[0].key == {"id": row["id"]}  # an update, not an insert
+    assert campaign_cmds[0].match["crm_id"] == "003B"
+    # the Campaign row was edited after the CRM record (2000): its values win field by field
+    assert crm_cmds and crm_cmds[0].key == {"Id": "003B"}
+    assert crm_cmds[0].values["FirstName"] == "Bob" and crm_cmds[0].values["Campaign_Key__c"] == str(row["id"])
+    assert {c.field for c in out.conflicts} >= {"first_name"}
+
+
+def test_echoes_of_our_own_writes_are_dropped(decide):
+    decide([crm("c", "003C", "2026-01-01T10:00:00.000+0000", FirstName="Cy", LastName="Xu", Email="cy@example.com")])
+    row = _recipient(decide.dsn, "cy@example.com")
+    # the Campaign writer's insert comes back through change capture, tagged with its origin
+    echo = campaign("c", row["id"], "2026-01-01T10:00:01Z",
+                    {"id": row["id"], "email": "cy@example.com", "first_name": "Cy", "crm_account": ACCOUNT,
+                     "crm_id": "003C"}, origin="writer-campaign")
+    assert decide([echo]).commands == []
+    # a marketer edits the row: that goes to the CRM...
+    human = campaign("u", row["id"], "2026-01-01T11:00:00Z",
+                     {"id": row["id"], "email": "cy@example.com", "first_name": "Cyrus", "last_name": "Xu",
+                      "crm_account": ACCOUNT, "crm_id": "003C"},
+                     before={"id": row["id"], "email": "cy@example.com", "first_name": "Cy", "last_name": "Xu",
+                             "crm_account": ACCOUNT, "crm_id": "003C"})
+    [to_crm] = decide([human]).commands
+    assert to_crm.side == "crm" and to_crm.values["FirstName"] == "Cyrus"
+    # ...and the CRM's echo of that write (seen by the poller) is not sent back: no ping-pong
+    assert decide([crm("u", "003C", "2026-01-01T11:00:02.000+0000", FirstName="Cyrus", LastName="Xu",
+                       Email="cy@example.com")]).commands == []
+
+
+def _linked(decide, crm_id: str, email: str) -> int:
+    decide([crm("c", crm_id, "2026-01-01T10:00:00.000+0000", FirstName="Di", LastName="Ho", Email=email,
+                HasOptedOutOfEmail=False)])
+    row = _recipient(decide.dsn, email)
+    decide([campaign("c", row["id"], "2026-01-01T10:00:01Z",
+                     {"id": row["id"], "email": email, "crm_account": ACCOUNT, "crm_id": crm_id},
+                     origin="writer-campaign")])
+    return row["id"]
+
+
+def test_concurrent_edits_last_modified_wins_and_is_recorded(decide):
+    key = _linked(decide, "003D", "di@example.com")
+    base = {"id": key, "email": "di@example.com", "first_name": "Di", "last_name": "Ho",
+            "crm_account": ACCOUNT, "crm_id": "003D"}
+    to_crm = decide([campaign("u", key, "2026-01-01T12:00:00Z", {**base, "job_title": "CMO"},
+                              before={**base, "job_title": None})]).commands
+    assert to_crm[0].values == {"Title": "CMO", "Campaign_Key__c": str(key)}
+    # the CRM user had edited the title earlier (11:00), before our write (still in flight) arrived
+    out = decide([crm("u", "003D", "2026-01-01T11:00:00.000+0000", FirstName="Di", LastName="Ho",
+                      Email="di@example.com", Title="CEO")])
+    # the Campaign edit is newer: it stays, and is re-sent so it lands after the CRM user's edit
+    assert [(c.side, c.values["Title"]) for c in out.commands] == [("crm", "CMO")]
+    [conflict] = out.conflicts
+    assert (conflict.field, conflict.crm_value, conflict.campaign_value, conflict.decision) == \
+        ("job_title", "CEO", "CMO", "campaign wins")
+    with pg.connect(decide.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM crmsync.conflicts WHERE field = 'job_title'").fetchone()[0] == 1
+
+
+def test_owned_field_always_goes_to_its_owner(decide):
+    key = _linked(decide, "003E", "eve@example.com")
+    out = decide([crm("u", "003E", "2026-01-02T10:00:00.000+0000", FirstName="Di", LastName="Ho",
+                      Email="eve@example.com", HasOptedOutOfEmail=True)])
+    # HasOptedOutOfEmail ⇄ email_opt_out is Campaign-owned in the default mapping: the CRM edit is reverted
+    assert [(c.side, c.values.get("HasOptedOutOfEmail")) for c in out.commands] == [("crm", False)]
+    assert out.conflicts[0].policy == "owner:campaign"
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("propagate", ("delete", {})), ("mark", ("upsert", {"deleted": True})), ("ignore", None)])
+def test_crm_delete_follows_the_delete_policy(decide, policy, expected):
+    _linked(decide, "003F", f"fay-{policy}@example.com")
+    out = decide([crm("d", "003F", "2026-01-03T10:00:00.000+0000")], delete=policy)
+    got = [(c.action, c.values) for c in out.commands]
+    assert got == ([expected] if expected else [])
+
+
+def test_duplicates_and_bursts_collapse(decide):
+    first = crm("c", "003G", "2026-01-01T10:00:00.000+0000", FirstName="G1", LastName="L", Email="g@example.com")
+    second = crm("u", "003G", "2026-01-01T10:00:05.000+0000", FirstName="G2", LastName="L", Email="g@example.com")
+    out = decide([first, second, first])  # a burst, and an at-least-once redelivery of the first change
+    assert len(out.commands) == 1 and out.commands[0].values["first_name"] == "G2"
+    again = decide([first])  # replayed after the fact: older than what we have, ignored
+    assert again.commands == []
