@@ -22,7 +22,7 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(capture_app, name="capture")
 console = Console()
-SERVICES = ("capture",)
+SERVICES = ("capture", "streams", "writer-campaign", "poller-salesforce", "writer-salesforce")
 
 
 def _sandbox_app() -> typer.Typer | None:
@@ -122,6 +122,8 @@ def campaign_seed(ctx: typer.Context, recipients: int = typer.Option(1000, min=1
 # -- services -------------------------------------------------------------------------------------------------
 @app.command("service")
 def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}"),
+            account: Optional[str] = typer.Option(None, help="CRM account (pollers and CRM writers)"),
+            interval: float = typer.Option(2.0, help="seconds between CRM polls"),
             log_level: str = typer.Option("INFO")) -> None:
     """Run one service in the foreground (what a container runs)."""
     if name not in SERVICES:
@@ -129,14 +131,46 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
         raise typer.Exit(2)
     logs.setup(name, log_level)
     found = endpoints(ctx)
+    from crmsync.run import effective_settings
+
+    current = effective_settings(settings(ctx), None)
     if name == "capture":
         from services.capture.service import CaptureConfigError, main as capture_main
 
         try:
-            capture_main(settings(ctx), found.bootstrap_servers, found.campaign_dsn)
+            capture_main(current, found.bootstrap_servers, found.campaign_dsn)
         except CaptureConfigError as exc:
             console.print(f"[red]change capture cannot start:[/red] {exc}", highlight=False)
             raise typer.Exit(2)
+    elif name == "streams":
+        from streams.app import run as run_streams
+
+        run_streams(current, found, log_level.lower())
+    elif name == "writer-campaign":
+        from services.campaign_writer.service import run as run_campaign_writer
+
+        run_campaign_writer(current, found, sorted({m.campaign_table for m in current.mappings}))
+    else:
+        account_name = _account(current, account)
+        objects = sorted({m.crm_object for m in current.mappings if m.account == account_name})
+        from services.salesforce.service import run_poller, run_writer
+
+        if name == "poller-salesforce":
+            run_poller(current, found, account_name, objects, interval)
+        else:
+            run_writer(current, found, account_name)
+
+
+def _account(current: Settings, requested: str | None) -> str:
+    if requested:
+        if requested not in current.accounts:
+            console.print(f"[red]no account {requested!r}[/red]; configured: {', '.join(current.accounts) or 'none'}")
+            raise typer.Exit(2)
+        return requested
+    if not current.accounts:
+        console.print("[red]no CRM account configured[/red]: add one under accounts: in crmsync.yaml")
+        raise typer.Exit(2)
+    return next(iter(current.accounts))
 
 
 @capture_app.command("status")

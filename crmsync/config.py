@@ -38,6 +38,7 @@ class CampaignSettings(_Strict):
     slot_name: str = "crmsync"
     publication: str = "crmsync"
     heartbeat_seconds: float = Field(10.0, gt=0)
+    snapshot: Literal["initial", "never"] = Field("initial", description="publish existing rows once, first")
     poll_interval_seconds: float = Field(0.05, gt=0)
     batch_changes: int = Field(5000, ge=1)
 

@@ -69,6 +69,15 @@ class Change:
         return record_key(self.key)
 
 
+def changes_from_message(raw: bytes | str) -> list[Change]:
+    """A change topic message holds one Change, or a batch envelope {"v": 1, "changes": [...]} (backfills)."""
+    payload = json.loads(raw)
+    if isinstance(payload, dict) and "changes" in payload:
+        _checked(payload, "change batch")
+        return [Change(**_checked(item, "change")) for item in payload["changes"]]
+    return [Change(**_checked(payload, "change"))]
+
+
 @dataclass(slots=True)
 class ApplyCommand:
     """An instruction for a writer: make ``object`` on ``side``/``target`` look like ``values``.

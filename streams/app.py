@@ -10,7 +10,6 @@ Scaling out = more partitions and more `crmsync service streams` workers in the 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, pg, topics
 from crmsync.config import Mapping, Settings
-from crmsync.envelope import Change, record_key
+from crmsync.envelope import Change, changes_from_message, record_key
 from crmsync.infra import Endpoints
 from streams.reconcile import Outcome, Reconciler, save_conflicts
 
@@ -36,20 +35,12 @@ CONFLICTS = Counter("crmsync_streams_conflicts_total", "Conflicts recorded", ["m
 BATCH_SECONDS = Histogram("crmsync_streams_batch_seconds", "Time to decide and publish one batch", ["side"])
 
 
-def decode(raw: bytes) -> list[Change]:
-    """One change per message, or a batch envelope {"v":1,"changes":[…]} as pollers use for backfills."""
-    payload = json.loads(raw)
-    if isinstance(payload, dict) and "changes" in payload:
-        return [Change(**item) for item in payload["changes"]]
-    return [Change(**payload)]
-
-
 def crm_backfill_done(conn, mapping: Mapping) -> bool:
     """Campaign-only records may create CRM records only once the CRM's first full read is in: otherwise a
     contact that exists in both would be created twice instead of matched."""
     row = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
                        (f"poller:salesforce:{mapping.account}:{mapping.crm_object}",)).fetchone()
-    return bool(row and (row[0] or {}).get("initial_done"))
+    return bool(row and (row[0] or {}).get("snapshot_done"))
 
 
 class BatchHandler:
@@ -158,7 +149,7 @@ def build_app(settings: Settings, found: Endpoints) -> faust.App:
         async def agent(stream: Any, side: str = side) -> None:
             loop = asyncio.get_running_loop()
             async for batch in stream.take(BATCH_SIZE, within=BATCH_WITHIN):
-                changes = [change for raw in batch for change in decode(raw)]
+                changes = [change for raw in batch for change in changes_from_message(raw)]
                 await loop.run_in_executor(executors[side], handler(side).handle, changes)
 
         app.agent(source, name=f"{side}-changes")(agent)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from crmsync import config, infra, kafka, pg
-from crmsync.envelope import Change
+from crmsync.envelope import Change, changes_from_message
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def consume_changes(bootstrap: str, topic_names: list[str], until: Callable[[lis
         while time.monotonic() < deadline and not until(seen):
             for message in consumer.consume(5000, 0.2):
                 if message.error() is None:
-                    seen.append(Change.from_json(message.value()))
+                    seen.extend(changes_from_message(message.value()))
     finally:
         consumer.close()
     return seen

@@ -151,6 +151,7 @@ def test_kill_9_during_20000_updates_loses_nothing(endpoints, campaign_db, write
                 for start in range(1, 1001, 20):
                     conn.execute("UPDATE recipients SET job_title = %s WHERE id BETWEEN %s AND %s",
                                  (f"v{round_}", start, start + 19))
+                    time.sleep(0.005)  # spread over ~5 s so the kill lands mid-stream even on a busy machine
 
     from services.capture.pgoutput import lsn_to_int
 

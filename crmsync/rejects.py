@@ -1,0 +1,329 @@
+"""The rejects ledger: every record a stage could not process, kept in `crmsync.rejects` and retried.
+
+Why a ledger: a bad record must never block the others, and must never be silently dropped. A writer records
+its rejects in the same PostgreSQL transaction as the batch they came from, publishes them to
+``topics.rejects(side, target)`` after the commit, and only then commits its Kafka offsets.
+
+Life of a rejected apply command (`status`):
+
+    pending    it failed (constraint, unknown column, row not found …); retried with exponential backoff
+    waiting    it can not run yet: its parent row is missing (PARENT_NOT_FOUND), or an earlier command for the
+               same record is still in the ledger (WAITING_FOR_EARLIER: commands of one record never overtake
+               each other, even across retries)
+    retrying   it was put back on its apply topic; the writer resolves it or records it again
+    resolved   a retry succeeded
+    abandoned  it failed `max_attempts` times; still listed, and `crmsync rejects retry ID` can still requeue it
+
+The `RetryLoop` does the automatic part: it requeues due rows (oldest first, one at a time per record) and
+abandons the exhausted ones.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import psycopg
+from confluent_kafka import Producer
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from crmsync import kafka, pg, topics
+from crmsync.envelope import ApplyCommand, Reject, record_key
+
+log = logging.getLogger("crmsync.rejects")
+
+STATUSES = ("pending", "waiting", "retrying", "resolved", "abandoned")
+OPEN_STATUSES = ("pending", "waiting", "retrying")  # the ledger still owes these records an outcome
+PARENT_NOT_FOUND = "PARENT_NOT_FOUND"
+WAITING_FOR_EARLIER = "WAITING_FOR_EARLIER"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to retry: base·2^attempt seconds (capped), minus a random share so retries of many records spread."""
+
+    base_seconds: float = 2.0
+    max_seconds: float = 600.0
+    max_attempts: int = 8  # after this many requeues a failing record is abandoned (≈ 8.5 min with the defaults)
+    jitter: float = 0.5  # up to this fraction of the delay is taken off at random
+    retrying_timeout: float = 300.0  # a requeued command not settled by then is requeued again
+
+    def delay(self, attempt: int) -> float:
+        full = min(self.max_seconds, self.base_seconds * 2 ** max(attempt, 0))
+        return full * (1 - self.jitter * random.random())
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+@dataclass
+class Entry:
+    """One row for the ledger: the reject plus what is needed to retry it."""
+
+    reject: Reject
+    command: ApplyCommand | None = None
+    status: str = "pending"
+    retry_in: float | None = None  # seconds until the automatic retry; None = only by hand
+    record_key: str | None = None  # the record it concerns, e.g. "recipients|id=42" (keeps per-record order)
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
+_UPSERT = """
+INSERT INTO crmsync.rejects (id, stage, side, target, object, reason, error_code, record, attempts, status,
+                             next_retry_at, command, apply_topic, command_id, record_key)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + %s * interval '1 second', %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET
+    reason = excluded.reason, error_code = excluded.error_code, record = excluded.record,
+    attempts = GREATEST(crmsync.rejects.attempts, excluded.attempts), status = excluded.status,
+    next_retry_at = excluded.next_retry_at, command = excluded.command, apply_topic = excluded.apply_topic,
+    command_id = excluded.command_id, record_key = excluded.record_key, updated_at = now()
+"""
+
+
+def record(conn: psycopg.Connection, reject: Reject, *, command: ApplyCommand | None, status: str = "pending",
+           retry_in: float | None = None, record_key: str | None = None) -> None:
+    """Insert or update one reject inside the caller's transaction (publish it after the commit)."""
+    record_many(conn, [Entry(reject, command, status, retry_in, record_key)])
+
+
+def record_many(conn: psycopg.Connection, entries: Sequence[Entry]) -> None:
+    """`record` for a whole batch in one round trip."""
+    if not entries:
+        return
+    for entry in entries:
+        if entry.status not in ("pending", "waiting", "abandoned"):
+            raise ValueError(f"a new reject is pending, waiting or abandoned, not {entry.status!r}")
+    with conn.cursor() as cur:
+        cur.executemany(_UPSERT, [_row(e) for e in entries])
+
+
+def _row(entry: Entry) -> tuple:
+    r, command = entry.reject, entry.command
+    topic = topics.apply(command.side, command.target, command.object) if command else None
+    return (r.id, r.stage, r.side, r.target, r.object, r.reason, r.error_code, Jsonb(r.record), r.attempt,
+            entry.status, entry.retry_in, Jsonb(json.loads(command.to_json())) if command else None, topic,
+            command.id if command else None, entry.record_key)
+
+
+def publish(producer: Producer, tracker: kafka.DeliveryTracker, reject: Reject) -> None:
+    """Put `reject` on its rejects topic (call `kafka.flush_all` before committing anything that depends on it)."""
+    source = reject.record if isinstance(reject.record, dict) else {}
+    key = record_key(source.get("key") or source.get("match") or {"id": reject.id})
+    _produce(producer, tracker, topics.rejects(reject.side, reject.target), key, reject.to_json())
+
+
+def _produce(producer: Producer, tracker: kafka.DeliveryTracker, topic: str, key: bytes, value: bytes) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=tracker)
+            return
+        except BufferError:  # local queue full: let deliveries drain
+            producer.poll(0.1)
+
+
+def resolve(conn: psycopg.Connection, command_ids: Iterable[str]) -> int:
+    """Mark the open rejects of these commands resolved: a retry of theirs has just succeeded."""
+    ids = list(command_ids)
+    if not ids:
+        return 0
+    cur = conn.execute("UPDATE crmsync.rejects SET status = 'resolved', next_retry_at = NULL, updated_at = now() "
+                       "WHERE command_id = ANY(%s) AND status <> 'resolved'", (ids,))
+    return cur.rowcount
+
+
+def abandon(conn: psycopg.Connection, ids: Iterable[str]) -> int:
+    """Stop retrying these rejects automatically (they stay listed, and can be retried by hand)."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    cur = conn.execute("UPDATE crmsync.rejects SET status = 'abandoned', next_retry_at = NULL, updated_at = now() "
+                       "WHERE id = ANY(%s) AND status IN ('pending', 'waiting', 'retrying')", (ids,))
+    return cur.rowcount
+
+
+# -- retrying ---------------------------------------------------------------------------------------------------
+def _filters(stage: str | None, target: str | None, alias: str = "r") -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if stage:
+        clauses.append(f"{alias}.stage = %s")
+        params.append(stage)
+    if target:
+        clauses.append(f"{alias}.target = %s")
+        params.append(target)
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def due(conn: psycopg.Connection, limit: int = 500, *, stage: str | None = None,
+        target: str | None = None) -> list[dict[str, Any]]:
+    """Open rejects whose retry time has come, oldest first — only the oldest open one of each record, so a
+    record's commands are retried in their original order."""
+    extra, params = _filters(stage, target)
+    with pg.dict_cursor(conn) as cur:
+        return cur.execute(
+            f"""SELECT r.id, r.attempts, r.status, r.error_code FROM crmsync.rejects r
+                WHERE r.status IN ('pending', 'waiting', 'retrying') AND r.next_retry_at <= now()
+                  AND r.command IS NOT NULL {extra}
+                  AND NOT EXISTS (SELECT 1 FROM crmsync.rejects e
+                                  WHERE e.record_key = r.record_key AND e.seq < r.seq
+                                    AND e.status IN ('pending', 'waiting', 'retrying'))
+                ORDER BY r.seq LIMIT %s""", [*params, limit]).fetchall()
+
+
+def _stored_command(row: dict[str, Any]) -> ApplyCommand | None:
+    """The command to put back: the stored one, or the reject's record when that is an apply command (rejects
+    recorded by writers that predate the `command` column)."""
+    for candidate in (row.get("command"), row.get("record")):
+        if isinstance(candidate, dict):
+            try:
+                return ApplyCommand(**candidate)
+            except TypeError:
+                continue
+    return None
+
+
+def requeue(conn: psycopg.Connection, producer: Producer, ids: Sequence[str] | None, *,
+            tracker: kafka.DeliveryTracker | None = None, policy: RetryPolicy = DEFAULT_POLICY,
+            only_due: bool = False) -> list[str]:
+    """Publish the stored commands of these rejects again (attempt + 1) and mark them 'retrying'.
+
+    ``ids=None`` means every reject that is not resolved (abandoned ones included). Rows without an apply
+    command (e.g. unreadable messages) cannot be requeued and are skipped. Returns the ids requeued.
+    The rows stay locked until the broker acknowledged every message, so two loops never requeue the same row.
+    """
+    tracker = tracker or kafka.DeliveryTracker()
+    where = "status <> 'resolved'" + ("" if ids is None else " AND id = ANY(%s)")
+    if only_due:
+        where += " AND status IN ('pending', 'waiting', 'retrying') AND next_retry_at <= now()"
+    params = [] if ids is None else [list(ids)]
+    sent: list[str] = []
+    with conn.transaction(), pg.dict_cursor(conn) as cur:
+        rows = cur.execute(f"SELECT id, command, record, apply_topic, attempts FROM crmsync.rejects WHERE {where} "
+                           "ORDER BY seq FOR UPDATE SKIP LOCKED", params).fetchall()
+        for row in rows:
+            command = _stored_command(row)
+            if command is None:
+                log.info("reject %s holds no apply command; it can not be requeued", row["id"])
+                continue
+            command.attempt = row["attempts"] + 1
+            topic = row["apply_topic"] or topics.apply(command.side, command.target, command.object)
+            _produce(producer, tracker, topic, record_key(command.match or command.key or {"id": command.id}),
+                     command.to_json())
+            sent.append(row["id"])
+        if sent:
+            kafka.flush_all(producer, tracker)
+            cur.execute("UPDATE crmsync.rejects SET status = 'retrying', attempts = attempts + 1, "
+                        "next_retry_at = now() + %s * interval '1 second', updated_at = now() WHERE id = ANY(%s)",
+                        (policy.retrying_timeout, sent))
+    return sent
+
+
+@dataclass
+class TickResult:
+    requeued: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)
+
+
+class RetryLoop:
+    """Automatic retries: requeue what is due, abandon what failed `policy.max_attempts` times.
+
+    A writer calls `maybe_tick()` between batches (same thread, its own connection here), or `start()` runs it
+    in a background thread. `stage` / `target` limit it to the rejects of one writer."""
+
+    def __init__(self, dsn: str, producer: Producer, *, tracker: kafka.DeliveryTracker | None = None,
+                 policy: RetryPolicy = DEFAULT_POLICY, stage: str | None = None, target: str | None = None,
+                 interval: float = 1.0, batch: int = 500) -> None:
+        self.dsn = dsn
+        self.producer = producer
+        self.tracker = tracker or kafka.DeliveryTracker()
+        self.policy = policy
+        self.stage = stage
+        self.target = target
+        self.interval = interval
+        self.batch = batch
+        self._conn: psycopg.Connection | None = None
+        self._last = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = pg.connect(self.dsn, autocommit=True, application="crmsync-retry")
+        return self._conn
+
+    def tick(self) -> TickResult:
+        conn = self._connection()
+        rows = due(conn, self.batch, stage=self.stage, target=self.target)
+        exhausted = [r["id"] for r in rows
+                     if r["attempts"] >= self.policy.max_attempts and r["error_code"] != WAITING_FOR_EARLIER]
+        result = TickResult(abandoned=exhausted)
+        if exhausted:
+            abandon(conn, exhausted)
+            log.warning("abandoned %d rejects after %d attempts", len(exhausted), self.policy.max_attempts)
+        ready = [r["id"] for r in rows if r["id"] not in set(exhausted)]
+        if ready:
+            result.requeued = requeue(conn, self.producer, ready, tracker=self.tracker, policy=self.policy,
+                                      only_due=True)
+        return result
+
+    def maybe_tick(self) -> TickResult | None:
+        """`tick()` if `interval` seconds passed since the last one. Errors are logged, never raised: retrying
+        is a background duty and must not stop the writer."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return None
+        self._last = now
+        try:
+            return self.tick()
+        except (psycopg.Error, RuntimeError, Exception) as exc:  # noqa: BLE001 - logged, retried next tick
+            log.warning("retry loop tick failed (%s); trying again in %.0fs", type(exc).__name__, self.interval)
+            self.close()
+            return None
+
+    def start(self) -> "RetryLoop":
+        self._thread = threading.Thread(target=self._run, name="crmsync-retry", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval / 4):
+            self.maybe_tick()
+        self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+LIST_COLUMNS = ("id", "stage", "side", "target", "object", "error_code", "reason", "attempts", "status",
+                "next_retry_at", "command_id", "created_at", "updated_at")
+
+
+def list_rejects(dsn: str, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest rejects first, optionally of one status (for `crmsync rejects list`)."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    where = "WHERE status = %s" if status else ""
+    params: list[Any] = [status] if status else []
+    with pg.connect(dsn, autocommit=True, application="crmsync-rejects") as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        return cur.execute(f"SELECT {', '.join(LIST_COLUMNS)} FROM crmsync.rejects {where} "
+                           "ORDER BY seq DESC LIMIT %s", [*params, limit]).fetchall()
+
+
+def retry_now(dsn: str, bootstrap_servers: str, ids: Sequence[str] | None) -> list[str]:
+    """Requeue these rejects now (None = every reject not resolved), for `crmsync rejects retry`."""
+    producer = kafka.producer(bootstrap_servers)
+    with pg.connect(dsn, autocommit=True, application="crmsync-rejects") as conn:
+        return requeue(conn, producer, ids)

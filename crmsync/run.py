@@ -1,0 +1,169 @@
+"""`crmsync run`: start every service for the configured mappings and keep them running.
+
+With nothing configured, crmsync runs on its embedded defaults: broker and PostgreSQL (crmsync.infra), the
+local Salesforce sandbox as the CRM account, and the shipped mappings. The effective configuration is written
+to `<state>/run/crmsync.yaml` (mode 0600) and every service process reads it, exactly as a container would
+read its own mounted crmsync.yaml. A service that dies is restarted with backoff; Ctrl-C stops them all.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+from crmsync import infra, process
+from crmsync.config import Settings
+from crmsync.defaults import default_mappings
+
+SANDBOX_ACCOUNT = "salesforce"
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.name, *self.args[1::2]]) if self.args else self.name
+
+
+def plan(settings: Settings) -> list[ServiceSpec]:
+    """Which processes the configured mappings need (one poller and one writer per CRM account)."""
+    specs = [ServiceSpec("capture"), ServiceSpec("streams"), ServiceSpec("writer-campaign")]
+    for account in sorted({m.account for m in settings.mappings}):
+        specs.append(ServiceSpec("poller-salesforce", ["--account", account]))
+        specs.append(ServiceSpec("writer-salesforce", ["--account", account]))
+    return specs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Sandbox:
+    process: subprocess.Popen
+    url: str
+    ca_file: Path
+
+
+def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None = None,
+                  log_file: Path | None = None) -> Sandbox:
+    """The local Salesforce sandbox as a child process, ready when this returns."""
+    from crmsync.tls import ensure_ca
+
+    sandboxes = state_dir / "sandboxes"
+    ca_file = ensure_ca(sandboxes).resolve()
+    port = port or _free_port()
+    command = [sys.executable, "-m", "crmsync", "sandbox", "salesforce", "--port", str(port),
+               "--state", str(sandboxes / "salesforce"), "--seed-contacts", str(seed_contacts)]
+    output = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    child = subprocess.Popen(command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"https://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"the Salesforce sandbox exited with status {child.returncode} (log: {log_file})")
+        try:
+            if httpx.get(f"{url}/services/data/", verify=str(ca_file), timeout=1).status_code == 200:
+                return Sandbox(child, url, ca_file)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.stop(child)
+    raise RuntimeError(f"the Salesforce sandbox did not answer on {url} within 180 s (log: {log_file})")
+
+
+def sandbox_account(sandbox: Sandbox) -> dict:
+    from services.sandboxes.salesforce.settings import DEFAULT_CREDENTIALS as creds
+
+    return {"type": "salesforce", "login_url": sandbox.url, "username": creds.username, "password": creds.password,
+            "security_token": creds.security_token, "client_id": creds.client_id,
+            "client_secret": creds.client_secret, "ca_file": str(sandbox.ca_file), "auth": "oauth"}
+
+
+def _plain(settings: Settings) -> dict:
+    """Settings as plain data with secrets revealed: only for the 0600 file the services read."""
+    data = settings.model_dump(mode="json")
+    for name, account in settings.accounts.items():
+        data["accounts"][name].update({k: v.get_secret_value() for k, v in account if hasattr(v, "get_secret_value")})
+    return data
+
+
+def effective_settings(settings: Settings, sandbox: Sandbox | None) -> Settings:
+    """Fill in what is not configured: the sandbox account, the shipped mappings."""
+    data = _plain(settings)
+    if sandbox is not None and not settings.accounts:
+        data["accounts"] = {SANDBOX_ACCOUNT: sandbox_account(sandbox)}
+    if not settings.mappings and data["accounts"]:
+        account = next(iter(data["accounts"]))
+        data["mappings"] = [m.model_dump(mode="json") for m in default_mappings(account)]
+    return Settings.model_validate(data)
+
+
+def write_effective_config(effective: Settings, found: infra.Endpoints, path: Path) -> Path:
+    """What every service process reads (`--config`), like a container's mounted crmsync.yaml."""
+    data = _plain(effective)
+    data["kafka"]["bootstrap_servers"] = found.bootstrap_servers
+    data["campaign"]["dsn"] = found.campaign_dsn
+    data["state_dir"] = str(effective.state_dir.resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+    return path
+
+
+class Supervisor:
+    """Keeps one child process per ServiceSpec alive."""
+
+    def __init__(self, specs: list[ServiceSpec], found: infra.Endpoints, config_file: Path, log_dir: Path) -> None:
+        self.specs = specs
+        self.found = found
+        self.config_file = config_file
+        self.log_dir = log_dir
+        self.children: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+        self.next_start: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            self._spawn(spec)
+
+    def _spawn(self, spec: ServiceSpec) -> None:
+        log_file = self.log_dir / f"{spec.label.replace(' ', '-')}.log"
+        self.children[spec.label] = process.spawn_service(spec.name, self.found, config_file=self.config_file,
+                                                          log_file=log_file, args=spec.args)
+
+    def check(self) -> list[str]:
+        """Restart services that exited; return the labels restarted now."""
+        restarted = []
+        for spec in self.specs:
+            child = self.children.get(spec.label)
+            if child is None or child.poll() is None:
+                continue
+            now = time.monotonic()
+            if spec.label not in self.next_start:
+                count = self.restarts.get(spec.label, 0)
+                self.next_start[spec.label] = now + min(30.0, 0.5 * 2 ** count)
+            if now >= self.next_start[spec.label]:
+                del self.next_start[spec.label]
+                self.restarts[spec.label] = self.restarts.get(spec.label, 0) + 1
+                self._spawn(spec)
+                restarted.append(spec.label)
+        return restarted
+
+    def stop(self) -> None:
+        for child in self.children.values():
+            process.stop(child)
