@@ -1,0 +1,66 @@
+"""`crmsync sandbox ...`: run local CRM sandboxes, HTTPS servers that speak the real CRM APIs.
+
+    crmsync sandbox salesforce [--port 8443] [--state .crmsync/sandboxes/salesforce] [--seed-contacts N]
+                               [--tls-name NAME ...] [--username U --password P --security-token T
+                               --client-id C --client-secret S] [--admin-token A]
+    crmsync sandbox ca [--state .crmsync/sandboxes]
+
+Default credentials are `settings.DEFAULT_CREDENTIALS`; secrets can also come from environment variables
+(CRMSYNC_SF_PASSWORD, CRMSYNC_SF_SECURITY_TOKEN, CRMSYNC_SF_CLIENT_SECRET, CRMSYNC_SANDBOX_ADMIN_TOKEN) to keep
+them out of the process list.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from crmsync.tls import ensure_ca
+
+from .salesforce.server import DEFAULT_STATE_DIR, serve
+from .salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+
+SANDBOXES_DIR = DEFAULT_STATE_DIR.parent
+_D = DEFAULT_CREDENTIALS
+
+sandbox_app = typer.Typer(help="Run local CRM sandboxes: HTTPS servers implementing the real CRM APIs, for demos, "
+                               "offline development and tests.", no_args_is_help=True)
+
+
+@sandbox_app.command("salesforce")
+def salesforce(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8443, help="HTTPS port (0 picks a free one; the banner shows it)."),
+    state: Path = typer.Option(DEFAULT_STATE_DIR, help="State directory; the CA lives in its parent."),
+    seed_contacts: int = typer.Option(0, help="Seed N demo contacts (and N/5 accounts) into an empty store."),
+    tls_name: Optional[List[str]] = typer.Option(None, help="Extra DNS name or IP for the certificate "
+                                                             "(repeatable), e.g. login.salesforce.com."),
+    username: str = typer.Option(_D.username, help="API user's username."),
+    password: str = typer.Option(_D.password, envvar="CRMSYNC_SF_PASSWORD", show_default=False,
+                                 help=f"API user's password (default: {_D.password})."),
+    security_token: str = typer.Option(_D.security_token, envvar="CRMSYNC_SF_SECURITY_TOKEN", show_default=False,
+                                       help=f"Security token appended to the password (default: "
+                                            f"{_D.security_token})."),
+    client_id: str = typer.Option(_D.client_id, help="Connected app consumer key."),
+    client_secret: str = typer.Option(_D.client_secret, envvar="CRMSYNC_SF_CLIENT_SECRET", show_default=False,
+                                      help=f"Connected app consumer secret (default: {_D.client_secret})."),
+    admin_token: str = typer.Option(DEFAULT_ADMIN_TOKEN, envvar="CRMSYNC_SANDBOX_ADMIN_TOKEN", show_default=False,
+                                    help=f"X-Sandbox-Admin header value (default: {DEFAULT_ADMIN_TOKEN})."),
+    log_level: str = typer.Option("info", help="Logging level (requests are logged without query strings)."),
+) -> None:
+    """Run the Salesforce sandbox (REST, SOQL, composite, Bulk API 2.0, OAuth and SOAP login)."""
+    serve(host=host, port=port, state_dir=state, seed_contacts=seed_contacts, tls_names=tuple(tls_name or ()),
+          credentials=Credentials(username, password, security_token, client_id, client_secret),
+          admin_token=admin_token, log_level=log_level)
+
+
+@sandbox_app.command("ca")
+def ca(state: Path = typer.Option(SANDBOXES_DIR, help="Directory holding all sandboxes (the CA is DIR/ca.pem).")) \
+        -> None:
+    """Print the sandbox CA certificate's path, creating the CA if needed (trust it with REQUESTS_CA_BUNDLE)."""
+    typer.echo(str(ensure_ca(state).resolve()))
+
+
+if __name__ == "__main__":
+    sandbox_app()

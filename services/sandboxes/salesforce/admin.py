@@ -1,0 +1,183 @@
+"""The sandbox's own control surface (not Salesforce API): fault injection, statistics, test levers.
+
+All endpoints live under /__sandbox/ and require the header `X-Sandbox-Admin: <admin token>`. They never look at
+`Authorization`, so a Salesforce session cannot reach them, and Salesforce API paths never accept the admin
+token.
+
+  GET  /__sandbox/faults          current fault settings
+  POST /__sandbox/faults          replace them: {"request_limit_exceeded": 0.1, "unavailable_503": 0.05,
+                                  "slow_seconds": 2.0, "slow_probability": 0.05, "session_expiry": 0.02,
+                                  "seed": 1}  (probabilities per API request; omitted keys are 0; {} clears)
+  GET  /__sandbox/stats           request counts per endpoint, writes per object, Sforce-Auto-Assign values
+  POST /__sandbox/reset-stats     zero the statistics
+  POST /__sandbox/limits          {"daily_api_max": N, "api_usage_today": N} (either key optional)
+  POST /__sandbox/expire-sessions {"refresh_tokens": false}: end every session (and refresh token)
+  POST /__sandbox/clock           {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time
+  POST /__sandbox/undelete        {"object": "Contact", "ids": [...]}: restore from the recycle bin
+
+A fault is decided per API request, after authentication and before anything else happens, so a faulted request
+has no side effect (it is not even counted against the daily limit).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import random
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .context import Sandbox, json_response
+from .errors import SalesforceError
+
+FAULT_PROBABILITIES = ("session_expiry", "request_limit_exceeded", "unavailable_503", "slow_probability")
+FAULT_KEYS = (*FAULT_PROBABILITIES, "slow_seconds", "seed")
+
+
+@dataclass(frozen=True)
+class FaultDecision:
+    kind: str | None  # session_expiry | request_limit_exceeded | unavailable_503 | None
+    delay: float  # seconds to stall before answering (slow fault), 0 for none
+
+
+class Faults:
+    """Random API failures with a seeded RNG, so a test run with the same seed fails the same requests."""
+
+    def __init__(self) -> None:
+        self.configure({})
+
+    def configure(self, spec: dict[str, Any]) -> dict[str, float]:
+        unknown = set(spec) - set(FAULT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown fault settings: {sorted(unknown)}; known: {list(FAULT_KEYS)}")
+        settings = {k: float(spec.get(k, 0)) for k in FAULT_KEYS}
+        if any(not 0 <= settings[k] <= 1 for k in FAULT_PROBABILITIES) or settings["slow_seconds"] < 0:
+            raise ValueError("probabilities must be within [0, 1] and slow_seconds >= 0")
+        self.settings = settings
+        self._rng = random.Random(int(settings["seed"]))
+        return settings
+
+    def decide(self) -> FaultDecision:
+        draws = [self._rng.random() for _ in FAULT_PROBABILITIES]  # fixed draw count: stable sequences per seed
+        s = self.settings
+        delay = s["slow_seconds"] if draws[3] < s["slow_probability"] else 0.0
+        for key, draw in zip(FAULT_PROBABILITIES[:3], draws):
+            if draw < s[key]:
+                return FaultDecision(key, delay)
+        return FaultDecision(None, delay)
+
+
+class Stats:
+    """In-memory counters for tests and demos: what was called, what was written, how writes were routed."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.writes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.auto_assign_counts: Counter[str] = Counter()
+        self.auto_assign_last: deque[dict[str, Any]] = deque(maxlen=200)
+        self.faults: Counter[str] = Counter()
+
+    def record_request(self, method: str, endpoint: str) -> None:
+        self.requests[f"{method} {endpoint}"] += 1
+
+    def record_write(self, object_name: str, operation: str, record_id: str, *, header: str | None = None,
+                     assigned: str | None = None, tracked: bool = False, source: str = "rest") -> None:
+        """Count a successful write; `tracked` writes also log their Sforce-Auto-Assign header (None = absent)."""
+        self.writes[object_name][operation] += 1
+        if tracked:
+            self.auto_assign_counts["absent" if header is None else header.upper()] += 1
+            self.auto_assign_last.append({"object": object_name, "operation": operation, "id": record_id,
+                                          "header": header, "assigned_owner": assigned, "source": source})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "writes": {k: dict(v) for k, v in self.writes.items()},
+                "auto_assign": {"counts": dict(self.auto_assign_counts), "last": list(self.auto_assign_last)},
+                "faults_injected": dict(self.faults)}
+
+
+# ---------------------------------------------------------------- endpoints
+
+Handler = Callable[[Sandbox, dict[str, Any]], Any]
+
+
+def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: check X-Sandbox-Admin, parse the JSON body, render the result or the error."""
+    async def endpoint(request: Request) -> Response:
+        sandbox: Sandbox = request.app.state.sandbox
+        given = request.headers.get("x-sandbox-admin", "")
+        if not hmac.compare_digest(given.encode(), sandbox.admin_token.encode()):
+            return json_response({"error": "the X-Sandbox-Admin header is missing or wrong"}, status=403)
+        try:
+            raw = await request.body()
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            return json_response(handler(sandbox, body))
+        except (ValueError, TypeError, KeyError) as exc:
+            return json_response({"error": str(exc)}, status=400)
+        except SalesforceError as exc:
+            return json_response({"error": exc.message, "errorCode": exc.code}, status=400)
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def get_faults(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    return sandbox.faults.settings
+
+
+def set_faults(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    return sandbox.faults.configure(body)
+
+
+def stats(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    return {**sandbox.stats.snapshot(), "api_usage_today": sandbox.store.daily("api"),
+            "daily_api_max": sandbox.settings.daily_api_max}
+
+
+def reset_stats(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    sandbox.stats.reset()
+    return {}
+
+
+def limits(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    if "daily_api_max" in body:
+        sandbox.settings.daily_api_max = int(body["daily_api_max"])
+    if "api_usage_today" in body:
+        sandbox.store.set_daily("api", int(body["api_usage_today"]))
+    return {"daily_api_max": sandbox.settings.daily_api_max, "api_usage_today": sandbox.store.daily("api")}
+
+
+def expire_sessions(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    return {"expired": sandbox.auth.expire_all(refresh_tokens=bool(body.get("refresh_tokens", False)))}
+
+
+def clock(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    sandbox.store.clock_offset = timedelta(seconds=float(body["offset_seconds"]))
+    sandbox.store.purge_recycle_bin()  # time moved: the recycle bin may have expired rows
+    return {"offset_seconds": sandbox.store.clock_offset.total_seconds(), "now": sandbox.store.now().isoformat()}
+
+
+def undelete(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    restored = [sandbox.store.undelete(body["object"], rid, user_id=sandbox.api_user_id) for rid in body["ids"]]
+    for rid in restored:
+        sandbox.stats.record_write(body["object"], "undelete", rid, source="admin")
+    return {"undeleted": restored}
+
+
+ENDPOINTS: list[tuple[str, list[str], Callable[[Request], Awaitable[Response]]]] = [
+    ("/__sandbox/faults", ["GET"], _admin(get_faults)),
+    ("/__sandbox/faults", ["POST"], _admin(set_faults)),
+    ("/__sandbox/stats", ["GET"], _admin(stats)),
+    ("/__sandbox/reset-stats", ["POST"], _admin(reset_stats)),
+    ("/__sandbox/limits", ["POST"], _admin(limits)),
+    ("/__sandbox/expire-sessions", ["POST"], _admin(expire_sessions)),
+    ("/__sandbox/clock", ["POST"], _admin(clock)),
+    ("/__sandbox/undelete", ["POST"], _admin(undelete)),
+]

@@ -1,0 +1,225 @@
+"""sObject Collections (`composite/sobjects`) and `composite/batch`.
+
+Collections run up to 200 records in one call. The answer is HTTP 200 with one result per input, in input
+order, whatever happened to each record; per-record errors use `statusCode` (not `errorCode`). With
+`allOrNone` one failure rolls the whole call back and every other record reports
+ALL_OR_NONE_OPERATION_ROLLED_BACK. Each record runs in its own savepoint inside one transaction, which gives
+both behaviours from the same loop.
+
+`composite/batch` runs up to 25 sub-requests through the normal dispatcher (sub-request URLs may be
+`/services/data/vXX.X/...` or `vXX.X/...`) and counts as one API request.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from starlette.responses import Response
+
+from .context import Call, json_response
+from .errors import SalesforceError
+from .encoding import normalize_id
+from .store import WriteResult
+
+MAX_RECORDS = 200
+MAX_SUBREQUESTS = 25
+_ROLLED_BACK = SalesforceError("ALL_OR_NONE_OPERATION_ROLLED_BACK", "Record rolled back because not all records "
+                               "were valid and the request was using AllOrNone header")
+
+# One record's operation: returns (result entry, (object, operation, write result) for the stats).
+RecordOp = Callable[[Any], tuple[dict[str, Any], tuple[str, str, WriteResult]]]
+
+
+def collections_create(call: Call) -> Response:
+    body = call.json_object()
+
+    def create(record: Any) -> tuple[dict[str, Any], tuple[str, str, WriteResult]]:
+        object_name = _type_of(record)
+        assign, _ = call.auto_assign()
+        result = call.sandbox.store.create(object_name, record, user_id=call.user_id, auto_assign=assign)
+        return {"id": result.id, "success": True, "errors": []}, (object_name, "create", result)
+
+    return _run(call, _records(body), bool(body.get("allOrNone")), create, id_of=lambda r: None)
+
+
+def collections_update(call: Call) -> Response:
+    body = call.json_object()
+
+    def update(record: Any) -> tuple[dict[str, Any], tuple[str, str, WriteResult]]:
+        object_name, rid = _type_of(record), _checked_id(record.get("id") or record.get("Id"))
+        values = {k: v for k, v in record.items() if k.lower() != "id"}
+        assign, _ = call.auto_assign()
+        result = call.sandbox.store.update(object_name, rid, values, user_id=call.user_id, auto_assign=assign)
+        return {"id": result.id, "success": True, "errors": []}, (object_name, "update", result)
+
+    return _run(call, _records(body), bool(body.get("allOrNone")), update,
+                id_of=lambda r: r.get("id") if isinstance(r, dict) else None)
+
+
+def collections_delete(call: Call) -> Response:
+    ids = [i for i in call.query.get("ids", "").split(",") if i]
+    if not ids:
+        raise SalesforceError("MISSING_ARGUMENT", "ids: no ids provided")
+    _check_size(ids)
+    store = call.sandbox.store
+
+    def delete(raw_id: str) -> tuple[dict[str, Any], tuple[str, str, WriteResult]]:
+        rid = _checked_id(raw_id)
+        obj = next((o for o in store.model.objects.values() if rid.startswith(o.key_prefix)), None)
+        if obj is None:
+            raise SalesforceError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+        store.delete(obj.name, rid, user_id=call.user_id)
+        return {"id": rid, "success": True, "errors": []}, (obj.name, "delete", WriteResult(rid, False))
+
+    return _run(call, ids, call.query.get("allOrNone", "").lower() == "true", delete, id_of=lambda i: i)
+
+
+def collections_upsert(call: Call) -> Response:
+    """PATCH composite/sobjects/{Type}/{ExtIdField}: one type, results carry `created`."""
+    body = call.json_object()
+    store = call.sandbox.store
+    obj = store.object(call.params["sobject"])
+    field = store.external_id_field(obj, call.params["field"])
+
+    def upsert(record: Any) -> tuple[dict[str, Any], tuple[str, str, WriteResult]]:
+        if _type_of(record, default=obj.name).lower() != obj.name.lower():
+            raise SalesforceError("INVALID_TYPE", f"all records must be of type {obj.name}")
+        key = next((v for k, v in record.items() if k.lower() == field.name.lower()), None)
+        if key in (None, ""):
+            raise SalesforceError("MISSING_ARGUMENT", f"{field.name} not specified", [field.name])
+        values = {k: v for k, v in record.items() if k.lower() != field.name.lower()}
+        assign, _ = call.auto_assign()
+        result = store.upsert(obj.name, field.name, key, values, user_id=call.user_id, auto_assign=assign)
+        return ({"id": result.id, "success": True, "errors": [], "created": result.created},
+                (obj.name, "upsert", result))
+
+    return _run(call, _records(body), bool(body.get("allOrNone")), upsert, id_of=lambda r: None)
+
+
+def _run(call: Call, items: list[Any], all_or_none: bool, operation: RecordOp,
+         id_of: Callable[[Any], str | None]) -> Response:
+    store, stats = call.sandbox.store, call.sandbox.stats
+    results: list[dict[str, Any]] = []
+    writes: list[tuple[str, str, WriteResult]] = []
+    with store.atomic() as transaction:
+        for item in items:
+            try:
+                with store.atomic():
+                    entry, write = operation(item)
+                results.append(entry)
+                writes.append(write)
+            except SalesforceError as exc:
+                results.append(_failure(exc, id_of(item)))
+        failed = any(not r["success"] for r in results)
+        if all_or_none and failed:
+            transaction.rollback()
+            results = [r if not r["success"] else _failure(_ROLLED_BACK, id_of(item))
+                       for item, r in zip(items, results)]
+            writes = []
+    _, header = call.auto_assign()
+    for object_name, op, result in writes:
+        stats.record_write(object_name, op, result.id, header=header, assigned=result.assigned_owner,
+                           tracked=op != "delete", source="composite")
+    return json_response(results)
+
+
+def _failure(error: SalesforceError, record_id: str | None) -> dict[str, Any]:
+    if error.code == "NOT_FOUND":  # per-record wording for an id that names no record
+        error = SalesforceError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", error.fields)
+    entry: dict[str, Any] = {"success": False, "errors": [error.record_error()]}
+    if record_id:
+        entry = {"id": record_id, **entry}
+    return entry
+
+
+def _records(body: dict[str, Any]) -> list[Any]:
+    records = body.get("records")
+    if not isinstance(records, list) or not records:
+        raise SalesforceError("JSON_PARSER_ERROR", "records: a non-empty array of sObjects is required")
+    _check_size(records)
+    return records
+
+
+def _check_size(items: list[Any]) -> None:
+    if len(items) > MAX_RECORDS:
+        raise SalesforceError("EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into "
+                              "this call")
+
+
+def _type_of(record: Any, default: str | None = None) -> str:
+    if not isinstance(record, dict):
+        raise SalesforceError("JSON_PARSER_ERROR", "each record must be a JSON object")
+    attributes = record.get("attributes")
+    object_name = attributes.get("type") if isinstance(attributes, dict) else None
+    if not object_name and default is None:
+        raise SalesforceError("INVALID_TYPE", "Must specify a type in the attributes of each record")
+    return object_name or default
+
+
+def _checked_id(value: Any) -> str:
+    if not value:
+        raise SalesforceError("MISSING_ARGUMENT", "Id not specified in an update call", ["Id"])
+    rid = normalize_id(value)
+    if rid is None:
+        raise SalesforceError("MALFORMED_ID", f"malformed id {value}", ["Id"])
+    return rid
+
+
+# ---------------------------------------------------------------- composite/batch
+
+
+def batch(call: Call) -> Response:
+    body = call.json_object()
+    requests = body.get("batchRequests")
+    if not isinstance(requests, list) or not requests:
+        raise SalesforceError("JSON_PARSER_ERROR", "batchRequests: a non-empty array is required")
+    if len(requests) > MAX_SUBREQUESTS:
+        raise SalesforceError("INVALID_BATCH_REQUEST", f"A batch cannot contain more than {MAX_SUBREQUESTS} "
+                              "requests")
+    halt, halted, has_errors = bool(body.get("haltOnError")), False, False
+    results = []
+    for sub in requests:
+        if halted:
+            results.append({"statusCode": 412, "result": [{"errorCode": "BATCH_PROCESSING_HALTED",
+                                                           "message": "Batch processing halted per request"}]})
+            continue
+        response = _sub_request(call, sub)
+        results.append({"statusCode": response.status_code, "result": _decode(response)})
+        if response.status_code >= 400:
+            has_errors = True
+            halted = halt
+    return json_response({"hasErrors": has_errors, "results": results})
+
+
+def _sub_request(call: Call, sub: Any) -> Response:
+    try:
+        sub_call = _sub_call(call, sub)
+    except SalesforceError as exc:
+        return json_response(exc.rest_body(), status=exc.status)
+    return call.sandbox.dispatch(sub_call)
+
+
+def _sub_call(call: Call, sub: Any) -> Call:
+    if not isinstance(sub, dict) or not isinstance(sub.get("url"), str):
+        raise SalesforceError("INVALID_BATCH_REQUEST", "each batch request needs a url and a method")
+    parts = urlsplit(sub["url"])
+    path = parts.path.removeprefix("/services/data/").lstrip("/")
+    version, _, rest = path.partition("/")
+    if not version.startswith("v") or rest.rstrip("/").startswith("composite/batch"):
+        raise SalesforceError("INVALID_BATCH_REQUEST", f"unsupported batch request url: {sub['url']}")
+    rest = "/" + rest.rstrip("/")
+    rich = sub.get("richInput")
+    return Call(sandbox=call.sandbox, method=str(sub.get("method", "GET")).upper(),
+                path=unquote(rest), raw_path=rest, query=dict(parse_qsl(parts.query)), headers=call.headers,
+                body=json.dumps(rich).encode() if rich is not None else b"", version=version[1:],
+                user_id=call.user_id)
+
+
+def _decode(response: Response) -> Any:
+    if not response.body:
+        return None
+    try:
+        return json.loads(response.body)
+    except ValueError:
+        return bytes(response.body).decode("utf-8", "replace")
