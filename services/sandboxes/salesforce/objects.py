@@ -312,6 +312,7 @@ def _opportunity() -> ObjectDef:
         _ref("Opportunity", "Primary_Contact__c", "Primary Contact", "Contact", "Primary_Contact__r",
              children="Primary_Opportunities__r"),
         _owner("Opportunity"),
+        _campaign_key(),
         _formula("Opportunity", _f("Weighted_Amount__c", "currency", "Weighted Amount", createable=False,
                                    updateable=False, formula_sql="Amount * Probability / 100.0"),
                  "Amount * Probability", precision=18, scale=2),
