@@ -1,0 +1,241 @@
+"""The Salesforce writer against the real sandbox, broker and PostgreSQL: call counts, faults, rejects, Bulk."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from crmsync import kafka, topics
+from crmsync.envelope import ApplyCommand, record_key
+from crmsync.infra import Endpoints
+from services.salesforce import auth, writer
+from services.salesforce.client import SalesforceClient
+from services.salesforce.writer import SalesforceWriter, WriterOptions
+
+from .conftest import FAST_RETRIES, account_for, consume_rejects, make_client, settings_for, unique_name
+
+INVALID_DOMAIN = "@invalid.example"  # the sandbox's default validation rule refuses Contact emails here
+COLLECTION_CALLS = ("POST collections_create", "PATCH collections_update", "PATCH collections_upsert",
+                    "DELETE collections_delete")
+
+
+def upsert_command(account: str, key: str, marker: str, email: str | None = None) -> ApplyCommand:
+    """What the two-way sync sends for a new contact: values plus a minted Campaign_Key__c external id."""
+    return ApplyCommand(
+        id=f"cmd-{key}-{uuid.uuid4().hex[:6]}", side="crm", target=account, object="Contact", action="upsert",
+        key=None, match={"Campaign_Key__c": key},
+        values={"FirstName": "Writer", "LastName": f"Test {key}", "Email": email or f"{key.lower()}@example.com",
+                "Description": marker},
+        cause=f"campaign:test:{key}")
+
+
+def command(account: str, action: str, key: dict | None, values: dict[str, Any]) -> ApplyCommand:
+    return ApplyCommand(id=f"cmd-{uuid.uuid4().hex}", side="crm", target=account, object="Contact", action=action,
+                        key=key, values=values, cause="test")
+
+
+def produce(bootstrap: str, account: str, commands: list[ApplyCommand], raw: list[bytes] = ()) -> None:
+    topic = topics.apply("crm", account, "Contact")
+    kafka.ensure_topics(bootstrap, [topic])
+    producer, tracker = kafka.producer(bootstrap), kafka.DeliveryTracker()
+    for c in commands:
+        producer.produce(topic, value=c.to_json(), key=record_key(c.key or c.match or {}), on_delivery=tracker)
+    for value in raw:
+        producer.produce(topic, value=value, key=b"garbage", on_delivery=tracker)
+    kafka.flush_all(producer, tracker)
+
+
+def drain(w: SalesforceWriter, expected: int, timeout: float = 120) -> tuple[int, int]:
+    """Run batches until `expected` commands were handled (applied or rejected)."""
+    applied = rejected = 0
+    deadline = time.monotonic() + timeout
+    while applied + rejected < expected:
+        assert time.monotonic() < deadline, f"only {applied} applied + {rejected} rejected of {expected}"
+        result = w.run_once()
+        applied, rejected = applied + result.applied, rejected + result.rejected
+    return applied, rejected
+
+
+def marked(client: SalesforceClient, marker: str) -> list[dict[str, Any]]:
+    soql = f"SELECT Id, Campaign_Key__c, Email, Description FROM Contact WHERE Description = '{marker}'"
+    return [r for page in client.query_all_pages(soql) for r in page]
+
+
+def make_writer(sandbox, endpoints: Endpoints, account_name: str, *, client: SalesforceClient | None = None,
+                options: WriterOptions | None = None, applied: list | None = None, tmp_path=None) -> SalesforceWriter:
+    account = account_for(sandbox)
+    client = client or SalesforceClient(account_name, account, policy=FAST_RETRIES)
+    hook = (lambda cmd, crm_id, created: applied.append((cmd, crm_id, created))) if applied is not None else None
+    return writer.build(settings_for(account_name, account, tmp_path), endpoints, account_name, client=client,
+                        options=options, on_applied=hook, objects=["Contact"])
+
+
+def test_thousand_records_cost_five_collection_calls(module_sandbox, campaign_endpoints, tmp_path) -> None:
+    name, marker = unique_name("w1"), f"m-{uuid.uuid4().hex[:8]}"
+    applied: list = []
+    w = make_writer(module_sandbox, campaign_endpoints, name, applied=applied, tmp_path=tmp_path)
+    commands = [upsert_command(name, f"{marker}-{i:05d}", marker) for i in range(1000)]
+    produce(campaign_endpoints.bootstrap_servers, name, commands)
+    module_sandbox.admin("reset-stats", {})
+    try:
+        assert drain(w, 1000) == (1000, 0)
+    finally:
+        w.close()
+    stats = module_sandbox.admin("stats")
+    calls = {k: v for k, v in stats["requests"].items() if k in COLLECTION_CALLS}
+    assert calls == {"PATCH collections_upsert": 5}
+    assert stats["auto_assign"]["counts"] == {"FALSE": 1000}  # Sforce-Auto-Assign: FALSE on every write
+    rows = marked(make_client(module_sandbox), marker)
+    assert len(rows) == 1000 and len({r["Campaign_Key__c"] for r in rows}) == 1000
+    assert all(created for _, _, created in applied) and {crm_id for _, crm_id, _ in applied} == {r["Id"] for r in rows}
+
+    # the offsets were committed: the same group finds nothing left to do
+    again = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert again.run_once().applied == 0
+    finally:
+        again.close()
+
+
+def test_injected_faults_every_record_lands_exactly_once(module_sandbox, campaign_endpoints, tmp_path) -> None:
+    name, marker = unique_name("w2"), f"f-{uuid.uuid4().hex[:8]}"
+    applied: list = []
+    w = make_writer(module_sandbox, campaign_endpoints, name, applied=applied, tmp_path=tmp_path)
+    produce(campaign_endpoints.bootstrap_servers, name,
+            [upsert_command(name, f"{marker}-{i:05d}", marker) for i in range(1000)])
+    module_sandbox.admin("reset-stats", {})
+    module_sandbox.admin("faults", {"request_limit_exceeded": 0.04, "unavailable_503": 0.03,
+                                    "session_expiry": 0.03, "seed": 67})  # seed 67: every kind within the first 10 requests
+    try:
+        assert drain(w, 1000) == (1000, 0)
+        ids = [crm_id for _, crm_id, _ in applied]
+        # updates by Id and deletes, under the same faults: idempotent on retry
+        updates = [command(name, "upsert", {"Id": i}, {"Title": "Updated under faults"}) for i in ids[:300]]
+        deletes = [command(name, "delete", {"Id": i}, {}) for i in ids[300:400]]
+        produce(campaign_endpoints.bootstrap_servers, name, updates + deletes)
+        assert drain(w, 400) == (400, 0)
+        faults = module_sandbox.admin("stats")["faults_injected"]
+    finally:
+        module_sandbox.admin("faults", {})
+        w.close()
+    assert set(faults) == {"request_limit_exceeded", "unavailable_503", "session_expiry"}
+    assert {"request_limit", "session_expired"} <= set(w.client.retries) and w.client.logins > 1
+    rows = marked(make_client(module_sandbox), marker)
+    assert len(rows) == 900 and len({r["Campaign_Key__c"] for r in rows}) == 900  # 1000 created, 100 deleted
+    titles = make_client(module_sandbox).query_all_pages(
+        f"SELECT Id FROM Contact WHERE Description = '{marker}' AND Title = 'Updated under faults'")
+    assert sum(len(page) for page in titles) == 300
+
+
+def test_lost_answers_are_retried_without_duplicates(module_sandbox, campaign_endpoints, tmp_path) -> None:
+    """A slow answer times out on our side while the sandbox still applies the request afterwards: the retry
+    must not create a second record (upsert by external id makes the create idempotent)."""
+    name, marker = unique_name("w3"), f"t-{uuid.uuid4().hex[:8]}"
+    account = account_for(module_sandbox)
+    client = SalesforceClient(name, account, policy=FAST_RETRIES, http=auth.http_session(account, timeout=(5, 1.0)))
+    w = make_writer(module_sandbox, campaign_endpoints, name, client=client, tmp_path=tmp_path)
+    produce(campaign_endpoints.bootstrap_servers, name,
+            [upsert_command(name, f"{marker}-{i:05d}", marker) for i in range(600)])
+    module_sandbox.admin("faults", {"slow_probability": 0.5, "slow_seconds": 2.0, "seed": 5})
+    try:
+        assert drain(w, 600) == (600, 0)
+    finally:
+        module_sandbox.admin("faults", {})
+        w.close()
+    assert client.retries["timeout"] >= 1
+    time.sleep(2.5)  # let every stalled original finish being applied
+    rows = marked(make_client(module_sandbox), marker)
+    assert len(rows) == 600 and len({r["Campaign_Key__c"] for r in rows}) == 600
+
+
+def test_rejects_land_in_topic_and_table_while_the_rest_lands(module_sandbox, campaign_endpoints, tmp_path) -> None:
+    name, marker = unique_name("w4"), f"r-{uuid.uuid4().hex[:8]}"
+    bad = {7, 19, 23, 31, 42}
+    commands = [upsert_command(name, f"{marker}-{i:03d}", marker,
+                               email=f"person{i}{INVALID_DOMAIN}" if i in bad else None) for i in range(50)]
+    w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
+    produce(campaign_endpoints.bootstrap_servers, name, commands, raw=[b"{not json"])
+    try:
+        assert drain(w, 51) == (45, 6)
+    finally:
+        w.close()
+    assert len(marked(make_client(module_sandbox), marker)) == 45
+
+    rejects = consume_rejects(campaign_endpoints.bootstrap_servers, topics.rejects("crm", name),
+                              lambda seen: len(seen) >= 6)
+    assert len(rejects) == 6
+    refused = [r for r in rejects if r.error_code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"]
+    assert {ApplyCommand.from_json(json.dumps(r.record)).match["Campaign_Key__c"] for r in refused} == \
+        {f"{marker}-{i:03d}" for i in bad}
+    assert all("invalid.example are rejected" in r.reason and r.stage == "writer-salesforce" for r in refused)
+    assert [r.error_code for r in rejects if r not in refused] == ["CRMSYNC_BAD_MESSAGE"]
+
+    with psycopg.connect(campaign_endpoints.campaign_dsn) as conn:
+        rows = conn.execute("SELECT id, error_code, reason, record, status FROM crmsync.rejects "
+                            "WHERE target = %s ORDER BY id", (name,)).fetchall()
+    assert len(rows) == 6 and {r[0] for r in rows} == {r.id for r in rejects}
+    assert sum(1 for r in rows if r[1] == "FIELD_CUSTOM_VALIDATION_EXCEPTION") == 5
+    assert all(r[4] == "pending" for r in rows)
+
+
+def test_commands_for_one_record_keep_their_order(module_sandbox, campaign_endpoints, tmp_path) -> None:
+    name = unique_name("w5")
+    setup = make_client(module_sandbox)
+    created = setup.collections_create("Contact", [{"LastName": f"Order {i}"} for i in range(2)])
+    a, b = (r["id"] for r in created)
+    commands = [command(name, "upsert", {"Id": a}, {"Title": "first"}),
+                command(name, "delete", {"Id": b}, {}),
+                command(name, "upsert", {"Id": a}, {"Title": "second"}),
+                command(name, "upsert", {"Id": b}, {"Title": "too late"}),
+                command(name, "delete", {"Id": b}, {})]  # deleting twice is fine: the end state holds
+    w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
+    produce(campaign_endpoints.bootstrap_servers, name, commands)
+    try:
+        applied, rejected = drain(w, 5)
+    finally:
+        w.close()
+    assert (applied, rejected) == (4, 1)
+    title = setup.query_all_pages(f"SELECT Title FROM Contact WHERE Id = '{a}'")
+    assert next(title)[0]["Title"] == "second"
+
+
+def test_large_groups_go_through_bulk_api_2(module_sandbox, campaign_endpoints, tmp_path) -> None:
+    name, marker = unique_name("w6"), f"b-{uuid.uuid4().hex[:8]}"
+    bad = {5, 1500, 2399}
+    commands = [upsert_command(name, f"{marker}-{i:05d}", marker,
+                               email=f"p{i}{INVALID_DOMAIN}" if i in bad else None) for i in range(2400)]
+    w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path,
+                    options=WriterOptions(bulk_threshold=2000, bulk_poll_interval=0.1))
+    produce(campaign_endpoints.bootstrap_servers, name, commands)
+    module_sandbox.admin("reset-stats", {})
+    try:
+        assert drain(w, 2400) == (2397, 3)
+    finally:
+        w.close()
+    stats = module_sandbox.admin("stats")["requests"]
+    assert stats.get("POST create_ingest") == 1 and not any(k in stats for k in COLLECTION_CALLS)
+    rows = marked(make_client(module_sandbox), marker)
+    assert len(rows) == 2397 and len({r["Campaign_Key__c"] for r in rows}) == 2397
+    rejects = consume_rejects(campaign_endpoints.bootstrap_servers, topics.rejects("crm", name),
+                              lambda seen: len(seen) >= 3)
+    assert {r.record["match"]["Campaign_Key__c"] for r in rejects} == {f"{marker}-{i:05d}" for i in bad}
+    assert {r.error_code for r in rejects} == {"FIELD_CUSTOM_VALIDATION_EXCEPTION"}
+
+
+@pytest.mark.parametrize("values", [{"NoSuchField__c": 1}])
+def test_a_whole_chunk_refused_becomes_rejects_not_a_stuck_writer(module_sandbox, campaign_endpoints, tmp_path,
+                                                                  values) -> None:
+    name = unique_name("w7")
+    w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
+    produce(campaign_endpoints.bootstrap_servers, name,
+            [command(name, "upsert", None, {"LastName": "x", **values}) for _ in range(3)])
+    try:
+        assert drain(w, 3) == (0, 3)
+    finally:
+        w.close()
