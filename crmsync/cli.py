@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -35,6 +36,10 @@ def _sandbox_app() -> typer.Typer | None:
 
 if (_sandboxes := _sandbox_app()) is not None:
     app.add_typer(_sandboxes, name="sandbox")
+
+from crmsync.rejects_cli import rejects_app  # noqa: E402  (after the app, like the other sub-commands)
+
+app.add_typer(rejects_app, name="rejects")
 
 
 @app.callback()
@@ -184,13 +189,90 @@ def capture_status(ctx: typer.Context) -> None:
 
 
 @app.command("demo")
-def demo(ctx: typer.Context, recipients: int = typer.Option(1000, min=1),
-         exit_after: Optional[float] = typer.Option(None, help="stop after this many seconds (for scripts)")) -> None:
-    """Embedded infra + Campaign database + change capture, with a live count of captured changes."""
-    from crmsync.demo import run_capture_demo
+def demo(ctx: typer.Context, contacts: int = typer.Option(1000, min=1, help="contacts seeded in the sandbox"),
+         recipients: int = typer.Option(1000, min=1, help="recipients seeded in Campaign"),
+         shared: int = typer.Option(300, min=0, help="recipients sharing an email with a contact"),
+         scenario: Optional[str] = typer.Option(None, help="scripted scenario to play: basic"),
+         exit_when_done: bool = typer.Option(False, "--exit", help="exit after the scenario (0 = converged)"),
+         seconds: Optional[float] = typer.Option(None, help="stop the live view after this many seconds")) -> None:
+    """Two-way sync between the local Salesforce sandbox and Campaign, live, until Ctrl-C."""
+    from crmsync import demo as demo_module
 
     found = endpoints(ctx)
-    run_capture_demo(settings(ctx), found, recipients=recipients, exit_after=exit_after, console=console)
+    run = demo_module.start(settings(ctx), found, contacts=contacts, recipients=recipients, shared=shared,
+                            console=console)
+    try:
+        if scenario:
+            from crmsync import scenario as scenarios
+
+            if scenario != "basic":
+                console.print(f"[red]unknown scenario {scenario!r}[/red]; available: basic")
+                raise typer.Exit(2)
+            verdict = scenarios.basic(run, console)
+            if verdict.ok:
+                console.print("[green]converged[/green]: both sides agree, conflict, delete and duplicate handled")
+            else:
+                console.print("[red]not converged[/red]:\n" + "\n".join(f"  - {p}" for p in verdict.problems))
+            if exit_when_done:
+                raise typer.Exit(0 if verdict.ok else 1)
+        until = time.monotonic() + seconds if seconds else None
+        demo_module.watch(run, console, until)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        run.stop()
+
+
+@app.command("run")
+def run_all(ctx: typer.Context) -> None:
+    """Start every service for the configured mappings (embedded defaults and the sandbox when nothing is
+    configured) and keep them running until Ctrl-C."""
+    from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
+
+    current, found = settings(ctx), endpoints(ctx)
+    log_dir = current.state_dir / "logs"
+    sandbox = None if current.accounts else start_sandbox(current.state_dir, log_file=log_dir / "sandbox-salesforce.log")
+    effective = effective_settings(current, sandbox)
+    config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml")
+    supervisor = Supervisor(plan(effective), found, config_file, log_dir)
+    supervisor.start()
+    console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(1)
+            for label in supervisor.check():
+                console.print(f"[yellow]restarted {label}[/yellow]")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        supervisor.stop()
+        if sandbox:
+            from crmsync import process
+
+            process.stop(sandbox.process)
+
+
+@app.command("reconcile")
+def reconcile(ctx: typer.Context, dry_run: bool = typer.Option(False, help="only report the divergence")) -> None:
+    """Drift repair: compare both sides record by record and re-publish what diverged."""
+    from crmsync.drift import DriftChecker, clients_for
+    from crmsync.run import effective_settings
+
+    current = effective_settings(settings(ctx), None)
+    found = endpoints(ctx)
+    checker = DriftChecker(current, found, clients_for(current))
+    table = Table(title="drift" + (" (dry run)" if dry_run else ""))
+    for column in ("mapping", "crm", "campaign", "missing in Campaign", "missing in CRM", "differing",
+                   "gone from CRM", "gone from Campaign", "duplicates", "re-published"):
+        table.add_column(column, justify="right")
+    for mapping in current.mappings:
+        report = checker.compare(mapping)
+        published = 0 if dry_run or report.converged else checker.repair(mapping, report)
+        s = report.summary()
+        table.add_row(mapping.name, *(str(s[k]) for k in ("crm", "campaign", "missing_in_campaign", "missing_in_crm",
+                                                           "differing", "gone_from_crm", "gone_from_campaign",
+                                                           "duplicates")), str(published))
+    console.print(table)
 
 
 if __name__ == "__main__":

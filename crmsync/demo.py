@@ -1,77 +1,113 @@
-"""`crmsync demo`: show the pipeline working on the embedded defaults, live, until Ctrl-C."""
+"""`crmsync demo`: two-way sync Salesforce (the local sandbox) ⇄ Campaign, live, on the embedded defaults.
+
+The Salesforce sandbox is seeded with 1,000 contacts, the Campaign database with 1,000 recipients of which 300
+share an email with a contact; then every service runs and a status table shows records each way, lag,
+conflicts and rejects until Ctrl-C. `--scenario basic --exit` plays scripted edits (crmsync/scenario.py) and
+exits 0 only when both sides converged.
+"""
 from __future__ import annotations
 
-import random
-import threading
 import time
-from collections import Counter
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from crmsync import kafka, pg, process, topics
+from crmsync import lag, pg, topics
 from crmsync.campaign.seed import seed
 from crmsync.config import Settings
 from crmsync.infra import Endpoints
+from crmsync.run import Sandbox, Supervisor, effective_settings, plan, start_sandbox, write_effective_config
+
+STREAMS_GROUP = "crmsync-streams"
 
 
-def _edit_recipients(dsn: str, stop: threading.Event, per_second: float = 20) -> None:
-    """Play a marketer: small edits to random recipients, so change capture has something to show."""
-    rng = random.Random(7)
-    with pg.connect(dsn, autocommit=True, application="crmsync-demo") as conn:
-        top = conn.execute("SELECT max(id) FROM recipients").fetchone()[0] or 1
-        while not stop.wait(1 / per_second):
-            conn.execute("UPDATE recipients SET job_title = %s WHERE id = %s",
-                         (rng.choice(["CMO", "Buyer", "Analyst", "Engineer"]), rng.randint(1, top)))
+@dataclass
+class DemoRun:
+    settings: Settings  # effective: the sandbox account and the shipped mappings filled in
+    found: Endpoints
+    sandbox: Sandbox
+    supervisor: Supervisor
+
+    def stop(self) -> None:
+        from crmsync import process
+
+        self.supervisor.stop()
+        process.stop(self.sandbox.process)
 
 
-def _status_table(counts: Counter, started: float, lag: dict) -> Table:
-    table = Table(title=f"crmsync demo — change capture ({time.monotonic() - started:,.0f}s, Ctrl-C to stop)")
-    table.add_column("topic")
-    table.add_column("changes captured", justify="right")
-    for topic, count in sorted(counts.items()):
-        table.add_row(topic, f"{count:,}")
-    table.add_row("[dim]replication slot lag[/dim]", f"[dim]{lag.get('lag_bytes', '?')} bytes[/dim]")
-    return table
+def _shared_emails(settings: Settings, count: int) -> list[str]:
+    from crmsync.drift import clients_for
+
+    account = next(iter(settings.accounts))
+    client = clients_for(settings)[account]
+    rows = client.query_all_pages(f"SELECT Email FROM Contact WHERE Email != null ORDER BY Id LIMIT {count}")
+    return [row["Email"] for page in rows for row in page]
 
 
-def run_capture_demo(settings: Settings, found: Endpoints, *, recipients: int, exit_after: float | None,
-                     console: Console) -> Counter:
-    from services.capture.service import read_slot_status
-
+def start(settings: Settings, found: Endpoints, *, contacts: int, recipients: int, shared: int,
+          console: Console) -> DemoRun:
+    """Sandbox (seeded), Campaign (seeded, with shared emails), then every service under a supervisor."""
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"starting the Salesforce sandbox ({contacts:,} contacts) …")
+    sandbox = start_sandbox(settings.state_dir, seed_contacts=contacts, log_file=log_dir / "sandbox-salesforce.log")
+    effective = effective_settings(settings, sandbox)
     with pg.connect(found.campaign_dsn) as conn:
         empty = conn.execute("SELECT count(*) FROM recipients").fetchone()[0] == 0
     if empty:
-        console.print(f"seeding {recipients:,} recipients …")
-        seed(found.campaign_dsn, recipients)
-    log_dir = settings.state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    capture = process.spawn_service("capture", found, log_file=log_dir / "capture.log")
-    stop = threading.Event()
-    editor = threading.Thread(target=_edit_recipients, args=(found.campaign_dsn, stop), daemon=True)
-    editor.start()
-    watched = [topics.changes("campaign", settings.campaign.name, t) for t in settings.campaign.capture_tables]
-    kafka.ensure_topics(found.bootstrap_servers, watched, settings.kafka.partitions)
-    consumer = kafka.consumer(found.bootstrap_servers, f"crmsync-demo-{time.time_ns()}")
-    consumer.subscribe(watched)
-    counts: Counter = Counter()
+        emails = _shared_emails(effective, shared)
+        console.print(f"seeding Campaign: {recipients:,} recipients, {len(emails)} sharing an email with a contact …")
+        seed(found.campaign_dsn, recipients, shared_emails=emails)
+    config_file = write_effective_config(effective, found, settings.state_dir / "run" / "crmsync.yaml")
+    supervisor = Supervisor(plan(effective), found, config_file, log_dir)
+    supervisor.start()
+    console.print(f"services started: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir})")
+    return DemoRun(effective, found, sandbox, supervisor)
+
+
+def status(run: DemoRun) -> dict:
+    """Numbers for the status table: commands each way and how many are still to apply, conflicts, rejects."""
+    s, found = run.settings, run.found
+    to_campaign = [topics.apply("campaign", s.campaign.name, m.campaign_table) for m in s.mappings]
+    to_crm = [topics.apply("crm", m.account, m.crm_object) for m in s.mappings]
+    crm_changes = [topics.changes("crm", m.account, m.crm_object) for m in s.mappings]
+    campaign_changes = [topics.changes("campaign", s.campaign.name, m.campaign_table) for m in s.mappings]
+    account = next(iter(s.accounts))
+    produced_in, lag_in = lag.total(lag.group_lag(found.bootstrap_servers, f"crmsync-writer-campaign-{s.campaign.name}", sorted(set(to_campaign))))
+    produced_out, lag_out = lag.total(lag.group_lag(found.bootstrap_servers, f"crmsync-writer-salesforce-{account}", sorted(set(to_crm))))
+    _, lag_streams = lag.total(lag.group_lag(found.bootstrap_servers, STREAMS_GROUP, sorted(set(crm_changes + campaign_changes))))
+    with pg.connect(found.campaign_dsn) as conn:
+        conflicts = conn.execute("SELECT count(*) FROM crmsync.conflicts").fetchone()[0]
+        rejects = conn.execute("SELECT count(*) FROM crmsync.rejects WHERE status <> 'resolved'").fetchone()[0]
+        links = dict(conn.execute("SELECT mapping, count(*) FROM crmsync.sync_state WHERE crm_id IS NOT NULL "
+                                  "AND campaign_key IS NOT NULL AND NOT deleted GROUP BY mapping").fetchall())
+    return {"crm_to_campaign": produced_in - lag_in, "campaign_to_crm": produced_out - lag_out,
+            "lag_writer_campaign": lag_in, "lag_writer_crm": lag_out, "lag_streams": lag_streams,
+            "conflicts": conflicts, "rejects": rejects, "links": links}
+
+
+def status_table(numbers: dict, started: float) -> Table:
+    table = Table(title=f"crmsync demo — Salesforce sandbox ⇄ Campaign ({time.monotonic() - started:,.0f}s; Ctrl-C stops)")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("records applied CRM → Campaign", f"{numbers['crm_to_campaign']:,}")
+    table.add_row("records applied Campaign → CRM", f"{numbers['campaign_to_crm']:,}")
+    table.add_row("lag: changes not yet decided (streams)", f"{numbers['lag_streams']:,}")
+    table.add_row("lag: commands not yet applied to Campaign / CRM",
+                  f"{numbers['lag_writer_campaign']:,} / {numbers['lag_writer_crm']:,}")
+    table.add_row("conflicts recorded", f"{numbers['conflicts']:,}")
+    table.add_row("rejects open", f"{numbers['rejects']:,}")
+    for mapping, count in sorted(numbers["links"].items()):
+        table.add_row(f"linked pairs: {mapping}", f"{count:,}")
+    return table
+
+
+def watch(run: DemoRun, console: Console, until: float | None = None) -> None:
     started = time.monotonic()
-    lag: dict = {}
-    try:
-        with Live(_status_table(counts, started, lag), console=console, refresh_per_second=4) as live, \
-                pg.connect(found.campaign_dsn, autocommit=True) as conn:
-            while exit_after is None or time.monotonic() - started < exit_after:
-                for message in consumer.consume(1000, 0.25):
-                    if not message.error():
-                        counts[message.topic()] += 1
-                lag = read_slot_status(conn, settings.campaign.slot_name)
-                live.update(_status_table(counts, started, lag))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop.set()
-        consumer.close()
-        process.stop(capture)
-    console.print(f"captured {sum(counts.values()):,} changes")
-    return counts
+    with Live(status_table(status(run), started), console=console, refresh_per_second=2) as live:
+        while until is None or time.monotonic() < until:
+            time.sleep(1)
+            run.supervisor.check()
+            live.update(status_table(status(run), started))

@@ -264,7 +264,7 @@ class RetryLoop:
         if exhausted:
             abandon(conn, exhausted)
             log.warning("abandoned %d rejects after %d attempts", len(exhausted), self.policy.max_attempts)
-        ready = [r["id"] for r in rows if r["id"] not in set(exhausted)]
+        ready = [r["id"] for r in rows if r["id"] not in exhausted]
         if ready:
             result.requeued = requeue(conn, self.producer, ready, tracker=self.tracker, policy=self.policy,
                                       only_due=True)
@@ -279,7 +279,7 @@ class RetryLoop:
         self._last = now
         try:
             return self.tick()
-        except (psycopg.Error, RuntimeError, Exception) as exc:  # noqa: BLE001 - logged, retried next tick
+        except Exception as exc:  # noqa: BLE001 - logged, and tried again next tick
             log.warning("retry loop tick failed (%s); trying again in %.0fs", type(exc).__name__, self.interval)
             self.close()
             return None

@@ -10,17 +10,20 @@ Scaling out = more partitions and more `crmsync service streams` workers in the 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 from prometheus_client import Counter, Histogram
 
-from crmsync import kafka, pg, topics
+from crmsync import kafka, lag, pg, rejects, topics
 from crmsync.config import Mapping, Settings
-from crmsync.envelope import Change, changes_from_message, record_key
+from crmsync.envelope import Change, Reject, changes_from_message, record_key
 from crmsync.infra import Endpoints
 from streams.reconcile import Outcome, Reconciler, save_conflicts
 
@@ -35,12 +38,33 @@ CONFLICTS = Counter("crmsync_streams_conflicts_total", "Conflicts recorded", ["m
 BATCH_SECONDS = Histogram("crmsync_streams_batch_seconds", "Time to decide and publish one batch", ["side"])
 
 
-def crm_backfill_done(conn, mapping: Mapping) -> bool:
-    """Campaign-only records may create CRM records only once the CRM's first full read is in: otherwise a
-    contact that exists in both would be created twice instead of matched."""
-    row = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
-                       (f"poller:salesforce:{mapping.account}:{mapping.crm_object}",)).fetchone()
-    return bool(row and (row[0] or {}).get("snapshot_done"))
+class CrmReadiness:
+    """Campaign-only records may create CRM records only once the CRM's first full read has been *decided*
+    by the streams: otherwise a person who exists on both sides would be created twice instead of matched.
+    Ready = the poller finished its snapshot (checkpoint), and afterwards this consumer group had consumed
+    its CRM change topic to the end. Once ready, a mapping stays ready."""
+
+    def __init__(self, conn, bootstrap_servers: str) -> None:
+        self.conn = conn
+        self.bootstrap_servers = bootstrap_servers
+        self.ready: set[str] = set()
+        self.checked_at: dict[str, float] = {}
+
+    def __call__(self, mapping: Mapping) -> bool:
+        if mapping.name in self.ready:
+            return True
+        if time.monotonic() - self.checked_at.get(mapping.name, 0.0) < 2.0:
+            return False
+        self.checked_at[mapping.name] = time.monotonic()
+        row = self.conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
+                                (f"poller:salesforce:{mapping.account}:{mapping.crm_object}",)).fetchone()
+        if not (row and (row[0] or {}).get("snapshot_done")):
+            return False
+        topic = topics.changes("crm", mapping.account, mapping.crm_object)
+        _, behind = lag.total(lag.group_lag(self.bootstrap_servers, APP_ID, [topic]))
+        if behind == 0:
+            self.ready.add(mapping.name)
+        return behind == 0
 
 
 class BatchHandler:
@@ -53,7 +77,7 @@ class BatchHandler:
         self.producer = kafka.producer(found.bootstrap_servers)
         self.tracker = kafka.DeliveryTracker()
         self.reconciler = Reconciler(settings, settings.campaign.name,
-                                     crm_ready=lambda mapping: crm_backfill_done(self.conn, mapping))
+                                     crm_ready=CrmReadiness(self.conn, found.bootstrap_servers))
 
     def handle(self, changes: list[Change]) -> Outcome:
         with BATCH_SECONDS.labels(self.side).time(), self.conn.transaction():
@@ -63,6 +87,7 @@ class BatchHandler:
                 self.producer.produce(topics.apply(command.side, command.target, command.object),
                                       value=command.to_json(), key=message_key, on_delivery=self.tracker)
                 COMMANDS.labels(command.side, command.object).inc()
+            self._reject_duplicates(outcome)
             kafka.flush_all(self.producer, self.tracker)
             save_conflicts(self.conn, outcome.conflicts)
             self._defer(outcome)
@@ -75,6 +100,21 @@ class BatchHandler:
             CONFLICTS.labels(conflict.mapping).inc()
         return outcome
 
+    def _reject_duplicates(self, outcome: Outcome) -> None:
+        """A new record that duplicates a linked one is not exported; it is reported, never dropped."""
+        for duplicate in outcome.duplicates:
+            change, twin, mapping = duplicate.change, duplicate.twin, duplicate.mapping
+            reject = Reject(
+                id=f"duplicate:{mapping.name}:{change.key['id']}", stage="streams", side="crm",
+                target=mapping.account, object=mapping.crm_object, error_code="DUPLICATE_MATCH_KEY",
+                reason=(f"{mapping.campaign_table} {change.key['id']} has the same {mapping.match[0].campaign} as "
+                        f"{mapping.campaign_table} {twin.campaign_key}, already linked to {mapping.crm_object} "
+                        f"{twin.crm_id}; not exported, to avoid a duplicate in the CRM. Merge the two rows or change "
+                        f"the {mapping.match[0].campaign}."),
+                record={"change": json.loads(change.to_json())})
+            rejects.record(self.conn, reject, command=None, status="pending", retry_in=None)
+            rejects.publish(self.producer, self.tracker, reject)
+
     def _defer(self, outcome: Outcome) -> None:
         """Changes that must wait are parked in the database and re-published later (never dropped)."""
         for item in outcome.deferred:
@@ -85,7 +125,7 @@ class BatchHandler:
                    VALUES (%s, %s, %s, %s, %s, now() + interval '2 seconds')
                    ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, reason = excluded.reason,
                        attempts = crmsync.deferred_changes.attempts + 1,
-                       next_retry_at = now() + least(interval '60 seconds',
+                       next_retry_at = now() + least(interval '10 seconds',
                            interval '2 seconds' * power(2, crmsync.deferred_changes.attempts + 1))""",
                 (change.id, topic, change.kafka_key(), change.to_json(), item.reason))
 
@@ -150,7 +190,11 @@ def build_app(settings: Settings, found: Endpoints) -> faust.App:
             loop = asyncio.get_running_loop()
             async for batch in stream.take(BATCH_SIZE, within=BATCH_WITHIN):
                 changes = [change for raw in batch for change in changes_from_message(raw)]
-                await loop.run_in_executor(executors[side], handler(side).handle, changes)
+                try:
+                    await loop.run_in_executor(executors[side], handler(side).handle, changes)
+                except Exception:  # never let faust ack a batch that was not decided: exit, replay on restart
+                    log.exception("batch of %d %s changes failed; exiting so it is replayed", len(changes), side)
+                    os._exit(70)
 
         app.agent(source, name=f"{side}-changes")(agent)
 

@@ -76,13 +76,30 @@ class Deferred:
 
 
 @dataclass
+class Duplicate:
+    """A new record whose matching key belongs to an already linked record: not exported, reported."""
+
+    change: Change
+    twin: Link
+    mapping: Mapping
+
+
+@dataclass
 class Outcome:
     """What one batch decided; the caller publishes `commands` and `deferred`, then calls `commit`."""
 
     commands: list[ApplyCommand] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     deferred: list[Deferred] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
     skipped: int = 0  # echoes, duplicates, out-of-filter records
+
+
+def campaign_key_of(value: Any) -> int | None:
+    """The Campaign key held in the CRM's external-id field, if that is what it holds (the field may also
+    carry values another system put there: those are not ours)."""
+    text = str(value).strip() if value is not None else ""
+    return int(text) if text.isdigit() else None
 
 
 def _other(side: str) -> str:
@@ -111,15 +128,18 @@ class Reconciler:
         """Decide a batch (all from one side) inside the caller's open transaction."""
         outcome = Outcome()
         by_mapping: dict[str, list[Change]] = {}
+        echoes: dict[str, list[Change]] = {}
         for change in changes:
-            if change.side == "campaign" and change.origin in WRITER_ORIGINS:
-                outcome.skipped += 1  # our own write, recognised exactly by its transaction tag
-                continue
             targets = self.mappings_for(change)
             if not targets:
                 outcome.skipped += 1
+            # our own Campaign writes, recognised exactly by their transaction tag: nothing to decide, but an
+            # insert tells us the Campaign key of a record the CRM created
+            own = change.side == "campaign" and change.origin in WRITER_ORIGINS
             for mapping in targets:
-                by_mapping.setdefault(mapping.name, []).append(change)
+                (echoes if own else by_mapping).setdefault(mapping.name, []).append(change)
+        for name, batch in echoes.items():
+            MappingBatch(self, conn, self.settings.mapping(name), outcome).learn_keys(batch)
         for name, batch in by_mapping.items():
             MappingBatch(self, conn, self.settings.mapping(name), outcome).run(batch)
         return outcome
@@ -156,6 +176,15 @@ class MappingBatch:
                 self.out.skipped += 1
         self._save_links()
 
+    def learn_keys(self, echoes: list[Change]) -> None:
+        """Echoes of the Campaign writer: link CRM-created records to the Campaign rows inserted for them."""
+        self._load_links(echoes, "campaign")
+        for change in echoes:
+            self.out.skipped += 1
+            if change.op != "d":
+                self._find_link(change)  # fills campaign_key on the link found by the row's crm_id
+        self._save_links()
+
     def _collapse(self, changes: list[Change], side: str) -> list[Change]:
         """A burst of changes to one record collapses to its newest state (changes carry whole rows); an
         at-least-once redelivery of an older change never overrides a newer one."""
@@ -186,9 +215,9 @@ class MappingBatch:
             row = change.after or change.before or {}
             if side == "crm":
                 crm_ids.add(change.key["Id"])
-                external = row.get(self.m.crm_external_id) if self.m.crm_external_id else None
-                if external not in (None, ""):
-                    keys.add(int(external))
+                external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
+                if external is not None:
+                    keys.add(external)
             else:
                 keys.add(int(change.key["id"]))
                 if row.get("crm_id") and row.get("crm_account") == self.m.account:
@@ -211,9 +240,9 @@ class MappingBatch:
         row = change.after or change.before or {}
         if change.side == "crm":
             link = self.links_by_crm.get(change.key["Id"])
-            external = row.get(self.m.crm_external_id) if self.m.crm_external_id else None
-            if link is None and external not in (None, ""):
-                link = self.links_by_key.get(int(external))
+            external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
+            if link is None and external is not None:
+                link = self.links_by_key.get(external)
                 if link is not None and link.crm_id is None:  # the CRM record we created for this row
                     link.crm_id, link.dirty = change.key["Id"], True
                     self._remember(link)
@@ -327,6 +356,10 @@ class MappingBatch:
         if self._unresolved_parent(values):
             self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
             return
+        twin = self._linked_twin(key)
+        if twin is not None:
+            self.out.duplicates.append(Duplicate(change, twin, self.m))
+            return
         link = self._remember(Link(mapping=self.m.name, campaign_key=int(change.key["id"]), match_key=key, dirty=True))
         self._accept_all(link, values, "campaign", self._change_ts(change))
         self._note_position(change, link)
@@ -339,6 +372,16 @@ class MappingBatch:
             if value not in (None, ""):
                 return value
         return None
+
+    def _linked_twin(self, key: str | None) -> Link | None:
+        """A record of this mapping already linked under the same matching key: a new Campaign row with that
+        key is a duplicate of a known person, and exporting it would create a second CRM record."""
+        if key is None or not self.m.match:
+            return None
+        row = self.conn.cursor(row_factory=dict_row).execute(
+            """SELECT * FROM crmsync.sync_state WHERE mapping = %s AND match_key = %s AND crm_id IS NOT NULL
+               AND NOT deleted ORDER BY id LIMIT 1""", (self.m.name, key)).fetchone()
+        return Link(**{k: v for k, v in row.items() if k != "updated_at"}) if row else None
 
     def _match_campaign_row(self, key: str | None) -> dict | None:
         """An existing, unlinked Campaign row with the same matching key (e.g. the same email)."""
@@ -514,6 +557,20 @@ class MappingBatch:
         link.dirty = True
 
     # -- commands -----------------------------------------------------------------------------------------
+    def _resolve_parents(self, link: Link, values: dict) -> dict:
+        """Parents that had no CRM id when the value was agreed may have one now (created since)."""
+        resolved = dict(values)
+        for fm in self.m.fields:
+            marker = values.get(fm.campaign)
+            if fm.reference and isinstance(marker, dict):
+                crm_id = self._parent_crm_id(fm, marker["campaign_key"])
+                if not isinstance(crm_id, dict):
+                    resolved[fm.campaign] = crm_id
+                    if link.agreed.get(fm.campaign) == marker:
+                        link.agreed[fm.campaign] = crm_id
+                        link.dirty = True
+        return resolved
+
     def _unresolved_parent(self, values: dict) -> bool:
         return any(isinstance(values.get(fm.campaign), dict) for fm in self.m.fields if fm.reference)
 
@@ -525,10 +582,11 @@ class MappingBatch:
         values = {c: v for c, v in values.items() if self.m.allows(self._field(c), _other(side))}
         if not values and not (create or link_only):
             return
-        if side == "crm" and self._unresolved_parent(values):
-            self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
-            return
         if side == "crm":
+            values = self._resolve_parents(link, values)
+            if self._unresolved_parent(values):
+                self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
+                return
             self._track_sent(link, values, bases or {}, self._change_ts(change))
         self._emit(link, side, "upsert", values, change)
 

@@ -16,9 +16,11 @@ PURCHASE_COLUMNS = ("product", "amount", "currency", "purchase_date", "stage", "
 
 
 def seed(dsn: str, recipients: int, *, seed: int = 42, first_person: int = 0,
-         progress: Callable[[int], None] | None = None) -> dict[str, int]:
+         shared_emails: list[str] | None = None, progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Insert `recipients` people (person indexes first_person..), one organisation per five recipients and
-    one purchase per two. Same arguments → same data, so demos and tests can rely on it."""
+    one purchase per two. Same arguments → same data, so demos and tests can rely on it. The first recipients
+    take `shared_emails` (e.g. emails of CRM contacts), so a demo starts with people known on both sides."""
+    shared_emails = shared_emails or []
     organisations = max(1, recipients // 5)
     with pg.connect(dsn, application="crmsync-seed") as conn:
         org_base = conn.execute("SELECT coalesce(max(id), 0) FROM organisations").fetchone()[0]
@@ -35,7 +37,8 @@ def seed(dsn: str, recipients: int, *, seed: int = 42, first_person: int = 0,
             for index in range(recipients):
                 p = people.person(first_person + index, seed, companies=organisations)
                 org = org_ids[index % len(org_ids)]
-                copy.write_row((p.email, p.first_name, p.last_name, None, p.job_title, p.phone, p.mobile_phone,
+                email = shared_emails[index] if index < len(shared_emails) else p.email
+                copy.write_row((email, p.first_name, p.last_name, None, p.job_title, p.phone, p.mobile_phone,
                                 p.birth_date, p.street, p.city, p.zip_code, p.state, p.country_code, p.language,
                                 rng.random() < 0.05, rng.random() < 0.01, org))
                 if progress and index % 1000 == 999:

@@ -29,6 +29,12 @@ CREATE OR REPLACE FUNCTION crmsync.link_identity(p_account text, p_object text, 
                                                  p_key bigint, p_by text)
 RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
+    PERFORM 1 FROM crmsync.identity_links  -- the usual case, already linked: one index probe, no write
+     WHERE crm_account = p_account AND crm_object = p_object AND crm_id = p_crm_id
+       AND campaign_table = p_table AND campaign_key = p_key;
+    IF FOUND THEN
+        RETURN p_key;
+    END IF;
     DELETE FROM crmsync.identity_links
      WHERE crm_account = p_account AND campaign_table = p_table AND campaign_key = p_key
        AND (crm_object, crm_id) IS DISTINCT FROM (p_object, p_crm_id);

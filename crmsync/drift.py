@@ -1,0 +1,198 @@
+"""Drift repair (`crmsync reconcile`, and a periodic pass in `crmsync run`): compare both sides record by
+record, and re-publish whatever diverged as ordinary changes so the stream processors repair it.
+
+Why re-publish instead of writing directly: every decision (links, conflicts, ownership) stays in one place,
+the streams. Divergence can come from anything — the embedded broker forgetting its topics on restart, a
+missed event, a hard delete in the CRM — and the repair does not need to know which.
+
+- a CRM record with no Campaign counterpart, or whose mapped values differ → its current state as op 'r'
+- a Campaign row with no CRM counterpart, or whose values differ           → its current state as op 'r'
+- a link whose CRM record is gone (hard delete, emptied recycle bin)       → a CRM delete ('d')
+- a link whose Campaign row is gone                                         → a Campaign delete ('d')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from crmsync import kafka, pg, topics
+from crmsync.config import Mapping, Settings
+from crmsync.envelope import Change, utc_now_iso
+from crmsync.infra import Endpoints
+from streams.convert import canonical, match_key
+
+
+@dataclass
+class MappingReport:
+    mapping: str
+    crm_records: int = 0
+    campaign_rows: int = 0
+    missing_in_campaign: list[str] = field(default_factory=list)  # CRM ids
+    missing_in_crm: list[int] = field(default_factory=list)  # Campaign keys
+    differing: list[tuple[str, int, list[str]]] = field(default_factory=list)  # (CRM id, key, fields)
+    gone_from_crm: list[str] = field(default_factory=list)
+    gone_from_campaign: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)  # unlinked Campaign rows sharing a linked row's key
+    crm_rows: dict[str, dict] = field(default_factory=dict, repr=False)
+    campaign_rows_by_key: dict[int, dict] = field(default_factory=dict, repr=False)
+
+    @property
+    def converged(self) -> bool:
+        return not (self.missing_in_campaign or self.missing_in_crm or self.differing
+                    or self.gone_from_crm or self.gone_from_campaign)
+
+    def summary(self) -> dict[str, Any]:
+        return {"mapping": self.mapping, "crm": self.crm_records, "campaign": self.campaign_rows,
+                "missing_in_campaign": len(self.missing_in_campaign), "missing_in_crm": len(self.missing_in_crm),
+                "differing": len(self.differing), "gone_from_crm": len(self.gone_from_crm),
+                "gone_from_campaign": len(self.gone_from_campaign), "duplicates": len(self.duplicates)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return value
+
+
+class DriftChecker:
+    """Reads both sides of every mapping (one paged SOQL query per object, one SQL query per table)."""
+
+    def __init__(self, settings: Settings, found: Endpoints, clients: dict[str, Any]) -> None:
+        self.settings = settings
+        self.found = found
+        self.clients = clients  # account name -> services.salesforce.client.SalesforceClient
+
+    def compare(self, mapping: Mapping) -> MappingReport:
+        report = MappingReport(mapping.name)
+        with pg.connect(self.found.campaign_dsn, application="crmsync-drift") as conn:
+            links = conn.cursor(row_factory=dict_row).execute(
+                "SELECT crm_id, campaign_key, deleted FROM crmsync.sync_state WHERE mapping = %s",
+                (mapping.name,)).fetchall()
+            parents = self._parent_crm_ids(conn, mapping)
+            report.campaign_rows_by_key = self._campaign_rows(conn, mapping)
+        report.crm_rows = self._crm_rows(mapping)
+        report.crm_records, report.campaign_rows = len(report.crm_rows), len(report.campaign_rows_by_key)
+        linked_crm, linked_keys = set(), set()
+        for link in links:
+            crm_id, key = link["crm_id"], link["campaign_key"]
+            if link["deleted"] or crm_id is None or key is None:
+                continue
+            linked_crm.add(crm_id)
+            linked_keys.add(key)
+            crm_row, campaign_row = report.crm_rows.get(crm_id), report.campaign_rows_by_key.get(key)
+            if crm_row is None and campaign_row is not None:
+                report.gone_from_crm.append(crm_id)
+            elif campaign_row is None and crm_row is not None:
+                report.gone_from_campaign.append(key)
+            elif crm_row is not None and campaign_row is not None:
+                fields = self._differing(mapping, crm_row, campaign_row, parents)
+                if fields:
+                    report.differing.append((crm_id, key, fields))
+        report.missing_in_campaign = sorted(set(report.crm_rows) - linked_crm) if mapping.direction != "export" else []
+        unlinked = sorted(set(report.campaign_rows_by_key) - linked_keys) if mapping.direction != "import" else []
+        known = self._match_keys(mapping, [report.campaign_rows_by_key[k] for k in linked_keys
+                                           if k in report.campaign_rows_by_key])
+        for key in unlinked:  # a second row for a person already linked is a duplicate, not missing
+            row_key = self._match_keys(mapping, [report.campaign_rows_by_key[key]])
+            (report.duplicates if row_key and row_key <= known else report.missing_in_crm).append(key)
+        return report
+
+    def _match_keys(self, mapping: Mapping, rows: list[dict]) -> set[str]:
+        if not mapping.match:
+            return set()
+        column = mapping.match[0].campaign
+        return {k for k in (match_key(row.get(column)) for row in rows) if k}
+
+    def _crm_rows(self, mapping: Mapping) -> dict[str, dict]:
+        names = ["Id", "SystemModstamp", *(f.crm for f in mapping.fields)]
+        if mapping.crm_external_id:
+            names.append(mapping.crm_external_id)
+        soql = f"SELECT {', '.join(dict.fromkeys(names))} FROM {mapping.crm_object}"
+        client = self.clients[mapping.account]
+        rows = {}
+        for page in client.query_all_pages(soql):
+            for record in page:
+                record.pop("attributes", None)
+                rows[record["Id"]] = record
+        return rows
+
+    def _campaign_rows(self, conn: psycopg.Connection, mapping: Mapping) -> dict[int, dict]:
+        has_deleted = conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = 'deleted'",
+            (mapping.campaign_table,)).fetchone()
+        where = " WHERE NOT deleted" if has_deleted else ""
+        rows = conn.cursor(row_factory=dict_row).execute(f"SELECT * FROM {mapping.campaign_table}{where}").fetchall()
+        return {row["id"]: {k: _plain(v) for k, v in row.items()} for row in rows}
+
+    def _parent_crm_ids(self, conn: psycopg.Connection, mapping: Mapping) -> dict[str, dict[int, str]]:
+        parents = {f.reference for f in mapping.fields if f.reference}
+        result: dict[str, dict[int, str]] = {}
+        for parent in parents:
+            rows = conn.execute("SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s "
+                                "AND crm_id IS NOT NULL AND campaign_key IS NOT NULL", (parent,)).fetchall()
+            result[parent] = {key: crm_id for key, crm_id in rows}
+        return result
+
+    def _differing(self, mapping: Mapping, crm_row: dict, campaign_row: dict,
+                   parents: dict[str, dict[int, str]]) -> list[str]:
+        fields = []
+        for fm in mapping.fields:
+            crm_value = crm_row.get(fm.crm)
+            campaign_value = campaign_row.get(fm.campaign)
+            if fm.reference:
+                campaign_value = parents[fm.reference].get(campaign_value) if campaign_value is not None else None
+            elif not fm.enumeration:
+                crm_value, campaign_value = canonical(crm_value, fm.conversion), canonical(campaign_value, fm.conversion)
+            if crm_value != campaign_value:
+                fields.append(fm.campaign)
+        return fields
+
+    # -- repair -------------------------------------------------------------------------------------------
+    def repair(self, mapping: Mapping, report: MappingReport) -> int:
+        """Re-publish the diverged records as changes; the streams do the rest. Returns changes published."""
+        stamp = utc_now_iso()
+        crm_topic = topics.changes("crm", mapping.account, mapping.crm_object)
+        campaign_topic = topics.changes("campaign", self.settings.campaign.name, mapping.campaign_table)
+        crm_changes, campaign_changes = [], []
+        for crm_id in [*report.missing_in_campaign, *(d[0] for d in report.differing)]:
+            row = report.crm_rows[crm_id]
+            crm_changes.append(Change(id=f"repair:{stamp}:crm:{crm_id}", side="crm", source=mapping.account,
+                                      object=mapping.crm_object, op="r", key={"Id": crm_id}, after=row,
+                                      position={"modstamp": row.get("SystemModstamp"), "id": crm_id, "repair": True},
+                                      source_ts=row.get("SystemModstamp")))
+        for crm_id in report.gone_from_crm:
+            crm_changes.append(Change(id=f"repair:{stamp}:crm-gone:{crm_id}", side="crm", source=mapping.account,
+                                      object=mapping.crm_object, op="d", key={"Id": crm_id}, after=None,
+                                      position={"modstamp": stamp, "id": crm_id, "repair": True}, source_ts=stamp))
+        for key in [*report.missing_in_crm, *(d[1] for d in report.differing)]:
+            row = report.campaign_rows_by_key[key]
+            campaign_changes.append(Change(id=f"repair:{stamp}:campaign:{key}", side="campaign",
+                                           source=self.settings.campaign.name, object=mapping.campaign_table,
+                                           op="r", key={"id": key}, after=row,
+                                           position={"repair": True}, source_ts=row.get("updated_at")))
+        for key in report.gone_from_campaign:
+            campaign_changes.append(Change(id=f"repair:{stamp}:campaign-gone:{key}", side="campaign",
+                                           source=self.settings.campaign.name, object=mapping.campaign_table,
+                                           op="d", key={"id": key}, after=None, position={"repair": True},
+                                           source_ts=stamp))
+        producer = kafka.producer(self.found.bootstrap_servers)
+        tracker = kafka.DeliveryTracker()
+        kafka.ensure_topics(self.found.bootstrap_servers, [crm_topic, campaign_topic], self.settings.kafka.partitions)
+        for topic, changes in ((crm_topic, crm_changes), (campaign_topic, campaign_changes)):
+            for change in changes:
+                producer.produce(topic, value=change.to_json(), key=change.kafka_key(), on_delivery=tracker)
+        kafka.flush_all(producer, tracker)
+        return len(crm_changes) + len(campaign_changes)
+
+
+def clients_for(settings: Settings) -> dict[str, Any]:
+    from services.salesforce.client import SalesforceClient
+
+    return {name: SalesforceClient(name, account) for name, account in settings.accounts.items()}

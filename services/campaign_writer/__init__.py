@@ -1,0 +1,1 @@
+"""The Campaign writer: applies campaign-side ApplyCommands to the Campaign PostgreSQL database."""

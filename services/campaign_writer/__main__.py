@@ -1,0 +1,3 @@
+from services.campaign_writer.service import main
+
+main()

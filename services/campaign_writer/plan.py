@@ -1,0 +1,308 @@
+"""Turn ApplyCommands into SQL: check each command against the schema, then run many commands of the same
+*shape* (kind, table, columns) as ONE set-based statement.
+
+Why set-based: a statement per record spends most of its time on per-statement overhead. Here a group of
+commands travels as one JSON array parameter, unpacked by ``jsonb_to_recordset`` into typed rows, and one
+prepared statement applies them all. A group never holds two commands for the same record, so a statement
+never touches a row twice. The per-command fallback (after a failure) runs the same statement with a one-row
+array, so there is exactly one SQL text per shape to read and trust.
+
+Every statement returns ``(n, campaign_key, created, …)`` for the input rows whose target row exists (``n`` =
+position in the array) and is idempotent: updates write only when a value differs (``IS DISTINCT FROM``), so a
+replay changes nothing, not even ``updated_at``.
+
+Command semantics (what the stream processors send):
+
+    upsert, key {'id': n}                 UPDATE … WHERE id = n             (no such row: NOT_FOUND)
+    upsert, match {crm_account, crm_object, crm_id}
+                                          INSERT … ON CONFLICT (crm_account, crm_id) WHERE crm_id IS NOT NULL
+                                          DO UPDATE, writing the CRM ids on insert, + identity link ('sync')
+    upsert, key + match                   UPDATE row n, set its crm_account/crm_id, + identity link ('match')
+    delete, key and/or match              DELETE by key (else by CRM link) and its identity links; a missing
+                                          row is a success
+    value {"$ref": {"table", "crm_account", "crm_id"}}
+                                          the parent's key, looked up in the same statement; a missing parent
+                                          raises SQLSTATE CS404 (crmsync.missing_parent) and the command waits
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from crmsync.envelope import ApplyCommand, record_key
+from services.campaign_writer.catalog import Catalog, Table
+
+LINK_COLUMNS = ("crm_account", "crm_id")
+
+
+@dataclass
+class Planned:
+    """A command ready to run: its shape (which statement) and its row in that statement's input array."""
+
+    command: ApplyCommand
+    kind: str  # update | upsert | link | delete
+    table: str
+    record_key: str  # the record it addresses: commands with the same record_key keep their order
+    identities: tuple[str, ...]  # every way it names its row (key and CRM link): one per statement
+    shape: tuple
+    row: dict[str, Any]  # keys k (key), a/o/x (CRM link), vI (value I), vIa/vIx (reference I)
+
+
+@dataclass
+class Invalid:
+    """A command that cannot run as sent; it becomes a reject with `code` and `reason`."""
+
+    command: ApplyCommand
+    record_key: str
+    code: str
+    reason: str
+
+
+def command_record_key(command: ApplyCommand) -> str:
+    """The record a command addresses: its CRM link when it has one (the same contact is addressed by `match`
+    before its Campaign key is known and by key + match afterwards), else its Campaign key."""
+    match = command.match or {}
+    if match.get("crm_id") is not None:
+        return f"{command.object}|crm|{match.get('crm_account')}|{match.get('crm_id')}"
+    return f"{command.object}|key|{record_key(command.key or {}).decode()}"
+
+
+def describe_value(value: Any) -> str:
+    """A value as it appears in a reject reason."""
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+class Planner:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._sql: dict[tuple, str] = {}
+        self._reloaded: set[str] = set()  # tables re-read from the catalog during this batch
+
+    def new_batch(self) -> None:
+        self._reloaded.clear()
+
+    # -- checking a command -------------------------------------------------------------------------------------
+    def plan(self, command: ApplyCommand) -> Planned | Invalid:
+        rkey = command_record_key(command)
+
+        def invalid(code: str, reason: str) -> Invalid:
+            return Invalid(command, rkey, code, reason)
+
+        table = self.catalog.table(command.object)
+        if table is None:
+            return invalid("undefined_table", f"table {command.object!r} does not exist in the Campaign database")
+        if table.primary_key is None:
+            return invalid("CRMSYNC_BAD_TABLE", f"table {command.object!r} has no single-column primary key")
+        if command.action not in ("upsert", "delete"):
+            return invalid("CRMSYNC_BAD_COMMAND", f"action must be 'upsert' or 'delete', got {command.action!r}")
+        key, problem = _key(table, command)
+        link, problem = (None, problem) if problem else _link(table, command)
+        if problem:
+            return invalid("CRMSYNC_BAD_COMMAND", problem)
+        if key is None and link is None:
+            return invalid("CRMSYNC_BAD_COMMAND", "a command needs a key ({'id': n}) or a match on the CRM link "
+                                                  "(crm_account, crm_object, crm_id)")
+        row: dict[str, Any] = {}
+        identities = []
+        if key is not None:
+            row["k"] = key
+            identities.append(f"{table.name}|key|{key}")
+        if link:
+            row["a"], row["o"], row["x"] = link
+            identities.append(f"{table.name}|crm|{link[0]}|{link[2]}")
+        if command.action == "delete":
+            shape = ("delete", table.name, key is not None, link is not None)
+            return Planned(command, "delete", table.name, rkey, tuple(identities), shape, row)
+        values = command.values or {}
+        if link:  # the match decides the row's CRM link columns
+            values = {c: v for c, v in values.items() if c not in LINK_COLUMNS}
+        columns, problem = self._values(table, values, row)
+        if problem:
+            if "does not exist" in problem and table.name not in self._reloaded:
+                self._reloaded.add(table.name)  # perhaps the column was added since we looked: look again
+                self.catalog.forget(table.name)
+                return self.plan(command)
+            return invalid("undefined_column" if "does not exist" in problem else "CRMSYNC_BAD_COMMAND", problem)
+        kind = "link" if key is not None and link else "update" if key is not None else "upsert"
+        return Planned(command, kind, table.name, rkey, tuple(identities), (kind, table.name, columns), row)
+
+    def _values(self, table: Table, values: dict[str, Any], row: dict[str, Any]) -> tuple[tuple, str | None]:
+        """Fill `row` with the values; return the columns as (name, referenced table or None)."""
+        columns = []
+        for i, (column, value) in enumerate(values.items()):
+            if column not in table.columns:
+                return (), f"column {column!r} does not exist in table {table.name!r}"
+            if column == table.primary_key:
+                return (), f"column {column!r} is the primary key; address the row with `key` instead"
+            if type(value) is dict and "$ref" in value and value["$ref"] is not None:
+                ref = value["$ref"]
+                parent, problem = self._reference(column, ref)
+                if problem:
+                    return (), problem
+                columns.append((column, parent))
+                row[f"v{i}a"], row[f"v{i}x"] = ref["crm_account"], ref["crm_id"]
+            else:
+                columns.append((column, None))
+                row[f"v{i}"] = None if type(value) is dict and "$ref" in value else value
+        return tuple(columns), None
+
+    def _reference(self, column: str, ref: Any) -> tuple[str | None, str | None]:
+        if not (isinstance(ref, dict) and ref.get("table") and ref.get("crm_account") and ref.get("crm_id")):
+            return None, f"column {column!r}: a $ref needs table, crm_account and crm_id, got {ref!r}"
+        parent = self.catalog.table(ref["table"])
+        if parent is None or not parent.has_crm_link or parent.primary_key is None:
+            return None, (f"column {column!r}: referenced table {ref['table']!r} does not exist or has no "
+                          "CRM link columns")
+        return parent.name, None
+
+    # -- SQL ------------------------------------------------------------------------------------------------
+    def sql(self, planned: Planned) -> str:
+        """The statement for a shape (built once, then cached). Its one parameter is the JSON array of rows."""
+        text = self._sql.get(planned.shape)
+        if text is None:
+            text = self._sql[planned.shape] = self._build(planned.shape).as_string(None)
+        return text
+
+    def _build(self, shape: tuple) -> sql.Composed:
+        kind, table = shape[0], self.catalog.table(shape[1])
+        assert table is not None and table.primary_key is not None
+        if kind == "delete":
+            by_key, by_link = shape[2], shape[3]
+            return _delete_sql(table, self._input(table, by_key, by_link, ()), by_key, by_link)
+        columns = shape[2]
+        source = self._input(table, kind in ("update", "link"), kind in ("upsert", "link"), columns)
+        names = [c for c, _ in columns]
+        if kind == "upsert":
+            return _upsert_sql(table, source, names)
+        return _update_sql(table, source, names, link=kind == "link")
+
+    def _input(self, table: Table, by_key: bool, by_link: bool, columns: tuple) -> sql.Composed:
+        """``input``: the JSON array as typed rows n, k, a, o, x, c0, c1 … (references looked up)."""
+        fields = [sql.SQL("n int4")]
+        select = [sql.SQL("r.n")]
+        if by_key:
+            fields.append(sql.SQL("k {}").format(sql.SQL(table.columns[table.primary_key])))
+            select.append(sql.SQL("r.k"))
+        if by_link:
+            fields.append(sql.SQL("a text, o text, x text"))
+            select.append(sql.SQL("r.a, r.o, r.x"))
+        for i, (column, parent) in enumerate(columns):
+            cast = sql.SQL(table.columns[column])
+            if parent is None:
+                fields.append(sql.SQL("{} {}").format(sql.Identifier(f"v{i}"), cast))
+                select.append(sql.SQL("r.{} AS {}").format(sql.Identifier(f"v{i}"), sql.Identifier(f"c{i}")))
+                continue
+            ref = self.catalog.table(parent)
+            assert ref is not None and ref.primary_key is not None
+            account, crm_id = sql.Identifier(f"v{i}a"), sql.Identifier(f"v{i}x")
+            fields.append(sql.SQL("{} text, {} text").format(account, crm_id))
+            select.append(sql.SQL(
+                "COALESCE((SELECT p.{pk} FROM {ref} p WHERE p.crm_account = r.{a} AND p.crm_id = r.{x}), "
+                "crmsync.missing_parent({name}, r.{a}, r.{x}))::{cast} AS {alias}").format(
+                pk=sql.Identifier(ref.primary_key), ref=ref.ident, a=account, x=crm_id,
+                name=sql.Literal(ref.name), cast=cast, alias=sql.Identifier(f"c{i}")))
+        return sql.SQL("input AS MATERIALIZED (SELECT {select} FROM jsonb_to_recordset(%s::jsonb) AS r({fields}))"
+                       ).format(select=sql.SQL(", ").join(select), fields=sql.SQL(", ").join(fields))
+
+
+def _key(table: Table, command: ApplyCommand) -> tuple[Any, str | None]:
+    if not command.key:
+        return None, None
+    if set(command.key) != {table.primary_key} or command.key[table.primary_key] is None:
+        return None, f"key must be {{'{table.primary_key}': <value>}}, got {command.key!r}"
+    return command.key[table.primary_key], None
+
+
+def _link(table: Table, command: ApplyCommand) -> tuple[tuple[str, str, str] | None, str | None]:
+    match = command.match
+    if not match:
+        return None, None
+    parts = (match.get("crm_account"), match.get("crm_object"), match.get("crm_id"))
+    if not all(isinstance(p, str) and p for p in parts):
+        return None, f"match must hold crm_account, crm_object and crm_id, got {match!r}"
+    if not table.has_crm_link:
+        return None, f"table {table.name!r} has no crm_account/crm_id columns, so it cannot be matched"
+    return parts, None  # type: ignore[return-value]
+
+
+def _ids(names: list[str]) -> list[sql.Identifier]:
+    return [sql.Identifier(n) for n in names]
+
+
+def _inputs(count: int, offset: int = 0) -> list[sql.Composable]:
+    return [sql.SQL("i.{}").format(sql.Identifier(f"c{i}")) for i in range(offset, offset + count)]
+
+
+def _row(items: list[sql.Composable]) -> sql.Composed:
+    return sql.SQL("ROW({})").format(sql.SQL(", ").join(items))
+
+
+def _update_sql(table: Table, source: sql.Composed, names: list[str], *, link: bool) -> sql.Composed:
+    """update: key only; link: key + match (also sets crm_account/crm_id and links the identity)."""
+    pk = sql.Identifier(table.primary_key)
+    targets = _ids((["crm_account", "crm_id"] if link else []) + names)
+    values = ([sql.SQL("i.a"), sql.SQL("i.x")] if link else []) + _inputs(len(names))
+    tail = (sql.SQL(", crmsync.link_identity(i.a, i.o, i.x, {}, t.{}, 'match')").format(sql.Literal(table.name), pk)
+            if link else sql.SQL(""))
+    answer = sql.SQL("SELECT i.n, t.{pk}, false{tail} FROM input i JOIN {t} t ON t.{pk} = i.k ORDER BY i.n").format(
+        pk=pk, tail=tail, t=table.ident)
+    if not targets:
+        return sql.SQL("WITH {source} {answer}").format(source=source, answer=answer)
+    return sql.SQL(
+        "WITH {source}, up AS (UPDATE {t} AS t SET {sets} FROM input i "
+        "WHERE t.{pk} = i.k AND {old} IS DISTINCT FROM {new}) {answer}").format(
+        source=source, t=table.ident, pk=pk, answer=answer,
+        sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in zip(targets, values)),
+        old=_row([sql.SQL("t.{}").format(c) for c in targets]), new=_row(values))
+
+
+def _upsert_sql(table: Table, source: sql.Composed, names: list[str]) -> sql.Composed:
+    """match only: insert, or update the row already linked to this CRM record; then link the identity."""
+    pk = sql.Identifier(table.primary_key)
+    if names:
+        action = sql.SQL("DO UPDATE SET {sets} WHERE {old} IS DISTINCT FROM {new}").format(
+            sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=c) for c in _ids(names)),
+            old=_row([sql.SQL("t.{}").format(c) for c in _ids(names)]),
+            new=_row([sql.SQL("excluded.{}").format(c) for c in _ids(names)]))
+    else:
+        action = sql.SQL("DO NOTHING")
+    return sql.SQL(
+        "WITH {source}, "
+        "up AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i ORDER BY i.n "
+        "ON CONFLICT (crm_account, crm_id) WHERE crm_id IS NOT NULL {action} "
+        "RETURNING t.{pk} AS k, t.crm_account AS a, t.crm_id AS x, (t.xmax = 0) AS created), "
+        # rows the upsert did not touch (nothing differed) are looked up by their CRM link, one index probe each
+        "found AS (SELECT i.n, i.a, i.o, i.x, COALESCE(up.k, (SELECT t.{pk} FROM {t} t "
+        "WHERE t.crm_account = i.a AND t.crm_id = i.x)) AS k, COALESCE(up.created, false) AS created "
+        "FROM input i LEFT JOIN up ON up.a = i.a AND up.x = i.x), "
+        # Inline rather than crmsync.link_identity (a third faster on this hot path): a row found by its CRM
+        # link is already linked to that record, so there is no other link of the row to replace.
+        "link AS (INSERT INTO crmsync.identity_links (crm_account, crm_object, crm_id, campaign_table, "
+        "campaign_key, linked_by) SELECT a, o, x, {name}, k, 'sync' FROM found WHERE k IS NOT NULL "
+        "ON CONFLICT (crm_account, crm_object, crm_id) DO UPDATE "
+        "SET campaign_table = excluded.campaign_table, campaign_key = excluded.campaign_key "
+        "WHERE (identity_links.campaign_table, identity_links.campaign_key) "
+        "IS DISTINCT FROM (excluded.campaign_table, excluded.campaign_key)) "
+        "SELECT n, k, created FROM found WHERE k IS NOT NULL ORDER BY n").format(
+        source=source, t=table.ident, cols=sql.SQL(", ").join(_ids(["crm_account", "crm_id"] + names)),
+        vals=sql.SQL(", ").join([sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]), action=action, pk=pk,
+        name=sql.Literal(table.name))
+
+
+def _delete_sql(table: Table, source: sql.Composed, by_key: bool, by_link: bool) -> sql.Composed:
+    """Delete by key (else by CRM link), and the identity links of the deleted rows and of the CRM record."""
+    pk = sql.Identifier(table.primary_key)
+    where = (sql.SQL("t.{} = i.k").format(pk) if by_key else sql.SQL("t.crm_account = i.a AND t.crm_id = i.x"))
+    unlink = sql.SQL("(l.campaign_table = {} AND l.campaign_key IN (SELECT k FROM gone))").format(
+        sql.Literal(table.name))
+    if by_link:
+        unlink = sql.SQL("{} OR (l.crm_account, l.crm_object, l.crm_id) IN (SELECT a, o, x FROM input)").format(unlink)
+    return sql.SQL(
+        "WITH {source}, "
+        "gone AS (DELETE FROM {t} AS t USING input i WHERE {where} RETURNING i.n, t.{pk} AS k), "
+        "unlink AS (DELETE FROM crmsync.identity_links l WHERE {unlink}) "
+        "SELECT n, k, false FROM gone ORDER BY n").format(
+        source=source, t=table.ident, where=where, pk=pk, unlink=unlink)

@@ -1,0 +1,611 @@
+"""Campaign writer: apply commands from Kafka → the Campaign database, one PostgreSQL transaction per batch.
+
+Per batch (up to 2,000 commands from ``topics.apply('campaign', <campaign>, <table>)``):
+
+1. Plan every command (services/campaign_writer/plan.py): check table, columns, key and match against the real
+   schema; a command that cannot run becomes a reject right away. Parent tables go first (a stable sort, so
+   the commands of one record keep their order).
+2. One transaction, which starts with ``pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')``
+   so change capture tags everything it writes as the sync's own (echo suppression).
+3. Fast path: chunks of commands, each chunk pipelined as a few prepared ``executemany`` calls inside a
+   savepoint. If PostgreSQL refuses one command, that chunk is redone with a savepoint per command, so the bad
+   command becomes a reject (error_code = SQLSTATE name, reason = PostgreSQL's message and the column) and the
+   others land. A command whose ``$ref`` parent is missing *waits* (status 'waiting', PARENT_NOT_FOUND).
+4. The rejects ledger is written in the same transaction; commands of a record that still has an open reject
+   wait behind it (WAITING_FOR_EARLIER), so a record's commands never overtake each other, even across retries.
+5. Commit; publish the rejects and wait for the broker; only then does `run` commit the Kafka offsets. A crash
+   anywhere replays the batch, and replaying changes nothing (every statement writes only what differs).
+
+Between batches the `RetryLoop` puts due rejects back on their apply topics (exponential backoff + jitter).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import threading
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator, Sequence
+
+import psycopg
+import psycopg.errors
+from confluent_kafka import Consumer, Message, TopicPartition
+from prometheus_client import Counter, Histogram
+
+from crmsync import kafka, pg, rejects, topics
+from crmsync.config import Settings
+from crmsync.envelope import ApplyCommand, Reject
+from crmsync.infra import Endpoints
+from crmsync.rejects import PARENT_NOT_FOUND, WAITING_FOR_EARLIER, RetryLoop, RetryPolicy
+from services.campaign_writer.catalog import Catalog
+from services.campaign_writer.plan import Invalid, Planned, Planner, command_record_key, describe_value
+
+log = logging.getLogger("crmsync.campaign_writer")
+
+STAGE = "writer-campaign"
+ORIGIN_SQL = f"SELECT pg_logical_emit_message(true, 'crmsync.origin', '{STAGE}')"
+PARENT_MISSING_SQLSTATE = "CS404"  # raised by crmsync.missing_parent (migration 003)
+# Not the record's fault, so the whole batch is tried again instead of rejecting anything: connection trouble,
+# deadlocks, serialization failures, shutdowns, resource limits, and statement errors (class 42: a schema that
+# changed under us, a missing migration, a missing privilege). Data errors (22, 23) are the record's.
+SYSTEMIC_SQLSTATE_CLASSES = ("08", "40", "42", "53", "55", "57", "58", "XX")
+_SEPARATOR = chr(31)  # ASCII unit separator: never part of a command id or record key
+
+APPLIED = Counter("crmsync_writer_applied_total", "Apply commands carried out", ["writer", "table", "action"])
+REJECTED = Counter("crmsync_writer_rejects_total", "Apply commands rejected or parked", ["writer", "table", "code"])
+BATCH_SECONDS = Histogram("crmsync_writer_batch_seconds", "Time to apply one batch, commit and publish its rejects",
+                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+FRESHNESS = Histogram("crmsync_apply_freshness_seconds", "Applied time minus the source modification time",
+                      ["writer", "table"], buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+
+OnApplied = Callable[[ApplyCommand, "int | None", bool], None]
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    batch_size: int = 2000  # commands consumed per batch
+    poll_timeout: float = 0.1  # seconds to wait for a batch to fill
+    chunk_size: int = 500  # commands per savepoint on the fast path (a bad one costs a redo of its chunk only)
+    retry_interval: float = 1.0  # seconds between retry-loop passes
+
+
+@dataclass
+class Applied:
+    command: ApplyCommand
+    campaign_key: int | None  # the row's primary key (None for a delete of a row that was not there)
+    created: bool
+
+
+@dataclass
+class BatchResult:
+    applied: list[Applied] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)  # failed: status 'pending', retried with backoff
+    waiting: list[Reject] = field(default_factory=list)  # parked: status 'waiting' (parent / earlier command)
+    duplicates: list[str] = field(default_factory=list)  # command ids the ledger had already settled
+    seconds: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """What happened to one command in this batch."""
+
+    command: ApplyCommand
+    record_key: str | None
+    campaign_key: int | None = None
+    created: bool = False
+    code: str | None = None  # None: applied
+    reason: str = ""
+    status: str = "pending"  # for a reject: 'pending' or 'waiting'
+    duplicate: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.code is None
+
+
+class RecordQueues:
+    """The open rejects of this batch's records, oldest first. A command may run only when no other open
+    command of its record is ahead of it; otherwise it joins the queue (WAITING_FOR_EARLIER)."""
+
+    def __init__(self, rows: Sequence[tuple[str, str | None, str]] = ()) -> None:
+        self.queues: dict[str, list[str]] = {}
+        self.settled: set[str] = set()  # resolved or abandoned: a message of theirs is a replay to skip
+        self.had_open_row: set[str] = set()  # succeeding now resolves their ledger row
+        for command_id, record_key, status in rows:
+            if status in rejects.OPEN_STATUSES:
+                self.had_open_row.add(command_id)
+                self.enqueue(record_key or "", command_id)
+            else:
+                self.settled.add(command_id)
+
+    def blocker(self, record_key: str, command_id: str) -> str | None:
+        queue = self.queues.get(record_key, [])
+        ahead = queue[:queue.index(command_id)] if command_id in queue else queue
+        return ahead[0] if ahead else None
+
+    def enqueue(self, record_key: str, command_id: str) -> None:
+        queue = self.queues.setdefault(record_key, [])
+        if command_id not in queue:
+            queue.append(command_id)
+
+    def done(self, record_key: str, command_id: str) -> None:
+        queue = self.queues.get(record_key)
+        if queue and command_id in queue:
+            queue.remove(command_id)
+
+    def copy(self) -> "RecordQueues":
+        twin = RecordQueues()
+        twin.queues = {k: list(v) for k, v in self.queues.items()}
+        twin.settled, twin.had_open_row = self.settled, self.had_open_row
+        return twin
+
+
+def _sqlstate_name(state: str | None) -> str:
+    """'23514' → 'check_violation' (PostgreSQL's condition name, which users can look up)."""
+    try:
+        name = psycopg.errors.lookup(state or "").__name__
+    except KeyError:
+        return state or "unknown_error"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _systemic(exc: psycopg.Error) -> bool:
+    state = exc.sqlstate
+    return state is None or state[:2] in SYSTEMIC_SQLSTATE_CLASSES
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _groups(plans: list[Planned]) -> list[tuple[tuple, list[int]]]:
+    """Group plans by statement shape, one command per record per group (so a set-based statement never touches
+    a row twice), without letting two commands of one record swap places: a second command for a record starts
+    a new round of groups, run after the current round."""
+    rounds: list[dict[tuple, list[int]]] = [{}]
+    seen: set[str] = set()
+    for index, plan in enumerate(plans):
+        if not seen.isdisjoint(plan.identities):
+            rounds.append({})
+            seen = set()
+        seen.update(plan.identities)
+        rounds[-1].setdefault(plan.shape, []).append(index)
+    return [(shape, members) for round_ in rounds for shape, members in round_.items()]
+
+
+def _payload(plans: list[Planned]) -> str:
+    """The statement's one parameter: its input rows as a JSON array, `n` = position in it."""
+    return json.dumps([{"n": n, **plan.row} for n, plan in enumerate(plans)], default=str,
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def _source_age(command: ApplyCommand, now: datetime) -> float | None:
+    if not command.source_ts:
+        return None
+    try:
+        moment = datetime.fromisoformat(command.source_ts)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max((now - moment).total_seconds(), 0.0)
+
+
+class CampaignWriter:
+    """Applies batches of campaign-side ApplyCommands. `apply_batch` works on its own (tests, the workflow
+    engine); `run` adds the Kafka consumer, offset commits and the retry loop."""
+
+    def __init__(self, dsn: str, bootstrap_servers: str, campaign_name: str, *, tables: Sequence[str] = (),
+                 policy: RetryPolicy = rejects.DEFAULT_POLICY, options: WriterOptions | None = None,
+                 on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1) -> None:
+        self.dsn = dsn
+        self.bootstrap_servers = bootstrap_servers
+        self.name = campaign_name
+        self.tables = list(tables)
+        self.policy = policy
+        self.options = options or WriterOptions()
+        self.on_applied = on_applied
+        self.rejects_topic = topics.rejects("campaign", campaign_name)
+        kafka.ensure_topics(bootstrap_servers, [self.rejects_topic, *self.apply_topics], partitions,
+                            replication_factor)
+        self.producer = kafka.producer(bootstrap_servers)
+        self.tracker = kafka.DeliveryTracker()
+        self.retry_loop = RetryLoop(dsn, self.producer, policy=policy, stage=STAGE, target=campaign_name,
+                                    interval=self.options.retry_interval)
+        self.conn = self._connect()
+
+    @property
+    def apply_topics(self) -> list[str]:
+        return [topics.apply("campaign", self.name, table) for table in self.tables]
+
+    @property
+    def group_id(self) -> str:
+        return f"crmsync-writer-campaign-{self.name}"
+
+    def _connect(self) -> psycopg.Connection:
+        conn = pg.connect(self.dsn, autocommit=True, application=f"crmsync-{STAGE}")
+        conn.prepare_threshold = 0  # every statement shape is prepared once and reused for the whole run
+        self.catalog = Catalog(conn)
+        self.planner = Planner(self.catalog)
+        return conn
+
+    # -- one batch ------------------------------------------------------------------------------------------
+    def apply_batch(self, commands: Sequence[ApplyCommand], extra_rejects: Sequence[Reject] = ()) -> BatchResult:
+        """Apply `commands` in one transaction, record and publish the rejects. Kafka offsets are the caller's."""
+        started = time.perf_counter()
+        self.planner.new_batch()
+        items = [self._plan(c) for c in self._parents_first(commands)]
+        with self.conn.transaction():
+            self.conn.execute(ORIGIN_SQL)
+            queues = self._load_queues(items)
+            outcomes: list[Outcome] = []
+            for chunk in _chunks(items, self.options.chunk_size):
+                outcomes += self._apply_chunk(chunk, queues)
+            result = self._settle(outcomes, queues, extra_rejects)
+        for reject in [*result.rejects, *result.waiting]:
+            rejects.publish(self.producer, self.tracker, reject)
+        kafka.flush_all(self.producer, self.tracker)
+        result.seconds = time.perf_counter() - started
+        self._observe(result)
+        if self.on_applied:
+            for applied in result.applied:
+                self.on_applied(applied.command, applied.campaign_key, applied.created)
+        return result
+
+    def _parents_first(self, commands: Sequence[ApplyCommand]) -> list[ApplyCommand]:
+        """Stable sort by table depth: a batch creating a parent and its child works whatever the topic order."""
+        ranks: dict[str, int] = {}
+        for command in commands:
+            if command.object not in ranks:
+                ranks[command.object] = self.catalog.rank(command.object) if isinstance(command.object, str) else 0
+        return sorted(commands, key=lambda c: ranks[c.object])
+
+    def _plan(self, command: ApplyCommand) -> Planned | Invalid:
+        try:
+            if command.side != "campaign" or command.target != self.name:
+                return Invalid(command, command_record_key(command), "CRMSYNC_WRONG_TARGET",
+                               f"command for {command.side}/{command.target} reached the Campaign writer of "
+                               f"{self.name}")
+            return self.planner.plan(command)
+        except (AttributeError, TypeError, ValueError) as exc:  # e.g. `values` that is not an object
+            return Invalid(command, f"{command.object}|id|{command.id}", "CRMSYNC_BAD_COMMAND",
+                           f"malformed apply command: {exc}")
+
+    def _load_queues(self, items: list[Planned | Invalid]) -> RecordQueues:
+        """The ledger's open rejects for this batch's records, and what it already settled of its commands.
+        (Lists travel as one separator-joined string: much cheaper to send than two arrays of 2,000 texts.)"""
+        keys = _SEPARATOR.join({i.record_key for i in items})
+        ids = _SEPARATOR.join(i.command.id for i in items)
+        rows = self.conn.execute(
+            """SELECT command_id, record_key, status FROM crmsync.rejects
+               WHERE stage = %s AND target = %s
+                 AND ((record_key = ANY(string_to_array(%s, chr(31)))
+                       AND status IN ('pending', 'waiting', 'retrying'))
+                      OR command_id = ANY(string_to_array(%s, chr(31))))
+               ORDER BY seq""", (STAGE, self.name, keys, ids)).fetchall()
+        return RecordQueues(rows)
+
+    def _admit(self, item: Planned | Invalid, queues: RecordQueues) -> Outcome | None:
+        """The outcome a command gets without running (replay, invalid, waiting its turn); None = run it."""
+        command = item.command
+        if command.id in queues.settled:
+            return Outcome(command, item.record_key, duplicate=True)
+        if isinstance(item, Invalid):
+            queues.enqueue(item.record_key, command.id)
+            return Outcome(command, item.record_key, code=item.code, reason=item.reason)
+        blocker = queues.blocker(item.record_key, command.id)
+        if blocker is not None:
+            queues.enqueue(item.record_key, command.id)
+            return Outcome(command, item.record_key, code=WAITING_FOR_EARLIER, status="waiting",
+                           reason=f"waits for the earlier command {blocker} of this record, which is in the "
+                                  "rejects ledger; commands of one record are applied in order")
+        return None
+
+    def _apply_chunk(self, chunk: list[Planned | Invalid], queues: RecordQueues) -> list[Outcome]:
+        """Fast path: run the chunk pipelined in one savepoint, assuming success. If PostgreSQL refuses any
+        command, redo the chunk one command per savepoint."""
+        trial = queues.copy()
+        decided: dict[int, Outcome] = {}
+        runnable: list[tuple[int, Planned]] = []
+        for index, item in enumerate(chunk):
+            outcome = self._admit(item, trial)
+            if outcome is None:
+                runnable.append((index, item))  # type: ignore[arg-type]
+                trial.done(item.record_key, item.command.id)
+            else:
+                decided[index] = outcome
+        rows = self._run_pipelined([plan for _, plan in runnable])
+        if rows is None:
+            return self._apply_one_by_one(chunk, queues)
+        for (index, plan), row in zip(runnable, rows):
+            decided[index] = self._outcome(plan, row)
+            if not decided[index].ok:
+                trial.enqueue(plan.record_key, plan.command.id)
+        queues.queues = trial.queues
+        return [decided[i] for i in range(len(chunk))]
+
+    def _run_pipelined(self, plans: list[Planned]) -> list[tuple | None] | None:
+        """`(campaign_key, created)` per plan (None: no such row), or None when the savepoint was rolled back
+        because PostgreSQL refused something. One statement per shape, all sent in one pipeline."""
+        if not plans:
+            return []
+        rows: list[tuple | None] = [None] * len(plans)
+        try:
+            with self.conn.transaction():
+                failure: psycopg.Error | None = None
+                with self.conn.pipeline() as pipeline:
+                    cursors = []
+                    for _shape, members in _groups(plans):
+                        group = [plans[i] for i in members]
+                        cursor = self.conn.cursor()
+                        cursor.execute(self.planner.sql(group[0]), (_payload(group),))
+                        cursors.append((cursor, members))
+                    try:
+                        pipeline.sync()  # one round trip for the whole chunk
+                    except psycopg.Error as exc:  # raised after the block, which then closes cleanly
+                        failure = exc
+                if failure is not None:
+                    raise failure
+                for cursor, members in cursors:
+                    for row in cursor.fetchall():
+                        rows[members[row[0]]] = row[1:3]
+        except psycopg.Error as exc:
+            if _systemic(exc):
+                raise
+            return None
+        return rows
+
+    def _apply_one_by_one(self, chunk: list[Planned | Invalid], queues: RecordQueues) -> list[Outcome]:
+        outcomes = []
+        for item in chunk:
+            outcome = self._admit(item, queues)
+            if outcome is None:
+                outcome = self._run_one(item)  # type: ignore[arg-type]
+                if outcome.ok:
+                    queues.done(item.record_key, item.command.id)
+                else:
+                    queues.enqueue(item.record_key, item.command.id)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _run_one(self, plan: Planned) -> Outcome:
+        try:
+            with self.conn.transaction():
+                row = self.conn.execute(self.planner.sql(plan), (_payload([plan]),)).fetchone()
+        except psycopg.Error as exc:
+            if _systemic(exc):
+                raise
+            return self._failure(plan, exc)
+        return self._outcome(plan, row[1:3] if row else None)
+
+    def _outcome(self, plan: Planned, row: tuple | None) -> Outcome:
+        command = plan.command
+        if row is not None:
+            return Outcome(command, plan.record_key, campaign_key=row[0], created=bool(row[1]))
+        if plan.kind == "delete":  # already gone: deleting is idempotent
+            return Outcome(command, plan.record_key, campaign_key=plan.row.get("k"))
+        return Outcome(command, plan.record_key, code="NOT_FOUND",
+                       reason=f"no row in {plan.table} with key {describe_value(command.key)}")
+
+    def _failure(self, plan: Planned, exc: psycopg.Error) -> Outcome:
+        if exc.sqlstate == PARENT_MISSING_SQLSTATE:
+            return Outcome(plan.command, plan.record_key, code=PARENT_NOT_FOUND, status="waiting",
+                           reason=exc.diag.message_primary or str(exc))
+        return Outcome(plan.command, plan.record_key, code=_sqlstate_name(exc.sqlstate),
+                       reason=self._reason(plan, exc))
+
+    def _reason(self, plan: Planned, exc: psycopg.Error) -> str:
+        """PostgreSQL's message, plus the column(s) and value(s) it is about when PostgreSQL does not say."""
+        diag = exc.diag
+        reason = diag.message_primary or str(exc).strip()
+        state = exc.sqlstate or ""
+        if state.startswith("23") and diag.message_detail and not diag.message_detail.startswith("Failing row"):
+            reason += f": {diag.message_detail}"  # e.g. Key (organisation_id)=(42) is not present in table …
+        columns = [diag.column_name] if diag.column_name else []
+        if not columns and diag.constraint_name and diag.table_name:
+            table = f"{diag.schema_name}.{diag.table_name}" if diag.schema_name else diag.table_name
+            columns = self.catalog.constraint_columns(table, diag.constraint_name)
+        if not columns and state.startswith("22"):
+            columns = self._columns_with_bad_input(plan)
+        values = plan.command.values or {}
+        about = [f'column "{c}" = {describe_value(values[c])}' for c in columns if c in values]
+        return f"{reason} ({'; '.join(about)})" if about else reason
+
+    def _columns_with_bad_input(self, plan: Planned) -> list[str]:
+        """Which values PostgreSQL cannot read as their column's type (it does not say for parameters)."""
+        table = self.catalog.table(plan.table)
+        checks = [(c, describe_value(v) if isinstance(v, (dict, list)) else
+                   ("true" if v is True else "false" if v is False else str(v)), table.full_types[c])
+                  for c, v in (plan.command.values or {}).items()
+                  if table and c in table.full_types and v is not None
+                  and not (isinstance(v, dict) and "$ref" in v)]
+        if not checks:
+            return []
+        try:
+            with self.conn.transaction():
+                rows = self.conn.execute(
+                    "SELECT c FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(c, v, t) "
+                    "WHERE NOT pg_input_is_valid(v, t)", [list(x) for x in zip(*checks)]).fetchall()
+        except psycopg.Error as exc:  # pg_input_is_valid needs PostgreSQL 16
+            if _systemic(exc):
+                raise
+            return []
+        return [r[0] for r in rows]
+
+    def _settle(self, outcomes: list[Outcome], queues: RecordQueues, extra: Sequence[Reject]) -> BatchResult:
+        """Write the batch's rejects and resolutions into the ledger (same transaction as the changes)."""
+        result = BatchResult()
+        entries: list[rejects.Entry] = []
+        resolved: list[str] = []
+        for outcome in outcomes:
+            command = outcome.command
+            if outcome.duplicate:
+                result.duplicates.append(command.id)
+            elif outcome.ok:
+                result.applied.append(Applied(command, outcome.campaign_key, outcome.created))
+                if command.id in queues.had_open_row:
+                    resolved.append(command.id)
+            else:
+                reject = self._reject(outcome)
+                (result.waiting if outcome.status == "waiting" else result.rejects).append(reject)
+                retry_in = 0.0 if outcome.code == WAITING_FOR_EARLIER else self.policy.delay(command.attempt)
+                entries.append(rejects.Entry(reject, command, outcome.status, retry_in, outcome.record_key))
+                log.info("command %s for %s: %s", command.id, command.object, outcome.code)
+        for reject in extra:  # unreadable messages: kept for people, not retried automatically
+            result.rejects.append(reject)
+            entries.append(rejects.Entry(reject))
+        rejects.record_many(self.conn, entries)
+        rejects.resolve(self.conn, resolved)
+        return result
+
+    def _reject(self, outcome: Outcome) -> Reject:
+        command = outcome.command
+        return Reject(id=f"{STAGE}:{self.name}:{command.id}", stage=STAGE, side="campaign", target=self.name,
+                      object=str(command.object), reason=outcome.reason, error_code=outcome.code,
+                      record=_as_record(command), attempt=command.attempt)
+
+    def _observe(self, result: BatchResult) -> None:
+        BATCH_SECONDS.observe(result.seconds)
+        now = datetime.now(timezone.utc)
+        actions: Tally[tuple[str, str]] = Tally()
+        freshness: dict[str, Any] = {}  # table -> histogram child (a label lookup per record is costly)
+        for applied in result.applied:
+            command = applied.command
+            action = "delete" if command.action == "delete" else "insert" if applied.created else "update"
+            actions[(command.object, action)] += 1
+            age = _source_age(command, now)
+            if age is not None:
+                if command.object not in freshness:
+                    freshness[command.object] = FRESHNESS.labels(STAGE, command.object)
+                freshness[command.object].observe(age)
+        for (table, action), count in actions.items():
+            APPLIED.labels(STAGE, table, action).inc(count)
+        codes = Tally((r.object, r.error_code or "unknown") for r in [*result.rejects, *result.waiting])
+        for (table, code), count in codes.items():
+            REJECTED.labels(STAGE, table, code).inc(count)
+
+    # -- Kafka ----------------------------------------------------------------------------------------------
+    def process_messages(self, messages: Sequence[Message]) -> BatchResult:
+        commands: list[ApplyCommand] = []
+        unreadable: list[Reject] = []
+        for message in messages:
+            try:
+                commands.append(ApplyCommand.from_json(message.value()))
+            except (ValueError, TypeError) as exc:
+                unreadable.append(self._unreadable(message, exc))
+        return self.apply_batch(commands, extra_rejects=unreadable)
+
+    def _unreadable(self, message: Message, exc: Exception) -> Reject:
+        raw = message.value().decode("utf-8", "replace") if message.value() else ""
+        table = topics.parse(message.topic()).get("object", "?")
+        return Reject(id=f"{STAGE}:{self.name}:{message.topic()}:{message.partition()}:{message.offset()}",
+                      stage=STAGE, side="campaign", target=self.name, object=table,
+                      reason=f"unreadable apply command: {exc}", error_code="CRMSYNC_BAD_MESSAGE",
+                      record={"raw": raw, "topic": message.topic(), "partition": message.partition(),
+                              "offset": message.offset()})
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume, apply, commit offsets, retry — until `stop` is set; then finish the batch in hand and exit.
+        A failed batch is consumed again from the last committed offsets (replays change nothing)."""
+        consumer: Consumer | None = None
+        backoff = 1.0
+        log.info("writing %s to Campaign database %s (group %s)", ", ".join(self.tables), self.name, self.group_id)
+        try:
+            while not stop.is_set():
+                try:
+                    if consumer is None:
+                        # a smaller prefetch than librdkafka's 64 MB default keeps the writer's memory flat
+                        consumer = kafka.consumer(self.bootstrap_servers, self.group_id,
+                                                  **{"queued.max.messages.kbytes": 16384})
+                        consumer.subscribe(self.apply_topics)
+                    messages = [m for m in consumer.consume(self.options.batch_size, self.options.poll_timeout)
+                                if not _consumer_error(m)]
+                    if messages:
+                        consumer.commit(offsets=_next_offsets(messages), asynchronous=False)  # MUTANT
+                        time.sleep(0.05)
+                        self.process_messages(messages)
+                    self.retry_loop.maybe_tick()
+                    backoff = 1.0
+                except Exception:
+                    log.exception("batch failed; it will be consumed again from the committed offsets")
+                    consumer = _close(consumer)
+                    if self.conn.closed or self.conn.broken:
+                        self.conn = self._connect()
+                    else:  # the schema may have changed under us: read it again
+                        self.catalog = Catalog(self.conn)
+                        self.planner = Planner(self.catalog)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            _close(consumer)
+            self.close()
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.retry_loop.close()
+        self.conn.close()
+
+
+def _as_record(command: ApplyCommand) -> dict[str, Any]:
+    return json.loads(command.to_json())
+
+
+def _consumer_error(message: Message) -> bool:
+    if message.error() is not None:
+        log.warning("consumer error: %s", message.error())
+        return True
+    return False
+
+
+def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    highest: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic(), m.partition())
+        highest[key] = max(highest.get(key, -1), m.offset())
+    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
+
+
+def _close(consumer: Consumer | None) -> None:
+    if consumer is not None:
+        try:
+            consumer.close()
+        except Exception:  # noqa: BLE001 - closing after a failure; nothing more to do
+            log.debug("consumer close failed", exc_info=True)
+    return None
+
+
+def run(settings: Settings, endpoints: Endpoints, tables: list[str], *, stop: threading.Event | None = None,
+        policy: RetryPolicy = rejects.DEFAULT_POLICY, options: WriterOptions | None = None,
+        on_applied: OnApplied | None = None) -> None:
+    """The service: migrate, then write `tables` until SIGTERM/SIGINT (or `stop`), finishing the current batch."""
+    pg.migrate(endpoints.campaign_dsn)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    writer = CampaignWriter(endpoints.campaign_dsn, endpoints.bootstrap_servers, settings.campaign.name,
+                            tables=tables, policy=policy, options=options, on_applied=on_applied,
+                            partitions=settings.kafka.partitions,
+                            replication_factor=settings.kafka.replication_factor)
+    writer.run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m services.campaign_writer [--config crmsync.yaml] [--tables a,b]` (until the CLI mounts it)."""
+    from crmsync import config, infra, logs
+
+    parser = argparse.ArgumentParser(prog="campaign-writer", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="crmsync.yaml to use")
+    parser.add_argument("--tables", default=None, help="comma-separated tables (default: campaign.capture_tables)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.setup("campaign-writer", args.log_level)
+    settings = config.load(args.config)
+    tables = args.tables.split(",") if args.tables else list(settings.campaign.capture_tables)
+    run(settings, infra.up(settings), tables)
