@@ -38,6 +38,7 @@ class MappingReport:
     gone_from_crm: list[str] = field(default_factory=list)
     gone_from_campaign: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)  # unlinked Campaign rows sharing a linked row's key
+    rejected: int = 0  # records left out of the comparison: an open reject explains why they differ
     crm_rows: dict[str, dict] = field(default_factory=dict, repr=False)
     campaign_rows_by_key: dict[int, dict] = field(default_factory=dict, repr=False)
 
@@ -50,7 +51,8 @@ class MappingReport:
         return {"mapping": self.mapping, "crm": self.crm_records, "campaign": self.campaign_rows,
                 "missing_in_campaign": len(self.missing_in_campaign), "missing_in_crm": len(self.missing_in_crm),
                 "differing": len(self.differing), "gone_from_crm": len(self.gone_from_crm),
-                "gone_from_campaign": len(self.gone_from_campaign), "duplicates": len(self.duplicates)}
+                "gone_from_campaign": len(self.gone_from_campaign), "duplicates": len(self.duplicates),
+                "rejected": self.rejected}
 
 
 def _plain(value: Any) -> Any:
@@ -77,7 +79,13 @@ class DriftChecker:
                 (mapping.name,)).fetchall()
             parents = self._parent_crm_ids(conn, mapping)
             report.campaign_rows_by_key = self._campaign_rows(conn, mapping)
+            rejected_crm, rejected_keys = self._open_rejects(conn, mapping)
         report.crm_rows = self._crm_rows(mapping)
+        for crm_id in rejected_crm & set(report.crm_rows):
+            del report.crm_rows[crm_id]
+        for key in rejected_keys & set(report.campaign_rows_by_key):
+            del report.campaign_rows_by_key[key]
+        report.rejected = len(rejected_crm) + len(rejected_keys)
         report.crm_records, report.campaign_rows = len(report.crm_rows), len(report.campaign_rows_by_key)
         linked_crm, linked_keys = set(), set()
         for link in links:
@@ -109,6 +117,27 @@ class DriftChecker:
             return set()
         column = mapping.match[0].campaign
         return {k for k in (match_key(row.get(column)) for row in rows) if k}
+
+    def _open_rejects(self, conn: psycopg.Connection, mapping: Mapping) -> tuple[set[str], set[int]]:
+        """CRM ids and Campaign keys of records with an open reject (their divergence is known and listed by
+        `crmsync rejects list`); they are left out of the comparison instead of being re-published forever."""
+        rows = conn.execute(
+            """SELECT record FROM crmsync.rejects WHERE status NOT IN ('resolved') AND object IN (%s, %s)""",
+            (mapping.crm_object, mapping.campaign_table)).fetchall()
+        crm_ids, keys = set(), set()
+        for (record,) in rows:
+            record = record.get("change", record) or {}
+            for part in (record.get("key") or {}, record.get("match") or {}):
+                if part.get("Id"):
+                    crm_ids.add(part["Id"])
+                if part.get("crm_id"):
+                    crm_ids.add(part["crm_id"])
+                if str(part.get("id", "")).isdigit():
+                    keys.add(int(part["id"]))
+                external = part.get(mapping.crm_external_id) if mapping.crm_external_id else None
+                if str(external or "").isdigit():
+                    keys.add(int(external))
+        return crm_ids, keys
 
     def _crm_rows(self, mapping: Mapping) -> dict[str, dict]:
         names = ["Id", "SystemModstamp", *(f.crm for f in mapping.fields)]

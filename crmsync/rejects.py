@@ -12,7 +12,8 @@ Life of a rejected apply command (`status`):
                each other, even across retries)
     retrying   it was put back on its apply topic; the writer resolves it or records it again
     resolved   a retry succeeded
-    abandoned  it failed `max_attempts` times; still listed, and `crmsync rejects retry ID` can still requeue it
+    abandoned  it failed `max_attempts` times, or retrying it cannot help (an unreadable message, a command
+               for another target); still listed, and `crmsync rejects retry ID` can still requeue it
 
 The `RetryLoop` does the automatic part: it requeues due rows (oldest first, one at a time per record) and
 abandons the exhausted ones.

@@ -56,6 +56,18 @@ class Sandbox:
     url: str
     ca_file: Path
 
+    def stats(self) -> dict:
+        """The sandbox's own request and write counters (its admin API), e.g. to prove there is no ping-pong."""
+        from services.sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN
+
+        answer = httpx.get(f"{self.url}/__sandbox/stats", headers={"X-Sandbox-Admin": DEFAULT_ADMIN_TOKEN},
+                           verify=str(self.ca_file), timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def writes(self) -> int:
+        return sum(sum(ops.values()) for ops in self.stats()["writes"].values())
+
 
 def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None = None,
                   log_file: Path | None = None) -> Sandbox:

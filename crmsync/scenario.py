@@ -1,10 +1,12 @@
 """`crmsync demo --scenario basic --exit`: scripted edits on both sides, then a convergence check.
 
 Steps (after the initial sync converged): a Campaign edit, a CRM edit, a conflict (the same field edited on
-both sides, the CRM last), a CRM delete, and a duplicate (a new Campaign recipient whose email, in another
-case and with spaces, belongs to an already linked contact). Converged means: every mapped record exists on
-both sides with equal values (drift check), the conflict went to the later edit, the deleted contact's
-recipient is marked deleted, and the duplicate created no second CRM contact.
+both sides, the CRM last), a CRM delete, a duplicate (a new Campaign recipient whose email, in another case and
+with spaces, belongs to an already linked contact) and a record the CRM refuses (validation rule). Converged
+means: every mapped record exists on both sides with equal values (drift check), the conflict went to the later
+edit and is recorded, the deleted contact's recipient is marked deleted, the duplicate created no second CRM
+contact, the refused record is in the rejects ledger with Salesforce's error code, and once converged the CRM
+receives no more writes for a while (no ping-pong).
 """
 from __future__ import annotations
 
@@ -71,11 +73,34 @@ def basic(run: DemoRun, console: Console, timeout: float = 300) -> Verdict:
     with pg.connect(run.found.campaign_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO recipients (email, first_name, last_name) VALUES (%s, 'Dup', 'Licate')",
                      (f"  {dup_email.upper()} ",))
+        # the sandbox's validation rule refuses this email: the record must land in rejects, the rest flows
+        refused_key = conn.execute("INSERT INTO recipients (email, first_name, last_name) VALUES "
+                                   "('refused@invalid.example', 'Val', 'Idation') RETURNING id").fetchone()[0]
     reports = wait_converged(run, checker, timeout, console)
     problems = [f"not converged: {r.summary()}" for r in reports if not r.converged]
+    problems += _check_quiet(run)
+    problems += _check_rejected(run, refused_key)
     problems += _check_outcomes(run, sf, campaign_edit_crm, crm_edit_key, conflict_crm, conflict_key, deleted_key,
                                 dup_email)
     return Verdict(not problems, problems)
+
+
+def _check_quiet(run: DemoRun, seconds: float = 8.0) -> list[str]:
+    """No ping-pong: once converged, nothing is written to the CRM any more (echoes are dropped)."""
+    before = run.sandbox.writes()
+    time.sleep(seconds)
+    after = run.sandbox.writes()
+    return [] if after == before else [f"ping-pong: {after - before} CRM writes in {seconds:.0f}s after convergence"]
+
+
+def _check_rejected(run: DemoRun, key: int) -> list[str]:
+    with pg.connect(run.found.campaign_dsn) as conn:
+        row = conn.execute("""SELECT error_code, reason FROM crmsync.rejects
+                              WHERE record->'match'->>'Campaign_Key__c' = %s AND status <> 'resolved'""",
+                           (str(key),)).fetchone()
+    if row is None:
+        return [f"recipient {key} (refused by the CRM's validation rule) has no reject"]
+    return [] if row[0] == "FIELD_CUSTOM_VALIDATION_EXCEPTION" else [f"unexpected reject for {key}: {row}"]
 
 
 def _soql_string(value: str) -> str:

@@ -459,8 +459,7 @@ class MappingBatch:
                 link.field_meta[column] = [side, change_ts]
                 to_other[column] = value
                 if pending:  # our older write may still land after this edit: re-assert the winner last
-                    back_to_side[column] = value
-                    self._clear_pending(link, side, column)
+                    back_to_side[column] = value  # (the older write stays in `sent`: its echo is recognised)
             else:
                 back_to_side[column] = agreed
         self._note_position(change, link)

@@ -161,3 +161,22 @@ def test_duplicates_and_bursts_collapse(decide):
     assert len(out.commands) == 1 and out.commands[0].values["first_name"] == "G2"
     again = decide([first])  # replayed after the fact: older than what we have, ignored
     assert again.commands == []
+
+
+def test_a_superseded_write_landing_late_is_still_an_echo(decide):
+    """Campaign edit sent to the CRM; the CRM user edits the same field later, before our write lands: the
+    CRM wins and is re-asserted. When our older write then lands, its echo must not undo the decision."""
+    key = _linked(decide, "003H", "hal@example.com")
+    base = {"id": key, "email": "hal@example.com", "first_name": "Di", "last_name": "Ho", "crm_account": ACCOUNT,
+            "crm_id": "003H"}
+    decide([campaign("u", key, "2026-01-01T12:00:00Z", {**base, "first_name": "FromCampaign"}, before=base)])
+    won = decide([crm("u", "003H", "2026-01-01T12:00:01.000+0000", FirstName="FromCRM", LastName="Ho",
+                      Email="hal@example.com")])
+    assert sorted((c.side, c.values.get("FirstName", c.values.get("first_name"))) for c in won.commands) == \
+        [("campaign", "FromCRM"), ("crm", "FromCRM")]
+    late_echo = decide([crm("u", "003H", "2026-01-01T12:00:05.000+0000", FirstName="FromCampaign", LastName="Ho",
+                            Email="hal@example.com")])
+    assert late_echo.commands == [] and late_echo.conflicts == []
+    final_echo = decide([crm("u", "003H", "2026-01-01T12:00:06.000+0000", FirstName="FromCRM", LastName="Ho",
+                             Email="hal@example.com")])
+    assert final_echo.commands == []
