@@ -326,5 +326,8 @@ def list_rejects(dsn: str, status: str | None = None, limit: int = 50) -> list[d
 def retry_now(dsn: str, bootstrap_servers: str, ids: Sequence[str] | None) -> list[str]:
     """Requeue these rejects now (None = every reject not resolved), for `crmsync rejects retry`."""
     producer = kafka.producer(bootstrap_servers)
-    with pg.connect(dsn, autocommit=True, application="crmsync-rejects") as conn:
-        return requeue(conn, producer, ids)
+    try:
+        with pg.connect(dsn, autocommit=True, application="crmsync-rejects") as conn:
+            return requeue(conn, producer, ids)
+    finally:
+        del producer  # destroys the client now instead of whenever it is garbage-collected

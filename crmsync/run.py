@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import httpx
 import yaml
@@ -61,12 +63,17 @@ class Sandbox:
         from services.sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN
 
         answer = httpx.get(f"{self.url}/__sandbox/stats", headers={"X-Sandbox-Admin": DEFAULT_ADMIN_TOKEN},
-                           verify=str(self.ca_file), timeout=10)
+                           verify=_trusting(self.ca_file), timeout=10)
         answer.raise_for_status()
         return answer.json()
 
     def writes(self) -> int:
         return sum(sum(ops.values()) for ops in self.stats()["writes"].values())
+
+
+def _trusting(ca_file: Path) -> ssl.SSLContext:
+    """TLS verification stays on: trust the local CA the sandboxes' certificates come from."""
+    return ssl.create_default_context(cafile=str(ca_file))
 
 
 def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None = None,
@@ -87,7 +94,7 @@ def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None =
         if child.poll() is not None:
             raise RuntimeError(f"the Salesforce sandbox exited with status {child.returncode} (log: {log_file})")
         try:
-            if httpx.get(f"{url}/services/data/", verify=str(ca_file), timeout=1).status_code == 200:
+            if httpx.get(f"{url}/services/data/", verify=_trusting(ca_file), timeout=1).status_code == 200:
                 return Sandbox(child, url, ca_file)
         except httpx.HTTPError:
             pass
@@ -120,6 +127,23 @@ def effective_settings(settings: Settings, sandbox: Sandbox | None) -> Settings:
     if not settings.mappings and data["accounts"]:
         account = next(iter(data["accounts"]))
         data["mappings"] = [m.model_dump(mode="json") for m in default_mappings(account)]
+    return Settings.model_validate(data)
+
+
+def only_mappings(settings: Settings, names: Iterable[str], drop_references: bool = True) -> Settings:
+    """`settings` with only the mappings called `names` (in their configured order), e.g. contacts alone for a
+    test or a benchmark. With `drop_references`, fields that reference a mapping left out are dropped too;
+    without, such a reference fails validation, as it would in crmsync.yaml."""
+    wanted = set(names)
+    data = _plain(settings)
+    unknown = wanted - {m["name"] for m in data["mappings"]}
+    if unknown:
+        raise KeyError(f"no mapping(s) called {', '.join(sorted(unknown))}")
+    kept = [m for m in data["mappings"] if m["name"] in wanted]
+    if drop_references:
+        for mapping in kept:
+            mapping["fields"] = [f for f in mapping["fields"] if not f.get("reference") or f["reference"] in wanted]
+    data["mappings"] = kept
     return Settings.model_validate(data)
 
 

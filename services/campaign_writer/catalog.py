@@ -42,13 +42,17 @@ class Catalog:
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
-        self._tables: dict[str, Table | None] = {}
+        self._tables: dict[str, Table] = {}
         self._ranks: dict[str, int] = {}
         self._constraints: dict[tuple[str, str], list[str]] = {}
 
     def table(self, name: str) -> Table | None:
+        """The table, or None when it does not exist (not cached: it may be created later)."""
         if name not in self._tables:
-            self._tables[name] = self._load(name)
+            found = self._load(name)
+            if found is None:
+                return None
+            self._tables[name] = found
         return self._tables[name]
 
     def forget(self, name: str) -> None:

@@ -54,6 +54,7 @@ PARENT_MISSING_SQLSTATE = "CS404"  # raised by crmsync.missing_parent (migration
 # deadlocks, serialization failures, shutdowns, resource limits, and statement errors (class 42: a schema that
 # changed under us, a missing migration, a missing privilege). Data errors (22, 23) are the record's.
 SYSTEMIC_SQLSTATE_CLASSES = ("08", "40", "42", "53", "55", "57", "58", "XX")
+NOT_RETRYABLE = frozenset({"CRMSYNC_BAD_COMMAND", "CRMSYNC_WRONG_TARGET", "CRMSYNC_BAD_TABLE"})
 _SEPARATOR = chr(31)  # ASCII unit separator: never part of a command id or record key
 
 APPLIED = Counter("crmsync_writer_applied_total", "Apply commands carried out", ["writer", "table", "action"])
@@ -240,6 +241,12 @@ class CampaignWriter:
         """Apply `commands` in one transaction, record and publish the rejects. Kafka offsets are the caller's."""
         started = time.perf_counter()
         self.planner.new_batch()
+        malformed = [self._malformed_reject(c, why) for c in commands if (why := malformed_because(c))]
+        if malformed:  # never let one odd message fail (and so replay) the whole batch forever
+            commands = [c for c in commands if not malformed_because(c)]
+            extra_rejects = [*extra_rejects, *malformed]
+        if not commands and not extra_rejects:
+            return BatchResult()
         items = [self._plan(c) for c in self._parents_first(commands)]
         with self.conn.transaction():
             self.conn.execute(ORIGIN_SQL)
@@ -263,7 +270,7 @@ class CampaignWriter:
         ranks: dict[str, int] = {}
         for command in commands:
             if command.object not in ranks:
-                ranks[command.object] = self.catalog.rank(command.object) if isinstance(command.object, str) else 0
+                ranks[command.object] = self.catalog.rank(command.object)
         return sorted(commands, key=lambda c: ranks[c.object])
 
     def _plan(self, command: ApplyCommand) -> Planned | Invalid:
@@ -454,15 +461,24 @@ class CampaignWriter:
             else:
                 reject = self._reject(outcome)
                 (result.waiting if outcome.status == "waiting" else result.rejects).append(reject)
-                retry_in = 0.0 if outcome.code == WAITING_FOR_EARLIER else self.policy.delay(command.attempt)
-                entries.append(rejects.Entry(reject, command, outcome.status, retry_in, outcome.record_key))
+                entries.append(self._ledger_entry(outcome, reject))
                 log.info("command %s for %s: %s", command.id, command.object, outcome.code)
-        for reject in extra:  # unreadable messages: kept for people, not retried automatically
+        for reject in extra:  # unreadable messages: kept for people, never retried automatically
             result.rejects.append(reject)
-            entries.append(rejects.Entry(reject))
+            entries.append(rejects.Entry(reject, status="abandoned"))
         rejects.record_many(self.conn, entries)
         rejects.resolve(self.conn, resolved)
         return result
+
+    def _ledger_entry(self, outcome: Outcome, reject: Reject) -> rejects.Entry:
+        """How the ledger keeps a reject: waiting its turn (due as soon as it is first of its record), retried
+        with backoff, or — when retrying the same command cannot help — abandoned at once (still listed, and
+        `rejects retry` can still requeue it). Only open rows hold back the later commands of their record."""
+        command = outcome.command
+        if outcome.code in NOT_RETRYABLE:
+            return rejects.Entry(reject, command, "abandoned", None, outcome.record_key)
+        retry_in = 0.0 if outcome.code == WAITING_FOR_EARLIER else self.policy.delay(command.attempt)
+        return rejects.Entry(reject, command, outcome.status, retry_in, outcome.record_key)
 
     def _reject(self, outcome: Outcome) -> Reject:
         command = outcome.command
@@ -501,6 +517,12 @@ class CampaignWriter:
                 unreadable.append(self._unreadable(message, exc))
         return self.apply_batch(commands, extra_rejects=unreadable)
 
+    def _malformed_reject(self, command: ApplyCommand, why: str) -> Reject:
+        return Reject(id=f"{STAGE}:{self.name}:malformed:{command.id}", stage=STAGE, side="campaign",
+                      target=self.name, object=str(command.object), reason=f"malformed apply command: {why}",
+                      error_code="CRMSYNC_BAD_MESSAGE", record=json.loads(json.dumps(
+                          {f: getattr(command, f, None) for f in command.__slots__}, default=str)))
+
     def _unreadable(self, message: Message, exc: Exception) -> Reject:
         raw = message.value().decode("utf-8", "replace") if message.value() else ""
         table = topics.parse(message.topic()).get("object", "?")
@@ -527,9 +549,8 @@ class CampaignWriter:
                     messages = [m for m in consumer.consume(self.options.batch_size, self.options.poll_timeout)
                                 if not _consumer_error(m)]
                     if messages:
-                        consumer.commit(offsets=_next_offsets(messages), asynchronous=False)  # MUTANT
-                        time.sleep(0.05)
                         self.process_messages(messages)
+                        consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
                     self.retry_loop.maybe_tick()
                     backoff = 1.0
                 except Exception:
@@ -550,6 +571,21 @@ class CampaignWriter:
         self.producer.flush(10)
         self.retry_loop.close()
         self.conn.close()
+
+
+def malformed_because(command: ApplyCommand) -> str | None:
+    """Why a command's fields do not have the envelope's types (JSON allows anything), or None."""
+    for name in ("id", "side", "target", "object", "action"):
+        if not isinstance(getattr(command, name), str) or not getattr(command, name):
+            return f"{name} must be a non-empty string, got {getattr(command, name)!r}"
+    for name in ("key", "match"):
+        if getattr(command, name) is not None and not isinstance(getattr(command, name), dict):
+            return f"{name} must be an object or null, got {getattr(command, name)!r}"
+    if not isinstance(command.values, dict):
+        return f"values must be an object, got {command.values!r}"
+    if not isinstance(command.attempt, int):
+        return f"attempt must be an integer, got {command.attempt!r}"
+    return None
 
 
 def _as_record(command: ApplyCommand) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def test_insert_via_crm_match_writes_crm_ids_and_links(writer, commands, campaig
     applied = REGISTRY.get_sample_value("crmsync_writer_applied_total",
                                         {"writer": "writer-campaign", "table": "recipients", "action": "insert"})
     assert applied and applied >= 2
+    fresh = REGISTRY.get_sample_value("crmsync_apply_freshness_seconds_count",
+                                      {"writer": "writer-campaign", "table": "recipients"})
+    assert fresh and fresh >= 2
 
 
 def test_upsert_by_match_updates_the_linked_row(writer, commands, campaign_db):

@@ -116,3 +116,24 @@ def _read_apply_topic(bootstrap: str, topic: str, count: int = 1) -> list[ApplyC
     finally:
         consumer.close()
     return found
+
+
+def test_unreadable_and_malformed_messages_are_rejected_not_fatal(endpoints, campaign_db, commands):
+    dsn, name = campaign_db
+    topic = topics.apply("campaign", name, "recipients")
+    good = commands.upsert("recipients", match=contact("003G"), email="good@example.com")
+    malformed = json.loads(commands.upsert("recipients", match=contact("003M")).to_json())
+    malformed["values"] = ["not", "an", "object"]
+    with RunningWriter(endpoints, dsn, name, ["recipients"]):
+        producer = kafka.producer(endpoints.bootstrap_servers)
+        producer.produce(topic, value=b"{not json", key=b"x")
+        producer.produce(topic, value=json.dumps(malformed).encode(), key=b"x")
+        producer.flush(10)
+        produce(endpoints.bootstrap_servers, [good])
+        wait_for(lambda: rows(dsn, "SELECT 1 FROM recipients WHERE crm_id = '003G'"), 60, "the good command")
+        stored = wait_for(lambda: (r := rejects.list_rejects(dsn)) and len(r) == 2 and r, 30, "two rejects")
+    assert {r["error_code"] for r in stored} == {"CRMSYNC_BAD_MESSAGE"}
+    reasons = sorted(r["reason"] for r in stored)
+    assert reasons[0].startswith("malformed apply command: values must be an object")
+    assert reasons[1].startswith("unreadable apply command")
+    assert all(r["status"] == "abandoned" and r["next_retry_at"] is None for r in stored)  # nothing to retry

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from crmsync import config, infra, pg, process
 from crmsync.campaign.seed import seed
-from crmsync.config import Settings
 from crmsync.drift import DriftChecker, clients_for
-from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
+from crmsync.run import Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
 
 
 def test_demo_scenario_converges_without_ping_pong(tmp_path: Path):
@@ -33,16 +32,6 @@ def test_demo_scenario_converges_without_ping_pong(tmp_path: Path):
     assert "converged" in result.stdout
 
 
-def _contacts_only(effective: Settings) -> Settings:
-    data = effective.model_dump(mode="json")
-    for name, account in effective.accounts.items():
-        data["accounts"][name].update({k: v.get_secret_value() for k, v in account if hasattr(v, "get_secret_value")})
-    contacts = next(m for m in data["mappings"] if m["name"] == "contacts")
-    contacts["fields"] = [f for f in contacts["fields"] if not f.get("reference")]
-    data["mappings"] = [contacts]
-    return Settings.model_validate(data)
-
-
 def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
     """5,000 CRM contacts and 5,000 recipients (1,500 the same people): while the initial sync runs, every
     service is killed with SIGKILL in turn and restarted. Afterwards both sides hold the same 8,500 people,
@@ -54,7 +43,7 @@ def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
     sandbox = start_sandbox(state, seed_contacts=5000, log_file=tmp_path / "sandbox.log")
     supervisor = None
     try:
-        effective = _contacts_only(effective_settings(settings, sandbox))
+        effective = only_mappings(effective_settings(settings, sandbox), ["contacts"])
         client = clients_for(effective)["salesforce"]
         shared = [r["Email"] for page in client.query_all_pages("SELECT Email FROM Contact ORDER BY Id LIMIT 1500")
                   for r in page]
