@@ -7,6 +7,8 @@ unique Campaign name, so topics and replication slots never collide between test
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,8 +23,12 @@ from crmsync.envelope import Change, changes_from_message
 
 
 @pytest.fixture(scope="session")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("crmsync-state")
+def state_dir() -> Iterator[Path]:
+    """Outside pytest's basetemp: another pytest session on the machine resets that tree to mode 0700, and the
+    embedded PostgreSQL (running as its own user) would lose access to its data directory."""
+    path = Path(tempfile.mkdtemp(prefix="crmsync-test-state-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
