@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
 from confluent_kafka import Consumer, Message, TopicPartition
-from psycopg.types.json import Jsonb
 from prometheus_client import Counter
 from simple_salesforce.exceptions import SalesforceError
 
 from crmsync import kafka, pg, topics
+from crmsync import rejects as crm_rejects
 from crmsync.config import Settings
-from crmsync.envelope import ApplyCommand, Reject, record_key
+from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
 from services.salesforce.client import (COLLECTION_LIMIT, Bulk2Result, SalesforceClient, account_settings,
                                         csv_value, error_code, error_message, retry_reason)
@@ -116,6 +116,9 @@ class SalesforceWriter:
         self.producer = kafka.producer(bootstrap_servers)
         self.tracker = kafka.DeliveryTracker()
         self.conn = pg.connect(dsn, autocommit=True, application=f"crmsync-writer-{self.account_name}")
+        self.retry_policy = crm_rejects.DEFAULT_POLICY
+        self.retry_loop = crm_rejects.RetryLoop(dsn, self.producer, policy=self.retry_policy, stage=STAGE,
+                                                target=self.account_name)
         self.consumer: Consumer | None = None
         self._ext_fields: dict[str, set[str]] = {}
 
@@ -174,6 +177,7 @@ class SalesforceWriter:
         while not stop.is_set():
             try:
                 self.run_once()
+                self.retry_loop.maybe_tick()
                 backoff = 1.0
             except Exception:
                 log.exception("batch for %s failed; it will be consumed again", self.account_name)
@@ -334,6 +338,9 @@ class SalesforceWriter:
         result.rejected = len(result.rejects)
         if result.rejects:
             self._store_rejects(result.rejects)
+        retried = [o.planned.command.id for o in outcomes if o.ok and o.planned.command.attempt > 0]
+        if retried:
+            crm_rejects.resolve(self.conn, retried)
         return result
 
     def _reject(self, command: ApplyCommand, code: str | None, message: str) -> Reject:
@@ -353,22 +360,25 @@ class SalesforceWriter:
                               "offset": message.offset()})
 
     def _store_rejects(self, rejects: list[Reject]) -> None:
-        """Publish the rejects (acknowledged) and upsert them into crmsync.rejects, in one DB transaction."""
+        """Publish the rejects (acknowledged), then record them in the shared ledger with their command, so the
+        retry loop puts them back on their apply topic with backoff (crmsync/rejects.py)."""
         for reject in rejects:
-            key = record_key(reject.record.get("key") or reject.record.get("match") or {"id": reject.id})
-            self.producer.produce(self.rejects_topic, value=reject.to_json(), key=key, on_delivery=self.tracker)
+            crm_rejects.publish(self.producer, self.tracker, reject)
         kafka.flush_all(self.producer, self.tracker)
+        entries = []
+        for reject in rejects:
+            command = _command_of(reject)
+            retry_in = self.retry_policy.delay(reject.attempt) if command else None
+            entries.append(crm_rejects.Entry(reject, command, "pending" if command else "abandoned", retry_in))
         with self.conn.transaction():
-            with self.conn.cursor() as cur:
-                cur.executemany(
-                    """INSERT INTO crmsync.rejects (id, stage, side, target, object, reason, error_code, record,
-                                                    attempts, status)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')
-                       ON CONFLICT (id) DO UPDATE SET reason = excluded.reason, error_code = excluded.error_code,
-                           record = excluded.record, attempts = excluded.attempts, status = 'pending',
-                           updated_at = now()""",
-                    [(r.id, r.stage, r.side, r.target, r.object, r.reason, r.error_code, Jsonb(r.record),
-                      r.attempt) for r in rejects])
+            crm_rejects.record_many(self.conn, entries)
+
+
+def _command_of(reject: Reject) -> ApplyCommand | None:
+    try:
+        return ApplyCommand.from_json(json.dumps(reject.record))
+    except (TypeError, ValueError):
+        return None  # an unreadable message: kept for a person to look at, nothing to retry
 
 
 def _group_key(planned: Planned) -> tuple:
