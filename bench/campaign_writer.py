@@ -16,11 +16,9 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psutil
-import psycopg
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -36,13 +34,7 @@ BATCH = 2_000
 
 
 def _fresh_database(found: infra.Endpoints) -> tuple[str, str]:
-    name = f"bench{uuid.uuid4().hex[:8]}"
-    admin = psycopg.conninfo.make_conninfo(found.campaign_dsn, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = psycopg.conninfo.make_conninfo(found.campaign_dsn, dbname=name)
-    pg.migrate(dsn)
-    return dsn, name
+    return pg.fresh_database(found.campaign_dsn, "bench")
 
 
 def insert_command(name: str, n: int, tag: str) -> ApplyCommand:

@@ -13,10 +13,8 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -28,13 +26,7 @@ from services.capture.service import CaptureService  # noqa: E402
 
 
 def _fresh_database(found: infra.Endpoints) -> tuple[str, str]:
-    name = f"bench{uuid.uuid4().hex[:8]}"
-    admin = psycopg.conninfo.make_conninfo(found.campaign_dsn, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = psycopg.conninfo.make_conninfo(found.campaign_dsn, dbname=name)
-    pg.migrate(dsn)
-    return dsn, name
+    return pg.fresh_database(found.campaign_dsn, "bench")
 
 
 def _start_capture(found, dsn, name) -> tuple[CaptureService, threading.Thread]:

@@ -13,8 +13,6 @@ missed event, a hard delete in the CRM — and the repair does not need to know 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -53,14 +51,6 @@ class MappingReport:
                 "differing": len(self.differing), "gone_from_crm": len(self.gone_from_crm),
                 "gone_from_campaign": len(self.gone_from_campaign), "duplicates": len(self.duplicates),
                 "rejected": self.rejected}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    return value
 
 
 class DriftChecker:
@@ -158,7 +148,7 @@ class DriftChecker:
             (mapping.campaign_table,)).fetchone()
         where = " WHERE NOT deleted" if has_deleted else ""
         rows = conn.cursor(row_factory=dict_row).execute(f"SELECT * FROM {mapping.campaign_table}{where}").fetchall()
-        return {row["id"]: {k: _plain(v) for k, v in row.items()} for row in rows}
+        return {row["id"]: {k: pg.json_ready(v) for k, v in row.items()} for row in rows}
 
     def _parent_crm_ids(self, conn: psycopg.Connection, mapping: Mapping) -> dict[str, dict[int, str]]:
         parents = {f.reference for f in mapping.fields if f.reference}

@@ -9,7 +9,7 @@ import time
 import zlib
 from typing import Any, Iterable
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -126,3 +126,23 @@ def produce_batches(p: Producer, tracker: DeliveryTracker, topic: str, changes: 
                     p.poll(0.1)
             messages += 1
     return messages
+
+
+def without_errors(messages: list, log: Any) -> list:
+    """The messages of a consume() call that carry data; errors (e.g. a topic not created yet) are logged."""
+    good = []
+    for message in messages:
+        if message.error() is not None:
+            log.warning("consumer error: %s", message.error())
+        else:
+            good.append(message)
+    return good
+
+
+def next_offsets(messages: list) -> list[TopicPartition]:
+    """Offsets to commit after `messages` were processed: one past the highest per partition."""
+    highest: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic(), m.partition())
+        highest[key] = max(highest.get(key, -1), m.offset())
+    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]

@@ -6,6 +6,9 @@ one transaction under an advisory lock, so any number of services can start at t
 from __future__ import annotations
 
 import hashlib
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
@@ -57,3 +60,23 @@ def migrate(dsn: str) -> list[str]:
                          (version, name, checksum))
             applied_now.append(name)
     return applied_now
+
+
+def json_ready(value: Any) -> Any:
+    """A value read with psycopg in the form decoded WAL changes carry it (ISO text dates, float numerics), so
+    snapshots, drift checks and change capture describe a row identically."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return value
+
+
+def fresh_database(server_dsn: str, prefix: str = "crmsync") -> tuple[str, str]:
+    """Create and migrate a new database on the server of `server_dsn` (tests, benchmarks): (dsn, name)."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(psycopg.conninfo.make_conninfo(server_dsn, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg.conninfo.make_conninfo(server_dsn, dbname=name)
+    migrate(dsn)
+    return dsn, name

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any

@@ -18,7 +18,6 @@ state update commits only after the commands are acknowledged, so a crash re-dec
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable

@@ -6,7 +6,6 @@ unique Campaign name, so topics and replication slots never collide between test
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -46,11 +45,7 @@ def _server_dsn(dsn: str, database: str) -> str:
 @pytest.fixture
 def campaign_db(endpoints: infra.Endpoints) -> Iterator[tuple[str, str]]:
     """A fresh, migrated Campaign database: (dsn, campaign name used in topic names)."""
-    name = f"t{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_server_dsn(endpoints.campaign_dsn, "postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = _server_dsn(endpoints.campaign_dsn, name)
-    pg.migrate(dsn)
+    dsn, name = pg.fresh_database(endpoints.campaign_dsn, "t")
     yield dsn, name
     with psycopg.connect(_server_dsn(endpoints.campaign_dsn, "postgres"), autocommit=True) as conn:
         for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)):

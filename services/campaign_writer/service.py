@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 import psycopg.errors
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, pg, rejects, topics
@@ -546,11 +546,11 @@ class CampaignWriter:
                         consumer = kafka.consumer(self.bootstrap_servers, self.group_id,
                                                   **{"queued.max.messages.kbytes": 16384})
                         consumer.subscribe(self.apply_topics)
-                    messages = [m for m in consumer.consume(self.options.batch_size, self.options.poll_timeout)
-                                if not _consumer_error(m)]
+                    messages = kafka.without_errors(
+                        consumer.consume(self.options.batch_size, self.options.poll_timeout), log)
                     if messages:
                         self.process_messages(messages)
-                        consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+                        consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)
                     self.retry_loop.maybe_tick()
                     backoff = 1.0
                 except Exception:
@@ -590,21 +590,6 @@ def malformed_because(command: ApplyCommand) -> str | None:
 
 def _as_record(command: ApplyCommand) -> dict[str, Any]:
     return json.loads(command.to_json())
-
-
-def _consumer_error(message: Message) -> bool:
-    if message.error() is not None:
-        log.warning("consumer error: %s", message.error())
-        return True
-    return False
-
-
-def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    highest: dict[tuple[str, int], int] = {}
-    for m in messages:
-        key = (m.topic(), m.partition())
-        highest[key] = max(highest.get(key, -1), m.offset())
-    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
 def _close(consumer: Consumer | None) -> None:

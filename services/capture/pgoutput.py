@@ -165,7 +165,7 @@ class Decoder:
     def _relation(self, reader: Reader) -> None:
         oid = reader.unpack("I")
         schema, name = reader.string(), reader.string()
-        _identity = reader.byte()
+        reader.byte()  # replica identity setting: the service checks it itself
         columns, types, keys = [], [], []
         for _ in range(reader.unpack("H")):
             flags = reader.unpack("B")

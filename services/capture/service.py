@@ -18,8 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from decimal import Decimal
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
@@ -130,7 +129,7 @@ class CaptureService:
         while rows := cursor.fetchmany(5000):
             changes = []
             for row in rows:
-                values = {k: _json_value(v) for k, v in row.items()}
+                values = {k: pg.json_ready(v) for k, v in row.items()}
                 changes.append(Change(
                     id=f"campaign:{self.cfg.name}:snapshot:{lsn}:{name}:{count}", side="campaign",
                     source=self.cfg.name, object=name, op="r",
@@ -262,15 +261,6 @@ class CaptureService:
 
     def stop(self, *_args: Any) -> None:
         self.stopping.set()
-
-
-def _json_value(value: Any) -> Any:
-    """Snapshot rows carry the same value forms as decoded WAL changes (ISO text, floats for numerics)."""
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    return value
 
 
 def read_slot_status(conn: psycopg.Connection, slot: str) -> dict[str, Any]:

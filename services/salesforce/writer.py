@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 from prometheus_client import Counter
 from simple_salesforce.exceptions import SalesforceError
 
@@ -152,11 +152,11 @@ class SalesforceWriter:
         """Consume one batch, apply it, make the results durable, then commit the offsets."""
         if self.consumer is None:
             self.consumer = self._subscribe()
-        messages = [m for m in self._consume_batch() if not _log_error(m)]
+        messages = kafka.without_errors(self._consume_batch(), log)
         if not messages:
             return BatchResult()
         result = self.process_messages(messages)
-        self.consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        self.consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)
         return result
 
     def _consume_batch(self) -> list[Message]:
@@ -383,21 +383,6 @@ def _command_of(reject: Reject) -> ApplyCommand | None:
 
 def _group_key(planned: Planned) -> tuple:
     return planned.command.object, planned.kind, planned.ext_field
-
-
-def _log_error(message: Message) -> bool:
-    if message.error() is not None:
-        log.warning("consumer error: %s", message.error())
-        return True
-    return False
-
-
-def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
-    highest: dict[tuple[str, int], int] = {}
-    for m in messages:
-        key = (m.topic(), m.partition())
-        highest[key] = max(highest.get(key, -1), m.offset())
-    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
 def _bulk_row_key(kind: Kind, ext_field: str | None, row: dict[str, Any]) -> tuple:

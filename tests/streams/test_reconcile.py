@@ -137,7 +137,7 @@ def test_concurrent_edits_last_modified_wins_and_is_recorded(decide):
 
 
 def test_owned_field_always_goes_to_its_owner(decide):
-    key = _linked(decide, "003E", "eve@example.com")
+    _linked(decide, "003E", "eve@example.com")
     out = decide([crm("u", "003E", "2026-01-02T10:00:00.000+0000", FirstName="Di", LastName="Ho",
                       Email="eve@example.com", HasOptedOutOfEmail=True)])
     # HasOptedOutOfEmail ⇄ email_opt_out is Campaign-owned in the default mapping: the CRM edit is reverted
