@@ -221,8 +221,24 @@ def demo(ctx: typer.Context, contacts: int = typer.Option(1000, min=1, help="con
         run.stop()
 
 
+def _repair_drift(current: Settings, found: infra.Endpoints) -> None:
+    """The periodic drift-repair pass of `crmsync run` (the same as `crmsync reconcile`)."""
+    from crmsync.drift import DriftChecker, clients_for
+
+    checker = DriftChecker(current, found, clients_for(current))
+    for mapping in current.mappings:
+        try:
+            report = checker.compare(mapping)
+            if not report.converged:
+                console.print(f"drift in {mapping.name}: {report.summary()}; re-published "
+                              f"{checker.repair(mapping, report)} changes")
+        except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next one
+            console.print(f"[yellow]drift repair of {mapping.name} failed: {exc}[/yellow]")
+
+
 @app.command("run")
-def run_all(ctx: typer.Context) -> None:
+def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
+        15.0, help="minutes between drift-repair passes (0 = never; `crmsync reconcile` runs one now)")) -> None:
     """Start every service for the configured mappings (embedded defaults and the sandbox when nothing is
     configured) and keep them running until Ctrl-C."""
     from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
@@ -235,11 +251,15 @@ def run_all(ctx: typer.Context) -> None:
     supervisor = Supervisor(plan(effective), found, config_file, log_dir)
     supervisor.start()
     console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
+    next_repair = time.monotonic() + repair_minutes * 60
     try:
         while True:
             time.sleep(1)
             for label in supervisor.check():
                 console.print(f"[yellow]restarted {label}[/yellow]")
+            if repair_minutes and time.monotonic() >= next_repair:
+                next_repair = time.monotonic() + repair_minutes * 60
+                _repair_drift(effective, found)
     except KeyboardInterrupt:
         pass
     finally:
