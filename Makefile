@@ -21,7 +21,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/capture.py
+	$(BIN)/python bench/salesforce.py
+	$(BIN)/python bench/campaign_writer.py
+	$(BIN)/python bench/sync.py
 
 clean:
 	-$(BIN)/crmsync infra down
