@@ -1,0 +1,86 @@
+"""Drift repair: divergence that no change event will ever fix — commands lost with the broker's memory, an
+edit the streams never saw — is found by comparing both sides and repaired by `crmsync reconcile`."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from crmsync import config, infra, pg, process
+from crmsync.campaign.seed import seed
+from crmsync.drift import DriftChecker, clients_for
+from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
+from tests.sync.test_two_way import contacts_only
+
+
+def _wait(predicate, timeout: float, what: str, supervisor: Supervisor | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor:
+            supervisor.check()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_path: Path):
+    state = tmp_path / "state"
+    settings = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
+    found = infra.up(settings)
+    pg.migrate(found.campaign_dsn)
+    sandbox = start_sandbox(state, seed_contacts=200, log_file=tmp_path / "sandbox.log")
+    supervisor = None
+    try:
+        effective = contacts_only(effective_settings(settings, sandbox))
+        client = clients_for(effective)["salesforce"]
+        seed(found.campaign_dsn, 200, shared_emails=[r["Email"] for page in client.query_all_pages(
+            "SELECT Email FROM Contact ORDER BY Id LIMIT 60") for r in page])
+        config_file = write_effective_config(effective, found, state / "run" / "crmsync.yaml")
+        supervisor = Supervisor(plan(effective), found, config_file, tmp_path / "logs")
+        supervisor.start()
+        checker = DriftChecker(effective, found, clients_for(effective))
+        mapping = effective.mappings[0]
+        _wait(lambda: checker.compare(mapping).converged, 300, "the initial sync", supervisor)
+
+        # 1. commands lost with the broker: the CRM writer is held, the streams decide, the broker restarts empty
+        writer = next(c for label, c in supervisor.children.items() if label.startswith("writer-salesforce"))
+        writer.send_signal(signal.SIGSTOP)
+        with pg.connect(found.campaign_dsn, autocommit=True) as conn:
+            lost = [r[0] for r in conn.execute("SELECT id FROM recipients WHERE crm_id IS NOT NULL ORDER BY id LIMIT 10")]
+            conn.execute("UPDATE recipients SET job_title = 'lost with the broker' WHERE id = ANY(%s)", (lost,))
+        with pg.connect(found.campaign_dsn) as conn:
+            _wait(lambda: conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE campaign_key = ANY(%s) AND "
+                                       "agreed->>'job_title' = 'lost with the broker'", (lost,)).fetchone()[0] == 10,
+                  60, "the streams to decide the edits")
+        writer.kill()  # a stopped process would sit out SIGTERM
+        supervisor.stop()
+        broker = infra.EmbeddedBroker(state.resolve())
+        broker.stop()
+        assert broker.start()["bootstrap_servers"] == found.bootstrap_servers  # same address, nothing in it
+        # 2. an edit the streams never see (tagged as if crmsync's own writer made it)
+        with pg.connect(found.campaign_dsn) as conn:
+            unseen = conn.execute("SELECT id FROM recipients WHERE crm_id IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()[0]
+            conn.execute("SELECT pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')")
+            conn.execute("UPDATE recipients SET job_title = 'never seen' WHERE id = %s", (unseen,))
+        supervisor.start()
+        time.sleep(15)
+        before = checker.compare(mapping)
+        assert len(before.differing) == 11, before.summary()  # nothing on its own brings the CRM back in line
+
+        result = subprocess.run([sys.executable, "-m", "crmsync", "--config", str(config_file), "reconcile"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        _wait(lambda: checker.compare(mapping).converged, 120, "the repair", supervisor)
+        titles = {r["Title"] for page in client.query_all_pages(
+            "SELECT Title FROM Contact WHERE Title IN ('lost with the broker', 'never seen')") for r in page}
+        assert titles == {"lost with the broker", "never seen"}
+    finally:
+        if supervisor:
+            supervisor.stop()
+        process.stop(sandbox.process)
+        infra.down(settings)
