@@ -24,7 +24,7 @@ from crmsync import kafka, lag, pg, rejects, topics
 from crmsync.config import Mapping, Settings
 from crmsync.envelope import Change, Reject, changes_from_message, record_key
 from crmsync.infra import Endpoints
-from streams.reconcile import Outcome, Reconciler, save_conflicts
+from streams.reconcile import Outcome, Reconciler, match_index_sql, save_conflicts
 
 log = logging.getLogger("crmsync.streams")
 APP_ID = "crmsync-streams"
@@ -205,9 +205,18 @@ def build_app(settings: Settings, found: Endpoints) -> faust.App:
     return app
 
 
+def ensure_match_indexes(settings: Settings, dsn: str) -> None:
+    """Matching by key must be an index lookup, whatever table and column a mapping matches on."""
+    with pg.connect(dsn, autocommit=True) as conn:
+        for mapping in settings.mappings:
+            for key in mapping.match[:1]:
+                conn.execute(match_index_sql(mapping.campaign_table, key.campaign))
+
+
 def run(settings: Settings, found: Endpoints, log_level: str = "info") -> None:
     from faust.worker import Worker
 
     pg.migrate(found.campaign_dsn)
+    ensure_match_indexes(settings, found.campaign_dsn)
     app = build_app(settings, found)
     Worker(app, loglevel=log_level, quiet=True).execute_from_commandline()

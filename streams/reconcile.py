@@ -101,6 +101,17 @@ def campaign_key_of(value: Any) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def match_expression(column: str) -> str:
+    """SQL for the matching key of a Campaign column: lower-case, all whitespace removed (as match_key)."""
+    return f"lower(regexp_replace(t.{column}::text, '\\s', '', 'g'))"
+
+
+def match_index_sql(table: str, column: str) -> str:
+    """The expression index that makes matching an index lookup (created by the stream processors)."""
+    expression = match_expression(column).replace("t.", "")
+    return f"CREATE INDEX IF NOT EXISTS crmsync_match_{table}_{column} ON {table} (({expression}))"
+
+
 def _other(side: str) -> str:
     return "campaign" if side == "crm" else "crm"
 
@@ -160,6 +171,8 @@ class MappingBatch:
         side = changes[0].side
         latest = self._collapse(changes, side)
         self._load_links(latest, side)
+        if side == "crm":
+            self._prefetch_matches(latest)
         for change in latest:
             if not self._in_filter(change):
                 self.out.skipped += 1
@@ -382,18 +395,33 @@ class MappingBatch:
                AND NOT deleted ORDER BY id LIMIT 1""", (self.m.name, key)).fetchone()
         return Link(**{k: v for k, v in row.items() if k != "updated_at"}) if row else None
 
-    def _match_campaign_row(self, key: str | None) -> dict | None:
-        """An existing, unlinked Campaign row with the same matching key (e.g. the same email)."""
-        if key is None or not self.m.match:
-            return None
-        column = self.m.match[0].campaign
-        table = self.m.campaign_table
-        row = self.conn.cursor(row_factory=dict_row).execute(
-            f"""SELECT t.* FROM {table} t
-                WHERE lower(regexp_replace(t.{column}::text, '\\s', '', 'g')) = %s AND t.crm_id IS NULL
+    def _prefetch_matches(self, changes: list[Change]) -> None:
+        """One query for the batch: unlinked Campaign rows whose matching key equals a new CRM record's.
+        The expression is the one `match_index_sql` indexes, so this is an index lookup, not a scan."""
+        self.match_rows: dict[str, list[dict]] = {}
+        keys = sorted({k for c in changes if self._find_link_quietly(c) is None
+                       for k in [match_key(self._match_value(c))] if k})
+        if not keys or not self.m.match:
+            return
+        column, table = self.m.match[0].campaign, self.m.campaign_table
+        rows = self.conn.cursor(row_factory=dict_row).execute(
+            f"""SELECT {match_expression(column)} AS crmsync_match, t.* FROM {table} t
+                WHERE {match_expression(column)} = ANY(%s) AND t.crm_id IS NULL
                   AND NOT EXISTS (SELECT 1 FROM crmsync.sync_state s WHERE s.mapping = %s AND s.campaign_key = t.id)
-                ORDER BY t.id LIMIT 1 FOR UPDATE SKIP LOCKED""", (key, self.m.name)).fetchone()
-        return row
+                ORDER BY t.id FOR UPDATE SKIP LOCKED""", (keys, self.m.name)).fetchall()
+        for row in rows:
+            self.match_rows.setdefault(row.pop("crmsync_match"), []).append(row)
+
+    def _find_link_quietly(self, change: Change) -> Link | None:
+        row = change.after or change.before or {}
+        external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
+        return self.links_by_crm.get(change.key["Id"]) or (self.links_by_key.get(external) if external else None)
+
+    def _match_campaign_row(self, key: str | None) -> dict | None:
+        """An existing, unlinked Campaign row with the same matching key (e.g. the same email); each row is
+        handed out once per batch."""
+        candidates = getattr(self, "match_rows", {}).get(key or "", [])
+        return candidates.pop(0) if candidates else None
 
     def _link_existing(self, change: Change, crm_values: dict, row: dict, key: str) -> None:
         """First contact between a CRM record and the Campaign row it matches: merge field by field."""
