@@ -2,7 +2,6 @@
 edit the streams never saw — is found by comparing both sides and repaired by `crmsync reconcile`."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 from crmsync import config, infra, pg, process
 from crmsync.campaign.seed import seed
 from crmsync.drift import DriftChecker, clients_for
-from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
-from tests.sync.test_two_way import contacts_only
+from crmsync.run import Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
+
 
 
 def _wait(predicate, timeout: float, what: str, supervisor: Supervisor | None = None):
@@ -36,7 +35,7 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
     sandbox = start_sandbox(state, seed_contacts=200, log_file=tmp_path / "sandbox.log")
     supervisor = None
     try:
-        effective = contacts_only(effective_settings(settings, sandbox))
+        effective = only_mappings(effective_settings(settings, sandbox), ["contacts"])
         client = clients_for(effective)["salesforce"]
         seed(found.campaign_dsn, 200, shared_emails=[r["Email"] for page in client.query_all_pages(
             "SELECT Email FROM Contact ORDER BY Id LIMIT 60") for r in page])
