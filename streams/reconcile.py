@@ -323,14 +323,15 @@ class MappingBatch:
         return epoch(change.source_ts or (change.after or {}).get("updated_at"))
 
     def _is_stale(self, change: Change, link: Link) -> bool:
-        """Duplicates (at-least-once delivery) and reordered old changes are ignored; repairs never are."""
-        if change.op == "r" and change.side == "crm":
+        """Duplicates (at-least-once delivery) and reordered old changes are ignored; reads (snapshots,
+        repairs) never are: they state what a side holds now."""
+        if change.op == "r":
             return False
         if change.side == "crm":
             stamp = (change.after or {}).get("SystemModstamp") or change.position.get("modstamp")
-            return bool(link.crm_modstamp and stamp and epoch(stamp) <= epoch(link.crm_modstamp) and change.op != "r")
+            return bool(link.crm_modstamp and stamp and epoch(stamp) <= epoch(link.crm_modstamp))
         lsn, seq = change.position.get("lsn_int"), change.position.get("seq", 0)
-        return (change.op != "r" and lsn is not None and link.campaign_lsn is not None
+        return (lsn is not None and link.campaign_lsn is not None
                 and (lsn, seq) <= (link.campaign_lsn, link.campaign_seq or 0))
 
     def _note_position(self, change: Change, link: Link) -> None:
