@@ -127,12 +127,19 @@ def campaign_seed(ctx: typer.Context, recipients: int = typer.Option(1000, min=1
 def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}"),
             account: Optional[str] = typer.Option(None, help="CRM account (pollers and CRM writers)"),
             interval: float = typer.Option(2.0, help="seconds between CRM polls"),
+            metrics_port: int = typer.Option(0, envvar="CRMSYNC_METRICS_PORT",
+                                             help="serve Prometheus metrics on this port (0 = off)"),
+            metrics_host: str = typer.Option("127.0.0.1", envvar="CRMSYNC_METRICS_HOST"),
             log_level: str = typer.Option("INFO")) -> None:
     """Run one service in the foreground (what a container runs)."""
     if name not in SERVICES:
         console.print(f"[red]unknown service {name!r}[/red]; choose one of: {', '.join(SERVICES)}")
         raise typer.Exit(2)
     logs.setup(name, log_level)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host)
     found = endpoints(ctx)
     from crmsync.run import effective_settings
 

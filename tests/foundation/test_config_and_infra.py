@@ -6,6 +6,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from crmsync import config, infra, topics
@@ -99,3 +100,35 @@ def test_envelopes_round_trip_and_refuse_other_versions():
         Change.from_json(change.to_json().replace(b'"v":1', b'"v":2'))
     with pytest.raises(ValueError, match="op must be one of"):
         Change(id="x", side="crm", source="s", object="o", op="x", key={}, after=None, position={})
+
+
+def test_a_service_serves_prometheus_metrics(tmp_path: Path, endpoints):
+    """`crmsync service capture --metrics-port N` exposes its metrics over HTTP (what Prometheus scrapes)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from crmsync import pg
+
+    dsn, name = pg.fresh_database(endpoints.campaign_dsn, "m")
+    config_file = tmp_path / "crmsync.yaml"
+    config_file.write_text(f"campaign:\n  name: {name}\n  slot_name: slot_{name}\n  publication: pub_{name}\n")
+    env = {**__import__("os").environ, "KAFKA_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers, "CAMPAIGN_DSN": dsn}
+    child = subprocess.Popen([sys.executable, "-m", "crmsync", "--config", str(config_file), "service", "capture",
+                              "--metrics-port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "crmsync_capture_slot_lag_bytes" not in body:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert "crmsync_capture_slot_lag_bytes" in body and "crmsync_capture_commit_to_ack_seconds" in body
+    finally:
+        child.terminate()
+        child.wait(30)
+        with psycopg.connect(psycopg.conninfo.make_conninfo(endpoints.campaign_dsn, dbname="postgres"), autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (f"slot_{name}",))
