@@ -157,6 +157,10 @@ def test_kill_9_during_20000_updates_loses_nothing(endpoints, campaign_db, write
         with pg.connect(dsn, autocommit=True) as conn:
             return lsn_to_int(conn.execute(status_sql, (f"slot_{name}",)).fetchone()[0])
 
+    with pg.connect(dsn, autocommit=True) as conn:  # wait until capture streams (snapshot done, slot moving)
+        conn.execute("UPDATE recipients SET job_title = 'warm-up' WHERE id = 1")
+        warm = lsn_to_int(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+    _wait_for(lambda: confirmed() >= warm, 120, "capture to start streaming")
     before = confirmed()
     writer = threading.Thread(target=make_updates)
     writer.start()

@@ -115,20 +115,23 @@ def test_a_service_serves_prometheus_metrics(tmp_path: Path, endpoints):
 
     dsn, name = pg.fresh_database(endpoints.campaign_dsn, "m")
     config_file = tmp_path / "crmsync.yaml"
-    config_file.write_text(f"campaign:\n  name: {name}\n  slot_name: slot_{name}\n  publication: pub_{name}\n")
+    config_file.write_text(f"campaign:\n  name: {name}\n  slot_name: slot_{name}\n  publication: pub_{name}\n"
+                           "  heartbeat_seconds: 0.5\n")
     env = {**__import__("os").environ, "KAFKA_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers, "CAMPAIGN_DSN": dsn}
     child = subprocess.Popen([sys.executable, "-m", "crmsync", "--config", str(config_file), "service", "capture",
                               "--metrics-port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline, body = time.monotonic() + 60, ""
-        while time.monotonic() < deadline and "crmsync_capture_slot_lag_bytes" not in body:
+        sample = f'crmsync_capture_slot_lag_bytes{{slot="slot_{name}"}}'  # a value, not just the declaration
+        while time.monotonic() < deadline and sample not in body:
             try:
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
             except OSError:
                 time.sleep(0.5)
-        assert "crmsync_capture_slot_lag_bytes" in body and "crmsync_capture_commit_to_ack_seconds" in body
+        assert sample in body and "crmsync_capture_commit_to_ack_seconds" in body
     finally:
         child.terminate()
         child.wait(30)
         with psycopg.connect(psycopg.conninfo.make_conninfo(endpoints.campaign_dsn, dbname="postgres"), autocommit=True) as conn:
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (f"slot_{name}",))
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                         (f"slot_{name}",))

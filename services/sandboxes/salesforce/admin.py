@@ -14,6 +14,8 @@ token.
   POST /__sandbox/expire-sessions {"refresh_tokens": false}: end every session (and refresh token)
   POST /__sandbox/clock           {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time
   POST /__sandbox/undelete        {"object": "Contact", "ids": [...]}: restore from the recycle bin
+  POST /__sandbox/fields          {"object": "Contact", "name": "Shoe_Size__c", "type": "double", "label": "…"}:
+                                  add (or retype) a custom text/number field at runtime, kept in settings.json
 
 A fault is decided per API request, after authentication and before anything else happens, so a faulted request
 has no side effect (it is not even counted against the daily limit).
@@ -171,6 +173,42 @@ def undelete(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
     return {"undeleted": restored}
 
 
+CUSTOM_FIELD_TYPES = {"string": 255, "double": 0}
+
+
+def apply_custom_field(model: Any, spec: dict[str, Any]) -> Any:
+    """Add or replace one custom field of the model (the runtime stand-in for Setup > Object Manager > Fields)."""
+    from .model import FieldDef
+
+    obj = model.object(str(spec["object"]))
+    name, type_ = str(spec["name"]), str(spec.get("type", "string"))
+    if obj is None:
+        raise ValueError(f"unknown object {spec['object']!r}")
+    if not name.endswith("__c") or not name[:-3].replace("_", "").isalnum():
+        raise ValueError(f"a custom field name looks like Shoe_Size__c, not {name!r}")
+    if type_ not in CUSTOM_FIELD_TYPES:
+        raise ValueError(f"type must be one of {sorted(CUSTOM_FIELD_TYPES)}, not {type_!r}")
+    obj.fields[name] = FieldDef(name=name, type=type_, label=str(spec.get("label") or name[:-3].replace("_", " ")),
+                                length=CUSTOM_FIELD_TYPES[type_])
+    return obj
+
+
+def add_field(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    """Add the field, its storage column and forget cached describes; persist it so a restart keeps it."""
+    from . import describe
+
+    obj = apply_custom_field(sandbox.model, body)
+    sandbox.store.refresh_object(obj)
+    describe._CACHE.clear()
+    spec = {k: body[k] for k in ("object", "name", "type", "label") if k in body}
+    sandbox.settings.custom_fields = [f for f in sandbox.settings.custom_fields
+                                      if (f["object"], f["name"]) != (obj.name, spec["name"])] + [spec]
+    path = sandbox.store.path.parent / "settings.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**saved, "custom_fields": sandbox.settings.custom_fields}, indent=2) + "\n")
+    return {"object": obj.name, "field": spec["name"], "type": obj.fields[spec["name"]].type}
+
+
 ENDPOINTS: list[tuple[str, list[str], Callable[[Request], Awaitable[Response]]]] = [
     ("/__sandbox/faults", ["GET"], _admin(get_faults)),
     ("/__sandbox/faults", ["POST"], _admin(set_faults)),
@@ -180,4 +218,5 @@ ENDPOINTS: list[tuple[str, list[str], Callable[[Request], Awaitable[Response]]]]
     ("/__sandbox/expire-sessions", ["POST"], _admin(expire_sessions)),
     ("/__sandbox/clock", ["POST"], _admin(clock)),
     ("/__sandbox/undelete", ["POST"], _admin(undelete)),
+    ("/__sandbox/fields", ["POST"], _admin(add_field)),
 ]

@@ -92,6 +92,8 @@ def create_sandbox(state_dir: Path, credentials: Credentials, admin_token: str) 
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     settings = SandboxSettings.load(state_dir)
+    for spec in settings.custom_fields:
+        admin.apply_custom_field(MODEL, spec)
     store = Store(state_dir, MODEL, settings)
     org_id, user_id = store.ensure_org(credentials.username)
     store.purge_recycle_bin()

@@ -123,6 +123,7 @@ class SandboxSettings:
     jwt_certificate: str | None = None  # PEM certificate path; when set, JWT bearer assertions must verify
     validation_rules: list[ValidationRule] = field(default_factory=_default_validation_rules)
     assignment_rules: list[AssignmentRule] = field(default_factory=_default_assignment_rules)
+    custom_fields: list[dict[str, Any]] = field(default_factory=list)  # added at runtime via /__sandbox/fields
 
     def assignment_rule(self, object_name: str) -> AssignmentRule | None:
         return next((r for r in self.assignment_rules if r.object == object_name), None)

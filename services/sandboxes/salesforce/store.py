@@ -110,6 +110,12 @@ class Store:
             elif f.external_id or f.unique:
                 self._index(obj, f.name, f"lower({_q(f.name)})")
 
+    def refresh_object(self, obj: ObjectDef) -> None:
+        """Pick up fields added to `obj` at runtime (admin endpoint): new columns, defaults, stored list."""
+        self._stored[obj.name] = obj.stored_fields()
+        self._defaults[obj.name] = {f.name: _default(f) for f in obj.stored_fields()}
+        self._migrate_object(obj)
+
     def _index(self, obj: ObjectDef, name: str, expression: str) -> None:
         self.conn.execute(f"CREATE INDEX IF NOT EXISTS {_q(f'ix_{obj.name}_{name}')} "
                           f"ON {_q(obj.name)} ({expression})")

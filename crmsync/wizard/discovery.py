@@ -1,0 +1,122 @@
+"""Per-CRM metadata discovery: the only CRM-specific part of the wizard.
+
+Why an interface: Dynamics 365 (namespace `mscrm`) and Oracle CRM On Demand (`ood`) plug in by implementing
+`Discovery` with their own type table; schema generation, mirror tables, drift handling, enumerations and
+formula refresh work from the neutral `TableSpec`/`FieldSpec` below and never see a CRM API.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+# CRM type -> PostgreSQL type (as format_type() prints it, so drift detection can compare). None = skipped.
+SALESFORCE_TYPES: dict[str, str | None] = {
+    "id": "text", "reference": "text", "string": "text", "textarea": "text", "phone": "text", "url": "text",
+    "email": "text", "combobox": "text", "encryptedstring": "text", "picklist": "text", "multipicklist": "text[]",
+    "boolean": "boolean", "int": "integer", "long": "bigint", "double": "double precision", "currency": "numeric",
+    "percent": "numeric", "date": "date", "datetime": "timestamp with time zone", "time": "time without time zone",
+    "base64": "text", "anyType": "text", "json": "jsonb",
+    "address": None, "location": None, "complexvalue": None,  # compound fields: their components are mirrored
+}
+
+
+@dataclass
+class TableInfo:
+    name: str
+    label: str
+
+
+@dataclass
+class FieldSpec:
+    name: str
+    label: str
+    crm_type: str
+    pg_type: str
+    calculated: bool = False
+    enumeration: str | None = None  # e.g. Account_Industry, for picklists and multi-select picklists
+
+
+@dataclass
+class Enumeration:
+    name: str
+    label: str
+    multiple: bool
+    values: list[dict[str, str]]  # {name, label, value}
+
+
+@dataclass
+class TableSpec:
+    name: str
+    label: str
+    fields: list[FieldSpec]
+    enumerations: list[Enumeration] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (field, crm type)
+
+
+class Discovery(Protocol):
+    namespace: str  # sfdc | mscrm | ood
+    connector_label: str  # "Salesforce", "Microsoft CRM", "Oracle"
+
+    def list_tables(self) -> list[TableInfo]: ...
+
+    def describe_table(self, name: str) -> TableSpec: ...
+
+    def rows(self, table: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """Current records, page by page, with the given fields only."""
+        ...
+
+
+class SalesforceDiscovery:
+    namespace = "sfdc"
+    connector_label = "Salesforce"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def list_tables(self) -> list[TableInfo]:
+        found = self.client.call("describe_global", lambda sf: sf.describe())
+        return sorted((TableInfo(o["name"], o["label"]) for o in found["sobjects"]
+                       if o.get("queryable") and o.get("retrieveable", True)), key=lambda t: t.name)
+
+    def describe_table(self, name: str) -> TableSpec:
+        described = self.client.describe(name)
+        spec = TableSpec(described["name"], described["label"], [])
+        for f in described["fields"]:
+            pg_type = SALESFORCE_TYPES.get(f["type"])
+            if pg_type is None:
+                spec.skipped.append((f["name"], f["type"]))
+                continue
+            enum = None
+            if f["type"] in ("picklist", "multipicklist") and f.get("picklistValues"):
+                enum = f"{spec.name}_{f['name']}"
+                spec.enumerations.append(Enumeration(
+                    enum, f"List of '{f['label']}' from '{spec.name}'", f["type"] == "multipicklist",
+                    [{"name": v["value"], "label": v["label"] or v["value"], "value": v["value"]}
+                     for v in f["picklistValues"] if v.get("active", True)]))
+            spec.fields.append(FieldSpec(f["name"], f["label"], f["type"], pg_type, bool(f.get("calculated")), enum))
+        return spec
+
+    def rows(self, table: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        soql = f"SELECT {', '.join(fields)} FROM {table}"
+        for page in self.client.query_all_pages(soql):
+            yield [{k: v for k, v in r.items() if k != "attributes"} for r in page]
+
+
+def discovery_for(name: str, account: Any) -> Discovery:
+    """Log in to the account's CRM and return its discovery (the one place a new CRM type is added)."""
+    if account.type == "salesforce":
+        from services.salesforce.client import SalesforceClient
+
+        return SalesforceDiscovery(SalesforceClient(name, account))
+    raise ValueError(f"no discovery for CRM type {account.type!r}")
+
+
+def crm_value(field: FieldSpec, value: Any) -> Any:
+    """A CRM value in the form its mirror column takes (multi-select 'a;b' -> ['a', 'b'])."""
+    if field.pg_type == "text[]" and isinstance(value, str):
+        return [v for v in value.split(";") if v]
+    if field.pg_type == "jsonb" and value is not None:
+        import json
+
+        return json.dumps(value)
+    return value
