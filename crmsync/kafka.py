@@ -38,6 +38,9 @@ def consumer(bootstrap_servers: str, group_id: str, **overrides: Any) -> Consume
         # (this is also how fast a killed worker's partitions move to a live one).
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1500,
+        # the broker answers a fetch as soon as data is there, or after this wait: 500 ms (the default)
+        # is added to every hop of the pipeline when traffic is light
+        "fetch.wait.max.ms": 20,
     }
     config.update(overrides)
     return Consumer(config)

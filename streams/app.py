@@ -161,7 +161,27 @@ def apply_topics(settings: Settings) -> list[str]:
     return sorted(names)
 
 
+def _low_latency_fetches(wait_ms: int = 20) -> None:
+    """faust-streaming builds its aiokafka consumer with fetch_max_wait_ms=1500 hard-coded, so with light
+    traffic every batch waited up to 1.5 s in the broker (measured: p95 1.2 s of the stream stage). The broker
+    answers as soon as data is there; we only shorten how long it may hold an empty fetch."""
+    import aiokafka
+
+    if getattr(aiokafka.AIOKafkaConsumer, "crmsync_low_latency", False):
+        return
+
+    class LowLatencyConsumer(aiokafka.AIOKafkaConsumer):
+        crmsync_low_latency = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["fetch_max_wait_ms"] = wait_ms
+            super().__init__(*args, **kwargs)
+
+    aiokafka.AIOKafkaConsumer = LowLatencyConsumer
+
+
 def build_app(settings: Settings, found: Endpoints) -> faust.App:
+    _low_latency_fetches()
     kafka.ensure_topics(found.bootstrap_servers,
                         [*change_topics(settings, "crm"), *change_topics(settings, "campaign"), *apply_topics(settings)],
                         settings.kafka.partitions, settings.kafka.replication_factor)

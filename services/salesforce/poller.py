@@ -2,11 +2,13 @@
 
 How a cycle works (per object):
 
-1. Describe the object (every cycle: cheap, and it picks up new or removed fields). All fields are read except
-   compound address/location fields (their components are read) and base64 fields (Salesforce serves those one
-   record at a time only).
-2. Query ``SELECT <fields> FROM <obj> WHERE SystemModstamp >= <cursor - lookback> ORDER BY SystemModstamp, Id``
-   through ``queryAll`` (so soft-deleted rows come back too, with ``IsDeleted = true``), page by page.
+1. Describe the object (cached for one full-window period: it picks up new or removed fields). All fields are
+   read except compound address/location fields (their components are read) and base64 fields (Salesforce
+   serves those one record at a time only).
+2. Query ``SELECT <fields> FROM <obj> WHERE SystemModstamp >= <cursor> ORDER BY SystemModstamp, Id`` through
+   ``queryAll`` (soft-deleted rows come back too, with ``IsDeleted = true``), page by page. Every
+   ``full_window_every`` seconds (60) the query starts at ``cursor - lookback`` instead, to catch rows that
+   committed late with an older SystemModstamp.
 3. Skip every row already published: the checkpoint remembers, for each record published within the lookback
    window, the SystemModstamp it was published with. A row is published again only if its SystemModstamp
    moved. So rows that share one timestamp are never missed (the query is inclusive, ``>=``), late commits
@@ -14,7 +16,7 @@ How a cycle works (per object):
 4. After each page: flush the producer (every event acknowledged by the broker), *then* store the checkpoint.
    A crash between the two re-publishes that page on restart with the same event ids (consumers drop them).
 5. Hard deletes (records removed from the recycle bin, Bulk hardDelete) never show up in queryAll; the
-   ``sobjects/<obj>/deleted`` resource reports them, so it is read once per cycle over the same window.
+   ``sobjects/<obj>/deleted`` resource reports them, so it is read on every full-window pass.
 
 Which op (consumers rely on this rule):
 - ``r`` - the initial snapshot (no checkpoint yet, until the first full pass finished): a read, not a change.
@@ -159,7 +161,8 @@ class ObjectPoller:
 
     def __init__(self, client: SalesforceClient, producer: Producer, tracker: kafka.DeliveryTracker,
                  conn: psycopg.Connection, obj: str, *, lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
-                 batch_size: int = 2000, track_hard_deletes: bool = True) -> None:
+                 batch_size: int = 2000, track_hard_deletes: bool = True,
+                 full_window_every_seconds: float = 60.0) -> None:
         self.client = client
         self.account_name = client.account_name
         self.producer = producer
@@ -173,6 +176,13 @@ class ObjectPoller:
         self.topic = topics.changes("crm", self.account_name, obj)
         self.name = checkpoint_name(self.account_name, obj)
         self.state = PollerState.from_json(load_checkpoint(conn, self.name))
+        # Most cycles read from the cursor on (ties at the cursor are in the `seen` memory); every
+        # `full_window_every` seconds a cycle re-reads the whole lookback window (late commits with an older
+        # SystemModstamp) and asks for hard deletes. Re-reading the window every cycle cost ~10x the API calls.
+        self.full_window_every = full_window_every_seconds
+        self.last_full_window = 0.0
+        self._fields: list[str] = []
+        self._fields_at = 0.0
 
     # -- one cycle -----------------------------------------------------------------------------------------
     def poll_once(self) -> PollResult:
@@ -180,7 +190,8 @@ class ObjectPoller:
         result = PollResult()
         fields = self.fields()
         snapshot = not self.state.snapshot_done
-        window_start = self.state.window_start(self.lookback)
+        full_window = snapshot or time.monotonic() - self.last_full_window >= self.full_window_every
+        window_start = self.state.window_start(self.lookback if full_window else timedelta(0))
         for page in self.client.query_all_pages(self._soql(fields, window_start),
                                                 include_deleted=window_start is not None,
                                                 batch_size=self.batch_size):
@@ -188,9 +199,11 @@ class ObjectPoller:
             for record in page:
                 self._consider(record, snapshot, window_start, result)
             self._commit()
-        if not snapshot and self.track_hard_deletes and window_start is not None:
-            self._hard_deletes(window_start, result)
-            self._commit()
+        if full_window:
+            self.last_full_window = time.monotonic()
+            if not snapshot and self.track_hard_deletes and window_start is not None:
+                self._hard_deletes(window_start, result)
+                self._commit()
         if snapshot:
             self.state.snapshot_done = True
             self._commit()
@@ -198,13 +211,17 @@ class ObjectPoller:
         return result
 
     def fields(self) -> list[str]:
-        """Every queryable field of the object's describe, compound and base64 fields excepted."""
+        """Every queryable field of the object's describe, compound and base64 fields excepted. Describe is
+        re-read once per full-window pass, so fields added or removed in the CRM are picked up within it."""
+        if self._fields and time.monotonic() - self._fields_at < self.full_window_every:
+            return self._fields
         described = self.client.describe(self.obj)["fields"]
         names = [f["name"] for f in described if f.get("type") not in SKIPPED_FIELD_TYPES]
         missing = [name for name in REQUIRED_FIELDS if name not in names]
         if missing:
             raise RuntimeError(f"{self.obj} has no {', '.join(missing)} field(s); the poller needs them to "
                                "find changes")
+        self._fields, self._fields_at = names, time.monotonic()
         return names
 
     def _soql(self, fields: list[str], window_start: datetime | None) -> str:
@@ -321,7 +338,7 @@ class Poller:
 
 def build(settings: Settings, endpoints: Endpoints, account_name: str, objects: Iterable[str], *,
           client: SalesforceClient | None = None, lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
-          batch_size: int = 2000, track_hard_deletes: bool = True) -> Poller:
+          batch_size: int = 2000, track_hard_deletes: bool = True, full_window_every_seconds: float = 60.0) -> Poller:
     """Log in, migrate, create the topics, and load every object's checkpoint."""
     client = client or SalesforceClient(account_name, account_settings(settings, account_name))
     pg.migrate(endpoints.campaign_dsn)
@@ -332,7 +349,8 @@ def build(settings: Settings, endpoints: Endpoints, account_name: str, objects: 
     tracker = kafka.DeliveryTracker()
     conn = pg.connect(endpoints.campaign_dsn, autocommit=True, application=f"crmsync-poller-{account_name}")
     pollers = {o: ObjectPoller(client, producer, tracker, conn, o, lookback_seconds=lookback_seconds,
-                               batch_size=batch_size, track_hard_deletes=track_hard_deletes) for o in objects}
+                               batch_size=batch_size, track_hard_deletes=track_hard_deletes,
+                               full_window_every_seconds=full_window_every_seconds) for o in objects}
     return Poller(client, producer, tracker, conn, pollers)
 
 

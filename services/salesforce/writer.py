@@ -61,8 +61,9 @@ class WriterOptions:
     auto_assign: str = "FALSE"  # Sforce-Auto-Assign: FALSE (default), TRUE, or an AssignmentRule id
     bulk_threshold: int = 2000  # a group this large goes through Bulk API 2.0
     max_batch: int = 5000  # commands consumed per batch
-    poll_timeout: float = 1.0  # seconds to wait for the first commands of a batch
-    linger: float = 0.2  # then keep collecting while more arrive within this many seconds
+    poll_timeout: float = 0.1  # seconds to wait for the first commands of a batch
+    linger: float = 0.05  # then keep collecting while more arrive within this many seconds…
+    max_linger: float = 0.5  # …but never longer than this in all (a batch's latency stays bounded)
     bulk_poll_interval: float = 0.5
 
 
@@ -164,7 +165,8 @@ class SalesforceWriter:
         a backlog is applied in full 200-record calls rather than in whatever slices the fetches returned."""
         assert self.consumer is not None
         batch = self.consumer.consume(self.options.max_batch, self.options.poll_timeout)
-        while batch and len(batch) < self.options.max_batch:
+        deadline = time.monotonic() + self.options.max_linger
+        while batch and len(batch) < self.options.max_batch and time.monotonic() < deadline:
             more = self.consumer.consume(self.options.max_batch - len(batch), self.options.linger)
             if not more:
                 break

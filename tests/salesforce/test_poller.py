@@ -160,7 +160,7 @@ def test_created_updated_and_hard_deleted(seeded_sandbox: RunningSandbox, campai
     leads = [r["id"] for r in first]
     client = SalesforceClient(name, account_for(seeded_sandbox), policy=FAST_RETRIES)
     p = poller.build(settings_for(name, client.account, tmp_path), campaign_endpoints, name, ["Lead"],
-                     client=client)
+                     client=client, full_window_every_seconds=0)  # every cycle asks for hard deletes
     lead_poller: ObjectPoller = p.objects["Lead"]
     assert lead_poller.poll_once().published == Counter({"r": 20})
 
