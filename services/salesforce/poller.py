@@ -183,6 +183,7 @@ class ObjectPoller:
         self.last_full_window = 0.0
         self._fields: list[str] = []
         self._fields_at = 0.0
+        self.snapshot_buffer: list[Change] = []
 
     # -- one cycle -----------------------------------------------------------------------------------------
     def poll_once(self) -> PollResult:
@@ -289,14 +290,17 @@ class ObjectPoller:
             object=self.obj, op=op, key={"Id": rid}, after=after, before=before,
             position={"modstamp": stamp, "id": rid}, source_ts=stamp,
         )
-        while True:
-            try:
-                self.producer.produce(self.topic, value=change.to_json(), key=change.kafka_key(),
-                                      on_delivery=self.tracker)
-                break
-            except BufferError:  # local queue full: let deliveries drain
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+        if op == "r":  # the snapshot goes out in batch envelopes (see _commit): the streams' cost per record drops
+            self.snapshot_buffer.append(change)
+        else:
+            while True:
+                try:
+                    self.producer.produce(self.topic, value=change.to_json(), key=change.kafka_key(),
+                                          on_delivery=self.tracker)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self.producer.poll(0.1)
+            self.producer.poll(0)
         self.state.seen[rid] = stamp
         if op == "d":
             self.state.deleted.add(rid)
@@ -307,6 +311,9 @@ class ObjectPoller:
 
     def _commit(self) -> None:
         """Make everything published so far durable, then (only then) store the checkpoint."""
+        if self.snapshot_buffer:
+            kafka.produce_batches(self.producer, self.tracker, self.topic, self.snapshot_buffer)
+            self.snapshot_buffer = []
         kafka.flush_all(self.producer, self.tracker)
         self.state.prune(self.lookback)
         save_checkpoint(self.conn, self.name, self.state.to_json(self.lookback_seconds))
