@@ -331,3 +331,22 @@ def retry_now(dsn: str, bootstrap_servers: str, ids: Sequence[str] | None) -> li
             return requeue(conn, producer, ids)
     finally:
         del producer  # destroys the client now instead of whenever it is garbage-collected
+
+
+def decode_commands(messages: Sequence[Any], *, stage: str, side: str, target: str) -> tuple[list[ApplyCommand], list[Reject]]:
+    """Apply commands from consumed messages; an unreadable one becomes a reject that keeps its raw bytes and
+    position, so a bad message never blocks a writer and is never silently dropped."""
+    commands: list[ApplyCommand] = []
+    unreadable: list[Reject] = []
+    for message in messages:
+        try:
+            commands.append(ApplyCommand.from_json(message.value()))
+        except (ValueError, TypeError) as exc:
+            raw = message.value().decode("utf-8", "replace") if message.value() else ""
+            unreadable.append(Reject(
+                id=f"{stage}:{target}:{message.topic()}:{message.partition()}:{message.offset()}", stage=stage,
+                side=side, target=target, object=topics.parse(message.topic()).get("object", "?"),
+                reason=f"unreadable apply command: {exc}", error_code="CRMSYNC_BAD_MESSAGE",
+                record={"raw": raw, "topic": message.topic(), "partition": message.partition(),
+                        "offset": message.offset()}))
+    return commands, unreadable

@@ -41,7 +41,7 @@ from crmsync import kafka, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
-from crmsync.rejects import PARENT_NOT_FOUND, WAITING_FOR_EARLIER, RetryLoop, RetryPolicy
+from crmsync.rejects import PARENT_NOT_FOUND, WAITING_FOR_EARLIER, RetryLoop, RetryPolicy, decode_commands
 from services.campaign_writer.catalog import Catalog
 from services.campaign_writer.plan import Invalid, Planned, Planner, command_record_key, describe_value
 
@@ -508,13 +508,7 @@ class CampaignWriter:
 
     # -- Kafka ----------------------------------------------------------------------------------------------
     def process_messages(self, messages: Sequence[Message]) -> BatchResult:
-        commands: list[ApplyCommand] = []
-        unreadable: list[Reject] = []
-        for message in messages:
-            try:
-                commands.append(ApplyCommand.from_json(message.value()))
-            except (ValueError, TypeError) as exc:
-                unreadable.append(self._unreadable(message, exc))
+        commands, unreadable = decode_commands(messages, stage=STAGE, side="campaign", target=self.name)
         return self.apply_batch(commands, extra_rejects=unreadable)
 
     def _malformed_reject(self, command: ApplyCommand, why: str) -> Reject:
@@ -522,15 +516,6 @@ class CampaignWriter:
                       target=self.name, object=str(command.object), reason=f"malformed apply command: {why}",
                       error_code="CRMSYNC_BAD_MESSAGE", record=json.loads(json.dumps(
                           {f: getattr(command, f, None) for f in command.__slots__}, default=str)))
-
-    def _unreadable(self, message: Message, exc: Exception) -> Reject:
-        raw = message.value().decode("utf-8", "replace") if message.value() else ""
-        table = topics.parse(message.topic()).get("object", "?")
-        return Reject(id=f"{STAGE}:{self.name}:{message.topic()}:{message.partition()}:{message.offset()}",
-                      stage=STAGE, side="campaign", target=self.name, object=table,
-                      reason=f"unreadable apply command: {exc}", error_code="CRMSYNC_BAD_MESSAGE",
-                      record={"raw": raw, "topic": message.topic(), "partition": message.partition(),
-                              "offset": message.offset()})
 
     def run(self, stop: threading.Event) -> None:
         """Consume, apply, commit offsets, retry — until `stop` is set; then finish the batch in hand and exit.

@@ -203,13 +203,8 @@ class SalesforceWriter:
 
     # -- one batch -----------------------------------------------------------------------------------------
     def process_messages(self, messages: list[Message]) -> BatchResult:
-        commands: list[ApplyCommand] = []
-        unreadable: list[Reject] = []
-        for message in messages:
-            try:
-                commands.append(ApplyCommand.from_json(message.value()))
-            except (ValueError, TypeError) as exc:
-                unreadable.append(self._unreadable(message, exc))
+        commands, unreadable = crm_rejects.decode_commands(messages, stage=STAGE, side="crm",
+                                                           target=self.account_name)
         return self.process(commands, extra_rejects=unreadable)
 
     def process(self, commands: list[ApplyCommand], extra_rejects: list[Reject] | None = None) -> BatchResult:
@@ -351,15 +346,6 @@ class SalesforceWriter:
         return Reject(id=f"{STAGE}:{self.account_name}:{command.id}", stage=STAGE, side="crm",
                       target=self.account_name, object=command.object, reason=message, error_code=code,
                       record=json.loads(command.to_json()), attempt=command.attempt)
-
-    def _unreadable(self, message: Message, exc: Exception) -> Reject:
-        parts = topics.parse(message.topic())
-        raw = message.value().decode("utf-8", "replace") if message.value() else ""
-        return Reject(id=f"{STAGE}:{self.account_name}:{message.topic()}:{message.partition()}:{message.offset()}",
-                      stage=STAGE, side="crm", target=self.account_name, object=parts.get("object", "?"),
-                      reason=f"unreadable apply command: {exc}", error_code="CRMSYNC_BAD_MESSAGE",
-                      record={"raw": raw, "topic": message.topic(), "partition": message.partition(),
-                              "offset": message.offset()})
 
     def _store_rejects(self, rejects: list[Reject]) -> None:
         """Publish the rejects (acknowledged), then record them in the shared ledger with their command, so the
