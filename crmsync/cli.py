@@ -144,14 +144,16 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
         console.print(f"[red]unknown service {name!r}[/red]; choose one of: {', '.join(SERVICES)}")
         raise typer.Exit(2)
     logs.setup(name, log_level)
-    if metrics_port:
-        from prometheus_client import start_http_server
+    from crmsync import observability
 
-        start_http_server(metrics_port, addr=metrics_host)
+    readiness = observability.Readiness()
+    if metrics_port:  # /metrics, /healthz and /readyz (not ready until the checks below pass)
+        observability.serve(name, metrics_port, metrics_host, readiness)
     found = endpoints(ctx)
     from crmsync.run import effective_settings
 
     current = effective_settings(settings(ctx), None)
+    observability.add_service_checks(readiness, name, current, found.bootstrap_servers, found.campaign_dsn, account)
     if name == "capture":
         from services.capture.service import CaptureConfigError, main as capture_main
 
