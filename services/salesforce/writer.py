@@ -40,6 +40,7 @@ from crmsync import rejects as crm_rejects
 from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
+from crmsync.observability import observe_freshness
 from services.salesforce.client import (COLLECTION_LIMIT, Bulk2Result, SalesforceClient, account_settings,
                                         csv_value, error_code, error_message, retry_reason)
 
@@ -324,14 +325,18 @@ class SalesforceWriter:
     # -- making outcomes durable ---------------------------------------------------------------------------
     def _settle(self, outcomes: list[Outcome], rejects: list[Reject]) -> BatchResult:
         result = BatchResult(rejects=list(rejects))
+        applied_sources: dict[str, list[str | None]] = {}  # object -> source times of what was applied
         for outcome in outcomes:
             command = outcome.planned.command
             if outcome.ok:
                 result.applied += 1
                 APPLIED.labels(self.account_name, command.object, outcome.planned.kind).inc()
+                applied_sources.setdefault(command.object, []).append(command.source_ts)
                 self.on_applied(command, outcome.crm_id or "", outcome.created)
             else:
                 result.rejects.append(self._reject(command, outcome.code, outcome.message or ""))
+        for obj, source_times in applied_sources.items():
+            observe_freshness(STAGE, obj, source_times)  # end-to-end: Campaign commit → applied in the CRM
         result.rejected = len(result.rejects)
         if result.rejects:
             self._store_rejects(result.rejects)
