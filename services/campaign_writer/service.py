@@ -61,8 +61,7 @@ APPLIED = Counter("crmsync_writer_applied_total", "Apply commands carried out", 
 REJECTED = Counter("crmsync_writer_rejects_total", "Apply commands rejected or parked", ["writer", "table", "code"])
 BATCH_SECONDS = Histogram("crmsync_writer_batch_seconds", "Time to apply one batch, commit and publish its rejects",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-FRESHNESS = Histogram("crmsync_apply_freshness_seconds", "Applied time minus the source modification time",
-                      ["writer", "table"], buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+from crmsync.observability import FRESHNESS, FRESHNESS_LAST  # noqa: E402 - one definition, shared by the writers
 
 OnApplied = Callable[[ApplyCommand, "int | None", bool], None]
 
@@ -491,6 +490,7 @@ class CampaignWriter:
         now = datetime.now(timezone.utc)
         actions: Tally[tuple[str, str]] = Tally()
         freshness: dict[str, Any] = {}  # table -> histogram child (a label lookup per record is costly)
+        newest: dict[str, float] = {}  # table -> freshness of its newest record in this batch
         for applied in result.applied:
             command = applied.command
             action = "delete" if command.action == "delete" else "insert" if applied.created else "update"
@@ -500,6 +500,9 @@ class CampaignWriter:
                 if command.object not in freshness:
                     freshness[command.object] = FRESHNESS.labels(STAGE, command.object)
                 freshness[command.object].observe(age)
+                newest[command.object] = min(age, newest.get(command.object, age))
+        for table, age in newest.items():
+            FRESHNESS_LAST.labels(STAGE, table).set(age)
         for (table, action), count in actions.items():
             APPLIED.labels(STAGE, table, action).inc(count)
         codes = Tally((r.object, r.error_code or "unknown") for r in [*result.rejects, *result.waiting])
