@@ -255,7 +255,9 @@ def _repair_drift(current: Settings, found: infra.Endpoints) -> None:
 
 @app.command("run")
 def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
-        15.0, help="minutes between drift-repair passes (0 = never; `crmsync reconcile` runs one now)")) -> None:
+        15.0, help="minutes between drift-repair passes (0 = never; `crmsync reconcile` runs one now)"),
+            dashboard_port: int = typer.Option(8080, help="port of the built-in dashboard (0 = no dashboard)"),
+            dashboard_host: str = typer.Option("127.0.0.1", help="address the dashboard listens on")) -> None:
     """Start every service for the configured mappings (embedded defaults and the sandbox when nothing is
     configured) and keep them running until Ctrl-C."""
     from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
@@ -267,6 +269,13 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
     config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml")
     supervisor = Supervisor(plan(effective), found, config_file, log_dir)
     supervisor.start()
+    board = None
+    if dashboard_port:
+        from crmsync.dashboard import app as dashboard_app
+
+        board = dashboard_app.start(dashboard_app.create(effective, found.bootstrap_servers, found.campaign_dsn,
+                                                         supervisor.metrics_targets()), dashboard_host, dashboard_port)
+        console.print(f"dashboard: {board.url}")
     console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
     next_repair = time.monotonic() + repair_minutes * 60
     try:
@@ -280,11 +289,32 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
     except KeyboardInterrupt:
         pass
     finally:
+        if board:
+            board.stop()
         supervisor.stop()
         if sandbox:
             from crmsync import process
 
             process.stop(sandbox.process)
+
+
+@app.command("dashboard")
+def dashboard(ctx: typer.Context, host: str = typer.Option("127.0.0.1", envvar="CRMSYNC_DASHBOARD_HOST"),
+              port: int = typer.Option(8080, envvar="CRMSYNC_DASHBOARD_PORT"),
+              targets: str = typer.Option("", envvar="CRMSYNC_METRICS_TARGETS",
+                                          help="services' metrics to read: name=url,name=url (freshness, API budget)"),
+              interval: float = typer.Option(5.0, help="seconds between samples")) -> None:
+    """The dashboard alone (lag, freshness, status per consumer group, rejects, record journeys)."""
+    from crmsync.dashboard import app as dashboard_app
+    from crmsync.run import effective_settings
+
+    logs.setup("dashboard")
+    found = endpoints(ctx)
+    scraped = dict(item.split("=", 1) for item in targets.split(",") if "=" in item)
+    board = dashboard_app.create(effective_settings(settings(ctx), None), found.bootstrap_servers, found.campaign_dsn,
+                                 scraped, interval)
+    console.print(f"dashboard: http://{host}:{port}")
+    dashboard_app.serve_forever(board, host, port)
 
 
 @app.command("reconcile")

@@ -171,6 +171,11 @@ class Supervisor:
         self.children: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
         self.next_start: dict[str, float] = {}
+        self.metrics_ports = {spec.label: _free_port() for spec in specs}  # /metrics, /healthz, /readyz of each
+
+    def metrics_targets(self) -> dict[str, str]:
+        """Service label → its /metrics URL (what the dashboard scrapes)."""
+        return {label: f"http://127.0.0.1:{port}/metrics" for label, port in self.metrics_ports.items()}
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -179,8 +184,9 @@ class Supervisor:
 
     def _spawn(self, spec: ServiceSpec) -> None:
         log_file = self.log_dir / f"{spec.label.replace(' ', '-')}.log"
-        self.children[spec.label] = process.spawn_service(spec.name, self.found, config_file=self.config_file,
-                                                          log_file=log_file, args=spec.args)
+        self.children[spec.label] = process.spawn_service(
+            spec.name, self.found, config_file=self.config_file, log_file=log_file, args=spec.args,
+            extra_env={"CRMSYNC_METRICS_PORT": str(self.metrics_ports[spec.label]), "CRMSYNC_METRICS_HOST": "127.0.0.1"})
 
     def check(self) -> list[str]:
         """Restart services that exited; return the labels restarted now."""
