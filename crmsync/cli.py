@@ -42,10 +42,12 @@ app.add_typer(rejects_app, name="rejects")
 from crmsync.accounts_cli import account_app  # noqa: E402
 from crmsync.enums_cli import enums_app  # noqa: E402
 from crmsync.wizard.cli import wizard_app  # noqa: E402
+from crmsync.workflow.cli import workflow_app  # noqa: E402
 
 app.add_typer(account_app, name="account")
 app.add_typer(wizard_app, name="wizard")
 app.add_typer(enums_app, name="enums")
+app.add_typer(workflow_app, name="workflow")
 
 
 @app.callback()

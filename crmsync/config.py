@@ -143,6 +143,7 @@ class Settings(_Strict):
     campaign: CampaignSettings = Field(default_factory=CampaignSettings)
     accounts: dict[str, Account] = Field(default_factory=dict)
     mappings: list[Mapping] = Field(default_factory=list)
+    workflows: list[Path] = Field(default_factory=list, description="workflow files `crmsync run` schedules")
 
     @model_validator(mode="after")
     def _mappings_are_consistent(self) -> "Settings":

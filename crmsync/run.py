@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,7 @@ class Supervisor:
         self.children: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
         self.next_start: dict[str, float] = {}
+        self.workflows_stop = threading.Event()
         self.metrics_ports = {spec.label: _free_port() for spec in specs}  # /metrics, /healthz, /readyz of each
 
     def metrics_targets(self) -> dict[str, str]:
@@ -181,6 +183,17 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
             self._spawn(spec)
+        self._start_workflows()
+
+    def _start_workflows(self) -> None:
+        """Scheduled workflows (crmsync.yaml `workflows:`) run in a thread of this process, at their cron times."""
+        from crmsync import config
+        from crmsync.workflow.scheduler import run_scheduled
+
+        settings = config.load(self.config_file)
+        if settings.workflows:
+            threading.Thread(target=run_scheduled, args=(settings.workflows, self.workflows_stop), daemon=True,
+                             kwargs={"settings": settings, "endpoints": self.found}, name="workflows").start()
 
     def _spawn(self, spec: ServiceSpec) -> None:
         log_file = self.log_dir / f"{spec.label.replace(' ', '-')}.log"
@@ -207,5 +220,6 @@ class Supervisor:
         return restarted
 
     def stop(self) -> None:
+        self.workflows_stop.set()
         for child in self.children.values():
             process.stop(child)
