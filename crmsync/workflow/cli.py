@@ -24,7 +24,8 @@ def _load(file: Path) -> model.Workflow:
     try:
         return model.load(file)
     except model.WorkflowError as exc:
-        console.print(f"[red]invalid workflow[/red]\n{exc}", highlight=False)
+        console.print("[red]invalid workflow[/red]")
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
 

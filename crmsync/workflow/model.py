@@ -262,11 +262,12 @@ class Workflow(_Strict):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"activity name {name!r} is used twice")
-        for activity in self.activities:
+        for i, activity in enumerate(self.activities):
             for output, target in activity.then.targets():
                 if target not in names:
-                    raise ValueError(f"activity {activity.name!r} sends its {output} output to {target!r}, which "
-                                     f"is not an activity of this workflow ({', '.join(names)})")
+                    raise ValueError(f"activities.{i}.then.{output}: activity {activity.name!r} sends its {output} "
+                                     f"output to {target!r}, which is not an activity of this workflow "
+                                     f"({', '.join(names)})")
         order(self)  # refuses cycles
         return self
 
@@ -305,7 +306,7 @@ def _format(source: str, error: ValidationError) -> str:
         loc = [str(p) for p in item["loc"] if str(p) not in ACTIVITY_TYPES]  # the union tag is noise
         path = ".".join(loc) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        if loc and message.startswith(loc[-1]) and ": " in message:  # a filter error names its inner place
+        if message.startswith(loc[-1] if loc else "activities") and ": " in message:  # names its inner place
             inner, message = message.split(": ", 1)
             path = ".".join(loc[:-1] + [inner])
         if item["type"] == "extra_forbidden":

@@ -4,6 +4,7 @@ Campaign database per test. `Env` holds what a workflow run needs, in-process (e
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -83,4 +84,8 @@ def env(sf: RunningSandbox, endpoints: Endpoints, campaign_db: tuple[str, str], 
             "campaign": {"dsn": dsn, "name": name}, "accounts": {ACCOUNT: plain_account}}
     config_file = tmp_path / "crmsync.yaml"
     config_file.write_text(yaml.safe_dump(data))
+    with psycopg.connect(dsn, autocommit=True) as conn:  # Campaign keys are Campaign_Key__c values in the shared
+        base = random.randrange(10 ** 6, 10 ** 12)       # sandbox: every test database starts at its own number
+        for sequence in ("recipients_id_seq", "leads_id_seq", "operators_id_seq"):
+            conn.execute(f"ALTER SEQUENCE {sequence} RESTART WITH {base}")
     return Env(Settings.model_validate(data), Endpoints(endpoints.bootstrap_servers, dsn), config_file, sf)
