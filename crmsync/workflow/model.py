@@ -159,6 +159,10 @@ class CrmActivity(_Activity):
         for key in need.get(self.operation, ()):
             if not getattr(self, key):
                 raise ValueError(f"operation {self.operation} needs `{key}:`")
+        if self.batch and self.assignment_rule != "none":
+            raise ValueError("assignment_rule: Bulk API 2.0 jobs (batch: true) ignore the Sforce-Auto-Assign header "
+                             "and the connector's writer does not name a rule in its jobs yet; remove batch: true "
+                             "(sObject Collections apply the rule) or assignment_rule:")
         for date_key in ("start", "end"):
             value = getattr(self, date_key)
             if value is not None:

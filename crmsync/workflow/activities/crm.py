@@ -121,7 +121,9 @@ def _index_window(activity: CrmActivity, ctx: RunContext, types: dict[str, str])
         raise ActivityError(f"{activity.object} has no modification date field; set automatic_index.field",
                             "INVALID_FIELD")
     start = options.read_moment(ctx.conn, name)
-    end = datetime.now(timezone.utc).replace(microsecond=0)
+    end = datetime.now(timezone.utc)
+    # The option keeps whole seconds (the seed's format) and is rounded *down*: the next window starts a
+    # fraction of a second early, so a record can be read twice (harmless: upserts), never skipped.
     ctx.vars.update(crmOptionName=name, crmStartImport=options.format_moment(start) if start else None,
                     crmEndDate=options.format_moment(end), crmIndexField=field)
     ctx.on_success(lambda: options.write_moment(ctx.conn, name, end))
