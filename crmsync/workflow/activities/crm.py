@@ -169,10 +169,12 @@ def import_deleted(activity: CrmActivity, rows: list[Row], ctx: RunContext, prog
     if end < start:
         raise ActivityError(f"end ({activity.end}) is before start ({activity.start})", "INVALID_REPLICATION_DATE")
     ctx.vars.update(crmStartDate=options.format_moment(start), crmEndDate=options.format_moment(end))
-    request_end = max(min(end, now), start + timedelta(minutes=1))  # the resource wants a window of a minute
-    answer = client.get_deleted(activity.object, start, request_end)
+    # The resource works in whole minutes, wants at least one, and covers up to its latestDateCovered (the
+    # last whole minute): deletes of the current minute come with the next run.
+    answer = client.get_deleted(activity.object, start, max(end, start + timedelta(minutes=1)))
     found = [e for e in answer.get("deletedRecords", [])
              if start <= filters.parse_moment(e["deletedDate"].replace("+0000", "+00:00")) <= end]
+    ctx.vars["crmLatestCovered"] = answer.get("latestDateCovered")
     out = [{"Id": e["id"], "deletedDate": e["deletedDate"]} for e in found]
     progress.update(completed=len(out), total=max(len(out), 1))
     if activity.publish and found:
@@ -182,7 +184,8 @@ def import_deleted(activity: CrmActivity, rows: list[Row], ctx: RunContext, prog
                    object=activity.object, op="d", key={"Id": e["id"]}, after=None,
                    position={"modstamp": e["deletedDate"], "id": e["id"]}, source_ts=e["deletedDate"])
             for e in found])
-    return Outputs(ok=out, note=f"{len(out)} deleted {activity.object} record(s)")
+    return Outputs(ok=out, note=f"{len(out)} deleted {activity.object} record(s), covered up to "
+                                f"{answer.get('latestDateCovered')}")
 
 
 # -- delete --------------------------------------------------------------------------------------------------------
