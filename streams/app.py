@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, pg, rejects, topics
 from crmsync.config import Mapping, Settings
-from crmsync.envelope import Change, Reject, changes_from_message, record_key
+from crmsync.envelope import Change, Reject, changes_from_message, dumps, record_key
 from crmsync.infra import Endpoints
 from streams.reconcile import Outcome, Reconciler, match_index_sql, save_conflicts
 
@@ -30,6 +30,7 @@ log = logging.getLogger("crmsync.streams")
 APP_ID = "crmsync-streams"
 BATCH_SIZE = 2000
 BATCH_WITHIN = 0.1
+MAX_CHANGES_PER_TRANSACTION = 5000
 
 DECIDED = Counter("crmsync_streams_changes_total", "Changes decided by the stream processors", ["side", "result"])
 COMMANDS = Counter("crmsync_streams_commands_total", "Apply commands emitted", ["side", "object"])
@@ -79,6 +80,17 @@ class BatchHandler:
                                      crm_ready=CrmReadiness(self.conn, found.bootstrap_servers))
 
     def handle(self, changes: list[Change]) -> Outcome:
+        """Decide `changes` in transactions of at most MAX_CHANGES_PER_TRANSACTION (a backfill message holds
+        hundreds of changes, so a take() of messages can hold a million: bounded memory and lock time)."""
+        total = Outcome()
+        for start in range(0, len(changes), MAX_CHANGES_PER_TRANSACTION):
+            outcome = self._handle_chunk(changes[start:start + MAX_CHANGES_PER_TRANSACTION])
+            for name in ("commands", "conflicts", "deferred", "duplicates"):
+                getattr(total, name).extend(getattr(outcome, name))
+            total.skipped += outcome.skipped
+        return total
+
+    def _handle_chunk(self, changes: list[Change]) -> Outcome:
         with BATCH_SECONDS.labels(self.side).time(), self.conn.transaction():
             outcome = self.reconciler.process(self.conn, changes)
             for command in outcome.commands:
@@ -87,17 +99,25 @@ class BatchHandler:
                                       value=command.to_json(), key=message_key, on_delivery=self.tracker)
                 COMMANDS.labels(command.side, command.object).inc()
             self._reject_duplicates(outcome)
-            kafka.flush_all(self.producer, self.tracker)
             save_conflicts(self.conn, outcome.conflicts)
             self._defer(outcome)
-            waiting = {item.change.id for item in outcome.deferred}
-            self.conn.execute("DELETE FROM crmsync.deferred_changes WHERE id = ANY(%s)",
-                              ([c.id for c in changes if c.id not in waiting],))
+            self._forget_deferred(changes, outcome)
+            # last step before the commit: the writers may apply these commands from now on, and an echo of
+            # them must find this batch's state committed (or it waits in deferred_changes)
+            kafka.flush_all(self.producer, self.tracker)
         DECIDED.labels(self.side, "applied").inc(len(outcome.commands))
         DECIDED.labels(self.side, "skipped").inc(outcome.skipped)
         for conflict in outcome.conflicts:
             CONFLICTS.labels(conflict.mapping).inc()
         return outcome
+
+    def _forget_deferred(self, changes: list[Change], outcome: Outcome) -> None:
+        """Changes that came back from deferred_changes and were decided now leave it."""
+        if self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM crmsync.deferred_changes)").fetchone()[0]:
+            return
+        waiting = {item.change.id for item in outcome.deferred}
+        self.conn.execute("DELETE FROM crmsync.deferred_changes WHERE id = ANY(%s)",
+                          ([c.id for c in changes if c.id not in waiting],))
 
     def _reject_duplicates(self, outcome: Outcome) -> None:
         """A new record that duplicates a linked one is not exported; it is reported, never dropped."""
@@ -116,17 +136,22 @@ class BatchHandler:
 
     def _defer(self, outcome: Outcome) -> None:
         """Changes that must wait are parked in the database and re-published later (never dropped)."""
-        for item in outcome.deferred:
-            change = item.change
-            topic = topics.changes(change.side, change.source, change.object)
-            self.conn.execute(
-                """INSERT INTO crmsync.deferred_changes (id, topic, message_key, payload, reason, next_retry_at)
-                   VALUES (%s, %s, %s, %s, %s, now() + interval '2 seconds')
-                   ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, reason = excluded.reason,
-                       attempts = crmsync.deferred_changes.attempts + 1,
-                       next_retry_at = now() + least(interval '10 seconds',
-                           interval '2 seconds' * power(2, crmsync.deferred_changes.attempts + 1))""",
-                (change.id, topic, change.kafka_key(), change.to_json(), item.reason))
+        if not outcome.deferred:
+            return
+        rows = {item.change.id: {"id": item.change.id,
+                                 "topic": topics.changes(item.change.side, item.change.source, item.change.object),
+                                 "message_key": item.change.kafka_key().hex(), "payload": item.change.to_json().hex(),
+                                 "reason": item.reason} for item in outcome.deferred}
+        self.conn.execute(
+            """INSERT INTO crmsync.deferred_changes (id, topic, message_key, payload, reason, next_retry_at)
+               SELECT x.id, x.topic, decode(x.message_key, 'hex'), decode(x.payload, 'hex'), x.reason,
+                      now() + interval '2 seconds'
+               FROM jsonb_to_recordset(%s::jsonb) AS x(id text, topic text, message_key text, payload text, reason text)
+               ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, reason = excluded.reason,
+                   attempts = crmsync.deferred_changes.attempts + 1,
+                   next_retry_at = now() + least(interval '10 seconds',
+                       interval '2 seconds' * power(2, crmsync.deferred_changes.attempts + 1))""",
+            (dumps(list(rows.values())).decode(),))
 
     def republish_due(self, limit: int = 5000) -> int:
         """Put due deferred changes back on their topic; delete them only once the broker has them."""

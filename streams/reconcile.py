@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from crmsync.config import FieldMap, Mapping, Settings
-from crmsync.envelope import ApplyCommand, Change
+from crmsync.envelope import ApplyCommand, Change, dumps
 from streams.convert import EnumerationMap, IdentityEnumerations, canonical, epoch, match_key
 
 log = logging.getLogger("crmsync.streams")
@@ -52,6 +52,24 @@ class Link:
     campaign_seq: int | None = None
     deleted: bool = False
     dirty: bool = False
+
+
+STATE_FIELDS = ("crm_id", "campaign_key", "match_key", "agreed", "field_meta", "pending", "crm_modstamp",
+                "campaign_lsn", "campaign_seq", "deleted")
+STATE_COLUMNS = ", ".join(STATE_FIELDS)
+STATE_TYPES = ("crm_id text, campaign_key bigint, match_key text, agreed jsonb, field_meta jsonb, pending jsonb, "
+               "crm_modstamp text, campaign_lsn bigint, campaign_seq integer, deleted boolean")
+
+
+def _prefixed(alias: str) -> str:
+    return ", ".join(f"{alias}.{name}" for name in STATE_FIELDS)
+
+
+def _state_row(link: Link) -> dict[str, Any]:
+    row = {name: getattr(link, name) for name in STATE_FIELDS}
+    if link.id is not None:
+        row["id"] = link.id
+    return row
 
 
 @dataclass
@@ -189,10 +207,16 @@ class MappingBatch:
         self._save_links()
 
     def learn_keys(self, echoes: list[Change]) -> None:
-        """Echoes of the Campaign writer: link CRM-created records to the Campaign rows inserted for them."""
-        self._load_links(echoes, "campaign")
-        for change in echoes:
-            self.out.skipped += 1
+        """Echoes of the Campaign writer: link CRM-created records to the Campaign rows inserted for them.
+        A backfill sends one echo per record, so the common case — the insert of a row for a CRM record whose
+        link has no Campaign key yet — is one set-based UPDATE for the batch; only the rest is looked at one
+        by one."""
+        self.out.skipped += len(echoes)
+        rest = self._learn_inserted_keys(echoes)
+        if not rest:
+            return
+        self._load_links(rest, "campaign")
+        for change in rest:
             row = change.after or {}
             if change.op == "d" or self._find_link(change) is not None:  # fills campaign_key if missing
                 continue
@@ -201,6 +225,29 @@ class MappingBatch:
                 # the state commits): wait and look again, or the Campaign key of this record is never learnt
                 self.out.deferred.append(Deferred(change, "the CRM link of this row is not committed yet"))
         self._save_links()
+
+    def _learn_inserted_keys(self, echoes: list[Change]) -> list[Change]:
+        """Set the Campaign key of links that lack it, from inserted rows that carry the CRM id; return the
+        echoes this did not settle."""
+        inserted = {}
+        for change in echoes:
+            row = change.after or {}
+            if change.op == "c" and row.get("crm_id") and row.get("crm_account") == self.m.account:
+                inserted[row["crm_id"]] = int(change.key["id"])
+        if not inserted:
+            return echoes
+        crm_ids = sorted(inserted)
+        settled = {crm_id for (crm_id,) in self.conn.execute(
+            """WITH x AS (SELECT * FROM unnest(%(ids)s::text[], %(keys)s::bigint[]) AS x(crm_id, campaign_key)),
+               learnt AS (UPDATE crmsync.sync_state s SET campaign_key = x.campaign_key, updated_at = now()
+                          FROM x WHERE s.mapping = %(mapping)s AND s.crm_id = x.crm_id AND s.campaign_key IS NULL
+                          RETURNING s.crm_id)
+               SELECT crm_id FROM learnt
+               UNION ALL SELECT s.crm_id FROM crmsync.sync_state s JOIN x USING (crm_id, campaign_key)
+                         WHERE s.mapping = %(mapping)s""",
+            {"ids": crm_ids, "keys": [inserted[c] for c in crm_ids], "mapping": self.m.name}).fetchall()}
+        return [c for c in echoes if not (c.op == "c" and (c.after or {}).get("crm_id") in settled
+                                          and (c.after or {}).get("crm_account") == self.m.account)]
 
     def _collapse(self, changes: list[Change], side: str) -> list[Change]:
         """A burst of changes to one record collapses to its newest state (changes carry whole rows); an
@@ -273,28 +320,31 @@ class MappingBatch:
         return link
 
     def _save_links(self) -> None:
-        """Write the batch's changed links: one pipelined statement per kind (a backfill writes thousands)."""
+        """Write the batch's changed links: one set-based statement per kind over a JSON array. A backfill
+        writes thousands per batch, and one statement per row cost PostgreSQL more than the whole decision."""
         links = list({id(link): link for link in [*self.links_by_crm.values(), *self.links_by_key.values()]
                       if link.dirty}.values())
-        def values(link: Link) -> tuple:
-            return (link.crm_id, link.campaign_key, link.match_key, Jsonb(link.agreed), Jsonb(link.field_meta),
-                    Jsonb(link.pending), link.crm_modstamp, link.campaign_lsn, link.campaign_seq, link.deleted)
-        with self.conn.cursor() as cursor:
-            cursor.executemany(
-                """INSERT INTO crmsync.sync_state (crm_id, campaign_key, match_key, agreed, field_meta, pending,
-                       crm_modstamp, campaign_lsn, campaign_seq, deleted, mapping)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                [(*values(link), self.m.name) for link in links if link.id is None])
-            cursor.executemany(
-                """UPDATE crmsync.sync_state SET crm_id = %s, campaign_key = %s, match_key = %s, agreed = %s,
-                       field_meta = %s, pending = %s, crm_modstamp = %s, campaign_lsn = %s, campaign_seq = %s,
-                       deleted = %s, updated_at = now() WHERE id = %s""",
-                [(*values(link), link.id) for link in links if link.id is not None])
-            cursor.executemany(
+        new = [_state_row(link) for link in links if link.id is None]
+        changed = [_state_row(link) for link in links if link.id is not None]
+        linked = sorted({(link.crm_id, link.campaign_key) for link in links
+                         if link.crm_id and link.campaign_key is not None})
+        if new:
+            self.conn.execute(
+                f"""INSERT INTO crmsync.sync_state (mapping, {STATE_COLUMNS})
+                    SELECT %s, {STATE_COLUMNS} FROM jsonb_to_recordset(%s::jsonb) AS x({STATE_TYPES})""",
+                (self.m.name, dumps(new).decode()))
+        if changed:
+            self.conn.execute(
+                f"""UPDATE crmsync.sync_state s SET ({STATE_COLUMNS}, updated_at) = ({_prefixed("x")}, now())
+                    FROM jsonb_to_recordset(%s::jsonb) AS x(id bigint, {STATE_TYPES}) WHERE s.id = x.id""",
+                (dumps(changed).decode(),))
+        if linked:
+            self.conn.execute(
                 """INSERT INTO crmsync.identity_links (crm_account, crm_object, crm_id, campaign_table, campaign_key)
-                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                [(self.m.account, self.m.crm_object, link.crm_id, self.m.campaign_table, link.campaign_key)
-                 for link in links if link.crm_id and link.campaign_key is not None])
+                   SELECT %s, %s, x.crm_id, %s, x.campaign_key FROM unnest(%s::text[], %s::bigint[])
+                       AS x(crm_id, campaign_key) ON CONFLICT DO NOTHING""",
+                (self.m.account, self.m.crm_object, self.m.campaign_table,
+                 [crm_id for crm_id, _ in linked], [key for _, key in linked]))
 
     # -- values -------------------------------------------------------------------------------------------
     def _values(self, change: Change) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import psycopg.errors
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Histogram
 
-from crmsync import kafka, pg, rejects, topics
+from crmsync import envelope, kafka, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
@@ -181,8 +181,7 @@ def _groups(plans: list[Planned]) -> list[tuple[tuple, list[int]]]:
 
 def _payload(plans: list[Planned]) -> str:
     """The statement's one parameter: its input rows as a JSON array, `n` = position in it."""
-    return json.dumps([{"n": n, **plan.row} for n, plan in enumerate(plans)], default=str,
-                      ensure_ascii=False, separators=(",", ":"))
+    return envelope.dumps([{"n": n, **plan.row} for n, plan in enumerate(plans)]).decode()
 
 
 def _source_age(command: ApplyCommand, now: datetime) -> float | None:
