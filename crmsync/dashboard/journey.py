@@ -37,7 +37,7 @@ def lookup(settings: Settings, bootstrap_servers: str, dsn: str, record_id: str,
     if mapping is None:
         return {"id": record_id, "found": False, "reason": f"mapping {link['mapping']} is not configured"}
     names = _topics(settings, mapping)
-    changes = {side: [c for c in _changes(bootstrap_servers, names[side], limit) if _is_record(c, link)]
+    changes = {side: [(c, at) for c, at in _changes(bootstrap_servers, names[side], limit) if _is_record(c, link)]
                for side in ("crm", "campaign")}
     commands = _commands(bootstrap_servers, [names["apply-crm"], names["apply-campaign"]], limit)
     causes = {c.id for side in changes.values() for c, _ in side}

@@ -189,8 +189,12 @@ def _labelled(series: Series, name: str) -> list[dict[str, Any]]:
 
 def _api_budget(series: Series) -> list[dict[str, Any]]:
     """Daily API requests used / limit / remaining per CRM account, as the CRM last reported them."""
-    limits = {labels["account"]: value for labels, value in samples(series, "crmsync_crm_api_limit")}
-    used = {labels["account"]: value for labels, value in samples(series, "crmsync_crm_api_usage")}
+    limits: dict[str, float] = {}
+    used: dict[str, float] = {}  # the newest report is the highest: usage only grows during a day
+    for labels, value in samples(series, "crmsync_crm_api_limit"):
+        limits[labels["account"]] = value
+    for labels, value in samples(series, "crmsync_crm_api_usage"):
+        used[labels["account"]] = max(value, used.get(labels["account"], 0.0))
     calls: dict[str, float] = {}
     for labels, value in samples(series, "crmsync_crm_api_calls_total"):
         calls[labels["account"]] = calls.get(labels["account"], 0.0) + value
