@@ -101,13 +101,14 @@ def record_many(conn: psycopg.Connection, entries: Sequence[Entry]) -> None:
             raise ValueError(f"a new reject is pending, waiting or abandoned, not {entry.status!r}")
     with conn.cursor() as cur:
         cur.executemany(_UPSERT, [_row(e) for e in entries])
-    for entry in entries:  # one line per refused record, carrying its id (never its values: they may be personal)
+    for entry in entries:  # one line per refused record, carrying its id (not its values)
         log.info("%s %s reject of %s: %s", entry.status, entry.reject.error_code or "unknown", entry.reject.object,
                  entry.reject.reason, extra={"record_id": record_id(entry.reject), "object": entry.reject.object})
 
 
 def record_id(reject: Reject) -> str:
-    """The refused record's identity for logs and screens: its key fields, else its matching fields."""
+    """The refused record's identity for logs and screens: its key fields, else its matching fields (a new
+    record has no key yet: its external id and matching key, e.g. Campaign_Key__c and Email, identify it)."""
     source = reject.record if isinstance(reject.record, dict) else {}
     identity = source.get("key") or source.get("match") or {}
     return ",".join(f"{name}={value}" for name, value in sorted(identity.items())) or reject.id
