@@ -183,9 +183,12 @@ def _run_activities(workflow: Workflow, ctx: RunContext, runners: dict[str, Runn
             continue
         result.rows_in = len(inbox[name])
         started = time.monotonic()
+        bar = progress(name, activity.type)
         try:
-            result.outputs = runners[activity.type](activity, inbox[name], ctx, progress(name, activity.type))
+            result.outputs = runners[activity.type](activity, inbox[name], ctx, bar)
             result.status = "ok"
+            handled = max(result.rows_in, len(result.outputs.ok) + len(result.outputs.reject))
+            bar.update(total=handled, completed=handled)
         except Exception as exc:  # noqa: BLE001 - becomes the error output, or fails the run
             result.message = str(exc)
             code = getattr(exc, "code", None) or type(exc).__name__

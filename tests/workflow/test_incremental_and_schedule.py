@@ -112,3 +112,22 @@ def test_scheduler_fires_the_lead_export_which_writes_back_ids_and_status(env: E
     owners = {in_crm[i]["Country"]: in_crm[i]["Owner"]["Username"] for i in ids}
     assert owners == {"France": "emea.sales@crmsync.example", "Japan": "apac.sales@crmsync.example"}  # rule used
     assert env.rows("SELECT count(*) FROM crmsync.identity_links WHERE crm_object = 'Lead'") == [(2,)]
+
+
+def test_crmsync_run_supervisor_starts_and_stops_the_scheduler(env: Env, tmp_path) -> None:
+    import yaml
+
+    from crmsync.run import Supervisor
+
+    data = yaml.safe_load(env.config_file.read_text())
+    data["workflows"] = [str(EXAMPLES / "04-scheduled-lead-export.yaml")]
+    env.config_file.write_text(yaml.safe_dump(data))
+    supervisor = Supervisor([], env.endpoints, env.config_file, tmp_path / "logs")
+    supervisor.start()
+    try:
+        (thread,) = [t for t in threading.enumerate() if t.name == "workflows"]
+        assert thread.is_alive()
+    finally:
+        supervisor.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()

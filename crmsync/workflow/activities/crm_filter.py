@@ -11,7 +11,7 @@ type in the object's describe, so a value is always a well-formed literal of the
 """
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from crmsync.workflow.filters import (COMPARE_OPS, DATE_OPS, NULL_OPS, STRING_OPS, Condition, FilterError, Group,
@@ -118,7 +118,3 @@ def _date_literal(value: Any, kind: str, name: str, path: str, op: str) -> str:
     # a datetime field compared with a whole day: "after 2012-11-01" means after the end of that day
     bound = end_of(moment) if op in ("after", "on or before") else start_of(moment)
     return soql_datetime(bound)
-
-
-def is_date(value: Any) -> bool:
-    return isinstance(value, (date, datetime))

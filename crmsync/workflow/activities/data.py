@@ -82,7 +82,8 @@ def deduplicate(activity: DeduplicateActivity, rows: list[Row], ctx: RunContext,
         winner = _keeper(group, activity)
         kept.append(winner)
         duplicates += [r for r in group if r is not winner]
-    kept.sort(key=lambda r: next(i for i, x in enumerate(rows) if x is r))
+    position = {id(row): i for i, row in enumerate(rows)}
+    kept.sort(key=lambda r: position[id(r)])  # kept rows stay in their arrival order
     progress.total(len(rows))
     progress.advance(len(rows))
     return Outputs(ok=kept, reject=duplicates, note=f"{len(duplicates)} duplicate(s) removed")
@@ -92,11 +93,19 @@ def _keeper(group: list[Row], activity: DeduplicateActivity) -> Row:
     if activity.keep == "last":
         return group[-1]
     if activity.keep == "most-recent":
-        by = activity.by or ""
-        return max(group, key=lambda r: (parse_timestamp(r.get(by)) is not None, str(parse_timestamp(r.get(by)))))
+        return max(group, key=lambda r: _epoch(r.get(activity.by or "")))  # max keeps the first of equals
     if activity.keep == "non-empty":
         return max(group, key=lambda r: sum(1 for v in r.values() if v not in (None, "")))  # first of the fullest
     return group[0]
+
+
+def _epoch(value: Any) -> float:
+    """A date column as seconds; empty or unreadable values sort first (never 'most recent')."""
+    try:
+        moment = parse_timestamp(value)
+    except (TypeError, ValueError):
+        return float("-inf")
+    return moment.timestamp() if moment else float("-inf")
 
 
 # -- union -------------------------------------------------------------------------------------------------------
