@@ -129,14 +129,12 @@ ProgressFactory = Callable[[str, str], Progress]
 
 def start_run(conn: psycopg.Connection, workflow: Workflow, file: Path | None) -> tuple[int, bool]:
     """Resume the last run of this workflow if it did not succeed (its journal is still valid), else start one."""
-    row = conn.execute("SELECT id FROM crmsync.workflow_runs WHERE workflow = %s ORDER BY id DESC LIMIT 1",
+    row = conn.execute("SELECT id, status FROM crmsync.workflow_runs WHERE workflow = %s ORDER BY id DESC LIMIT 1",
                        (workflow.name,)).fetchone()
-    if row:
-        status = conn.execute("SELECT status FROM crmsync.workflow_runs WHERE id = %s", (row[0],)).fetchone()[0]
-        if status != "succeeded":
-            conn.execute("UPDATE crmsync.workflow_runs SET status = 'running', finished_at = NULL WHERE id = %s",
-                         (row[0],))
-            return row[0], True
+    if row and row[1] != "succeeded":
+        conn.execute("UPDATE crmsync.workflow_runs SET status = 'running', finished_at = NULL WHERE id = %s",
+                     (row[0],))
+        return row[0], True
     new = conn.execute("INSERT INTO crmsync.workflow_runs (workflow, file) VALUES (%s, %s) RETURNING id",
                        (workflow.name, str(file) if file else None)).fetchone()
     return new[0], False
