@@ -53,7 +53,11 @@ def run(ctx: typer.Context, file: Path = typer.Argument(..., help="workflow YAML
             task = bars.add_task(f"{name} ({kind})", total=None)
             return engine.Progress(lambda **kwargs: bars.update(task, **kwargs))
 
-        result = engine.run(workflow, effective_settings(current, None), found, file=file, progress=progress)
+        try:
+            result = engine.run(workflow, effective_settings(current, None), found, file=file, progress=progress)
+        except engine.WorkflowBusy as exc:
+            console.print(f"[red]{exc}[/red]", highlight=False)
+            raise typer.Exit(1)
     console.print(summary(result))
     raise typer.Exit(0 if result.ok else 1)
 

@@ -123,6 +123,11 @@ class RunResult:
         return all(a.status in ("ok", "skipped", "error (handled)") for a in self.activities)
 
 
+class WorkflowBusy(Exception):
+    """The same workflow is running elsewhere (another `crmsync workflow run`, or the scheduler)."""
+
+
+RUN_LOCK_CLASS = 7_400_552  # advisory-lock class of workflow runs (crmsync.pg uses 7_400_551 for migrations)
 Runner = Callable[[Any, list[Row], RunContext, Progress], Outputs]
 ProgressFactory = Callable[[str, str], Progress]
 
@@ -152,6 +157,12 @@ def run(workflow: Workflow, settings: Settings, endpoints: Endpoints, *, file: P
 
     pg.migrate(endpoints.campaign_dsn)
     with pg.connect(endpoints.campaign_dsn, autocommit=True, application="crmsync-workflow") as conn:
+        # One run of a workflow at a time: two would share its journal. The lock ends with the connection,
+        # so a killed run never leaves it behind.
+        lock = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK_CLASS, workflow.name))
+        if not lock.fetchone()[0]:
+            raise WorkflowBusy(f"workflow {workflow.name} is already running (another crmsync workflow run, or "
+                               "the scheduler of crmsync run); try again when it has finished")
         run_id, resumed = start_run(conn, workflow, file)
         ctx = RunContext(workflow, settings, endpoints, conn, run_id, file=file, stop=stop or threading.Event())
         ctx.connected = {a.name: {out for out, _ in a.then.targets()} for a in workflow.activities}

@@ -106,3 +106,18 @@ def test_import_by_upstream_ids_in_several_chunks(env: Env, client, tmp_path: Pa
            "fields": ["LastName"], "publish": False}
     out = run_with_rows(env, tmp_path, [{"crm_id": i} for i in ids] + [{"crm_id": None}], crm)
     assert sorted(r["Id"] for r in out["import"].outputs.ok) == sorted(ids)  # 3 queries of ≤ 200 ids
+
+
+def test_one_run_of_a_workflow_at_a_time(env: Env) -> None:
+    import psycopg
+    import pytest
+
+    from crmsync.workflow import engine
+
+    workflow = model.Workflow.model_validate({"name": "busy", "activities": [{"name": "w", "type": "wait",
+                                                                              "seconds": 0}]})
+    with psycopg.connect(env.dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext('busy'))", (engine.RUN_LOCK_CLASS,))
+        with pytest.raises(engine.WorkflowBusy, match="already running"):
+            env.run(workflow)
+    assert env.run(workflow).ok  # the holder's connection closed: the lock went with it

@@ -105,7 +105,8 @@ def _id_clauses(activity: CrmActivity, rows: list[Row]) -> list[str]:
     ids = list(dict.fromkeys(str(r[activity.ids_from]) for r in rows if r.get(activity.ids_from)))
     if not ids:
         return []
-    return [f"Id IN ({', '.join(quote(i) for i in ids[s:s + IDS_PER_QUERY])})" for s in range(0, len(ids), IDS_PER_QUERY)]
+    chunks = [ids[s:s + IDS_PER_QUERY] for s in range(0, len(ids), IDS_PER_QUERY)]
+    return [f"Id IN ({', '.join(quote(i) for i in chunk)})" for chunk in chunks]
 
 
 def _index_window(activity: CrmActivity, ctx: RunContext, types: dict[str, str]) -> list[str]:

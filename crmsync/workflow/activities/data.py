@@ -56,7 +56,8 @@ def _lookup(ctx: RunContext, table: Table, column: str, exact: bool, values: lis
     wanted = sorted({_norm(v, exact) for v in values})
     target = sql.SQL(f"{column}::text" if exact else match_expression(column).replace("t.", ""))
     wanted_columns = sorted({table.primary_key, *extra.values()})
-    statement = sql.SQL("SELECT {cols}, {target} AS match__ FROM {table} WHERE {target} = ANY(%s) ORDER BY {pk}").format(
+    statement = sql.SQL("SELECT {cols}, {target} AS match__ FROM {table} WHERE {target} = ANY(%s) "
+                        "ORDER BY {pk}").format(
         cols=sql.SQL(", ").join(map(sql.Identifier, wanted_columns)), target=target, table=table.ident,
         pk=sql.Identifier(table.primary_key))
     found: dict[Any, Row] = {}
@@ -130,8 +131,10 @@ def update_data(activity: UpdateDataActivity, rows: list[Row], ctx: RunContext, 
     table = campaign_table(ctx, activity.table)
     if table.primary_key is None:
         raise ActivityError(f"table {table.name} has no single-column primary key", "CRMSYNC_BAD_TABLE")
-    columns = activity.columns if activity.columns is not None else {c: c for c in _row_columns(rows) if c in table.columns and c != table.primary_key
-                                   and c not in ("crm_account", "crm_id", "created_at", "updated_at")}
+    columns = activity.columns
+    if columns is None:  # the rows' columns the table has, but never its key, CRM link or timestamps
+        skip = {table.primary_key, "crm_account", "crm_id", "created_at", "updated_at"}
+        columns = {c: c for c in _row_columns(rows) if c in table.columns and c not in skip}
     check_columns(table, list(columns), "columns")
     keys = _resolve_keys(ctx, activity, table, rows)
     progress.total(len(rows))
@@ -172,42 +175,41 @@ def _resolve_keys(ctx: RunContext, activity: UpdateDataActivity, table: Table, r
     return keys
 
 
+def _action(operation: str, key: Any, match: dict[str, Any] | None) -> str:
+    """What one row needs: a writer command ('upsert', 'delete'), a plain 'insert', or why it is skipped
+    ('not found', 'exists') or rejected ('no key')."""
+    if operation == "delete":
+        return "delete" if key is not None or match else "no key"
+    if key is None:
+        return "not found" if operation == "update" else "upsert" if match else "insert"
+    return "exists" if operation == "insert" else "upsert"
+
+
 def _apply(activity: UpdateDataActivity, ctx: RunContext, table: Table, columns: dict[str, str], keys: list[Any],
            batch: list[tuple[int, Row]], writer: Any, outputs: Outputs, counts: dict[str, int], token: str) -> None:
+    """One batch: writer commands in one Campaign writer transaction, then the plain inserts."""
     current = _current(ctx, table, columns, [keys[i] for i, _ in batch]) if activity.only_if_different else {}
     commands: dict[str, tuple[Row, ApplyCommand]] = {}
     inserts: list[Row] = []
     for i, row in batch:
-        key, values = keys[i], {col: row.get(src) for col, src in columns.items()}
-        match = _match(activity, ctx, row)
-        if activity.operation == "delete":
-            if key is None and match is None:
-                outputs.reject.append(_reject(row, "CRMSYNC_NO_KEY", "no Campaign key and no CRM link to delete by"))
-                continue
-            action = "delete"
-        elif key is None:
-            if activity.operation == "update":
-                counts["not found"] += 1
-                continue
-            if match is None:
-                inserts.append(row)
-                continue
-            action = "upsert"
+        key, values, match = keys[i], {col: row.get(src) for col, src in columns.items()}, _match(activity, ctx, row)
+        action = _action(activity.operation, key, match)
+        if action in ("not found", "exists"):
+            counts[action] += 1
+        elif action == "no key":
+            outputs.reject.append(_reject(row, "CRMSYNC_NO_KEY", "no Campaign key and no CRM link to delete by"))
+        elif action == "insert":
+            inserts.append(row)
+        elif action == "upsert" and key in current and _same(current[key], values, match):
+            counts["unchanged"] += 1
+            outputs.ok.append({**row, activity.key or "id": key})
         else:
-            if activity.operation == "insert":
-                counts["exists"] += 1
-                continue
-            if key in current and _same(current[key], values, match):
-                counts["unchanged"] += 1
-                outputs.ok.append({**row, activity.key or "id": key})
-                continue
-            action = "upsert"
-        command = ApplyCommand(id=f"workflow:{ctx.workflow.name}:{ctx.run_id}:{activity.name}:{token}:{i}", side="campaign",
-                               target=ctx.settings.campaign.name, object=table.name, action=action,
-                               key={table.primary_key: key} if key is not None else None,
-                               values={} if action == "delete" else values, match=match,
-                               cause=f"workflow:{ctx.workflow.name}:{ctx.run_id}")
-        commands[command.id] = (row, command)
+            command = ApplyCommand(id=f"workflow:{ctx.workflow.name}:{ctx.run_id}:{activity.name}:{token}:{i}",
+                                   side="campaign", target=ctx.settings.campaign.name, object=table.name,
+                                   action=action, key={table.primary_key: key} if key is not None else None,
+                                   values={} if action == "delete" else values, match=match,
+                                   cause=f"workflow:{ctx.workflow.name}:{ctx.run_id}")
+            commands[command.id] = (row, command)
     if commands:
         _settle(writer.apply_batch([c for _, c in commands.values()]), commands, activity, outputs)
     if inserts:
