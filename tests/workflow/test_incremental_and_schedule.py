@@ -131,3 +131,29 @@ def test_crmsync_run_supervisor_starts_and_stops_the_scheduler(env: Env, tmp_pat
         supervisor.stop()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_every_minute_fires_once_per_minute_of_the_injected_clock(env: Env, tmp_path) -> None:
+    import yaml
+
+    path = tmp_path / "minutely.yaml"
+    path.write_text(yaml.safe_dump({"name": "minutely", "schedule": "* * * * *", "activities": [
+        {"name": "count", "type": "query", "table": "recipients", "columns": ["id"]}]}))
+    now = [datetime(2026, 1, 1, 10, 0, 5, tzinfo=timezone.utc)]
+
+    def clock() -> datetime:
+        now[0] += timedelta(seconds=7)
+        return now[0]
+
+    stop, fired = threading.Event(), []
+
+    def done(_path, result) -> None:
+        fired.append((now[0].replace(second=0), result.ok))
+        if len(fired) == 3:
+            stop.set()
+
+    run_scheduled([path], stop, settings=env.settings, endpoints=env.endpoints, clock=clock, poll_seconds=0,
+                  on_result=done)
+    assert fired == [(datetime(2026, 1, 1, 10, m, tzinfo=timezone.utc), True) for m in (1, 2, 3)]
+    assert env.rows("SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM crmsync.workflow_runs") == \
+        [(3, 3)]
