@@ -7,9 +7,9 @@ The verdict over time (OK / WARN / STALL / STOP) is crmsync/burrow.py's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import functools
 import time
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -113,12 +113,18 @@ def consumer_groups(settings: Settings) -> list[GroupSpec]:
     return specs
 
 
+@functools.lru_cache(maxsize=8)
+def admin(bootstrap_servers: str) -> AdminClient:
+    """One admin client per cluster for the life of the process: they are thread-safe, and creating one per
+    probe costs a connection and a log line every few seconds."""
+    return AdminClient({"bootstrap.servers": bootstrap_servers})
+
+
 def group_state(bootstrap_servers: str, group: str, timeout: float = 5.0) -> str:
     """The broker's view of a group: "stable", "empty", "preparing_rebalance", … ("unknown" if it cannot say).
     An empty group has no live member: nobody consumes, whatever its lag."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     try:
-        description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+        description = admin(bootstrap_servers).describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
     except Exception:  # noqa: BLE001 - a broker without DescribeGroups (or down) gives no state
         return "unknown"
     return description.state.name.lower()

@@ -141,9 +141,9 @@ def serve(service: str, port: int, host: str = "127.0.0.1", readiness: Readiness
 def broker_check(bootstrap_servers: str) -> Check:
     """The broker answers a metadata request."""
     def check() -> None:
-        from confluent_kafka.admin import AdminClient
+        from crmsync.lag import admin
 
-        AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(timeout=3)
+        admin(bootstrap_servers).list_topics(timeout=3)
     return check
 
 

@@ -43,6 +43,10 @@ function renderGroups(groups) {
 }
 
 function renderFreshness(rows) {
+  if (rows.length === 0) {
+    fill("freshness", [[cell("no record applied since the writers started", { colspan: 5 })]]);
+    return;
+  }
   fill("freshness", rows.map((f) => {
     const key = `${f.mapping} ${f.direction}`;
     return [cell(f.mapping), cell(f.direction), cell(text(f.last_seconds, 3), { "data-freshness": key }),
@@ -93,7 +97,7 @@ function chart(svgId, series) {
     line.setAttribute("data-series", name);
     svg.append(line);
     label(name, pad + 5, 12 + 11 * (i + 1));
-    svg.lastChild.setAttribute("fill", COLORS[i % COLORS.length]);
+    svg.lastChild.style.fill = COLORS[i % COLORS.length];  // the legend in the line's colour
   });
 }
 
