@@ -266,6 +266,7 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
 
     current, found = settings(ctx), endpoints(ctx)
     log_dir = current.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     sandbox = None if current.accounts else start_sandbox(current.state_dir, log_file=log_dir / "sandbox-salesforce.log")
     effective = effective_settings(current, sandbox)
     config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml")
