@@ -10,6 +10,7 @@ and is what `StoredEnumerations` (the streams' `EnumerationMap` hook) translates
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,17 +113,29 @@ class StoredEnumerations:
     """The streams' `EnumerationMap` hook (streams/convert.py) backed by the stored maps; read-only.
 
     `enumeration` is the Campaign enumeration name a mapping field names. Unknown values pass through unchanged,
-    like `IdentityEnumerations`; multi-select values (lists or 'a;b') are translated element by element."""
+    like `IdentityEnumerations`; multi-select values (lists or 'a;b') are translated element by element. The maps
+    are re-read when older than `max_age` seconds, so an `enums sync` reaches running stream processors without
+    a restart."""
 
-    def __init__(self, dsn: str, account: str | None = None) -> None:
-        self._to_campaign: dict[str, dict[str, str]] = {}
-        with pg.connect(dsn) as conn:
+    def __init__(self, dsn: str, account: str | None = None, *, max_age: float | None = None) -> None:
+        self.dsn, self.account, self.max_age = dsn, account, max_age
+        self._load()
+
+    def _load(self) -> None:
+        to_campaign: dict[str, dict[str, str]] = {}
+        with pg.connect(self.dsn) as conn:
             rows = conn.execute("""SELECT e.name, m.value_map FROM crmsync.enumeration_maps m
                                    JOIN enumerations e ON e.id = m.enumeration_id
-                                   WHERE %(a)s::text IS NULL OR m.account = %(a)s""", {"a": account}).fetchall()
+                                   WHERE %(a)s::text IS NULL OR m.account = %(a)s""", {"a": self.account}).fetchall()
         for name, value_map in rows:
-            self._to_campaign.setdefault(name, {}).update(value_map)
-        self._to_crm = {n: {c: k for k, c in m.items()} for n, m in self._to_campaign.items()}
+            to_campaign.setdefault(name, {}).update(value_map)
+        self._to_campaign = to_campaign
+        self._to_crm = {n: {c: k for k, c in m.items()} for n, m in to_campaign.items()}
+        self._loaded_at = time.monotonic()
+
+    def _fresh(self) -> None:
+        if self.max_age is not None and time.monotonic() - self._loaded_at > self.max_age:
+            self._load()
 
     @staticmethod
     def _translate(table: dict[str, str], value: Any) -> Any:
@@ -133,7 +146,9 @@ class StoredEnumerations:
         return table.get(value, value) if isinstance(value, str) else value
 
     def to_campaign(self, enumeration: str, value: Any) -> Any:
+        self._fresh()
         return self._translate(self._to_campaign.get(enumeration, {}), value)
 
     def to_crm(self, enumeration: str, value: Any) -> Any:
+        self._fresh()
         return self._translate(self._to_crm.get(enumeration, {}), value)

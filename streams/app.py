@@ -22,6 +22,7 @@ from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, pg, rejects, topics
 from crmsync.config import Mapping, Settings
+from crmsync.enums import StoredEnumerations
 from crmsync.envelope import Change, Reject, changes_from_message, dumps, record_key
 from crmsync.infra import Endpoints
 from streams.reconcile import Outcome, Reconciler, match_index_sql, save_conflicts
@@ -31,6 +32,7 @@ APP_ID = "crmsync-streams"
 BATCH_SIZE = 2000
 BATCH_WITHIN = 0.1
 MAX_CHANGES_PER_TRANSACTION = 5000
+ENUM_MAPS_MAX_AGE = 30.0  # seconds before the enumeration maps (`crmsync enums sync`) are read again
 
 DECIDED = Counter("crmsync_streams_changes_total", "Changes decided by the stream processors", ["side", "result"])
 COMMANDS = Counter("crmsync_streams_commands_total", "Apply commands emitted", ["side", "object"])
@@ -77,6 +79,7 @@ class BatchHandler:
         self.producer = kafka.producer(found.bootstrap_servers)
         self.tracker = kafka.DeliveryTracker()
         self.reconciler = Reconciler(settings, settings.campaign.name,
+                                     enums=StoredEnumerations(found.campaign_dsn, max_age=ENUM_MAPS_MAX_AGE),
                                      crm_ready=CrmReadiness(self.conn, found.bootstrap_servers))
 
     def handle(self, changes: list[Change]) -> Outcome:

@@ -54,3 +54,49 @@ def test_new_enumeration_by_default_and_multi_select(added, campaign_db) -> None
     assert hook.to_crm("Contact_Interests__c", ["Golf", "Wine"]) == ["Golf", "Wine"]
     result = added("enums", "sync", "sf", "--map", "Nope=x", ok=False)
     assert result.exit_code == 2 and "unknown CRM enumeration" in result.text
+
+
+def test_stream_processors_translate_through_the_enumeration_maps(added, campaign_db) -> None:
+    """After `enums sync`, the accounts mapping's Industry values cross in each side's own codes, and a map
+    changed while the stream processors run is picked up without a restart (max_age)."""
+    from crmsync import config, pg
+    from crmsync.defaults import default_mappings
+    from crmsync.envelope import Change
+    from streams.reconcile import Reconciler
+
+    dsn = campaign_db[0]
+    added("wizard", "sf", "--tables", "Account", "--yes")
+    with psycopg.connect(dsn) as conn:
+        enum_id = conn.execute("INSERT INTO enumerations (name, label) VALUES ('industry', 'Industry') "
+                               "RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO enumeration_values (enumeration_id, name, label, value) VALUES "
+                     "(%s, 'banking', 'Banking', 'BNK')", (enum_id,))
+    settings = config.Settings.model_validate({
+        "accounts": {"sf": {"type": "salesforce", "username": "u", "password": "p"}}, "campaign": {"name": "campaign"},
+        "mappings": [m.model_dump() for m in default_mappings("sf") if m.name == "accounts"]})
+    hook = StoredEnumerations(dsn, max_age=0)
+    reconciler = Reconciler(settings, "campaign", enums=hook)
+
+    def crm_account(crm_id: str, industry: str) -> Change:
+        stamp = "2026-11-29T06:00:00.000Z"
+        return Change(id=f"crm:{crm_id}", side="crm", source="sf", object="Account", op="c", key={"Id": crm_id},
+                      after={"Id": crm_id, "Name": f"Org {crm_id}", "Industry": industry, "SystemModstamp": stamp},
+                      position={"modstamp": stamp, "id": crm_id}, source_ts=stamp)
+
+    with pg.connect(dsn) as conn:
+        before = reconciler.process(conn, [crm_account("001A", "Banking")]).commands
+    assert before[0].values["industry"] == "Banking"  # not mapped yet: passes through unchanged
+
+    added("enums", "sync", "sf", "--map", "Account_Industry=industry")
+    with pg.connect(dsn) as conn:
+        commands = reconciler.process(conn, [crm_account("001B", "Banking")]).commands
+    assert [c.values["industry"] for c in commands] == ["BNK"]
+
+    org = psycopg.connect(dsn, autocommit=True).execute(
+        "INSERT INTO organisations (name, industry) VALUES ('Org C', 'BNK') RETURNING id").fetchone()[0]
+    change = Change(id="campaign:1", side="campaign", source="campaign", object="organisations", op="c",
+                    key={"id": org}, after={"id": org, "name": "Org C", "industry": "BNK"},
+                    position={"lsn": "0/1", "lsn_int": 1, "seq": 0}, source_ts="2026-11-29T06:00:01Z")
+    with pg.connect(dsn) as conn:
+        to_crm = reconciler.process(conn, [change]).commands
+    assert [c.values["Industry"] for c in to_crm] == ["Banking"]
