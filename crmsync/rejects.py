@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import psycopg
 from confluent_kafka import Producer
+from prometheus_client import Counter
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -37,6 +38,8 @@ from crmsync import kafka, pg, topics
 from crmsync.envelope import ApplyCommand, Reject, record_key
 
 log = logging.getLogger("crmsync.rejects")
+RETRIED = Counter("crmsync_rejects_retried_total", "Rejects put back on their apply topic by the retry loop", ["stage"])
+ABANDONED = Counter("crmsync_rejects_abandoned_total", "Rejects given up after the maximum attempts", ["stage"])
 
 STATUSES = ("pending", "waiting", "retrying", "resolved", "abandoned")
 OPEN_STATUSES = ("pending", "waiting", "retrying")  # the ledger still owes these records an outcome
@@ -275,11 +278,13 @@ class RetryLoop:
         result = TickResult(abandoned=exhausted)
         if exhausted:
             abandon(conn, exhausted)
+            ABANDONED.labels(self.stage or "any").inc(len(exhausted))
             log.warning("abandoned %d rejects after %d attempts", len(exhausted), self.policy.max_attempts)
         ready = [r["id"] for r in rows if r["id"] not in exhausted]
         if ready:
             result.requeued = requeue(conn, self.producer, ready, tracker=self.tracker, policy=self.policy,
                                       only_due=True)
+            RETRIED.labels(self.stage or "any").inc(len(result.requeued))
         return result
 
     def maybe_tick(self) -> TickResult | None:
