@@ -276,9 +276,12 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
     if dashboard_port:
         from crmsync.dashboard import app as dashboard_app
 
-        board = dashboard_app.start(dashboard_app.create(effective, found.bootstrap_servers, found.campaign_dsn,
-                                                         supervisor.metrics_targets()), dashboard_host, dashboard_port)
-        console.print(f"dashboard: {board.url}")
+        try:
+            board = dashboard_app.start(dashboard_app.create(effective, found.bootstrap_servers, found.campaign_dsn,
+                                                             supervisor.metrics_targets()), dashboard_host, dashboard_port)
+            console.print(f"dashboard: {board.url}")
+        except RuntimeError as exc:  # e.g. the port is taken: the sync runs all the same
+            console.print(f"[yellow]{exc}; running without the dashboard[/yellow]")
     console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
     next_repair = time.monotonic() + repair_minutes * 60
     try:

@@ -14,6 +14,7 @@ once, or importing two services into one process (tests, the dashboard) would re
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from prometheus_client import REGISTRY, Gauge, Histogram, make_wsgi_app
 if TYPE_CHECKING:
     from crmsync.config import Settings
 
+log = logging.getLogger("crmsync.observability")
 Check = Callable[[], None]  # raises (any exception) when not ready; the message says why
 
 FRESHNESS = Histogram("crmsync_apply_freshness_seconds",
@@ -128,11 +130,16 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve(service: str, port: int, host: str = "127.0.0.1", readiness: Readiness | None = None) -> WSGIServer:
-    """Serve /metrics, /healthz and /readyz on host:port from a daemon thread; returns the server."""
+def serve(service: str, port: int, host: str = "127.0.0.1", readiness: Readiness | None = None) -> WSGIServer | None:
+    """Serve /metrics, /healthz and /readyz on host:port from a daemon thread; returns the server, or None when
+    the port is taken (logged: a service that cannot be watched should still sync)."""
     SERVICE_INFO.labels(service).set(1)
-    server = make_server(host, port, health_app(service, readiness or Readiness()),
-                         server_class=_ThreadingServer, handler_class=_QuietHandler)
+    try:
+        server = make_server(host, port, health_app(service, readiness or Readiness()),
+                             server_class=_ThreadingServer, handler_class=_QuietHandler)
+    except OSError as exc:
+        log.error("cannot serve metrics and health on %s:%s: %s", host, port, exc)
+        return None
     threading.Thread(target=server.serve_forever, name=f"{service}-metrics", daemon=True).start()
     return server
 
