@@ -149,6 +149,7 @@ def start(dashboard: Dashboard, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     while not server.started and thread.is_alive():
         threading.Event().wait(0.05)
     if not server.started:
+        stop_sampling.set()
         raise RuntimeError(f"the dashboard could not listen on {host}:{port}")
     return Running(server, thread, stop_sampling, f"http://{host}:{port}")
 
