@@ -153,6 +153,13 @@ class CrmActivity(_Activity):
 
     _check_filter = field_validator("filter")(classmethod(lambda cls, v: _checked_filter(v, "filter")))
 
+    @field_validator("object")
+    @classmethod
+    def _object_name(cls, value: str) -> str:
+        if not filters.FIELD_RE.match(value):
+            raise ValueError(f"{value!r} is not an object name (e.g. Contact, Lead, My_Object__c)")
+        return value
+
     @model_validator(mode="after")
     def _operation_needs(self) -> "CrmActivity":
         need = {"export": ("mapping",), "import-deleted": ("start", "end"), "delete": ("remote_id",)}

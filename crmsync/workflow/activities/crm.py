@@ -74,7 +74,7 @@ def import_records(activity: CrmActivity, rows: list[Row], ctx: RunContext, prog
                                        if f.name.lower() != "id"]
     where = [to_soql(filters.parse(activity.filter), types)] if activity.filter is not None else []
     where += _index_window(activity, ctx, types)
-    select = list(dict.fromkeys([name for name, _, _ in wanted] + _bookkeeping(types, activity)))
+    select = list(dict.fromkeys([name for name, _, _ in wanted] + _bookkeeping(types)))
     order = ", ".join(f"{_canonical_name(o.field, types, activity.object, 'order_by')}"
                       f"{' DESC' if o.descending else ''}" for o in activity.order_by)
     base = f"SELECT {', '.join(select)} FROM {activity.object}"
@@ -93,7 +93,7 @@ def import_records(activity: CrmActivity, rows: list[Row], ctx: RunContext, prog
     return Outputs(ok=out, note=f"{len(out)} {activity.object} record(s){window}")
 
 
-def _bookkeeping(types: dict[str, str], activity: CrmActivity) -> list[str]:
+def _bookkeeping(types: dict[str, str]) -> list[str]:
     """Fields read for the change-topic backfill (position, deletes) even when the rows do not carry them."""
     return [name for name in ("SystemModstamp", "IsDeleted") if name in types]
 
