@@ -67,17 +67,20 @@ def export(activity: CrmActivity, rows: list[Row], ctx: RunContext, progress: Pr
     known = journal.load()
     outputs = Outputs()
     todo: list[Row] = []
+    seen: set[str] = set()  # a record listed twice (e.g. a union without distinct_on) is sent once
+    replayed = 0
     for row in rows:
-        key = row.get(activity.key)
-        if key in (None, ""):
+        key = "" if row.get(activity.key) is None else str(row[activity.key])
+        if not key:
             outputs.reject.append(reject_row(row, "CRMSYNC_NO_KEY", f"no Campaign key in column {activity.key!r}"))
-        elif _replay(activity, row, known.get(str(key)), outputs):
-            continue
-        else:
-            todo.append(row)
+        elif key not in seen:
+            seen.add(key)
+            if _replay(activity, row, known.get(key), outputs):
+                replayed += 1
+            else:
+                todo.append(row)
     progress.total(len(rows))
     progress.advance(len(rows) - len(todo))
-    skipped = len(rows) - len(todo) - len(outputs.reject)
     chunk = BULK_CHUNK if activity.batch else activity.batch_size
     results: dict[str, tuple[str, bool]] = {}  # command id -> (CRM id, created), from the writer's hook
     writer = salesforce_writer(ctx, client, activity,
@@ -91,7 +94,7 @@ def export(activity: CrmActivity, rows: list[Row], ctx: RunContext, progress: Pr
         writer.close()
     created = sum(1 for r in outputs.ok if r.get("exportStatus") == "created")
     outputs.note = (f"{created} created, {len(outputs.ok) - created} updated, {len(outputs.reject)} rejected"
-                    + (f" ({skipped} already done before a restart)" if skipped else ""))
+                    + (f" ({replayed} already done before a restart)" if replayed else ""))
     return outputs
 
 
