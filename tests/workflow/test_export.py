@@ -174,6 +174,9 @@ def test_kill_9_in_the_middle_of_an_export_then_rerun_neither_loses_nor_doubles(
     output = rerun.communicate(timeout=300)[0].decode()
     assert rerun.returncode == 0, output
     assert "resumed" in output and f"({states['done']} already done before a restart)" in output  # not resent
+    account = env.settings.accounts["salesforce"]
+    for secret in (account.password, account.security_token, account.client_secret):
+        assert secret.get_secret_value() not in output
 
     in_crm = contacts_by_key(client, keys)
     assert sorted(map(int, in_crm)) == keys and all(len(v) == 1 for v in in_crm.values())  # no loss, no double
