@@ -6,7 +6,7 @@ message carries its own times) and refusals from the rejects ledger. A trip is o
     modified      the source's own modification time (SystemModstamp / commit time)   Change.source_ts
     captured      read by the poller / change capture                                  Change.captured_ts
     published     appended to the change topic                                         message timestamp
-    decided       the streams emitted the apply command                                ApplyCommand.created_ts
+    decided       the streams published the apply command                              its message timestamp
     applied       the target side's modification time of the record afterwards         echo Change.source_ts
     acknowledged  that write came back from the target side onto its change topic     echo message timestamp
 

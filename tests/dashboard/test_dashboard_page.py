@@ -12,7 +12,8 @@ from selenium.webdriver.common.by import By
 
 from crmsync import lag, pg
 from crmsync.dashboard.scrape import samples, scrape
-from tests.dashboard.conftest import Pipeline, wait_for
+
+from .conftest import Pipeline, wait_for
 
 READ_PAGE = """
 const all = (selector, attribute) => Object.fromEntries([...document.querySelectorAll(selector)]
