@@ -124,7 +124,8 @@ def group_state(bootstrap_servers: str, group: str, timeout: float = 5.0) -> str
     """The broker's view of a group: "stable", "empty", "preparing_rebalance", … ("unknown" if it cannot say).
     An empty group has no live member: nobody consumes, whatever its lag."""
     try:
-        description = admin(bootstrap_servers).describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+        futures = admin(bootstrap_servers).describe_consumer_groups([group], request_timeout=timeout)
+        description = futures[group].result(timeout)
     except Exception:  # noqa: BLE001 - a broker without DescribeGroups (or down) gives no state
         return "unknown"
     return description.state.name.lower()

@@ -28,7 +28,8 @@ from crmsync.config import Mapping, Settings
 from crmsync.envelope import ApplyCommand, Change, changes_from_message
 
 
-def lookup(settings: Settings, bootstrap_servers: str, dsn: str, record_id: str, limit: int = 100_000) -> dict[str, Any]:
+def lookup(settings: Settings, bootstrap_servers: str, dsn: str, record_id: str,
+           limit: int = 100_000) -> dict[str, Any]:
     """The journey of `record_id`; {"found": False} when no synced record has that id."""
     link = _link(dsn, record_id)
     if link is None:

@@ -163,11 +163,17 @@ def _summarise(spec: lag.GroupSpec, state: str, partitions: list[PartitionView],
     """A group's numbers: total lag, the oldest unconsumed message, rates and ETA over all its partitions."""
     total = sum(p.lag for p in partitions)
     known = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
-    consume = sum(v.consume_rate or 0.0 for v in verdicts) if any(v.consume_rate is not None for v in verdicts) else None
-    produce = sum(v.produce_rate or 0.0 for v in verdicts) if any(v.produce_rate is not None for v in verdicts) else None
+    consume = _total([v.consume_rate for v in verdicts])
+    produce = _total([v.produce_rate for v in verdicts])
     return GroupView(spec.group, spec.service, spec.direction, state, burrow.worst([v.status for v in verdicts]),
                      total, max(known) if known else None, burrow.eta(total, consume), consume, produce,
                      all(v.complete for v in verdicts) if verdicts else False, partitions)
+
+
+def _total(rates: list[float | None]) -> float | None:
+    """Sum of the partitions' rates; None while no partition has two samples yet."""
+    known = [rate for rate in rates if rate is not None]
+    return sum(known) if known else None
 
 
 def _export(view: GroupView) -> None:

@@ -28,7 +28,8 @@ def scrape_all(targets: dict[str, str]) -> tuple[Series, dict[str, str]]:
     health: dict[str, str] = {}
     for name, url in sorted(targets.items()):
         try:  # each sample keeps its target, so two services reporting the same series are both seen
-            merged.update({(sample, (*labels, ("target", name))): value for (sample, labels), value in scrape(url).items()})
+            merged.update({(sample, (*labels, ("target", name))): value
+                           for (sample, labels), value in scrape(url).items()})
             health[name] = "ok"
         except (httpx.HTTPError, ValueError) as exc:
             health[name] = f"{type(exc).__name__}: {exc}"
