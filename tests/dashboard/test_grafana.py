@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import typer
 import yaml
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
@@ -93,6 +94,9 @@ def test_ports_match_between_compose_prometheus_and_the_services(compose):
     discovery = jobs["crmsync"]["dns_sd_configs"][0]
     workers = {name: s for name, s in crmsync_containers(compose).items() if s["command"][0] == "service"}
     assert set(discovery["names"]) == set(workers)  # every service scraped, every replica (DNS A records)
+    options = {p.name: p for p in typer.main.get_command(app).commands["service"].params}
+    assert options["metrics_port"].envvar == "CRMSYNC_METRICS_PORT"  # the services read what compose sets
+    assert options["metrics_host"].envvar == "CRMSYNC_METRICS_HOST"
     assert all(int(s["environment"]["CRMSYNC_METRICS_PORT"]) == discovery["port"] for s in workers.values())
     assert all(s["environment"]["CRMSYNC_METRICS_HOST"] == "0.0.0.0" for s in workers.values())
 
