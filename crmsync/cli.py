@@ -21,7 +21,7 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(capture_app, name="capture")
 console = Console()
-SERVICES = ("capture", "streams", "writer-campaign", "poller-salesforce", "writer-salesforce")
+SERVICES = ("capture", "streams", "writer-campaign", "poller-salesforce", "writer-salesforce", "mirror")
 
 
 def _sandbox_app() -> typer.Typer | None:
@@ -175,10 +175,14 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
     else:
         account_name = _account(current, account)
         objects = sorted({m.crm_object for m in current.mappings if m.account == account_name})
-        from services.salesforce.service import run_poller, run_writer
+        from services.salesforce.service import run_poller, run_writer, stop_on_signals
 
         if name == "poller-salesforce":
             run_poller(current, found, account_name, objects, interval)
+        elif name == "mirror":
+            from services.mirror.service import run as run_mirror
+
+            run_mirror(current, found, account_name, stop=stop_on_signals())
         else:
             run_writer(current, found, account_name)
 

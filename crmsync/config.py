@@ -41,6 +41,8 @@ class CampaignSettings(_Strict):
     snapshot: Literal["initial", "never"] = Field("initial", description="publish existing rows once, first")
     poll_interval_seconds: float = Field(0.05, gt=0)
     batch_changes: int = Field(5000, ge=1)
+    mirror_tables: bool = Field(True, description="also capture the wizard's mirror tables (SQL edits reach the CRM)")
+    formula_refresh_seconds: float = Field(300.0, ge=0, description="re-read mirrored formula fields this often; 0 = off")
 
     @field_validator("dsn")
     @classmethod

@@ -30,6 +30,12 @@ def connect(dsn: str, *, autocommit: bool = False, application: str = "crmsync",
     return psycopg.connect(dsn, autocommit=autocommit, application_name=application, **kwargs)
 
 
+def tag_origin(conn: psycopg.Connection, writer: str) -> None:
+    """Mark the open transaction as written by crmsync's `writer`: change capture sets `origin` on its changes
+    (a transactional logical-decoding message), which is how echoes are recognised exactly."""
+    conn.execute("SELECT pg_logical_emit_message(true, 'crmsync.origin', %s)", (writer,))
+
+
 def dict_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
     return conn.cursor(row_factory=dict_row)
 

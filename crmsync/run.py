@@ -44,6 +44,7 @@ def plan(settings: Settings) -> list[ServiceSpec]:
     for account in sorted({m.account for m in settings.mappings}):
         specs.append(ServiceSpec("poller-salesforce", ["--account", account]))
         specs.append(ServiceSpec("writer-salesforce", ["--account", account]))
+        specs.append(ServiceSpec("mirror", ["--account", account]))  # idles until the wizard mirrors a table
     return specs
 
 

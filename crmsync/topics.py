@@ -36,6 +36,12 @@ def changes(side: Side, source: str, obj: str) -> str:
     return f"{PREFIX}.{_side(side)}.{_part(source)}.{_part(obj)}"
 
 
+def campaign_object(schema: str, table: str) -> str:
+    """How a Campaign table is named in changes and topics: bare in `public`, schema-qualified elsewhere (the
+    wizard's mirror tables live in one schema per account and would otherwise clash with Campaign tables)."""
+    return table if schema == "public" else f"{schema}.{table}"
+
+
 def apply(side: Side, target: str, obj: str) -> str:
     """Topic of apply commands that the writer of `side` carries out against `target`."""
     return f"{PREFIX}.apply.{_side(side)}.{_part(target)}.{_part(obj)}"

@@ -14,6 +14,10 @@ from crmsync import pg
 from crmsync.wizard.discovery import Discovery, FieldSpec, crm_value
 from crmsync.wizard.schema import load_document
 
+# Transactions that write mirror rows with the CRM's own values carry this origin tag, so the mirror service
+# does not send them back to the CRM as edits (services/mirror).
+MIRROR_ORIGIN = "mirror"
+
 
 def _specs(element: dict[str, Any], only: Iterable[str] | None = None) -> list[FieldSpec]:
     wanted = set(only) if only is not None else None
@@ -44,6 +48,7 @@ def load(discovery: Discovery, dsn: str, account: str, objects: Iterable[str] | 
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns if c.as_string() != '"id"'))
         counts[element["name"]] = 0
         with pg.connect(dsn) as conn:
+            pg.tag_origin(conn, MIRROR_ORIGIN)
             for page in discovery.rows(element["name"], [f.name for f in fields]):
                 conn.cursor().executemany(statement, [[crm_value(f, r.get(f.name)) for f in fields] for r in page])
                 counts[element["name"]] += len(page)
@@ -65,6 +70,7 @@ def refresh_formulas(client: Any, dsn: str, account: str, objects: Iterable[str]
         fields = [FieldSpec("Id", "Id", "id", "text"), *formulas]
         cols = [sql.Identifier(f.name.lower()) for f in fields]
         with pg.connect(dsn) as conn:
+            pg.tag_origin(conn, MIRROR_ORIGIN)
             conn.execute(sql.SQL("CREATE TEMP TABLE formula_values ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA")
                          .format(sql.SQL(", ").join(cols), _table(element)))
             with conn.cursor().copy(sql.SQL("COPY formula_values ({}) FROM STDIN").format(

@@ -94,6 +94,14 @@ def load_document(dsn: str, account: str) -> dict[str, Any] | None:
     return row[0] if row else None
 
 
+def mirrored_elements(conn: Any, account: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(account, element) of every mirror table the wizard generated: what the poller, change capture and the
+    mirror service follow, re-read while they run so a wizard run needs no restart."""
+    rows = conn.execute("SELECT account, document FROM crmsync.crm_schemas WHERE %(a)s::text IS NULL "
+                        "OR account = %(a)s ORDER BY account", {"a": account}).fetchall()
+    return [(name, element) for name, document in rows for element in document["elements"]]
+
+
 def _columns(conn: Any, schema: str, table: str) -> dict[str, str]:
     return dict(conn.execute(
         """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
@@ -128,6 +136,8 @@ def migrate_table(conn: Any, account: str, schema: str, element: dict[str, Any])
         columns = [sql.SQL("{} {}{}").format(sql.Identifier(c), sql.SQL(f["sqlType"]),
                                              sql.SQL(" PRIMARY KEY" if c == "id" else "")) for c, f in wanted.items()]
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, sql.SQL(", ").join(columns)))
+        # change capture sends old rows too, so an edit made in SQL is sent to the CRM as just its changed fields
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table))
         conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(
             f"mirror of {element['name']} ({element['label']})")))
         present = {}

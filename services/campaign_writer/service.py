@@ -48,7 +48,6 @@ from services.campaign_writer.plan import Invalid, Planned, Planner, command_rec
 log = logging.getLogger("crmsync.campaign_writer")
 
 STAGE = "writer-campaign"
-ORIGIN_SQL = f"SELECT pg_logical_emit_message(true, 'crmsync.origin', '{STAGE}')"
 PARENT_MISSING_SQLSTATE = "CS404"  # raised by crmsync.missing_parent (migration 003)
 # Not the record's fault, so the whole batch is tried again instead of rejecting anything: connection trouble,
 # deadlocks, serialization failures, shutdowns, resource limits, and statement errors (class 42: a schema that
@@ -247,7 +246,7 @@ class CampaignWriter:
             return BatchResult()
         items = [self._plan(c) for c in self._parents_first(commands)]
         with self.conn.transaction():
-            self.conn.execute(ORIGIN_SQL)
+            pg.tag_origin(self.conn, STAGE)
             queues = self._load_queues(items)
             outcomes: list[Outcome] = []
             for chunk in _chunks(items, self.options.chunk_size):

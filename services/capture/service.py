@@ -34,6 +34,7 @@ from services.capture.pgoutput import Decoder, Transaction, lsn_to_int
 log = logging.getLogger("crmsync.capture")
 ORIGIN_PREFIX = "crmsync.origin"
 HEARTBEAT_TABLE = "crmsync.heartbeat"
+MIRROR_CHECK_SECONDS = 5.0  # how often the wizard's mirror tables are looked up again
 
 CHANGES = Counter("crmsync_capture_changes_total", "Row changes published by change capture", ["table", "op"])
 SLOT_LAG = Gauge("crmsync_capture_slot_lag_bytes", "WAL bytes between the server's position and the slot's confirmed position", ["slot"])
@@ -72,26 +73,51 @@ class CaptureService:
         self.conn.execute("SET TimeZone = 'UTC'")
         self.last_beat = 0.0
         self.primary_keys: dict[str, list[str]] = {}  # "schema.table" -> primary-key columns
+        self.published: set[str] = set()  # tables in the publication
+        self.tables_checked_at = 0.0
         self.commit_to_ack: deque[float] = deque(maxlen=200_000)  # recent latencies, for benchmarks
 
     # -- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Check the tables, then create or align the publication and the slot (idempotent)."""
         tables = [*self.cfg.capture_tables]
+        self._align_publication([*tables, *self._mirror_tables()])
+        if not self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.cfg.slot_name,)).fetchone():
+            self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.cfg.slot_name,))
+            log.info("created replication slot %s", self.cfg.slot_name)
+        if self.cfg.snapshot == "initial" and not self._snapshot_done():
+            self.snapshot(tables)  # mirror tables are not snapshotted: the CRM is their source
+
+    def _mirror_tables(self) -> list[str]:
+        """The wizard's mirror tables (re-read while running), so edits made to them in SQL reach the CRM."""
+        if not self.cfg.mirror_tables:
+            return []
+        from crmsync.wizard.schema import mirrored_elements
+
+        return sorted(element["sqlTable"] for _, element in mirrored_elements(self.conn))
+
+    def _align_publication(self, tables: list[str]) -> None:
         for table in [*tables, HEARTBEAT_TABLE]:
             self._check_table(table)
         published = ", ".join(f'"{s}"."{n}"' for s, n in map(_qualified, [*tables, HEARTBEAT_TABLE]))
         exists = self.conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.cfg.publication,)).fetchone()
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
         self.conn.execute(verb.format(f'"{self.cfg.publication}"', published))
-        if not self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.cfg.slot_name,)).fetchone():
-            self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.cfg.slot_name,))
-            log.info("created replication slot %s", self.cfg.slot_name)
         kafka.ensure_topics(self.bootstrap_servers,
                             [*(self._topic(t) for t in tables), topics.heartbeat("campaign", self.cfg.name)],
                             self.settings.kafka.partitions, self.settings.kafka.replication_factor)
-        if self.cfg.snapshot == "initial" and not self._snapshot_done():
-            self.snapshot(tables)
+        self.published = set(tables)
+        self.tables_checked_at = time.monotonic()
+
+    def _follow_new_mirrors(self) -> None:
+        """A wizard run while capture runs adds mirror tables: publish them too, without a restart."""
+        if time.monotonic() - self.tables_checked_at < MIRROR_CHECK_SECONDS:
+            return
+        tables = [*self.cfg.capture_tables, *self._mirror_tables()]
+        if set(tables) != self.published:
+            log.info("publication %s now covers %s", self.cfg.publication, ", ".join(tables))
+            self._align_publication(tables)
+        self.tables_checked_at = time.monotonic()
 
     # -- snapshot ----------------------------------------------------------------------------------------
     def _snapshot_marker(self) -> str:
@@ -132,12 +158,12 @@ class CaptureService:
                 values = {k: pg.json_ready(v) for k, v in row.items()}
                 changes.append(Change(
                     id=f"campaign:{self.cfg.name}:snapshot:{lsn}:{name}:{count}", side="campaign",
-                    source=self.cfg.name, object=name, op="r",
+                    source=self.cfg.name, object=topics.campaign_object(schema, name), op="r",
                     key={c: values[c] for c in self.primary_keys[f"{schema}.{name}"]}, after=values,
                     position={"lsn": lsn, "lsn_int": lsn_int, "seq": 0, "snapshot": True},
                     source_ts=values.get("updated_at")))
                 count += 1
-            kafka.produce_batches(self.producer, self.tracker, self._topic(name), changes)
+            kafka.produce_batches(self.producer, self.tracker, self._topic(table), changes)
         cursor.close()
         return count
 
@@ -164,7 +190,7 @@ class CaptureService:
             self.conn.execute(f'ALTER TABLE "{schema}"."{name}" REPLICA IDENTITY FULL')
 
     def _topic(self, table: str) -> str:
-        return topics.changes("campaign", self.cfg.name, _qualified(table)[1])
+        return topics.changes("campaign", self.cfg.name, topics.campaign_object(*_qualified(table)))
 
     # -- streaming ---------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -172,6 +198,7 @@ class CaptureService:
         log.info("capturing %s through slot %s", ", ".join(self.cfg.capture_tables), self.cfg.slot_name)
         while not self.stopping.is_set():
             batch = self.poll_once()
+            self._follow_new_mirrors()
             if batch.changes == 0 and batch.transactions == 0:
                 self._maybe_heartbeat()
                 self.stopping.wait(self.cfg.poll_interval_seconds)
@@ -214,17 +241,18 @@ class CaptureService:
             qualified = f"{relation.schema}.{relation.name}"
             row = change.new if change.new is not None else change.old or {}
             key = {column: row.get(column) for column in self.primary_keys[qualified]}
+            heartbeat = qualified == HEARTBEAT_TABLE
             event = Change(
                 id=f"campaign:{self.cfg.name}:{txn.commit_lsn}:{seq}", side="campaign", source=self.cfg.name,
-                object=relation.name, op=change.op, key=key,
+                object=relation.name if heartbeat else topics.campaign_object(relation.schema, relation.name),
+                op=change.op, key=key,
                 after=change.new if change.op != "d" else None,
                 before=change.old,
                 position={"lsn": txn.commit_lsn, "lsn_int": lsn_to_int(txn.commit_lsn), "seq": seq,
                           "xid": txn.xid, "change_lsn": change.lsn},
                 source_ts=commit_ts, origin=origin,
             )
-            heartbeat = qualified == HEARTBEAT_TABLE
-            topic = topics.heartbeat("campaign", self.cfg.name) if heartbeat else self._topic(relation.name)
+            topic = topics.heartbeat("campaign", self.cfg.name) if heartbeat else self._topic(qualified)
             self._produce(topic, event.kafka_key(), event.to_json())
             CHANGES.labels(relation.name, change.op).inc()
             published += 1

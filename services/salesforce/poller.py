@@ -334,9 +334,27 @@ class Poller:
     tracker: kafka.DeliveryTracker
     conn: psycopg.Connection
     objects: dict[str, ObjectPoller]
+    bootstrap_servers: str = ""  # the next three let it add pollers for newly mirrored objects
+    settings: Settings | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def poll_once(self) -> dict[str, PollResult]:
         return {name: poller.poll_once() for name, poller in self.objects.items()}
+
+    def follow_mirrors(self) -> list[str]:
+        """Also poll the objects the wizard mirrors for this account (a wizard run needs no restart)."""
+        from crmsync.wizard.schema import mirrored_elements
+
+        names = {element["name"] for _, element in mirrored_elements(self.conn, self.client.account_name)}
+        added = sorted(n for n in names if n not in self.objects)
+        if added and self.settings is not None:
+            kafka.ensure_topics(self.bootstrap_servers, [topics.changes("crm", self.client.account_name, o)
+                                                          for o in added],
+                                self.settings.kafka.partitions, self.settings.kafka.replication_factor)
+        for name in added:
+            self.objects[name] = ObjectPoller(self.client, self.producer, self.tracker, self.conn, name,
+                                              **self.options)
+        return added
 
     def close(self) -> None:
         self.producer.flush(10)
@@ -355,10 +373,10 @@ def build(settings: Settings, endpoints: Endpoints, account_name: str, objects: 
     producer = kafka.producer(endpoints.bootstrap_servers)
     tracker = kafka.DeliveryTracker()
     conn = pg.connect(endpoints.campaign_dsn, autocommit=True, application=f"crmsync-poller-{account_name}")
-    pollers = {o: ObjectPoller(client, producer, tracker, conn, o, lookback_seconds=lookback_seconds,
-                               batch_size=batch_size, track_hard_deletes=track_hard_deletes,
-                               full_window_every_seconds=full_window_every_seconds) for o in objects}
-    return Poller(client, producer, tracker, conn, pollers)
+    options = dict(lookback_seconds=lookback_seconds, batch_size=batch_size, track_hard_deletes=track_hard_deletes,
+                   full_window_every_seconds=full_window_every_seconds)
+    pollers = {o: ObjectPoller(client, producer, tracker, conn, o, **options) for o in objects}
+    return Poller(client, producer, tracker, conn, pollers, endpoints.bootstrap_servers, settings, options)
 
 
 def run(settings: Settings, endpoints: Endpoints, account_name: str, objects: Iterable[str], interval: float,
@@ -371,7 +389,13 @@ def run(settings: Settings, endpoints: Endpoints, account_name: str, objects: It
     try:
         while not stop.is_set():
             started = time.monotonic()
-            for name, obj_poller in poller.objects.items():
+            try:
+                added = poller.follow_mirrors()
+                if added:
+                    log.info("%s: now also polling %s (mirrored by the wizard)", account_name, ", ".join(added))
+            except Exception:
+                log.exception("could not look up the mirrored objects of %s", account_name)
+            for name, obj_poller in list(poller.objects.items()):
                 if stop.is_set():
                     break
                 try:

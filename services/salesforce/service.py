@@ -16,7 +16,7 @@ from crmsync.infra import Endpoints
 from services.salesforce import poller, writer
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def handler(_signum: int, _frame: Any) -> None:
@@ -33,7 +33,7 @@ def run_poller(settings: Settings, endpoints: Endpoints, account_name: str, obje
     """Poll `objects` of the Salesforce account every `interval_seconds` until SIGTERM.
 
     Options (keyword): lookback_seconds (300), batch_size (2000), track_hard_deletes (True)."""
-    poller.run(settings, endpoints, account_name, list(objects), interval_seconds, stop=_stop_on_signals(),
+    poller.run(settings, endpoints, account_name, list(objects), interval_seconds, stop=stop_on_signals(),
                **options)
 
 
@@ -42,4 +42,4 @@ def run_writer(settings: Settings, endpoints: Endpoints, account_name: str, **op
 
     Options (keyword): objects (None = every apply topic of the account), options (WriterOptions),
     on_applied (hook called for every success)."""
-    writer.run(settings, endpoints, account_name, stop=_stop_on_signals(), **options)
+    writer.run(settings, endpoints, account_name, stop=stop_on_signals(), **options)

@@ -1,0 +1,1 @@
+"""Mirror tables (created by the wizard) kept current in both directions; see service.py."""

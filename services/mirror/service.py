@@ -1,0 +1,297 @@
+"""The mirror service: the wizard's mirror tables kept current in both directions, Heroku Connect style.
+
+The wizard creates one PostgreSQL table per selected CRM object (CRM id as primary key, typed columns). This
+service makes them live:
+
+- **CRM → mirror.** The Salesforce poller follows every mirrored object (it reads all fields) and publishes to
+  the CRM change topics; this service upserts the rows by id in batches — a row is rewritten only when a value
+  differs, and never by an older modification stamp — and deletes the rows of deleted records. Its transactions
+  carry the origin tag ``mirror``, so change capture marks what it wrote and it is never sent back.
+- **mirror → CRM.** Change capture publishes the mirror tables too (REPLICA IDENTITY FULL, so old rows come
+  along). An UPDATE or DELETE made in SQL becomes an apply command with just the changed, updateable fields,
+  carried out through the Salesforce writer in this process (same batching, rejects, retries and links as the
+  continuous sync). An INSERT is refused into the rejects ledger: a mirror row needs the CRM's id.
+- **No restart.** The schema documents are re-read every few seconds: a wizard re-run that adds fields or tables
+  is followed at once (the poller re-describes objects on its own).
+- **Formulas.** Salesforce does not bump the modification stamp when only a formula's value changes, so the
+  formula fields of every mirror are re-read every `formula_refresh_seconds` (crmsync/wizard/data.py).
+
+Offsets are committed only after the database transaction or the CRM writes they describe (replays are
+idempotent: upserts compare values, updates of equal values are skipped by the CRM-side comparison).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import psycopg
+from confluent_kafka import Message
+from prometheus_client import Counter
+from psycopg import sql
+
+from crmsync import envelope, kafka, pg, rejects, topics
+from crmsync.config import Settings
+from crmsync.envelope import ApplyCommand, Change, Reject, changes_from_message
+from crmsync.infra import Endpoints
+from crmsync.wizard.data import MIRROR_ORIGIN
+from crmsync.wizard.schema import mirrored_elements
+from services.salesforce.client import SalesforceClient, account_settings
+from services.salesforce.writer import SalesforceWriter
+
+log = logging.getLogger("crmsync.mirror")
+
+STAGE = MIRROR_ORIGIN
+SYSTEM_FIELDS = frozenset({"id", "systemmodstamp", "createddate", "createdbyid", "lastmodifieddate",
+                           "lastmodifiedbyid", "isdeleted"})
+
+ROWS = Counter("crmsync_mirror_rows_total", "Mirror rows written from CRM changes", ["account", "object", "op"])
+EDITS = Counter("crmsync_mirror_edits_total", "Mirror-table edits sent to the CRM", ["account", "object", "op"])
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One mirrored CRM object: its schema element and where its changes travel."""
+
+    account: str
+    element: dict[str, Any]
+    campaign_name: str
+
+    @property
+    def obj(self) -> str:
+        return self.element["name"]
+
+    @property
+    def qualified(self) -> tuple[str, str]:
+        schema, table = self.element["sqlTable"].split(".", 1)
+        return schema, table
+
+    @property
+    def crm_topic(self) -> str:
+        return topics.changes("crm", self.account, self.obj)
+
+    @property
+    def campaign_topic(self) -> str:
+        return topics.changes("campaign", self.campaign_name, topics.campaign_object(*self.qualified))
+
+    def fields(self) -> list[dict[str, Any]]:
+        return self.element["fields"]
+
+
+def mirror_value(field: dict[str, Any], value: Any) -> Any:
+    """A CRM value as its mirror column takes it (multi-select 'a;b' → ['a', 'b'])."""
+    if field["sqlType"] == "text[]" and isinstance(value, str):
+        return [v for v in value.split(";") if v]
+    return value
+
+
+def crm_value(field: dict[str, Any], value: Any) -> Any:
+    """A mirror column value as the CRM takes it (['a', 'b'] → 'a;b')."""
+    if field["sqlType"] == "text[]" and isinstance(value, list):
+        return ";".join(value)
+    return value
+
+
+class MirrorService:
+    def __init__(self, settings: Settings, endpoints: Endpoints, account: str, *,
+                 client: SalesforceClient | None = None, schema_reload_seconds: float = 5.0,
+                 formula_refresh_seconds: float | None = None) -> None:
+        self.settings, self.endpoints, self.account = settings, endpoints, account
+        self.client = client or SalesforceClient(account, account_settings(settings, account))
+        self.writer = SalesforceWriter(self.client, endpoints.bootstrap_servers, endpoints.campaign_dsn, objects=[])
+        self.conn = pg.connect(endpoints.campaign_dsn, application=f"crmsync-mirror-{account}")
+        self.schema_reload_seconds = schema_reload_seconds
+        self.formula_refresh_seconds = (settings.campaign.formula_refresh_seconds
+                                        if formula_refresh_seconds is None else formula_refresh_seconds)
+        self.mirrors: dict[str, Mirror] = {}  # topic -> mirror
+        self.consumer: Any = None
+        self._schema_at = self._formulas_at = 0.0
+        self._updateable: dict[str, set[str]] = {}
+
+    # -- what to follow -----------------------------------------------------------------------------------
+    def reload_schema(self) -> bool:
+        """Re-read the schema documents; re-subscribe when the mirrored objects changed. True if they did."""
+        self._schema_at = time.monotonic()
+        with self.conn.transaction():
+            elements = mirrored_elements(self.conn, self.account)
+        mirrors = [Mirror(self.account, element, self.settings.campaign.name) for _, element in elements]
+        by_topic = {t: m for m in mirrors for t in (m.crm_topic, m.campaign_topic)}
+        changed = set(by_topic) != set(self.mirrors)
+        self.mirrors = by_topic
+        if changed and by_topic:
+            kafka.ensure_topics(self.endpoints.bootstrap_servers, sorted(by_topic),
+                                self.settings.kafka.partitions, self.settings.kafka.replication_factor)
+            if self.consumer is None:
+                self.consumer = kafka.consumer(self.endpoints.bootstrap_servers, f"crmsync-mirror-{self.account}")
+            self.consumer.subscribe(sorted(by_topic))
+            log.info("mirroring %s of %s", ", ".join(sorted({m.obj for m in mirrors})), self.account)
+        self._updateable = {}  # fields may have changed too
+        return changed
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if time.monotonic() - self._schema_at >= self.schema_reload_seconds:
+                self.reload_schema()
+            if self.consumer is None:
+                stop.wait(self.schema_reload_seconds)
+                continue
+            self.run_once()
+            self._maybe_refresh_formulas()
+        self.close()
+
+    def run_once(self, timeout: float = 0.2) -> int:
+        messages = kafka.without_errors(self.consumer.consume(2000, timeout), log)
+        if messages:
+            self.process(messages)
+            self.consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)
+        return len(messages)
+
+    def process(self, messages: list[Message]) -> None:
+        """CRM changes into the mirror, mirror edits into the CRM; per object, in message order."""
+        crm: dict[str, list[Change]] = {}
+        edits: dict[str, list[Change]] = {}
+        for message in messages:
+            mirror = self.mirrors.get(message.topic())
+            if mirror is None:
+                continue  # an object no longer mirrored
+            target = crm if message.topic() == mirror.crm_topic else edits
+            target.setdefault(message.topic(), []).extend(changes_from_message(message.value()))
+        for topic, changes in crm.items():
+            self.apply_crm_changes(self.mirrors[topic], changes)
+        for topic, changes in edits.items():
+            self.send_edits(self.mirrors[topic], changes)
+
+    # -- CRM → mirror -----------------------------------------------------------------------------------------
+    def apply_crm_changes(self, mirror: Mirror, changes: list[Change]) -> None:
+        latest: dict[str, Change] = {}
+        for change in changes:  # a burst collapses to each record's newest state
+            latest[change.key["Id"]] = change
+        deletes = sorted(i for i, c in latest.items() if c.op == "d")
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for change in latest.values():
+            if change.op != "d":
+                row = self._mirror_row(mirror, change.after or {})
+                shapes.setdefault(tuple(row), []).append(row)
+        table = sql.Identifier(*mirror.qualified)
+        with self.conn.transaction():
+            pg.tag_origin(self.conn, STAGE)
+            for columns, rows in shapes.items():
+                self.conn.execute(_upsert_sql(table, columns), (envelope.dumps(rows).decode(),))
+                ROWS.labels(self.account, mirror.obj, "upsert").inc(len(rows))
+            if deletes:
+                self.conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table), (deletes,))
+                ROWS.labels(self.account, mirror.obj, "delete").inc(len(deletes))
+
+    def _mirror_row(self, mirror: Mirror, after: dict[str, Any]) -> dict[str, Any]:
+        """The mirror columns this change carries (a field the change lacks is left as it is)."""
+        return {f["sqlName"]: mirror_value(f, after[f["name"]]) for f in mirror.fields() if f["name"] in after}
+
+    # -- mirror → CRM -----------------------------------------------------------------------------------------
+    def send_edits(self, mirror: Mirror, changes: list[Change]) -> None:
+        commands: list[ApplyCommand] = []
+        refused: list[Reject] = []
+        for change in changes:
+            if change.origin is not None:  # written by crmsync (this service, wizard load, formula refresh)
+                continue
+            if change.op == "c":
+                refused.append(self._insert_refused(mirror, change))
+            elif change.op == "d":
+                commands.append(self._command(mirror, change, "delete", {}))
+            elif change.op == "u":
+                values = self._changed_fields(mirror, change)
+                if values:
+                    commands.append(self._command(mirror, change, "upsert", values))
+        if refused:
+            self._refuse(refused)
+        if commands:
+            result = self.writer.process(commands)
+            for command in commands:
+                EDITS.labels(self.account, mirror.obj, command.action).inc()
+            log.info("%s: %d edit(s) of %s sent to %s, %d refused", STAGE, result.applied, mirror.obj,
+                     self.account, result.rejected)
+
+    def _changed_fields(self, mirror: Mirror, change: Change) -> dict[str, Any]:
+        before, after = change.before or {}, change.after or {}
+        updateable = self._updateable_fields(mirror.obj)
+        return {f["name"]: crm_value(f, after.get(f["sqlName"])) for f in mirror.fields()
+                if f["sqlName"] in after and before.get(f["sqlName"]) != after.get(f["sqlName"])
+                and f["name"] in updateable}
+
+    def _updateable_fields(self, obj: str) -> set[str]:
+        """From the CRM's describe: read-only, system and formula fields never go back."""
+        if obj not in self._updateable:
+            described = self.client.describe(obj)["fields"]
+            self._updateable[obj] = {f["name"] for f in described
+                                     if f.get("updateable") and not f.get("calculated")
+                                     and f["name"].lower() not in SYSTEM_FIELDS}
+        return self._updateable[obj]
+
+    def _command(self, mirror: Mirror, change: Change, action: str, values: dict[str, Any]) -> ApplyCommand:
+        row = change.after or change.before or {}
+        return ApplyCommand(id=f"{change.id}>mirror", side="crm", target=self.account, object=mirror.obj,
+                            action=action, key={"Id": row.get("id") or change.key.get("id")}, values=values,
+                            cause=change.id, source_ts=change.source_ts)
+
+    def _insert_refused(self, mirror: Mirror, change: Change) -> Reject:
+        schema, table = mirror.qualified
+        return Reject(id=f"{STAGE}:{change.id}", stage=STAGE, side="crm", target=self.account, object=mirror.obj,
+                      error_code="MIRROR_INSERT_REFUSED",
+                      reason=(f"a row inserted into the mirror table {schema}.{table} is not created in "
+                              f"{mirror.obj}: mirror rows carry the CRM's id. Create the record in the CRM (the "
+                              f"mirror follows), or add it to a Campaign table that a sync mapping exports."),
+                      record={"change": envelope.loads(change.to_json())})
+
+    def _refuse(self, refused: list[Reject]) -> None:
+        with self.conn.transaction():
+            for reject in refused:
+                rejects.record(self.conn, reject, command=None, status="abandoned", retry_in=None)
+        for reject in refused:
+            rejects.publish(self.writer.producer, self.writer.tracker, reject)
+        kafka.flush_all(self.writer.producer, self.writer.tracker)
+
+    # -- formulas ---------------------------------------------------------------------------------------------
+    def _maybe_refresh_formulas(self) -> None:
+        if not self.formula_refresh_seconds or time.monotonic() - self._formulas_at < self.formula_refresh_seconds:
+            return
+        self._formulas_at = time.monotonic()
+        from crmsync.wizard.data import refresh_formulas
+
+        try:
+            changed = refresh_formulas(self.client, self.endpoints.campaign_dsn, self.account)
+            if any(changed.values()):
+                log.info("formula refresh of %s: %s", self.account, changed)
+        except Exception:
+            log.exception("formula refresh of %s failed; trying again in %ss", self.account,
+                          self.formula_refresh_seconds)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+        self.writer.close()
+        self.conn.close()
+
+
+def _upsert_sql(table: sql.Identifier, columns: Iterable[str]) -> sql.Composed:
+    """Insert or update by id from a JSON array; rewrite a row only when a value differs and never with an
+    older modification stamp (a replayed change after a crash)."""
+    cols = [sql.Identifier(c) for c in columns]
+    others = [c for c in cols if c.as_string() != '"id"']
+    guard = sql.SQL("")
+    if "systemmodstamp" in columns:
+        guard = sql.SQL(" AND (t.systemmodstamp IS NULL OR excluded.systemmodstamp >= t.systemmodstamp)")
+    action = sql.SQL("DO NOTHING") if not others else sql.SQL(
+        "DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new}){guard}").format(
+        sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=c) for c in others),
+        old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in others),
+        new=sql.SQL(", ").join(sql.SQL("excluded.{}").format(c) for c in others), guard=guard)
+    return sql.SQL("INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM jsonb_populate_recordset(NULL::{t}, %s::jsonb) "
+                   "ON CONFLICT (id) {action}").format(t=table, cols=sql.SQL(", ").join(cols), action=action)
+
+
+def run(settings: Settings, endpoints: Endpoints, account: str, stop: threading.Event | None = None) -> None:
+    """`crmsync service mirror --account NAME`: until `stop` (SIGTERM) is set."""
+    pg.migrate(endpoints.campaign_dsn)
+    MirrorService(settings, endpoints, account).run(stop or threading.Event())
