@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from crmsync import observability, pg
+from crmsync import lag, observability, pg
 from crmsync.config import Settings
 from crmsync.dashboard import journey
 from crmsync.dashboard.sampler import Sampler
@@ -122,6 +122,7 @@ class Running:
         self.stop_sampling.set()
         self.server.should_exit = True
         self.thread.join(10)
+        lag.admin.cache_clear()  # its admin clients would keep calling a broker that may be going away
 
 
 def create(settings: Settings, bootstrap_servers: str, dsn: str, targets: dict[str, str] | None = None,
