@@ -183,6 +183,7 @@ class MappingBatch:
         self.out = outcome
         self.links_by_crm: dict[str, Link] = {}
         self.links_by_key: dict[int, Link] = {}
+        self.fields_by_column = {f.campaign: f for f in mapping.fields}
 
     # -- batch flow ---------------------------------------------------------------------------------------
     def run(self, changes: list[Change]) -> None:
@@ -583,7 +584,7 @@ class MappingBatch:
         return winner
 
     def _field(self, column: str) -> FieldMap:
-        return next(f for f in self.m.fields if f.campaign == column)
+        return self.fields_by_column[column]
 
     def _winner(self, column: str, crm_ts: float, campaign_ts: float) -> str:
         fm = self._field(column)
