@@ -60,7 +60,8 @@ def rejects_summary(dsn: str, limit: int = 50) -> dict[str, Any]:
         recent = cur.execute(
             "SELECT id, stage, object, error_code, reason, status, attempts, record_key, updated_at "
             "FROM crmsync.rejects WHERE status <> 'resolved' ORDER BY seq DESC LIMIT %s", (limit,)).fetchall()
-    return {"open": sum(r["count"] for r in by_reason), "by_reason": by_reason, "recent": pg.json_ready(recent)}
+    recent = [{name: pg.json_ready(value) for name, value in row.items()} for row in recent]  # dates as ISO text
+    return {"open": sum(r["count"] for r in by_reason), "by_reason": by_reason, "recent": recent}
 
 
 def build_app(dashboard: Dashboard) -> Starlette:

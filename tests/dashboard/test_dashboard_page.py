@@ -80,6 +80,9 @@ def test_page_shows_lag_status_and_eta_that_the_broker_confirms(pipeline: Pipeli
     wait_for(lambda: read_page(browser)["groups"].get(f"{spec.group}|lag") == "0", 240,
              "the writer to catch up", pipeline.supervisor)
     assert read_page(browser)["groups"][f"{spec.group}|status"] == "OK"
+    points = browser.execute_script(  # the last hour's chart drew the episode: a line for the group
+        f"return document.querySelector('#chart-lag polyline[data-series=\"{spec.group}\"]').getAttribute('points')")
+    assert len(points.split()) >= 10
     wait_for(pipeline.converged, 120, "both sides to agree again", pipeline.supervisor)
 
 
@@ -148,6 +151,9 @@ def test_journey_lookup_through_the_page(pipeline: Pipeline, browser):
     assert crm_id in shown["header"] and str(key) in shown["header"]
     api = httpx.get(f"{pipeline.dashboard.url}/api/journey/{key}", timeout=60).json()
     assert [t["direction"] for t in api["trips"]] == [t["direction"] for t in shown["trips"]]
+    by_crm_id = httpx.get(f"{pipeline.dashboard.url}/api/journey/{crm_id}", timeout=60).json()
+    assert (by_crm_id["campaign_key"], len(by_crm_id["trips"])) == (key, len(api["trips"]))  # either id finds it
+    assert httpx.get(f"{pipeline.dashboard.url}/api/journey/nobody", timeout=60).status_code == 404
     edit = [t for t in shown["trips"] if t["direction"] == "campaign→crm" and "Title" in t["caption"]][-1]
     stages = {name: _moment(at) for name, at in edit["stages"]}  # in the order the page lists them
     assert list(stages) == ["modified", "captured", "published", "decided", "applied", "acknowledged"]
@@ -196,3 +202,19 @@ def test_logs_are_json_carry_record_ids_and_no_secrets(pipeline: Pipeline):
                account.client_secret.get_secret_value()]
     everything = "".join(path.read_text() for path in pipeline.log_dir.glob("*.log"))
     assert all(secret and secret not in everything for secret in secrets)
+
+
+def test_page_lists_rejects_with_their_reasons(pipeline: Pipeline, browser):
+    """The record refused above is on the page with Salesforce's error code and reason, counted as the ledger
+    counts it."""
+    with pg.connect(pipeline.found.campaign_dsn) as conn:
+        open_rejects = conn.execute("SELECT count(*) FROM crmsync.rejects WHERE status <> 'resolved'").fetchone()[0]
+        (reason,) = conn.execute("SELECT reason FROM crmsync.rejects WHERE error_code = "
+                                 "'FIELD_CUSTOM_VALIDATION_EXCEPTION' LIMIT 1").fetchone()
+    browser.get(pipeline.dashboard.url)
+    code = "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    row = wait_for(lambda: browser.execute_script(f"""
+        const cell = document.querySelector('[data-reject-code="{code}"]');
+        return cell && [...cell.parentElement.children].map((c) => c.textContent);"""), 60, "the reject on the page")
+    assert row[0] == "writer-salesforce" and row[1] == "Contact" and row[5] == reason
+    assert int(browser.find_element(By.ID, "rejects-open").text) == open_rejects
