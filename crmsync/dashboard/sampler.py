@@ -163,11 +163,12 @@ def _summarise(spec: lag.GroupSpec, state: str, partitions: list[PartitionView],
     """A group's numbers: total lag, the oldest unconsumed message, rates and ETA over all its partitions."""
     total = sum(p.lag for p in partitions)
     known = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
+    oldest = max(known) if known else (0.0 if total == 0 else None)  # None: a timestamp could not be read
     consume = _total([v.consume_rate for v in verdicts])
     produce = _total([v.produce_rate for v in verdicts])
+    complete = bool(verdicts) and all(v.complete for v in verdicts)
     return GroupView(spec.group, spec.service, spec.direction, state, burrow.worst([v.status for v in verdicts]),
-                     total, max(known) if known else None, burrow.eta(total, consume), consume, produce,
-                     all(v.complete for v in verdicts) if verdicts else False, partitions)
+                     total, oldest, burrow.eta(total, consume), consume, produce, complete, partitions)
 
 
 def _total(rates: list[float | None]) -> float | None:
