@@ -175,25 +175,39 @@ class Settings(_Strict):
         return not self.campaign.dsn
 
 
-def _format_validation_error(source: str, error: ValidationError) -> str:
+def explain_validation_error(source: str, error: ValidationError, *, union: str, tags: tuple[str, ...],
+                             kind: str, docs: str, show_input: bool = True) -> str:
+    """One line per problem: `<file>: <key.path>: <what to fix>`. Used for crmsync.yaml and workflow files.
+
+    `union` is the list/dict whose items are a tagged union (accounts by `type:`, activities by `type:`); the
+    tag pydantic adds to their paths is noise for the user and is left out. A validator's message that names
+    its inner place ("filter.and[1]: …") extends the path."""
     lines = []
     for item in error.errors():
-        loc = list(item["loc"])
-        if len(loc) > 2 and loc[0] == "accounts" and loc[2] in ACCOUNT_TYPES:
-            del loc[2]  # the discriminated-union tag is noise for the user
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        loc = [str(p) for p in item["loc"]]
+        if len(loc) > 2 and loc[0] == union and loc[2] in tags:
+            del loc[2]
+        path = ".".join(loc) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
+        if loc and message.startswith(loc[-1]) and ": " in message:
+            inner, message = message.split(": ", 1)
+            path = ".".join(loc[:-1] + [inner])
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see docs/configuration.md)"
+            message = f"unknown key (check the spelling; see {docs})"
         elif item["type"] == "union_tag_not_found":
-            message = f"missing 'type:' (one of: {', '.join(ACCOUNT_TYPES)})"
+            message = f"missing 'type:' (one of: {', '.join(tags)})"
         elif item["type"] == "union_tag_invalid":
-            message = f"unknown account type {item['ctx']['tag']!r} (one of: {', '.join(ACCOUNT_TYPES)})"
+            message = f"unknown {kind} type {item['ctx']['tag']!r} (one of: {', '.join(tags)})"
         got = item.get("input")
-        quiet = item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid") or isinstance(got, dict)
-        suffix = "" if quiet else f" (got {got!r})"
-        lines.append(f"{source}: {path}: {message}{suffix}")
+        quiet = (not show_input or item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid")
+                 or isinstance(got, dict))
+        lines.append(f"{source}: {path}: {message}" + ("" if quiet else f" (got {got!r})"))
     return "\n".join(lines)
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    return explain_validation_error(source, error, union="accounts", tags=ACCOUNT_TYPES, kind="account",
+                                    docs="docs/configuration.md")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crmsync.config import Conversion
+from crmsync.config import Conversion, explain_validation_error
 from crmsync.workflow import filters
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -312,22 +312,8 @@ def order(workflow: Workflow) -> list[str]:
 
 
 def _format(source: str, error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        loc = [str(p) for p in item["loc"] if str(p) not in ACTIVITY_TYPES]  # the union tag is noise
-        path = ".".join(loc) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        if message.startswith(loc[-1] if loc else "activities") and ": " in message:  # names its inner place
-            inner, message = message.split(": ", 1)
-            path = ".".join(loc[:-1] + [inner])
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see docs/workflows.md)"
-        elif item["type"] == "union_tag_not_found":
-            message = f"missing 'type:' (one of: {', '.join(ACTIVITY_TYPES)})"
-        elif item["type"] == "union_tag_invalid":
-            message = f"unknown activity type {item['ctx']['tag']!r} (one of: {', '.join(ACTIVITY_TYPES)})"
-        lines.append(f"{source}: {path}: {message}")
-    return "\n".join(lines)
+    return explain_validation_error(source, error, union="activities", tags=ACTIVITY_TYPES, kind="activity",
+                                    docs="docs/workflows.md", show_input=False)
 
 
 def load(path: str | Path) -> Workflow:

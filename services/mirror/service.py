@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import psycopg
 from confluent_kafka import Message
 from prometheus_client import Counter
 from psycopg import sql

@@ -75,16 +75,6 @@ def ledger(dsn: str) -> dict[str, dict[str, Any]]:
     return {row["command_id"]: row for row in found}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def consume_rejects(bootstrap: str, campaign: str, until: Callable[[list[Reject]], bool],
                     timeout: float = 30) -> list[Reject]:
     consumer = kafka.consumer(bootstrap, f"test-{uuid.uuid4().hex}")

@@ -15,7 +15,8 @@ import yaml
 from crmsync import kafka, process, topics
 from crmsync.envelope import record_key
 from crmsync.infra import Endpoints
-from tests.campaign_writer.conftest import Commands, contact, rows, wait_for
+from tests.campaign_writer.conftest import Commands, contact, rows
+from tests.waiting import wait_for
 
 CONTACTS = 2_000
 # Each round writes a different column, so a lost command leaves a hole: a later command cannot cover for it.

@@ -6,7 +6,8 @@ import time
 
 from crmsync import config, pg, topics
 from services.capture.service import CaptureService
-from tests.campaign_writer.conftest import account, contact, ref, rows, wait_for
+from tests.campaign_writer.conftest import account, contact, ref, rows
+from tests.waiting import wait_for
 from tests.conftest import consume_changes
 
 

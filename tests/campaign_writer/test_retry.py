@@ -11,8 +11,8 @@ from crmsync import kafka, pg, rejects, topics
 from crmsync.envelope import ApplyCommand
 from crmsync.rejects import RetryPolicy
 from crmsync.rejects_cli import rejects_app
-from tests.campaign_writer.conftest import (RunningWriter, account, contact, ledger, produce, ref, rows,
-                                            wait_for)
+from tests.campaign_writer.conftest import RunningWriter, account, contact, ledger, produce, ref, rows
+from tests.waiting import wait_for
 
 
 def test_child_waits_for_its_parent_and_lands_once_it_arrives(endpoints, campaign_db, commands):

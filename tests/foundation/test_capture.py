@@ -14,6 +14,7 @@ from crmsync import config, pg, process, topics
 from crmsync.infra import Endpoints
 from services.capture.service import CaptureConfigError, CaptureService
 from tests.conftest import consume_changes
+from tests.waiting import wait_for
 
 
 def _settings(name: str, **campaign):
@@ -120,15 +121,6 @@ def test_quiet_database_slot_still_advances(endpoints, campaign_db):
     assert len(beats) >= 2 and all(b.object == "heartbeat" and b.position["lsn"] for b in beats)
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_kill_9_during_20000_updates_loses_nothing(endpoints, campaign_db, write_config, tmp_path):
     dsn, name = campaign_db
     with pg.connect(dsn, autocommit=True) as conn:
@@ -141,7 +133,7 @@ def test_kill_9_during_20000_updates_loses_nothing(endpoints, campaign_db, write
     capture = process.spawn_service("capture", found, config_file=cfg, log_file=log)
     status_sql = "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s"
     with pg.connect(dsn, autocommit=True) as conn:
-        _wait_for(lambda: conn.execute(status_sql, (f"slot_{name}",)).fetchone(), 60, "the slot")
+        wait_for(lambda: conn.execute(status_sql, (f"slot_{name}",)).fetchone(), 60, "the slot")
 
     def make_updates() -> None:  # 20,000 updates, 20 rows per transaction, each value unique
         with pg.connect(dsn, autocommit=True) as conn:
@@ -160,11 +152,11 @@ def test_kill_9_during_20000_updates_loses_nothing(endpoints, campaign_db, write
     with pg.connect(dsn, autocommit=True) as conn:  # wait until capture streams (snapshot done, slot moving)
         conn.execute("UPDATE recipients SET job_title = 'warm-up' WHERE id = 1")
         warm = lsn_to_int(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
-    _wait_for(lambda: confirmed() >= warm, 120, "capture to start streaming")
+    wait_for(lambda: confirmed() >= warm, 120, "capture to start streaming")
     before = confirmed()
     writer = threading.Thread(target=make_updates)
     writer.start()
-    _wait_for(lambda: confirmed() > before, 60, "capture to publish part of the stream")
+    wait_for(lambda: confirmed() > before, 60, "capture to publish part of the stream")
     assert writer.is_alive(), "the kill must happen while updates are still being made"
     os.kill(capture.pid, signal.SIGKILL)  # in the middle of the stream, no clean shutdown
     capture.wait()

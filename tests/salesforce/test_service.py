@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import yaml
 
 from crmsync.infra import Endpoints
 from tests.sandbox_salesforce.conftest import REPO
+
+from tests.waiting import wait_for
 
 from .conftest import make_client, unique_name
 from .test_writer import produce, upsert_command
@@ -43,13 +44,6 @@ def start(kind: str, sandbox, endpoints: Endpoints, name: str, tmp_path: Path) -
                              endpoints.campaign_dsn, name], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for(check, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def stop_gracefully(process: subprocess.Popen, log: Path) -> None:
     process.send_signal(signal.SIGTERM)
     try:
@@ -70,7 +64,7 @@ def test_poller_service_checkpoints_then_stops_on_sigterm(module_sandbox, campai
                                (f"poller:salesforce:{name}:Lead",)).fetchone()
         return bool(row and row[0]["snapshot_done"])
 
-    wait_for(checkpointed)
+    wait_for(checkpointed, 60, "the poller's checkpoint")
     stop_gracefully(process, tmp_path / "poller.log")
 
 
@@ -86,5 +80,5 @@ def test_writer_service_applies_then_stops_on_sigterm(module_sandbox, campaign_e
         pages = client.query_all_pages(f"SELECT Id FROM Contact WHERE Description = '{marker}'")
         return sum(len(p) for p in pages) == 10
 
-    wait_for(landed)
+    wait_for(landed, 60, "the command to land in the sandbox")
     stop_gracefully(process, tmp_path / "writer.log")

@@ -12,19 +12,8 @@ from crmsync import config, infra, pg, process
 from crmsync.campaign.seed import seed
 from crmsync.drift import DriftChecker, clients_for
 from crmsync.run import Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
+from tests.waiting import wait_for
 
-
-
-def _wait(predicate, timeout: float, what: str, supervisor: Supervisor | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if supervisor:
-            supervisor.check()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_path: Path):
@@ -44,7 +33,7 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         supervisor.start()
         checker = DriftChecker(effective, found, clients_for(effective))
         mapping = effective.mappings[0]
-        _wait(lambda: checker.compare(mapping).converged, 300, "the initial sync", supervisor)
+        wait_for(lambda: checker.compare(mapping).converged, 300, "the initial sync", every=1, supervisor=supervisor)
 
         # 1. commands lost with the broker: the CRM writer is held, the streams decide, the broker restarts empty
         writer = next(c for label, c in supervisor.children.items() if label.startswith("writer-salesforce"))
@@ -53,9 +42,9 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
             lost = [r[0] for r in conn.execute("SELECT id FROM recipients WHERE crm_id IS NOT NULL ORDER BY id LIMIT 10")]
             conn.execute("UPDATE recipients SET job_title = 'lost with the broker' WHERE id = ANY(%s)", (lost,))
         with pg.connect(found.campaign_dsn) as conn:
-            _wait(lambda: conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE campaign_key = ANY(%s) AND "
-                                       "agreed->>'job_title' = 'lost with the broker'", (lost,)).fetchone()[0] == 10,
-                  60, "the streams to decide the edits")
+            wait_for(lambda: conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE campaign_key = ANY(%s) AND "
+                                          "agreed->>'job_title' = 'lost with the broker'", (lost,)).fetchone()[0] == 10,
+                     60, "the streams to decide the edits", every=1)
         writer.kill()  # a stopped process would sit out SIGTERM
         supervisor.stop()
         broker = infra.EmbeddedBroker(state.resolve())
@@ -74,7 +63,7 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         result = subprocess.run([sys.executable, "-m", "crmsync", "--config", str(config_file), "reconcile"],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
-        _wait(lambda: checker.compare(mapping).converged, 120, "the repair", supervisor)
+        wait_for(lambda: checker.compare(mapping).converged, 120, "the repair", every=1, supervisor=supervisor)
         titles = {r["Title"] for page in client.query_all_pages(
             "SELECT Title FROM Contact WHERE Title IN ('lost with the broker', 'never seen')") for r in page}
         assert titles == {"lost with the broker", "never seen"}

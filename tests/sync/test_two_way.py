@@ -52,7 +52,7 @@ def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
         supervisor = Supervisor(plan(effective), found, config_file, tmp_path / "logs")
         supervisor.start()
         killed = []
-        for spec in supervisor.specs:  # capture, streams, writer-campaign, poller-salesforce, writer-salesforce
+        for spec in supervisor.specs:  # capture, streams, writer-campaign, poller, writer-salesforce, mirror
             deadline = time.monotonic() + 4
             while time.monotonic() < deadline:
                 supervisor.check()
@@ -71,7 +71,7 @@ def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
                 break
             time.sleep(3)
         assert report.converged, report.summary()
-        assert sum(supervisor.restarts.values()) >= len(killed) == 5
+        assert sum(supervisor.restarts.values()) >= len(killed) == 6
         crm_emails = Counter(r["Email"].strip().lower() for page in client.query_all_pages("SELECT Email FROM Contact")
                              for r in page)
         with pg.connect(found.campaign_dsn) as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import psycopg
 import pytest
@@ -17,16 +17,7 @@ from services.capture.service import CaptureService
 from services.mirror.service import MirrorService
 from services.salesforce import poller
 from services.salesforce.client import SalesforceClient
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.waiting import wait_for
 
 
 def scalar(dsn: str, query: str, *params: Any) -> Any:
@@ -79,13 +70,14 @@ def running(cli, account, sf, campaign_db, endpoints, secrets) -> Iterator[dict]
 def test_mirror_follows_the_crm_and_sends_sql_edits_back(running, sf) -> None:
     dsn, table, client = running["dsn"], running["table"], running["client"]
     total = client.call("query", lambda s: s.query("SELECT COUNT() FROM Contact"))["totalSize"]
-    wait_for("the first read of Contact in the mirror", lambda: scalar(dsn, f"SELECT count(*) FROM {table}") == total)
+    wait_for(lambda: scalar(dsn, f"SELECT count(*) FROM {table}") == total, 60,
+             "the first read of Contact in the mirror")
 
     # CRM → mirror
     first, second = [r["Id"] for r in next(client.query_all_pages("SELECT Id FROM Contact ORDER BY Id LIMIT 2"))]
     client.collections_update("Contact", [{"id": first, "FirstName": "FromTheCrm"}])
-    wait_for("a CRM edit in the mirror",
-             lambda: scalar(dsn, f"SELECT firstname FROM {table} WHERE id = %s", first) == "FromTheCrm")
+    wait_for(lambda: scalar(dsn, f"SELECT firstname FROM {table} WHERE id = %s", first) == "FromTheCrm", 60,
+             "a CRM edit in the mirror")
 
     # mirror → CRM: only the changed fields, a multi-select as 'a;b', and no ping-pong
     writes_before = contact_writes(sf)
@@ -93,10 +85,10 @@ def test_mirror_follows_the_crm_and_sends_sql_edits_back(running, sf) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"UPDATE {table} SET lastname = 'FromSql', interests__c = '{{Golf,Wine}}' WHERE id = %s",
                      (second,))
-    record = wait_for("the SQL edit in the CRM", lambda: (r := client.call(
+    record = wait_for(what="the SQL edit in the CRM", predicate=lambda: (r := client.call(
         "get", lambda s: s.Contact.get(second)))["LastName"] == "FromSql" and r)
     assert record["Interests__c"] == "Golf;Wine"
-    wait_for("the echo of that write back in the mirror (its new modstamp)", lambda: scalar(
+    wait_for(what="the echo of that write back in the mirror (its new modstamp)", predicate=lambda: scalar(
         dsn, f"SELECT systemmodstamp FROM {table} WHERE id = %s", second) != stamp_before)
     time.sleep(4)  # several poll and mirror cycles: nothing may bounce
     assert contact_writes(sf) - writes_before == 1
@@ -104,7 +96,7 @@ def test_mirror_follows_the_crm_and_sends_sql_edits_back(running, sf) -> None:
     # an insert cannot create a CRM record (no id): refused into the rejects, with the way out
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"INSERT INTO {table} (id, lastname) VALUES ('003NOTACRMID0000', 'Nobody')")
-    reason = wait_for("the refused insert in the rejects", lambda: scalar(
+    reason = wait_for(what="the refused insert in the rejects", predicate=lambda: scalar(
         dsn, "SELECT reason FROM crmsync.rejects WHERE error_code = 'MIRROR_INSERT_REFUSED'"))
     assert f"{table}" in reason and "Create the record in the CRM" in reason
 
@@ -113,7 +105,7 @@ def test_mirror_follows_the_crm_and_sends_sql_edits_back(running, sf) -> None:
     assert domain
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"UPDATE {table} SET email_domain__c = 'stale.example' WHERE id = %s", (second,))
-    wait_for("the formula refresh", lambda: scalar(
+    wait_for(what="the formula refresh", predicate=lambda: scalar(
         dsn, f"SELECT email_domain__c FROM {table} WHERE id = %s", second) == domain, timeout=30)
     assert contact_writes(sf) - writes_before == 1
 
@@ -124,5 +116,5 @@ def test_a_field_added_in_the_crm_is_followed_after_a_wizard_rerun(running, sf, 
     cli("wizard", name, "--yes")  # re-run with last time's tables: the column is added online
     some_id = next(client.query_all_pages("SELECT Id FROM Contact ORDER BY Id DESC LIMIT 1"))[0]["Id"]
     client.collections_update("Contact", [{"id": some_id, "Hobby__c": "Sailing"}])
-    wait_for("the new field's value in the mirror, services not restarted", lambda: scalar(
+    wait_for(what="the new field's value in the mirror, services not restarted", predicate=lambda: scalar(
         dsn, f"SELECT hobby__c FROM {table} WHERE id = %s", some_id) == "Sailing", timeout=90)
