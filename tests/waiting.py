@@ -5,8 +5,8 @@ import time
 from typing import Any, Callable
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "the condition", *, every: float = 0.2,
-             supervisor: Any = None) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "the condition", supervisor: Any = None,
+             *, every: float = 0.2) -> Any:
     """Poll `predicate` until it returns something truthy (which is returned). With a `supervisor`
     (crmsync.run.Supervisor), services that died meanwhile are restarted, as `crmsync run` does."""
     deadline = time.monotonic() + timeout

@@ -9,10 +9,9 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -22,24 +21,12 @@ from crmsync.config import Settings
 from crmsync.dashboard import app as dashboard_app
 from crmsync.drift import DriftChecker, clients_for
 from crmsync.run import Sandbox, Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
+from tests.waiting import wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, supervisor: Supervisor | None = None) -> Any:
-    """Poll `predicate` until it returns something truthy (returned), restarting dead services meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if supervisor:
-            supervisor.check()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def free_port() -> int:
@@ -90,7 +77,7 @@ def pipeline() -> Iterator[Pipeline]:
                                                          supervisor.metrics_targets(), interval=1.0),
                                     "127.0.0.1", free_port())
         running = Pipeline(effective, found, sandbox, supervisor, board, client, state)
-        wait_for(running.converged, 300, "the initial sync", supervisor)
+        wait_for(running.converged, 300, "the initial sync", every=0.5, supervisor=supervisor)
         yield running
     finally:
         if board:

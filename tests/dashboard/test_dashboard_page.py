@@ -83,7 +83,7 @@ def test_page_shows_lag_status_and_eta_that_the_broker_confirms(pipeline: Pipeli
     points = browser.execute_script(  # the last hour's chart drew the episode: a line for the group
         f"return document.querySelector('#chart-lag polyline[data-series=\"{spec.group}\"]').getAttribute('points')")
     assert len(points.split()) >= 10
-    wait_for(pipeline.converged, 120, "both sides to agree again", pipeline.supervisor)
+    wait_for(pipeline.converged, 120, "both sides to agree again", every=0.5, supervisor=pipeline.supervisor)
 
 
 def test_page_freshness_and_api_budget_match_the_services_metrics(pipeline: Pipeline, browser):
@@ -99,7 +99,7 @@ def test_page_freshness_and_api_budget_match_the_services_metrics(pipeline: Pipe
         imported = "SELECT count(*) FROM recipients WHERE crm_id = %s AND job_title = 'fresh import'"
         wait_for(lambda: conn.execute(imported, (other,)).fetchone()[0], 120, "the CRM edit in Campaign",
                  pipeline.supervisor)
-    wait_for(pipeline.converged, 120, "the Campaign edit in the CRM", pipeline.supervisor)
+    wait_for(pipeline.converged, 120, "the Campaign edit in the CRM", every=0.5, supervisor=pipeline.supervisor)
     time.sleep(2)  # nothing left in flight
 
     usage_before = _api_used(pipeline)
