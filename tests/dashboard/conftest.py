@@ -1,7 +1,7 @@
 """A real pipeline for the dashboard tests (own broker, PostgreSQL, Salesforce sandbox, every service as a
 process, the dashboard in this process) and a headless Chromium (Debian's, through chromedriver) to read it.
 
-Built like tests/sync/test_drift.py: embedded infrastructure under its own state dir, the contacts mapping only.
+Built with tests/pipeline.py: embedded infrastructure under its own state dir, the contacts mapping only.
 One pipeline per module: starting it costs ~30 s, and the tests read different parts of the same page.
 """
 from __future__ import annotations
@@ -15,12 +15,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from crmsync import config, infra, pg, process
-from crmsync.campaign.seed import seed
-from crmsync.config import Settings
 from crmsync.dashboard import app as dashboard_app
-from crmsync.drift import DriftChecker, clients_for
-from crmsync.run import Sandbox, Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
+from tests.pipeline import World, contacts_pipeline
 from tests.waiting import wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -36,22 +32,12 @@ def free_port() -> int:
 
 
 @dataclass
-class Pipeline:
-    settings: Settings  # effective: sandbox account, contacts mapping
-    found: infra.Endpoints
-    sandbox: Sandbox
-    supervisor: Supervisor
+class Pipeline(World):
     dashboard: dashboard_app.Running
-    client: Any  # SalesforceClient of the sandbox account
-    state: Path
 
     @property
     def log_dir(self) -> Path:
         return self.state / "logs"
-
-    def converged(self) -> bool:
-        checker = DriftChecker(self.settings, self.found, clients_for(self.settings))
-        return checker.compare(self.settings.mappings[0]).converged
 
     def child(self, prefix: str):
         return next(c for label, c in self.supervisor.children.items() if label.startswith(prefix))
@@ -60,32 +46,20 @@ class Pipeline:
 @pytest.fixture(scope="module")
 def pipeline() -> Iterator[Pipeline]:
     state = Path(tempfile.mkdtemp(prefix="crmsync-dashboard-test-"))  # outside basetemp, see tests/conftest.py
-    settings = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
-    found = infra.up(settings)
-    pg.migrate(found.campaign_dsn)
-    sandbox = start_sandbox(state, seed_contacts=40, log_file=state / "sandbox.log")
-    supervisor = board = None
     try:
-        effective = only_mappings(effective_settings(settings, sandbox), ["contacts"])
-        client = clients_for(effective)["salesforce"]
-        seed(found.campaign_dsn, 40, shared_emails=[r["Email"] for page in client.query_all_pages(
-            "SELECT Email FROM Contact ORDER BY Id LIMIT 12") for r in page])
-        config_file = write_effective_config(effective, found, state / "run" / "crmsync.yaml")
-        supervisor = Supervisor(plan(effective), found, config_file, state / "logs")
-        supervisor.start()
-        board = dashboard_app.start(dashboard_app.create(effective, found.bootstrap_servers, found.campaign_dsn,
-                                                         supervisor.metrics_targets(), interval=1.0),
-                                    "127.0.0.1", free_port())
-        running = Pipeline(effective, found, sandbox, supervisor, board, client, state)
-        wait_for(running.converged, 300, "the initial sync", every=0.5, supervisor=supervisor)
-        yield running
+        with contacts_pipeline(state, contacts=40, recipients=40, shared=12) as world:
+            world.supervisor.start()
+            board = dashboard_app.start(dashboard_app.create(world.settings, world.found.bootstrap_servers,
+                                                             world.found.campaign_dsn,
+                                                             world.supervisor.metrics_targets(), interval=1.0),
+                                        "127.0.0.1", free_port())
+            try:
+                running = Pipeline(**vars(world), dashboard=board)
+                wait_for(running.converged, 300, "the initial sync", every=0.5, supervisor=world.supervisor)
+                yield running
+            finally:
+                board.stop()
     finally:
-        if board:
-            board.stop()
-        if supervisor:
-            supervisor.stop()
-        process.stop(sandbox.process)
-        infra.down(settings)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -8,31 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-from crmsync import config, infra, pg, process
-from crmsync.campaign.seed import seed
-from crmsync.drift import DriftChecker, clients_for
-from crmsync.run import Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
+from crmsync import infra, pg
+from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
-
 
 
 def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_path: Path):
     state = tmp_path / "state"
-    settings = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
-    found = infra.up(settings)
-    pg.migrate(found.campaign_dsn)
-    sandbox = start_sandbox(state, seed_contacts=200, log_file=tmp_path / "sandbox.log")
-    supervisor = None
-    try:
-        effective = only_mappings(effective_settings(settings, sandbox), ["contacts"])
-        client = clients_for(effective)["salesforce"]
-        seed(found.campaign_dsn, 200, shared_emails=[r["Email"] for page in client.query_all_pages(
-            "SELECT Email FROM Contact ORDER BY Id LIMIT 60") for r in page])
-        config_file = write_effective_config(effective, found, state / "run" / "crmsync.yaml")
-        supervisor = Supervisor(plan(effective), found, config_file, tmp_path / "logs")
+    with contacts_pipeline(state, contacts=200, recipients=200, shared=60) as world:
+        supervisor, found, client, config_file = world.supervisor, world.found, world.client, world.config_file
         supervisor.start()
-        checker = DriftChecker(effective, found, clients_for(effective))
-        mapping = effective.mappings[0]
+        checker, mapping = world.checker(), world.settings.mappings[0]
         wait_for(lambda: checker.compare(mapping).converged, 300, "the initial sync", every=1, supervisor=supervisor)
 
         # 1. commands lost with the broker: the CRM writer is held, the streams decide, the broker restarts empty
@@ -67,8 +53,3 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         titles = {r["Title"] for page in client.query_all_pages(
             "SELECT Title FROM Contact WHERE Title IN ('lost with the broker', 'never seen')") for r in page}
         assert titles == {"lost with the broker", "never seen"}
-    finally:
-        if supervisor:
-            supervisor.stop()
-        process.stop(sandbox.process)
-        infra.down(settings)

@@ -10,10 +10,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from crmsync import config, infra, pg, process
-from crmsync.campaign.seed import seed
-from crmsync.drift import DriftChecker, clients_for
-from crmsync.run import Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
+from crmsync import pg
+from tests.pipeline import contacts_pipeline
 
 
 def test_demo_scenario_converges_without_ping_pong(tmp_path: Path):
@@ -36,20 +34,8 @@ def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
     """5,000 CRM contacts and 5,000 recipients (1,500 the same people): while the initial sync runs, every
     service is killed with SIGKILL in turn and restarted. Afterwards both sides hold the same 8,500 people,
     each exactly once."""
-    state = tmp_path / "state"
-    settings = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
-    found = infra.up(settings)
-    pg.migrate(found.campaign_dsn)
-    sandbox = start_sandbox(state, seed_contacts=5000, log_file=tmp_path / "sandbox.log")
-    supervisor = None
-    try:
-        effective = only_mappings(effective_settings(settings, sandbox), ["contacts"])
-        client = clients_for(effective)["salesforce"]
-        shared = [r["Email"] for page in client.query_all_pages("SELECT Email FROM Contact ORDER BY Id LIMIT 1500")
-                  for r in page]
-        seed(found.campaign_dsn, 5000, shared_emails=shared)
-        config_file = write_effective_config(effective, found, state / "run" / "crmsync.yaml")
-        supervisor = Supervisor(plan(effective), found, config_file, tmp_path / "logs")
+    with contacts_pipeline(tmp_path / "state", contacts=5000, recipients=5000, shared=1500) as world:
+        supervisor, client = world.supervisor, world.client
         supervisor.start()
         killed = []
         for spec in supervisor.specs:  # capture, streams, writer-campaign, poller, writer-salesforce, mirror
@@ -61,8 +47,7 @@ def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait()
             killed.append(spec.label)
-        checker = DriftChecker(effective, found, clients_for(effective))
-        mapping = effective.mappings[0]
+        checker, mapping = world.checker(), world.settings.mappings[0]
         deadline = time.monotonic() + 600
         while True:
             supervisor.check()
@@ -74,15 +59,10 @@ def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
         assert sum(supervisor.restarts.values()) >= len(killed) == 6
         crm_emails = Counter(r["Email"].strip().lower() for page in client.query_all_pages("SELECT Email FROM Contact")
                              for r in page)
-        with pg.connect(found.campaign_dsn) as conn:
+        with pg.connect(world.found.campaign_dsn) as conn:
             campaign_emails = Counter(e.strip().lower() for (e,) in conn.execute("SELECT email FROM recipients"))
             links = conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE mapping = 'contacts' "
                                  "AND crm_id IS NOT NULL AND campaign_key IS NOT NULL").fetchone()[0]
         assert sum(crm_emails.values()) == 8500 and max(crm_emails.values()) == 1  # nothing duplicated in the CRM
         assert sum(campaign_emails.values()) == 8500 and max(campaign_emails.values()) == 1
         assert links == 8500 and set(crm_emails) == set(campaign_emails)  # nothing lost either way
-    finally:
-        if supervisor:
-            supervisor.stop()
-        process.stop(sandbox.process)
-        infra.down(settings)
