@@ -210,16 +210,23 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
                                     docs="docs/configuration.md")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, expected: str, error: type[Exception] | None = None) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; any other content raises `error` naming the file, the line and
+    column of a syntax error, or what the top level should have been (`expected`)."""
+    error = error or ConfigError
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise error(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+        raise error(f"{path}: expected {expected} at the top level, got {type(data).__name__}")
     return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, "a mapping of settings")
 
 
 def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:

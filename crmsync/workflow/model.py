@@ -9,11 +9,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crmsync.config import Conversion, explain_validation_error
+from crmsync.config import Conversion, explain_validation_error, read_yaml_mapping
 from crmsync.workflow import filters
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -321,14 +320,7 @@ def load(path: str | Path) -> Workflow:
     file = Path(path)
     if not file.exists():
         raise WorkflowError(f"{file}: no such workflow file")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise WorkflowError(f"{file}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise WorkflowError(f"{file}: expected a mapping with name: and activities: at the top level")
+    data = read_yaml_mapping(file, "a mapping with name: and activities:", WorkflowError)
     try:
         return Workflow.model_validate(data)
     except ValidationError as exc:
