@@ -24,7 +24,6 @@ from typing import Any, Iterable
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from crmsync.config import FieldMap, Mapping, Settings
 from crmsync.envelope import ApplyCommand, Change, dumps
@@ -714,10 +713,22 @@ class MappingBatch:
 
 
 def save_conflicts(conn: psycopg.Connection, conflicts: Iterable[Conflict]) -> None:
-    rows = [(c.mapping, c.crm_id, c.campaign_key, c.field, Jsonb(c.crm_value), Jsonb(c.campaign_value),
-             c.crm_ts, c.campaign_ts, c.decision, c.policy) for c in conflicts]
+    """Record conflicts, each once: a decision made again for the same two edits (a change that waited for
+    its parent comes back; a batch replayed after a crash) finds its conflict already there."""
+    rows = [{"mapping": c.mapping, "crm_id": c.crm_id, "campaign_key": c.campaign_key, "field": c.field,
+             "crm_value": c.crm_value, "campaign_value": c.campaign_value, "crm_ts": c.crm_ts,
+             "campaign_ts": c.campaign_ts, "decision": c.decision, "policy": c.policy} for c in conflicts]
     if rows:
-        conn.cursor().executemany(
+        conn.execute(
             """INSERT INTO crmsync.conflicts (mapping, crm_id, campaign_key, field, crm_value, campaign_value,
                    crm_ts, campaign_ts, decision, policy)
-               VALUES (%s, %s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s)""", rows)
+               SELECT x.mapping, x.crm_id, x.campaign_key, x.field, x.crm_value, x.campaign_value,
+                      to_timestamp(x.crm_ts), to_timestamp(x.campaign_ts), x.decision, x.policy
+               FROM jsonb_to_recordset(%s::jsonb) AS x(mapping text, crm_id text, campaign_key bigint, field text,
+                   crm_value jsonb, campaign_value jsonb, crm_ts float8, campaign_ts float8, decision text, policy text)
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM crmsync.conflicts c WHERE c.mapping = x.mapping AND c.crm_id IS NOT DISTINCT FROM x.crm_id
+                     AND c.field = x.field AND c.campaign_key IS NOT DISTINCT FROM x.campaign_key
+                     AND c.crm_ts IS NOT DISTINCT FROM to_timestamp(x.crm_ts)
+                     AND c.campaign_ts IS NOT DISTINCT FROM to_timestamp(x.campaign_ts) AND c.decision = x.decision)""",
+            (dumps(rows).decode(),))

@@ -136,6 +136,24 @@ def test_concurrent_edits_last_modified_wins_and_is_recorded(decide):
         assert conn.execute("SELECT count(*) FROM crmsync.conflicts WHERE field = 'job_title'").fetchone()[0] == 1
 
 
+def test_a_decision_made_again_records_its_conflict_once(decide):
+    """A read that had to wait (its parent not in the CRM yet) comes back and is decided again: the same two
+    edits are the same conflict, recorded once (the demo showed each one three times)."""
+    key = _linked(decide, "003K", "kay@example.com")
+    base = {"id": key, "email": "kay@example.com", "first_name": "Kay", "last_name": "Ho",
+            "crm_account": ACCOUNT, "crm_id": "003K"}
+    decide([campaign("u", key, "2026-01-01T12:00:00Z", {**base, "job_title": "CMO"},
+                     before={**base, "job_title": None})])
+    crm_edit = crm("r", "003K", "2026-01-01T11:00:00.000+0000", FirstName="Di", LastName="Ho",
+                   Email="kay@example.com", Title="CEO")
+    first = decide([crm_edit])
+    again = decide([crm_edit])  # the same change, back from deferred_changes
+    assert [c.field for c in first.conflicts] == [c.field for c in again.conflicts] == ["job_title"]
+    with pg.connect(decide.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM crmsync.conflicts WHERE crm_id = '003K' AND field = 'job_title'"
+                            ).fetchone()[0] == 1
+
+
 def test_owned_field_always_goes_to_its_owner(decide):
     _linked(decide, "003E", "eve@example.com")
     out = decide([crm("u", "003E", "2026-01-02T10:00:00.000+0000", FirstName="Di", LastName="Ho",
