@@ -15,7 +15,7 @@ import os
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import faust
 from prometheus_client import Counter, Histogram
@@ -173,6 +173,19 @@ class BatchHandler:
         return len(rows)
 
 
+def decoded_in_slices(messages: list[bytes], limit: int) -> Iterator[list[Change]]:
+    """The changes of a take() of messages, decoded a slice of about `limit` changes at a time: a backfill
+    message holds hundreds of changes, and decoding a whole take at once held them all in memory."""
+    changes: list[Change] = []
+    for raw in messages:
+        changes.extend(changes_from_message(raw))
+        if len(changes) >= limit:
+            yield changes
+            changes = []
+    if changes:
+        yield changes
+
+
 def change_topics(settings: Settings, side: str) -> list[str]:
     if side == "crm":
         names = {topics.changes("crm", m.account, m.crm_object) for m in settings.mappings}
@@ -236,12 +249,12 @@ def build_app(settings: Settings, found: Endpoints) -> faust.App:
         async def agent(stream: Any, side: str = side) -> None:
             loop = asyncio.get_running_loop()
             async for batch in stream.take(BATCH_SIZE, within=BATCH_WITHIN):
-                changes = [change for raw in batch for change in changes_from_message(raw)]
-                try:
-                    await loop.run_in_executor(executors[side], handler(side).handle, changes)
-                except Exception:  # never let faust ack a batch that was not decided: exit, replay on restart
-                    log.exception("batch of %d %s changes failed; exiting so it is replayed", len(changes), side)
-                    os._exit(70)
+                for changes in decoded_in_slices(batch, MAX_CHANGES_PER_TRANSACTION):
+                    try:
+                        await loop.run_in_executor(executors[side], handler(side).handle, changes)
+                    except Exception:  # never let faust ack a batch that was not decided: exit, replay on restart
+                        log.exception("batch of %d %s changes failed; exiting so it is replayed", len(changes), side)
+                        os._exit(70)
 
         app.agent(source, name=f"{side}-changes")(agent)
 
