@@ -102,6 +102,14 @@ def mirrored_elements(conn: Any, account: str | None = None) -> list[tuple[str, 
     return [(name, element) for name, document in rows for element in document["elements"]]
 
 
+def mirrored_objects(conn: Any, account: str | None = None) -> list[tuple[str, str, str]]:
+    """(account, CRM object, mirror table) of every mirror, without reading whole documents: the poller and
+    change capture ask every few seconds."""
+    return conn.execute("""SELECT s.account, e->>'name', e->>'sqlTable' FROM crmsync.crm_schemas s,
+                                  jsonb_array_elements(s.document->'elements') e
+                           WHERE %(a)s::text IS NULL OR s.account = %(a)s ORDER BY 1, 2""", {"a": account}).fetchall()
+
+
 def _columns(conn: Any, schema: str, table: str) -> dict[str, str]:
     return dict(conn.execute(
         """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a

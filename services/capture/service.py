@@ -92,9 +92,9 @@ class CaptureService:
         """The wizard's mirror tables (re-read while running), so edits made to them in SQL reach the CRM."""
         if not self.cfg.mirror_tables:
             return []
-        from crmsync.wizard.schema import mirrored_elements
+        from crmsync.wizard.schema import mirrored_objects
 
-        return sorted(element["sqlTable"] for _, element in mirrored_elements(self.conn))
+        return sorted(table for _, _, table in mirrored_objects(self.conn))
 
     def _align_publication(self, tables: list[str]) -> None:
         for table in [*tables, HEARTBEAT_TABLE]:

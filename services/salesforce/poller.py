@@ -343,9 +343,9 @@ class Poller:
 
     def follow_mirrors(self) -> list[str]:
         """Also poll the objects the wizard mirrors for this account (a wizard run needs no restart)."""
-        from crmsync.wizard.schema import mirrored_elements
+        from crmsync.wizard.schema import mirrored_objects
 
-        names = {element["name"] for _, element in mirrored_elements(self.conn, self.client.account_name)}
+        names = {obj for _, obj, _ in mirrored_objects(self.conn, self.client.account_name)}
         added = sorted(n for n in names if n not in self.objects)
         if added and self.settings is not None:
             kafka.ensure_topics(self.bootstrap_servers, [topics.changes("crm", self.client.account_name, o)
