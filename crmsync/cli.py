@@ -156,6 +156,7 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
 
     current = effective_settings(settings(ctx), None)
     observability.add_service_checks(readiness, name, current, found.bootstrap_servers, found.campaign_dsn, account)
+    observability.know_mappings(current)
     if name == "capture":
         from services.capture.service import CaptureConfigError, main as capture_main
 

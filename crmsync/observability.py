@@ -26,17 +26,43 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import REGISTRY, Gauge, Histogram, make_wsgi_app
 
 if TYPE_CHECKING:
-    from crmsync.config import Settings
+    from crmsync.config import Mapping, Settings
 
 log = logging.getLogger("crmsync.observability")
 Check = Callable[[], None]  # raises (any exception) when not ready; the message says why
 
+FRESHNESS_LABELS = ["writer", "table", "mapping", "direction"]
 FRESHNESS = Histogram("crmsync_apply_freshness_seconds",
                       "End-to-end freshness: applied on the target side minus the source modification time",
-                      ["writer", "table"], buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+                      FRESHNESS_LABELS, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
 FRESHNESS_LAST = Gauge("crmsync_apply_freshness_last_seconds",
                        "Freshness of the newest record of the last applied batch (what the dashboards chart)",
-                       ["writer", "table"])
+                       FRESHNESS_LABELS)
+_mappings: list["Mapping"] = []  # this service's mappings, from know_mappings()
+
+
+def know_mappings(settings: "Settings") -> None:
+    """Let the freshness metrics name the mapping and direction of what a writer applied (called at start)."""
+    _mappings[:] = settings.mappings
+
+
+def mapping_labels(writer: str, table: str, mappings: Iterable["Mapping"] | None = None) -> tuple[str, str]:
+    """(mapping, direction) of a writer's target table or CRM object; the table itself when no mapping has it
+    (a workflow's or the mirror's writes)."""
+    to_campaign = writer == "writer-campaign"
+    direction = "crm→campaign" if to_campaign else "campaign→crm"
+    for m in _mappings if mappings is None else mappings:
+        if (m.campaign_table == table) if to_campaign else (m.crm_object.lower() == table.lower()):
+            return m.name, direction
+    return table, direction
+
+
+def freshness_histogram(writer: str, table: str) -> Histogram:
+    return FRESHNESS.labels(writer, table, *mapping_labels(writer, table))
+
+
+def freshness_last(writer: str, table: str) -> Gauge:
+    return FRESHNESS_LAST.labels(writer, table, *mapping_labels(writer, table))
 SERVICE_INFO = Gauge("crmsync_service_up", "1 while the service process runs (its name in the label)", ["service"])
 
 
@@ -59,10 +85,10 @@ def observe_freshness(writer: str, table: str, source_timestamps: Iterable[str |
     ages = [age for age in (source_age(ts, now) for ts in source_timestamps) if age is not None]
     if not ages:
         return
-    histogram = FRESHNESS.labels(writer, table)
+    histogram = freshness_histogram(writer, table)
     for age in ages:
         histogram.observe(age)
-    FRESHNESS_LAST.labels(writer, table).set(min(ages))
+    freshness_last(writer, table).set(min(ages))
 
 
 @dataclass

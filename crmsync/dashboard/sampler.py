@@ -23,6 +23,7 @@ from prometheus_client import Gauge
 from crmsync import burrow, lag
 from crmsync.config import Settings
 from crmsync.dashboard.scrape import Series, samples, scrape_all
+from crmsync.observability import mapping_labels
 
 log = logging.getLogger("crmsync.dashboard")
 
@@ -117,21 +118,14 @@ class Sampler:
         counts = {_key(l): v for l, v in samples(series, "crmsync_apply_freshness_seconds_count")}
         rows = []
         for labels, last in samples(series, "crmsync_apply_freshness_last_seconds"):
-            mapping, direction = self._mapping_of(labels["writer"], labels["table"])
+            mapping, direction = labels.get("mapping"), labels.get("direction")
+            if not (mapping and direction):  # a service of an older version
+                mapping, direction = mapping_labels(labels["writer"], labels["table"], self.settings.mappings)
             count = counts.get(_key(labels), 0.0)
             rows.append({"mapping": mapping, "direction": direction, "writer": labels["writer"],
                          "table": labels["table"], "last_seconds": last, "count": int(count),
                          "mean_seconds": sums.get(_key(labels), 0.0) / count if count else None})
         return sorted(rows, key=lambda r: (r["mapping"], r["direction"]))
-
-    def _mapping_of(self, writer: str, table: str) -> tuple[str, str]:
-        """The mapping and direction a writer's target table or object belongs to."""
-        for m in self.settings.mappings:
-            if writer == "writer-campaign" and m.campaign_table == table:
-                return m.name, "crm→campaign"
-            if writer != "writer-campaign" and m.crm_object.lower() == table.lower():
-                return m.name, "campaign→crm"
-        return table, "crm→campaign" if writer == "writer-campaign" else "campaign→crm"
 
     # -- reading ---------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

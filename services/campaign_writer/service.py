@@ -60,7 +60,7 @@ APPLIED = Counter("crmsync_writer_applied_total", "Apply commands carried out", 
 REJECTED = Counter("crmsync_writer_rejects_total", "Apply commands rejected or parked", ["writer", "table", "code"])
 BATCH_SECONDS = Histogram("crmsync_writer_batch_seconds", "Time to apply one batch, commit and publish its rejects",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-from crmsync.observability import FRESHNESS, FRESHNESS_LAST  # noqa: E402 - one definition, shared by the writers
+from crmsync.observability import freshness_histogram, freshness_last  # noqa: E402 - shared by the writers
 
 OnApplied = Callable[[ApplyCommand, "int | None", bool], None]
 
@@ -496,11 +496,11 @@ class CampaignWriter:
             age = _source_age(command, now)
             if age is not None:
                 if command.object not in freshness:
-                    freshness[command.object] = FRESHNESS.labels(STAGE, command.object)
+                    freshness[command.object] = freshness_histogram(STAGE, command.object)
                 freshness[command.object].observe(age)
                 newest[command.object] = min(age, newest.get(command.object, age))
         for table, age in newest.items():
-            FRESHNESS_LAST.labels(STAGE, table).set(age)
+            freshness_last(STAGE, table).set(age)
         for (table, action), count in actions.items():
             APPLIED.labels(STAGE, table, action).inc(count)
         codes = Tally((r.object, r.error_code or "unknown") for r in [*result.rejects, *result.waiting])

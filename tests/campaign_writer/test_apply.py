@@ -34,7 +34,8 @@ def test_insert_via_crm_match_writes_crm_ids_and_links(writer, commands, campaig
                                         {"writer": "writer-campaign", "table": "recipients", "action": "insert"})
     assert applied and applied >= 2
     fresh = REGISTRY.get_sample_value("crmsync_apply_freshness_seconds_count",
-                                      {"writer": "writer-campaign", "table": "recipients"})
+                                      {"writer": "writer-campaign", "table": "recipients", "mapping": "recipients",
+                                       "direction": "crm→campaign"})  # no mapping registered in this process
     assert fresh and fresh >= 2
 
 

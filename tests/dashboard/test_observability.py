@@ -56,3 +56,24 @@ def test_freshness_is_measured_from_the_source_time():
     assert observability.source_age("2026-01-01T12:00:00Z", now) == 10.0
     assert observability.source_age("2026-01-01T12:00:00.000+0000", now) == 10.0  # Salesforce's form
     assert observability.source_age(None, now) is None and observability.source_age("soon", now) is None
+
+
+def test_freshness_is_labelled_with_the_mapping_and_direction():
+    from prometheus_client import REGISTRY
+
+    from crmsync import config
+    from crmsync.defaults import default_mappings
+
+    settings = config.Settings.model_validate({
+        "accounts": {"sf": {"type": "salesforce", "username": "u", "password": "p"}},
+        "mappings": [m.model_dump() for m in default_mappings("sf")]})
+    observability.know_mappings(settings)
+    try:
+        assert observability.mapping_labels("writer-campaign", "recipients") == ("contacts", "crm→campaign")
+        assert observability.mapping_labels("writer-salesforce", "Opportunity") == ("purchases", "campaign→crm")
+        assert observability.mapping_labels("writer-salesforce", "Lead") == ("Lead", "campaign→crm")  # unmapped
+        observability.observe_freshness("writer-salesforce", "Account", ["2000-01-01T00:00:00Z"])
+        labels = {"writer": "writer-salesforce", "table": "Account", "mapping": "accounts", "direction": "campaign→crm"}
+        assert REGISTRY.get_sample_value("crmsync_apply_freshness_last_seconds", labels) > 365 * 86400
+    finally:
+        observability.know_mappings(config.Settings())
