@@ -83,17 +83,8 @@ class BatchHandler:
                                      crm_ready=CrmReadiness(self.conn, found.bootstrap_servers))
 
     def handle(self, changes: list[Change]) -> Outcome:
-        """Decide `changes` in transactions of at most MAX_CHANGES_PER_TRANSACTION (a backfill message holds
-        hundreds of changes, so a take() of messages can hold a million: bounded memory and lock time)."""
-        total = Outcome()
-        for start in range(0, len(changes), MAX_CHANGES_PER_TRANSACTION):
-            outcome = self._handle_chunk(changes[start:start + MAX_CHANGES_PER_TRANSACTION])
-            for name in ("commands", "conflicts", "deferred", "duplicates"):
-                getattr(total, name).extend(getattr(outcome, name))
-            total.skipped += outcome.skipped
-        return total
-
-    def _handle_chunk(self, changes: list[Change]) -> Outcome:
+        """Decide `changes` in one transaction (the agent hands them over in slices of about
+        MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages)."""
         with BATCH_SECONDS.labels(self.side).time(), self.conn.transaction():
             outcome = self.reconciler.process(self.conn, changes)
             for command in outcome.commands:

@@ -79,14 +79,14 @@ class Mirror:
         return self.element["fields"]
 
 
-def mirror_value(field: dict[str, Any], value: Any) -> Any:
+def to_mirror(field: dict[str, Any], value: Any) -> Any:
     """A CRM value as its mirror column takes it (multi-select 'a;b' → ['a', 'b'])."""
     if field["sqlType"] == "text[]" and isinstance(value, str):
         return [v for v in value.split(";") if v]
     return value
 
 
-def crm_value(field: dict[str, Any], value: Any) -> Any:
+def to_crm(field: dict[str, Any], value: Any) -> Any:
     """A mirror column value as the CRM takes it (['a', 'b'] → 'a;b')."""
     if field["sqlType"] == "text[]" and isinstance(value, list):
         return ";".join(value)
@@ -107,14 +107,22 @@ class MirrorService:
         self.mirrors: dict[str, Mirror] = {}  # topic -> mirror
         self.consumer: Any = None
         self._schema_at = self._formulas_at = 0.0
+        self._generated_at: Any = None  # generated_at of the schema documents last read
         self._updateable: dict[str, set[str]] = {}
 
     # -- what to follow -----------------------------------------------------------------------------------
     def reload_schema(self) -> bool:
-        """Re-read the schema documents; re-subscribe when the mirrored objects changed. True if they did."""
+        """Re-read the schema documents when a wizard run stored new ones; re-subscribe when the mirrored
+        objects changed. True if they did."""
         self._schema_at = time.monotonic()
         with self.conn.transaction():
+            generated = self.conn.execute("SELECT max(generated_at) FROM crmsync.crm_schemas WHERE account = %s",
+                                          (self.account,)).fetchone()[0]
+            if generated is not None and generated == self._generated_at:
+                return False
             elements = mirrored_elements(self.conn, self.account)
+        self._generated_at = generated
+        self._updateable = {}  # fields may have changed too: describe again when next needed
         mirrors = [Mirror(self.account, element, self.settings.campaign.name) for _, element in elements]
         by_topic = {t: m for m in mirrors for t in (m.crm_topic, m.campaign_topic)}
         changed = set(by_topic) != set(self.mirrors)
@@ -126,7 +134,6 @@ class MirrorService:
                 self.consumer = kafka.consumer(self.endpoints.bootstrap_servers, f"crmsync-mirror-{self.account}")
             self.consumer.subscribe(sorted(by_topic))
             log.info("mirroring %s of %s", ", ".join(sorted({m.obj for m in mirrors})), self.account)
-        self._updateable = {}  # fields may have changed too
         return changed
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -186,7 +193,7 @@ class MirrorService:
 
     def _mirror_row(self, mirror: Mirror, after: dict[str, Any]) -> dict[str, Any]:
         """The mirror columns this change carries (a field the change lacks is left as it is)."""
-        return {f["sqlName"]: mirror_value(f, after[f["name"]]) for f in mirror.fields() if f["name"] in after}
+        return {f["sqlName"]: to_mirror(f, after[f["name"]]) for f in mirror.fields() if f["name"] in after}
 
     # -- mirror → CRM -----------------------------------------------------------------------------------------
     def send_edits(self, mirror: Mirror, changes: list[Change]) -> None:
@@ -215,7 +222,7 @@ class MirrorService:
     def _changed_fields(self, mirror: Mirror, change: Change) -> dict[str, Any]:
         before, after = change.before or {}, change.after or {}
         updateable = self._updateable_fields(mirror.obj)
-        return {f["name"]: crm_value(f, after.get(f["sqlName"])) for f in mirror.fields()
+        return {f["name"]: to_crm(f, after.get(f["sqlName"])) for f in mirror.fields()
                 if f["sqlName"] in after and before.get(f["sqlName"]) != after.get(f["sqlName"])
                 and f["name"] in updateable}
 
