@@ -34,7 +34,7 @@ from crmsync.envelope import ApplyCommand, record_key  # noqa: E402
 from services.salesforce import poller, writer  # noqa: E402
 from services.salesforce.client import SalesforceClient  # noqa: E402
 from services.salesforce.writer import WriterOptions  # noqa: E402
-from services.sandboxes.salesforce.settings import DEFAULT_CREDENTIALS  # noqa: E402
+from sandboxes.salesforce.settings import DEFAULT_CREDENTIALS  # noqa: E402
 
 BANNER = re.compile(r"Salesforce sandbox: (https://\S+)\s+\(CA: (.+)\)")
 
@@ -45,7 +45,7 @@ def start_sandbox(state: Path, seed_contacts: int) -> tuple[subprocess.Popen, st
     state.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.sandboxes.cli", "salesforce", "--port", "0", "--state",
+            [sys.executable, "-m", "sandboxes.cli", "salesforce", "--port", "0", "--state",
              str(state / "salesforce"), "--seed-contacts", str(seed_contacts), "--log-level", "warning"],
             cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180

@@ -26,7 +26,7 @@ SERVICES = ("capture", "streams", "writer-campaign", "poller-salesforce", "write
 
 def _sandbox_app() -> typer.Typer | None:
     try:
-        from services.sandboxes.cli import sandbox_app
+        from sandboxes.cli import sandbox_app
     except ImportError:
         return None
     return sandbox_app

@@ -62,7 +62,7 @@ class Sandbox:
 
     def stats(self) -> dict:
         """The sandbox's own request and write counters (its admin API), e.g. to prove there is no ping-pong."""
-        from services.sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN
+        from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN
 
         answer = httpx.get(f"{self.url}/__sandbox/stats", headers={"X-Sandbox-Admin": DEFAULT_ADMIN_TOKEN},
                            verify=_trusting(self.ca_file), timeout=10)
@@ -106,7 +106,7 @@ def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None =
 
 
 def sandbox_account(sandbox: Sandbox) -> dict:
-    from services.sandboxes.salesforce.settings import DEFAULT_CREDENTIALS as creds
+    from sandboxes.salesforce.settings import DEFAULT_CREDENTIALS as creds
 
     return {"type": "salesforce", "login_url": sandbox.url, "username": creds.username, "password": creds.password,
             "security_token": creds.security_token, "client_id": creds.client_id,

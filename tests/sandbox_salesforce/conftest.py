@@ -1,4 +1,4 @@
-"""Run the Salesforce sandbox as a real subprocess (`python -m services.sandboxes.cli salesforce`) for tests.
+"""Run the Salesforce sandbox as a real subprocess (`python -m sandboxes.cli salesforce`) for tests.
 
 `sandbox` is one server for the whole session (seeded with 2,500 contacts, enough to page query results);
 `start_sandbox` starts more (for restarts, clock changes, the 100k seed) and stops them at teardown. Each server
@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
-from services.sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
 
 REPO = Path(__file__).resolve().parents[2]
 _BANNER = re.compile(r"Salesforce sandbox: (https://\S+)\s+\(CA: (.+)\)")
@@ -75,7 +75,7 @@ def launch(state_dir: Path, *, seed_contacts: int = 0, timeout: float = 120) -> 
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.with_suffix(".log")
     offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
-    command = [sys.executable, "-m", "services.sandboxes.cli", "salesforce", "--port", "0", "--state",
+    command = [sys.executable, "-m", "sandboxes.cli", "salesforce", "--port", "0", "--state",
                str(state_dir), "--seed-contacts", str(seed_contacts), "--log-level", "warning"]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))

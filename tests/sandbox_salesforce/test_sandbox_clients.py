@@ -18,7 +18,7 @@ from simple_salesforce.exceptions import (SalesforceAuthenticationFailed, Salesf
                                           SalesforceMoreThanOneRecord, SalesforceRefusedRequest,
                                           SalesforceResourceNotFound)
 
-from services.sandboxes.salesforce.objects import ALLOWED_DESCRIBE_TYPES
+from sandboxes.salesforce.objects import ALLOWED_DESCRIBE_TYPES
 
 from .conftest import RunningSandbox
 
@@ -474,7 +474,7 @@ def test_sandbox_ca_command_and_certificates(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from crmsync.tls import issue_server_cert
-    from services.sandboxes.cli import sandbox_app
+    from sandboxes.cli import sandbox_app
 
     printed = CliRunner().invoke(sandbox_app, ["ca", "--state", str(tmp_path)])
     assert printed.exit_code == 0 and printed.output.strip() == str((tmp_path / "ca.pem").resolve())
@@ -488,7 +488,7 @@ def test_sandbox_ca_command_and_certificates(tmp_path) -> None:
 
 
 def test_ids_carry_salesforce_case_safe_suffix() -> None:
-    from services.sandboxes.salesforce.encoding import make_id, normalize_id
+    from sandboxes.salesforce.encoding import make_id, normalize_id
 
     assert normalize_id("001A0000006Vm9r") == "001A0000006Vm9rIAC"  # a documented 15 -> 18 character pair
     assert make_id("003", 1) == "0035g0000000001AAA" and normalize_id("not an id") is None

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.sandboxes.salesforce.model import FieldDef, Model, ObjectDef
-from services.sandboxes.salesforce.soql import QueryResult, SoqlError, execute, parse
+from sandboxes.salesforce.model import FieldDef, Model, ObjectDef
+from sandboxes.salesforce.soql import QueryResult, SoqlError, execute, parse
 
 NOW = datetime(2024, 6, 15, 12, 0, 0, tzinfo=UTC)  # a Saturday
 
