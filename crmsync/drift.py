@@ -22,7 +22,8 @@ from crmsync import kafka, pg, topics
 from crmsync.config import Mapping, Settings
 from crmsync.envelope import Change, utc_now_iso
 from crmsync.infra import Endpoints
-from streams.convert import canonical, match_key
+from crmsync.field_types import FieldTypes
+from crmsync.values import canonical, match_key
 
 
 @dataclass
@@ -68,6 +69,9 @@ class DriftChecker:
                 "SELECT crm_id, campaign_key, deleted FROM crmsync.sync_state WHERE mapping = %s",
                 (mapping.name,)).fetchall()
             parents = self._parent_crm_ids(conn, mapping)
+            types = FieldTypes(conn)
+            kinds = {fm.campaign: types.field_kind(mapping.account, mapping.crm_object, fm.crm, mapping.campaign_table,
+                                                   fm.campaign) for fm in mapping.fields}
             report.campaign_rows_by_key = self._campaign_rows(conn, mapping)
             rejected_crm, rejected_keys = self._open_rejects(conn, mapping)
         report.crm_rows = self._crm_rows(mapping)
@@ -90,7 +94,7 @@ class DriftChecker:
             elif campaign_row is None and crm_row is not None:
                 report.gone_from_campaign.append(key)
             elif crm_row is not None and campaign_row is not None:
-                fields = self._differing(mapping, crm_row, campaign_row, parents)
+                fields = self._differing(mapping, crm_row, campaign_row, parents, kinds)
                 if fields:
                     report.differing.append((crm_id, key, fields))
         report.missing_in_campaign = sorted(set(report.crm_rows) - linked_crm) if mapping.direction != "export" else []
@@ -160,7 +164,7 @@ class DriftChecker:
         return result
 
     def _differing(self, mapping: Mapping, crm_row: dict, campaign_row: dict,
-                   parents: dict[str, dict[int, str]]) -> list[str]:
+                   parents: dict[str, dict[int, str]], kinds: dict[str, Any]) -> list[str]:
         fields = []
         for fm in mapping.fields:
             crm_value = crm_row.get(fm.crm)
@@ -168,7 +172,8 @@ class DriftChecker:
             if fm.reference:
                 campaign_value = parents[fm.reference].get(campaign_value) if campaign_value is not None else None
             elif not fm.enumeration:
-                crm_value, campaign_value = canonical(crm_value, fm.conversion), canonical(campaign_value, fm.conversion)
+                crm_value, campaign_value = (_comparable(crm_value, kinds.get(fm.campaign), fm.conversion),
+                                             _comparable(campaign_value, kinds.get(fm.campaign), fm.conversion))
             if crm_value != campaign_value:
                 fields.append(fm.campaign)
         return fields
@@ -215,3 +220,12 @@ def clients_for(settings: Settings) -> dict[str, Any]:
     from services.salesforce.client import SalesforceClient
 
     return {name: SalesforceClient(name, account) for name, account in settings.accounts.items()}
+
+
+def _comparable(value: Any, kind: Any, conversion: Any) -> Any:
+    """A value in the streams' canonical form; one that cannot have its field's kind compares as itself (it
+    differs, and the streams report it as an invalid value when it is re-published)."""
+    try:
+        return canonical(value, kind, conversion)
+    except ValueError:
+        return value

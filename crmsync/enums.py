@@ -110,7 +110,7 @@ def apply(dsn: str, account: str, plans: list[EnumPlan]) -> None:
 
 
 class StoredEnumerations:
-    """The streams' `EnumerationMap` hook (streams/convert.py) backed by the stored maps; read-only.
+    """The streams' `EnumerationMap` hook (crmsync/values.py) backed by the stored maps; read-only.
 
     `enumeration` is the Campaign enumeration name a mapping field names. Unknown values pass through unchanged,
     like `IdentityEnumerations`; multi-select values (lists or 'a;b') are translated element by element. The maps

@@ -99,7 +99,13 @@ class ApplyCommand:
     """An instruction for a writer: make ``object`` on ``side``/``target`` look like ``values``.
 
     ``key`` identifies the target record when it is known (CRM id or Campaign key); ``match`` holds the
-    matching-key values used to find or create it otherwise. ``cause`` is the id of the change it came from."""
+    matching-key values used to find or create it otherwise. ``cause`` is the id of the change it came from.
+
+    ``expect`` makes the write conditional, field by field (compare-and-set): a field is written only if the
+    target still holds the expected value (or, for a record that does not exist yet, always). A field whose
+    value changed meanwhile is left alone: that edit is news the streams will decide. ``base_version`` is the
+    target record's version (CRM modification stamp) the decision saw; a writer whose API can make the whole
+    update conditional on it does so (e.g. Salesforce If-Unmodified-Since)."""
 
     id: str
     side: Literal["crm", "campaign"]
@@ -113,6 +119,8 @@ class ApplyCommand:
     source_ts: str | None = None
     created_ts: str = field(default_factory=utc_now_iso)
     attempt: int = 0
+    expect: dict[str, Any] | None = None
+    base_version: str | None = None
     v: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:

@@ -89,6 +89,17 @@ class DeliveryTracker:
             raise error
 
 
+def produce(p: Producer, tracker: DeliveryTracker, topic: str, value: bytes, key: bytes | None) -> None:
+    """Queue one message, waiting for deliveries to drain while librdkafka's local queue is full (the one
+    place that handles BufferError). Acknowledgements arrive through `tracker`; see `flush_all`."""
+    while True:
+        try:
+            p.produce(topic, value=value, key=key, on_delivery=tracker)
+            return
+        except BufferError:
+            p.poll(0.1)
+
+
 def flush_all(p: Producer, tracker: DeliveryTracker, timeout: float = 120) -> None:
     """Wait until every produced message is acknowledged; raise if any failed or the wait timed out."""
     remaining = p.flush(timeout)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
+import os
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import faust
+import psycopg
+import psycopg.errors
 from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, pg, rejects, topics
@@ -32,12 +35,15 @@ APP_ID = "crmsync-streams"
 BATCH_SIZE = 2000
 BATCH_WITHIN = 0.1
 MAX_CHANGES_PER_TRANSACTION = 5000
+LOCK_RETRIES = 5  # a batch that lost a deadlock is decided again, in place, this many times
 ENUM_MAPS_MAX_AGE = 30.0  # seconds before the enumeration maps (`crmsync enums sync`) are read again
 
 DECIDED = Counter("crmsync_streams_changes_total", "Changes decided by the stream processors", ["side", "result"])
 COMMANDS = Counter("crmsync_streams_commands_total", "Apply commands emitted", ["side", "object"])
 CONFLICTS = Counter("crmsync_streams_conflicts_total", "Conflicts recorded", ["mapping"])
 BATCH_SECONDS = Histogram("crmsync_streams_batch_seconds", "Time to decide and publish one batch", ["side"])
+RETRIED = Counter("crmsync_streams_batch_retries_total", "Batches decided again after a deadlock or serialization "
+                  "failure", ["side", "error"])
 
 
 class CrmReadiness:
@@ -84,20 +90,39 @@ class BatchHandler:
 
     def handle(self, changes: list[Change]) -> Outcome:
         """Decide `changes` in one transaction (the agent hands them over in slices of about
-        MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages)."""
+        MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages). A deadlock or
+        serialization failure is retried here, from scratch: nothing is published before the database work is
+        done, so a rolled-back attempt has told nobody anything."""
+        for attempt in range(1, LOCK_RETRIES + 1):
+            try:
+                return self._decide_and_publish(changes)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+                    psycopg.errors.LockNotAvailable) as exc:
+                if attempt == LOCK_RETRIES:
+                    raise
+                RETRIED.labels(self.side, type(exc).__name__).inc()
+                log.warning("batch of %d %s changes: %s; deciding it again (attempt %d)", len(changes), self.side,
+                            type(exc).__name__, attempt + 1)
+                time.sleep(random.uniform(0.05, 0.25) * attempt)
+        raise AssertionError("unreachable")
+
+    def _decide_and_publish(self, changes: list[Change]) -> Outcome:
         with BATCH_SECONDS.labels(self.side).time(), self.conn.transaction():
             outcome = self.reconciler.process(self.conn, changes)
-            for command in outcome.commands:
-                message_key = record_key(command.key or command.match or {"cause": command.cause})
-                self.producer.produce(topics.apply(command.side, command.target, command.object),
-                                      value=command.to_json(), key=message_key, on_delivery=self.tracker)
-                COMMANDS.labels(command.side, command.object).inc()
-            self._reject_duplicates(outcome)
+            found = [*self._duplicate_rejects(outcome), *self._invalid_value_rejects(outcome)]
+            rejects.record_many(self.conn, [entry for entry in found])
             save_conflicts(self.conn, outcome.conflicts)
             self._defer(outcome)
             self._forget_deferred(changes, outcome)
             # last step before the commit: the writers may apply these commands from now on, and an echo of
             # them must find this batch's state committed (or it waits in deferred_changes)
+            for command in outcome.commands:
+                message_key = record_key(command.key or command.match or {"cause": command.cause})
+                kafka.produce(self.producer, self.tracker, topics.apply(command.side, command.target, command.object),
+                              command.to_json(), message_key)
+                COMMANDS.labels(command.side, command.object).inc()
+            for entry in found:
+                rejects.publish(self.producer, self.tracker, entry.reject)
             kafka.flush_all(self.producer, self.tracker)
         DECIDED.labels(self.side, "applied").inc(len(outcome.commands))
         DECIDED.labels(self.side, "skipped").inc(outcome.skipped)
@@ -113,8 +138,9 @@ class BatchHandler:
         self.conn.execute("DELETE FROM crmsync.deferred_changes WHERE id = ANY(%s)",
                           ([c.id for c in changes if c.id not in waiting],))
 
-    def _reject_duplicates(self, outcome: Outcome) -> None:
+    def _duplicate_rejects(self, outcome: Outcome) -> list[rejects.Entry]:
         """A new record that duplicates a linked one is not exported; it is reported, never dropped."""
+        found = []
         for duplicate in outcome.duplicates:
             change, twin, mapping = duplicate.change, duplicate.twin, duplicate.mapping
             reject = Reject(
@@ -125,8 +151,28 @@ class BatchHandler:
                         f"{twin.crm_id}; not exported, to avoid a duplicate in the CRM. Merge the two rows or change "
                         f"the {mapping.match[0].campaign}."),
                 record={"change": json.loads(change.to_json())})
-            rejects.record(self.conn, reject, command=None, status="pending", retry_in=None)
-            rejects.publish(self.producer, self.tracker, reject)
+            found.append(rejects.Entry(reject, None, "pending", None))
+        return found
+
+    def _invalid_value_rejects(self, outcome: Outcome) -> list[rejects.Entry]:
+        """A value that cannot have its field's kind was left out of the decision (the rest of the record
+        was synced): reported with what to fix. Nothing to retry automatically — the fix is a new value."""
+        found = []
+        for invalid in outcome.invalid:
+            change, mapping = invalid.change, invalid.mapping
+            source = mapping.crm_object if change.side == "crm" else mapping.campaign_table
+            target_side = "campaign" if change.side == "crm" else "crm"
+            reject = Reject(
+                id=f"invalid:{mapping.name}:{change.id}:{invalid.field}", stage="streams", side=target_side,
+                target=self.settings.campaign.name if target_side == "campaign" else mapping.account,
+                object=mapping.campaign_table if target_side == "campaign" else mapping.crm_object,
+                error_code="INVALID_VALUE",
+                reason=(f"{source} {_record_name(change)}: {invalid.reason}. The field was not synced (the record's "
+                        f"other fields were); correct the value in {'the CRM' if change.side == 'crm' else 'Campaign'}"
+                        " and the next change carries it."),
+                record={"change": json.loads(change.to_json())})
+            found.append(rejects.Entry(reject, None, "abandoned", None))
+        return found
 
     def _defer(self, outcome: Outcome) -> None:
         """Changes that must wait are parked in the database and re-published later (never dropped)."""
@@ -162,6 +208,10 @@ class BatchHandler:
             self.conn.execute("UPDATE crmsync.deferred_changes SET next_retry_at = 'infinity' WHERE id = ANY(%s)",
                               ([r[0] for r in rows],))
         return len(rows)
+
+
+def _record_name(change: Change) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(change.key.items()))
 
 
 def decoded_in_slices(messages: list[bytes], limit: int) -> Iterator[list[Change]]:

@@ -15,6 +15,18 @@ against `agreed`:
 Campaign changes made by crmsync's own writer are recognised exactly (change capture tags their transaction)
 and skipped before any of this. Delivery is at-least-once everywhere; the commands are idempotent and the
 state update commits only after the commands are acknowledged, so a crash re-decides the same batch.
+
+Invariants:
+- Every change is decided, in source order per record; none is folded into a later one (a record's burst of
+  Campaign updates each touches its own columns). Commands a batch sends to one record on one side are merged
+  into one: the newest value of each field, the oldest expectation.
+- Values are compared in canonical form by each field's declared kind (crmsync/values.py), never by shape. A
+  value that cannot have its field's kind is left out of the decision and reported (`Outcome.invalid`).
+- Commands to the Campaign carry `expect`: the value each field held when the decision was made. The writer
+  applies a field only if the row still holds it (compare-and-set); a field the user changed meanwhile is
+  left alone, and that user edit reaches the streams as its own change and is decided then.
+- Locks: a batch visits mappings in name order, and within a mapping locks every sync-state row it will touch
+  in one statement ordered by id, so two batches never wait on each other in a cycle.
 """
 from __future__ import annotations
 
@@ -25,9 +37,13 @@ from typing import Any, Iterable
 import psycopg
 from psycopg.rows import dict_row
 
+from psycopg import sql
+
 from crmsync.config import FieldMap, Mapping, Settings
 from crmsync.envelope import ApplyCommand, Change, dumps
-from streams.convert import EnumerationMap, IdentityEnumerations, canonical, epoch, match_key
+from crmsync.field_types import FieldTypes
+from crmsync.values import (EnumerationMap, IdentityEnumerations, Kind, canonical, epoch, match_expression,
+                            match_index, match_key)
 
 log = logging.getLogger("crmsync.streams")
 WRITER_ORIGINS = ("writer-campaign",)
@@ -101,13 +117,25 @@ class Duplicate:
 
 
 @dataclass
+class InvalidValue:
+    """A field value that cannot have its field's kind: left out of the decision, reported in the rejects."""
+
+    change: Change
+    mapping: Mapping
+    field: str  # the field as that side names it
+    reason: str
+
+
+@dataclass
 class Outcome:
-    """What one batch decided; the caller publishes `commands` and `deferred`, then calls `commit`."""
+    """What one batch decided; the caller publishes `commands`, parks `deferred`, reports `duplicates` and
+    `invalid`, then commits."""
 
     commands: list[ApplyCommand] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     deferred: list[Deferred] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
+    invalid: list[InvalidValue] = field(default_factory=list)
     skipped: int = 0  # echoes, duplicates, out-of-filter records
 
 
@@ -118,15 +146,9 @@ def campaign_key_of(value: Any) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def match_expression(column: str) -> str:
-    """SQL for the matching key of a Campaign column: lower-case, all whitespace removed (as match_key)."""
-    return f"lower(regexp_replace(t.{column}::text, '\\s', '', 'g'))"
-
-
-def match_index_sql(table: str, column: str) -> str:
+def match_index_sql(table: str, column: str) -> sql.Composed:
     """The expression index that makes matching an index lookup (created by the stream processors)."""
-    expression = match_expression(column).replace("t.", "")
-    return f"CREATE INDEX IF NOT EXISTS crmsync_match_{table}_{column} ON {table} (({expression}))"
+    return match_index(table, column)
 
 
 def _other(side: str) -> str:
@@ -138,11 +160,12 @@ class Reconciler:
     of a batch are locked in a stable order, so two workers never decide the same record concurrently)."""
 
     def __init__(self, settings: Settings, campaign_name: str, enums: EnumerationMap | None = None,
-                 crm_ready: "callable[[Mapping], bool] | None" = None) -> None:
+                 crm_ready: "callable[[Mapping], bool] | None" = None, field_types: FieldTypes | None = None) -> None:
         self.settings = settings
         self.campaign_name = campaign_name
         self.enums = enums or IdentityEnumerations()
         self.crm_ready = crm_ready or (lambda mapping: True)
+        self.field_types = field_types
 
     # -- routing ------------------------------------------------------------------------------------------
     def mappings_for(self, change: Change) -> list[Mapping]:
@@ -153,6 +176,8 @@ class Reconciler:
 
     def process(self, conn: psycopg.Connection, changes: list[Change]) -> Outcome:
         """Decide a batch (all from one side) inside the caller's open transaction."""
+        if self.field_types is None or self.field_types.conn is not conn:
+            self.field_types = FieldTypes(conn)
         outcome = Outcome()
         by_mapping: dict[str, list[Change]] = {}
         echoes: dict[str, list[Change]] = {}
@@ -165,10 +190,14 @@ class Reconciler:
             own = change.side == "campaign" and change.origin in WRITER_ORIGINS
             for mapping in targets:
                 (echoes if own else by_mapping).setdefault(mapping.name, []).append(change)
-        for name, batch in echoes.items():
-            MappingBatch(self, conn, self.settings.mapping(name), outcome).learn_keys(batch)
-        for name, batch in by_mapping.items():
-            MappingBatch(self, conn, self.settings.mapping(name), outcome).run(batch)
+        for name in sorted(set(by_mapping) | set(echoes)):  # one global order of locks (no deadlocks)
+            mapping = self.settings.mapping(name)
+            decided = MappingBatch(self, conn, mapping, outcome)
+            decided.lock_rows([*by_mapping.get(name, []), *echoes.get(name, [])])
+            if name in echoes:
+                MappingBatch(self, conn, mapping, outcome).learn_keys(echoes[name])
+            if name in by_mapping:
+                decided.run(by_mapping[name])
         return outcome
 
 
@@ -183,28 +212,40 @@ class MappingBatch:
         self.links_by_crm: dict[str, Link] = {}
         self.links_by_key: dict[int, Link] = {}
         self.fields_by_column = {f.campaign: f for f in mapping.fields}
+        self.emitted: dict[tuple[str, int], ApplyCommand] = {}  # (side, id(link)) -> this batch's upsert command
+        self._kinds: dict[str, Kind | None] = {}
 
     # -- batch flow ---------------------------------------------------------------------------------------
     def run(self, changes: list[Change]) -> None:
+        """Decide each change in source order (the caller locked the batch's rows: `lock_rows`)."""
+        changes = self._in_order(changes)
         side = changes[0].side
-        latest = self._collapse(changes, side)
-        self._load_links(latest, side)
+        self._load_links(changes, side)
         if side == "crm":
-            self._prefetch_matches(latest)
-        for change in latest:
-            if not self._in_filter(change):
-                self.out.skipped += 1
-                continue
-            link = self._find_link(change)
-            if link is None:
-                self._new_record(change)
-            elif change.op == "d":
-                self._deleted(change, link)
-            elif not self._is_stale(change, link):
-                self._merge(change, link)
-            else:
-                self.out.skipped += 1
+            self._prefetch_matches(changes)
+        for change in changes:
+            self._decide_change(change)
         self._save_links()
+
+    def _decide_change(self, change: Change) -> None:
+        if not self._in_filter(change):
+            self.out.skipped += 1
+            return
+        link = self._find_link(change)
+        if link is None:
+            self._new_record(change)
+        elif change.op == "d":
+            self._deleted(change, link)
+        elif not self._is_stale(change, link):
+            self._merge(change, link)
+        else:
+            self.out.skipped += 1
+
+    def _in_order(self, changes: list[Change]) -> list[Change]:
+        """The batch's changes, each once, in source order (per record that is the order they happened in; a
+        record's changes are never folded into one: each one's before-image says what it changed)."""
+        unique = list({change.id: change for change in changes}.values())
+        return sorted(unique, key=self._position)
 
     def learn_keys(self, echoes: list[Change]) -> None:
         """Echoes of the Campaign writer: link CRM-created records to the Campaign rows inserted for them.
@@ -249,16 +290,6 @@ class MappingBatch:
         return [c for c in echoes if not (c.op == "c" and (c.after or {}).get("crm_id") in settled
                                           and (c.after or {}).get("crm_account") == self.m.account)]
 
-    def _collapse(self, changes: list[Change], side: str) -> list[Change]:
-        """A burst of changes to one record collapses to its newest state (changes carry whole rows); an
-        at-least-once redelivery of an older change never overrides a newer one."""
-        newest: dict[Any, Change] = {}
-        for change in changes:
-            record = self._record_id(change)
-            if record not in newest or self._position(change) >= self._position(newest[record]):
-                newest[record] = change
-        return list(newest.values())
-
     def _position(self, change: Change) -> tuple:
         if change.side == "crm":
             return (epoch((change.after or {}).get("SystemModstamp") or change.position.get("modstamp")),)
@@ -273,11 +304,12 @@ class MappingBatch:
         return all(row.get(name) in allowed for name, allowed in rules.items())
 
     # -- state --------------------------------------------------------------------------------------------
-    def _load_links(self, changes: list[Change], side: str) -> None:
+    def _identities(self, changes: Iterable[Change]) -> tuple[set[str], set[int]]:
+        """The CRM ids and Campaign keys these changes may address."""
         crm_ids, keys = set(), set()
         for change in changes:
             row = change.after or change.before or {}
-            if side == "crm":
+            if change.side == "crm":
                 crm_ids.add(change.key["Id"])
                 external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
                 if external is not None:
@@ -286,13 +318,26 @@ class MappingBatch:
                 keys.add(int(change.key["id"]))
                 if row.get("crm_id") and row.get("crm_account") == self.m.account:
                     crm_ids.add(row["crm_id"])
+        return crm_ids, keys
+
+    def lock_rows(self, changes: list[Change]) -> None:
+        """Lock, in id order and in one statement, every existing sync-state row this batch may touch."""
+        crm_ids, keys = self._identities(changes)
+        if crm_ids or keys:
+            self.conn.execute(
+                """SELECT 1 FROM crmsync.sync_state WHERE mapping = %s AND (crm_id = ANY(%s) OR campaign_key = ANY(%s))
+                   ORDER BY id FOR UPDATE""", (self.m.name, sorted(crm_ids), sorted(keys)))
+
+    def _load_links(self, changes: list[Change], side: str) -> None:
+        crm_ids, keys = self._identities(changes)
         rows = self.conn.cursor(row_factory=dict_row).execute(
             """SELECT * FROM crmsync.sync_state
                WHERE mapping = %s AND (crm_id = ANY(%s) OR campaign_key = ANY(%s))
                ORDER BY id FOR UPDATE""", (self.m.name, sorted(crm_ids), sorted(keys))).fetchall()
         for row in rows:
+            if (row["crm_id"] and row["crm_id"] in self.links_by_crm) or row["campaign_key"] in self.links_by_key:
+                continue  # already loaded (and perhaps changed) in this batch
             self._remember(Link(**{k: v for k, v in row.items() if k != "updated_at"}))
-
     def _remember(self, link: Link) -> Link:
         if link.crm_id:
             self.links_by_crm[link.crm_id] = link
@@ -346,9 +391,18 @@ class MappingBatch:
                 (self.m.account, self.m.crm_object, self.m.campaign_table,
                  [crm_id for crm_id, _ in linked], [key for _, key in linked]))
 
+
     # -- values -------------------------------------------------------------------------------------------
-    def _values(self, change: Change) -> dict[str, Any]:
-        """The change's mapped fields in canonical form, keyed by Campaign column."""
+    def _kind(self, fm: FieldMap) -> Kind | None:
+        """The kind the field compares in (crmsync/field_types.py), looked up once per batch."""
+        if fm.campaign not in self._kinds:
+            self._kinds[fm.campaign] = self.r.field_types.field_kind(
+                self.m.account, self.m.crm_object, fm.crm, self.m.campaign_table, fm.campaign)
+        return self._kinds[fm.campaign]
+
+    def _values(self, change: Change, *, report: bool = True) -> dict[str, Any]:
+        """The change's mapped fields in canonical form, keyed by Campaign column. A value that cannot have its
+        field's kind is left out (and reported, unless `report` is off: before-images are not news)."""
         row = change.after or {}
         values: dict[str, Any] = {}
         for fm in self.m.fields:
@@ -358,21 +412,30 @@ class MappingBatch:
             if source not in row:
                 continue
             raw = row[source]
-            if fm.reference:
-                values[fm.campaign] = raw if change.side == "crm" else self._parent_crm_id(fm, raw)
-            elif fm.enumeration and raw is not None:
-                values[fm.campaign] = canonical(self.r.enums.to_campaign(fm.enumeration, raw) if change.side == "crm" else raw)
-            else:
-                values[fm.campaign] = canonical(raw, fm.conversion)
+            try:
+                if fm.reference:
+                    values[fm.campaign] = raw if change.side == "crm" else self._parent_crm_id(fm, raw)
+                elif fm.enumeration and raw is not None:
+                    translated = self.r.enums.to_campaign(fm.enumeration, raw) if change.side == "crm" else raw
+                    values[fm.campaign] = canonical(translated, "text" if isinstance(translated, str) else None)
+                else:
+                    values[fm.campaign] = canonical(raw, self._kind(fm), fm.conversion)
+            except ValueError as exc:
+                if report:
+                    self.out.invalid.append(InvalidValue(change, self.m, source, f"{source}: {exc}"))
         return values
 
     def _parent_crm_id(self, fm: FieldMap, campaign_key: Any) -> Any:
         """A Campaign reference (parent key) in canonical form: the parent's CRM id, or a marker if unknown."""
         if campaign_key is None:
             return None
+        try:
+            key = int(campaign_key)
+        except (TypeError, ValueError):
+            raise ValueError(f"not a key of {fm.reference}: {campaign_key!r}") from None
         row = self.conn.execute("SELECT crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = %s",
-                                (fm.reference, int(campaign_key))).fetchone()
-        return row[0] if row and row[0] else {"campaign_key": int(campaign_key)}
+                                (fm.reference, key)).fetchone()
+        return row[0] if row and row[0] else {"campaign_key": key}
 
     def _change_ts(self, change: Change) -> float:
         if change.side == "crm":
@@ -453,26 +516,31 @@ class MappingBatch:
                AND NOT deleted ORDER BY id LIMIT 1""", (self.m.name, key)).fetchone()
         return Link(**{k: v for k, v in row.items() if k != "updated_at"}) if row else None
 
+    def _table_ident(self) -> sql.Identifier:
+        schema, _, table = self.m.campaign_table.rpartition(".")
+        return sql.Identifier(schema, table) if schema else sql.Identifier(table)
+
     def _prefetch_matches(self, changes: list[Change]) -> None:
         """Two queries for the batch. First, rows our writer already linked to one of these CRM records (a
         decision replayed after a crash, whose command had landed): *the* match, whatever their key says now.
         Then unlinked rows whose matching key equals a new CRM record's, through the expression index that
-        `match_index_sql` creates (an index lookup, not a scan)."""
+        `match_index_sql` creates (an index lookup, not a scan). Rows are locked in id order."""
         new = [c for c in changes if self._find_link_quietly(c) is None]
-        table = self.m.campaign_table
+        table = self._table_ident()
         self.linked_rows = {row["crm_id"]: row for row in self.conn.cursor(row_factory=dict_row).execute(
-            f"SELECT t.* FROM {table} t WHERE t.crm_account = %s AND t.crm_id = ANY(%s) FOR UPDATE",
-            (self.m.account, sorted(c.key["Id"] for c in new))).fetchall()} if new else {}
+            sql.SQL("SELECT t.* FROM {} t WHERE t.crm_account = %s AND t.crm_id = ANY(%s) ORDER BY t.id FOR UPDATE"
+                    ).format(table), (self.m.account, sorted({c.key["Id"] for c in new}))).fetchall()} if new else {}
         self.match_rows: dict[str, list[dict]] = {}
         keys = sorted({k for c in new for k in [match_key(self._match_value(c))] if k})
         if not keys or not self.m.match:
             return
-        column = self.m.match[0].campaign
+        expression = match_expression(self.m.match[0].campaign)
         rows = self.conn.cursor(row_factory=dict_row).execute(
-            f"""SELECT {match_expression(column)} AS crmsync_match, t.* FROM {table} t
-                WHERE {match_expression(column)} = ANY(%s) AND t.crm_id IS NULL
-                  AND NOT EXISTS (SELECT 1 FROM crmsync.sync_state s WHERE s.mapping = %s AND s.campaign_key = t.id)
-                ORDER BY t.id FOR UPDATE SKIP LOCKED""", (keys, self.m.name)).fetchall()
+            sql.SQL("""SELECT {e} AS crmsync_match, t.* FROM {t} t
+                       WHERE {e} = ANY(%s) AND t.crm_id IS NULL
+                         AND NOT EXISTS (SELECT 1 FROM crmsync.sync_state s WHERE s.mapping = %s AND s.campaign_key = t.id)
+                       ORDER BY t.id FOR UPDATE SKIP LOCKED""").format(e=expression, t=table),
+            (keys, self.m.name)).fetchall()
         for row in rows:
             self.match_rows.setdefault(row.pop("crmsync_match"), []).append(row)
 
@@ -515,19 +583,22 @@ class MappingBatch:
             if winner == "campaign" and crm_value != value:
                 to_crm[column] = value
         self._note_position(change, link)
-        self._send(link, "campaign", to_campaign, change, link_only=True)
+        self._send(link, "campaign", to_campaign, change, bases=campaign_values, link_only=True)
         if to_crm or self.m.crm_external_id:
             self._send(link, "crm", to_crm, change, bases=crm_values, link_only=True)
 
     def _merge(self, change: Change, link: Link) -> None:
         side, other = change.side, _other(change.side)
-        link.deleted = False if change.op != "r" else link.deleted
         values = self._values(change)
-        before = self._values(replace(change, after=change.before)) if change.before else None
+        before = self._values(replace(change, after=change.before), report=False) if change.before else None
+        if side == "campaign" and self._waits_for_parent(link, values, before):
+            self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
+            return  # decided when it comes back: nothing of it is taken in before then
+        link.deleted = False if change.op != "r" else link.deleted
         change_ts = self._change_ts(change)
         to_other: dict[str, Any] = {}
         back_to_side: dict[str, Any] = {}
-        bases = dict(link.agreed)  # what the other side holds now, for tracking our writes to it
+        bases = dict(link.agreed)  # what the other side holds now: our writes to it are based on this
         for column, value in values.items():
             agreed = link.agreed.get(column)
             pending = self._pending(link, side, column, change_ts)
@@ -560,6 +631,18 @@ class MappingBatch:
             self._send(link, side, back_to_side, change, bases=values)
         if not to_other and not back_to_side:
             self.out.skipped += 1
+
+    def _waits_for_parent(self, link: Link, values: dict, before: dict | None) -> bool:
+        """A Campaign edit pointing at a parent the CRM does not have yet cannot be sent: the whole change waits
+        (deciding part of it now would mark it as seen, and it would be dropped as stale when it comes back)."""
+        if self.m.direction == "import":
+            return False
+        for fm in self.m.fields:
+            value = values.get(fm.campaign)
+            if fm.reference and isinstance(value, dict) and value != link.agreed.get(fm.campaign) and not (
+                    before is not None and before.get(fm.campaign) == value):
+                return True
+        return False
 
     def _decide(self, link: Link, column: str, side: str, value: Any, agreed: Any, change_ts: float,
                 concurrent: bool) -> str:
@@ -666,7 +749,8 @@ class MappingBatch:
 
     def _send(self, link: Link, side: str, values: dict, change: Change, *, bases: dict | None = None,
               create: bool = False, link_only: bool = False) -> None:
-        """Send canonical `values` to `side` (converted there), remembering CRM writes as in flight."""
+        """Send canonical `values` to `side` (converted there). CRM writes are remembered as in flight; Campaign
+        writes carry what each field held when this was decided (`bases`; nothing for a new row)."""
         if self.m.direction == ("import" if side == "crm" else "export"):
             return
         values = {c: v for c, v in values.items() if self.m.allows(self._field(c), _other(side))}
@@ -678,9 +762,27 @@ class MappingBatch:
                 self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
                 return
             self._track_sent(link, values, bases or {}, self._change_ts(change))
-        self._emit(link, side, "upsert", values, change)
+            self._emit(link, side, "upsert", values, change)
+            return
+        self._emit(link, side, "upsert", values, change, expect=self._expectations(values, {} if create else bases))
 
-    def _emit(self, link: Link, side: str, action: str, values: dict, change: Change, raw: bool = False) -> None:
+    def _expectations(self, values: dict, bases: dict | None) -> dict[str, Any] | None:
+        """The Campaign values each field must still hold for this write to apply (compare-and-set), for the
+        fields a Campaign edit could change: a user edit made meanwhile wins over a decision that did not see
+        it. References are not checked (a parent key is compared through its link, which the writer resolves).
+        None = no condition (the writer applies every value)."""
+        if bases is None:
+            return None
+        expect = {}
+        for column in values:
+            fm = self._field(column)
+            if fm.reference or not self.m.allows(fm, "campaign"):
+                continue
+            expect[column] = self._to_campaign(fm, bases.get(column))
+        return expect or None
+
+    def _emit(self, link: Link, side: str, action: str, values: dict, change: Change, raw: bool = False,
+              expect: dict[str, Any] | None = None) -> None:
         if side == "campaign":
             payload = values if raw else {fm.campaign: self._to_campaign(fm, values[fm.campaign])
                                           for fm in self.m.fields if fm.campaign in values}
@@ -696,9 +798,32 @@ class MappingBatch:
             match = ({self.m.crm_external_id: str(link.campaign_key)}
                      if self.m.crm_external_id and link.campaign_key is not None else None)
             target, obj = self.m.account, self.m.crm_object
-        self.out.commands.append(ApplyCommand(
+        if self._merged_into_earlier(link, side, action, payload, expect, key, match):
+            return
+        command = ApplyCommand(
             id=f"{change.id}>{self.m.name}>{side}", side=side, target=target, object=obj, action=action,
-            key=key, values=payload, cause=change.id, match=match, source_ts=change.source_ts))
+            key=key, values=payload, cause=change.id, match=match, source_ts=change.source_ts, expect=expect,
+            base_version=link.crm_modstamp if side == "crm" else None)
+        self.out.commands.append(command)
+        if action == "upsert":
+            self.emitted[(side, id(link))] = command
+        else:
+            self.emitted.pop((side, id(link)), None)
+
+    def _merged_into_earlier(self, link: Link, side: str, action: str, payload: dict, expect: dict | None,
+                             key: dict | None, match: dict | None) -> bool:
+        """A second upsert for one record on one side in this batch joins the first: newest value per field,
+        the first expectation per field (what the field held before this batch's writes)."""
+        earlier = self.emitted.get((side, id(link)))
+        if action != "upsert" or earlier is None:
+            return False
+        earlier.values.update(payload)
+        if expect is not None or earlier.expect is not None:
+            merged = dict(expect or {})
+            merged.update(earlier.expect or {})
+            earlier.expect = {c: v for c, v in merged.items() if c in earlier.values}
+        earlier.key, earlier.match = key or earlier.key, match or earlier.match
+        return True
 
     def _to_campaign(self, fm: FieldMap, value: Any) -> Any:
         if fm.reference and value is not None:  # resolved by the Campaign writer; it waits for the parent

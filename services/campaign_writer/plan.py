@@ -7,16 +7,23 @@ prepared statement applies them all. A group never holds two commands for the sa
 never touches a row twice. The per-command fallback (after a failure) runs the same statement with a one-row
 array, so there is exactly one SQL text per shape to read and trust.
 
-Every statement returns ``(n, campaign_key, created, …)`` for the input rows whose target row exists (``n`` =
-position in the array) and is idempotent: updates write only when a value differs (``IS DISTINCT FROM``), so a
-replay changes nothing, not even ``updated_at``.
+Every statement returns ``(n, campaign_key, created, superseded)`` for the input rows whose target row exists
+(``n`` = position in the array) and is idempotent: updates write only when a value differs (``IS DISTINCT
+FROM``), so a replay changes nothing, not even ``updated_at``.
+
+Compare-and-set: a command's ``expect`` names, per column, the value the row must still hold for that column
+to be written. A column that holds something else (a user edited it after the streams decided) keeps its value
+and is reported in ``superseded``; that user edit is a change of its own, which the streams decide. Values are
+compared as their column's type, timestamps to the millisecond and numbers as float8 (the precision the
+streams' canonical form keeps), so a value written from the canonical form always compares equal to it.
 
 Command semantics (what the stream processors send):
 
     upsert, key {'id': n}                 UPDATE … WHERE id = n             (no such row: NOT_FOUND)
     upsert, match {crm_account, crm_object, crm_id}
                                           INSERT … ON CONFLICT (crm_account, crm_id) WHERE crm_id IS NOT NULL
-                                          DO UPDATE, writing the CRM ids on insert, + identity link ('sync')
+                                          DO UPDATE, writing the CRM ids on insert, + identity link ('sync');
+                                          with `expect`: UPDATE the linked row (compare-and-set), else INSERT
     upsert, key + match                   UPDATE row n, set its crm_account/crm_id, + identity link ('match')
     delete, key and/or match              DELETE by key (else by CRM link) and its identity links; a missing
                                           row is a success
@@ -28,12 +35,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from psycopg import sql
 
 from crmsync.envelope import ApplyCommand, record_key
-from services.campaign_writer.catalog import Catalog, Table
+from crmsync.catalog import Catalog, Table
 
 LINK_COLUMNS = ("crm_account", "crm_id")
 
@@ -48,7 +55,7 @@ class Planned:
     record_key: str  # the record it addresses: commands with the same record_key keep their order
     identities: tuple[str, ...]  # every way it names its row (key and CRM link): one per statement
     shape: tuple
-    row: dict[str, Any]  # keys k (key), a/o/x (CRM link), vI (value I), vIa/vIx (reference I)
+    row: dict[str, Any]  # keys k (key), a/o/x (CRM link), vI (value I), vIa/vIx (reference I), eI (expected I)
 
 
 @dataclass
@@ -119,7 +126,7 @@ class Planner:
         values = command.values or {}
         if link:  # the match decides the row's CRM link columns
             values = {c: v for c, v in values.items() if c not in LINK_COLUMNS}
-        columns, problem = self._values(table, values, row)
+        columns, problem = self._values(table, values, row, command.expect if isinstance(command.expect, dict) else {})
         if problem:
             if "does not exist" in problem and table.name not in self._reloaded:
                 self._reloaded.add(table.name)  # perhaps the column was added since we looked: look again
@@ -129,8 +136,10 @@ class Planner:
         kind = "link" if key is not None and link else "update" if key is not None else "upsert"
         return Planned(command, kind, table.name, rkey, tuple(identities), (kind, table.name, columns), row)
 
-    def _values(self, table: Table, values: dict[str, Any], row: dict[str, Any]) -> tuple[tuple, str | None]:
-        """Fill `row` with the values; return the columns as (name, referenced table or None)."""
+    def _values(self, table: Table, values: dict[str, Any], row: dict[str, Any],
+                expect: dict[str, Any]) -> tuple[tuple, str | None]:
+        """Fill `row` with the values (and expected values); return the columns as (name, referenced table or
+        None, compare-and-set or not)."""
         columns = []
         for i, (column, value) in enumerate(values.items()):
             if column not in table.columns:
@@ -142,11 +151,14 @@ class Planner:
                 parent, problem = self._reference(column, ref)
                 if problem:
                     return (), problem
-                columns.append((column, parent))
+                columns.append((column, parent, False))
                 row[f"v{i}a"], row[f"v{i}x"] = ref["crm_account"], ref["crm_id"]
             else:
-                columns.append((column, None))
+                checked = column in expect
+                columns.append((column, None, checked))
                 row[f"v{i}"] = None if type(value) is dict and "$ref" in value else value
+                if checked:
+                    row[f"e{i}"] = expect[column]
         return tuple(columns), None
 
     def _reference(self, column: str, ref: Any) -> tuple[str | None, str | None]:
@@ -174,10 +186,13 @@ class Planner:
             return _delete_sql(table, self._input(table, by_key, by_link, ()), by_key, by_link)
         columns = shape[2]
         source = self._input(table, kind in ("update", "link"), kind in ("upsert", "link"), columns)
-        names = [c for c, _ in columns]
+        names = [c for c, _, _ in columns]
+        checks = [_equal_as_column(table, c, i) if checked else None for i, (c, _, checked) in enumerate(columns)]
         if kind == "upsert":
+            if any(checks):
+                return _checked_upsert_sql(table, source, names, checks)
             return _upsert_sql(table, source, names)
-        return _update_sql(table, source, names, link=kind == "link")
+        return _update_sql(table, source, names, checks, link=kind == "link")
 
     def _input(self, table: Table, by_key: bool, by_link: bool, columns: tuple) -> sql.Composed:
         """``input``: the JSON array as typed rows n, k, a, o, x, c0, c1 … (references looked up)."""
@@ -189,8 +204,11 @@ class Planner:
         if by_link:
             fields.append(sql.SQL("a text, o text, x text"))
             select.append(sql.SQL("r.a, r.o, r.x"))
-        for i, (column, parent) in enumerate(columns):
+        for i, (column, parent, checked) in enumerate(columns):
             cast = sql.SQL(table.columns[column])
+            if checked:
+                fields.append(sql.SQL("{} {}").format(sql.Identifier(f"e{i}"), cast))
+                select.append(sql.SQL("r.{} AS {}").format(sql.Identifier(f"e{i}"), sql.Identifier(f"x{i}")))
             if parent is None:
                 fields.append(sql.SQL("{} {}").format(sql.Identifier(f"v{i}"), cast))
                 select.append(sql.SQL("r.{} AS {}").format(sql.Identifier(f"v{i}"), sql.Identifier(f"c{i}")))
@@ -240,15 +258,61 @@ def _row(items: list[sql.Composable]) -> sql.Composed:
     return sql.SQL("ROW({})").format(sql.SQL(", ").join(items))
 
 
-def _update_sql(table: Table, source: sql.Composed, names: list[str], *, link: bool) -> sql.Composed:
+Check = Callable[[sql.Composable], sql.Composable] | None  # column value -> "equals the expected value" (SQL)
+_NO_SUPERSEDED = sql.SQL("'{}'::text[]")
+
+
+def _equal_as_column(table: Table, column: str, index: int) -> Callable[[sql.Composable], sql.Composable]:
+    """`left` equals expected value `index`, compared as the column's type at the precision of the streams'
+    canonical form (timestamps to the millisecond, numbers as float8)."""
+    expected: sql.Composable = sql.SQL("i.{}").format(sql.Identifier(f"x{index}"))
+    base = table.full_types[column].split("(")[0].strip().lower()
+    if base.startswith("timestamp"):
+        wrap = lambda e: sql.SQL("date_trunc('milliseconds', {})").format(e)  # noqa: E731
+    elif base in ("numeric", "real", "double precision"):
+        wrap = lambda e: sql.SQL("({})::float8").format(e)  # noqa: E731
+    else:
+        wrap = lambda e: e  # noqa: E731
+    return lambda left: sql.SQL("{} IS NOT DISTINCT FROM {}").format(wrap(left), wrap(expected))
+
+
+def _guarded(names: list[str], checks: list[Check]) -> list[sql.Composable]:
+    """The value each column gets: the command's, or — for a compare-and-set column that no longer holds the
+    expected value — its own."""
+    values = []
+    for i, (name, check) in enumerate(zip(names, checks)):
+        current = sql.SQL("t.{}").format(sql.Identifier(name))
+        new = sql.SQL("i.{}").format(sql.Identifier(f"c{i}"))
+        values.append(new if check is None else
+                      sql.SQL("CASE WHEN {} THEN {} ELSE {} END").format(check(current), new, current))
+    return values
+
+
+def _superseded(names: list[str], checks: list[Check]) -> sql.Composable:
+    """text[] of the compare-and-set columns left alone: they hold neither the expected nor the new value."""
+    items = []
+    for i, (name, check) in enumerate(zip(names, checks)):
+        if check is None:
+            continue
+        current = sql.SQL("t.{}").format(sql.Identifier(name))
+        items.append(sql.SQL("CASE WHEN NOT ({}) AND {} IS DISTINCT FROM i.{} THEN {} END").format(
+            check(current), current, sql.Identifier(f"c{i}"), sql.Literal(name)))
+    if not items:
+        return _NO_SUPERSEDED
+    return sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(sql.SQL(", ").join(items))
+
+
+def _update_sql(table: Table, source: sql.Composed, names: list[str], checks: list[Check], *,
+                link: bool) -> sql.Composed:
     """update: key only; link: key + match (also sets crm_account/crm_id and links the identity)."""
     pk = sql.Identifier(table.primary_key)
     targets = _ids((["crm_account", "crm_id"] if link else []) + names)
-    values = ([sql.SQL("i.a"), sql.SQL("i.x")] if link else []) + _inputs(len(names))
+    values = ([sql.SQL("i.a"), sql.SQL("i.x")] if link else []) + _guarded(names, checks)
     tail = (sql.SQL(", crmsync.link_identity(i.a, i.o, i.x, {}, t.{}, 'match')").format(sql.Literal(table.name), pk)
             if link else sql.SQL(""))
-    answer = sql.SQL("SELECT i.n, t.{pk}, false{tail} FROM input i JOIN {t} t ON t.{pk} = i.k ORDER BY i.n").format(
-        pk=pk, tail=tail, t=table.ident)
+    # the answer reads the rows as they were before the UPDATE (one snapshot for the whole statement)
+    answer = sql.SQL("SELECT i.n, t.{pk}, false, {superseded}{tail} FROM input i JOIN {t} t ON t.{pk} = i.k "
+                     "ORDER BY i.n").format(pk=pk, tail=tail, t=table.ident, superseded=_superseded(names, checks))
     if not targets:
         return sql.SQL("WITH {source} {answer}").format(source=source, answer=answer)
     return sql.SQL(
@@ -278,18 +342,50 @@ def _upsert_sql(table: Table, source: sql.Composed, names: list[str]) -> sql.Com
         "found AS (SELECT i.n, i.a, i.o, i.x, COALESCE(up.k, (SELECT t.{pk} FROM {t} t "
         "WHERE t.crm_account = i.a AND t.crm_id = i.x)) AS k, COALESCE(up.created, false) AS created "
         "FROM input i LEFT JOIN up ON up.a = i.a AND up.x = i.x), "
-        # Inline rather than crmsync.link_identity (a third faster on this hot path): a row found by its CRM
-        # link is already linked to that record, so there is no other link of the row to replace.
+        "{link} SELECT n, k, created, {none} FROM found WHERE k IS NOT NULL ORDER BY n").format(
+        source=source, t=table.ident, cols=sql.SQL(", ").join(_ids(["crm_account", "crm_id"] + names)),
+        vals=sql.SQL(", ").join([sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]), action=action, pk=pk,
+        link=_link_found(table), none=_NO_SUPERSEDED)
+
+
+def _checked_upsert_sql(table: Table, source: sql.Composed, names: list[str], checks: list[Check]) -> sql.Composed:
+    """match only, with compare-and-set columns: update the row linked to this CRM record column by column
+    (an ON CONFLICT update cannot see the expected values), insert the rows that are not there."""
+    pk = sql.Identifier(table.primary_key)
+    guarded = _guarded(names, checks)
+    return sql.SQL(
+        "WITH {source}, "
+        "existing AS (SELECT i.n, t.{pk} AS k, {superseded} AS superseded FROM input i "
+        "JOIN {t} t ON t.crm_account = i.a AND t.crm_id = i.x), "
+        "up AS (UPDATE {t} AS t SET {sets} FROM input i WHERE t.crm_account = i.a AND t.crm_id = i.x "
+        "AND {old} IS DISTINCT FROM {new}), "
+        "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i "
+        "WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.n = i.n) ORDER BY i.n "
+        "ON CONFLICT (crm_account, crm_id) WHERE crm_id IS NOT NULL DO NOTHING "
+        "RETURNING t.{pk} AS k, t.crm_account AS a, t.crm_id AS x), "
+        "found AS (SELECT i.n, i.a, i.o, i.x, COALESCE(e.k, ins.k) AS k, ins.k IS NOT NULL AS created, "
+        "COALESCE(e.superseded, {none}) AS superseded FROM input i LEFT JOIN existing e ON e.n = i.n "
+        "LEFT JOIN ins ON ins.a = i.a AND ins.x = i.x), "
+        "{link} SELECT n, k, created, superseded FROM found WHERE k IS NOT NULL ORDER BY n").format(
+        source=source, t=table.ident, pk=pk, superseded=_superseded(names, checks),
+        sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in zip(_ids(names), guarded)),
+        old=_row([sql.SQL("t.{}").format(c) for c in _ids(names)]), new=_row(guarded),
+        cols=sql.SQL(", ").join(_ids(["crm_account", "crm_id"] + names)),
+        vals=sql.SQL(", ").join([sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]),
+        none=_NO_SUPERSEDED, link=_link_found(table))
+
+
+def _link_found(table: Table) -> sql.Composed:
+    """The identity link of every row `found` by its CRM link. Inline rather than crmsync.link_identity (a
+    third faster on this hot path): such a row is already linked to that record, so there is no other link of
+    the row to replace."""
+    return sql.SQL(
         "link AS (INSERT INTO crmsync.identity_links (crm_account, crm_object, crm_id, campaign_table, "
         "campaign_key, linked_by) SELECT a, o, x, {name}, k, 'sync' FROM found WHERE k IS NOT NULL "
         "ON CONFLICT (crm_account, crm_object, crm_id) DO UPDATE "
         "SET campaign_table = excluded.campaign_table, campaign_key = excluded.campaign_key "
         "WHERE (identity_links.campaign_table, identity_links.campaign_key) "
-        "IS DISTINCT FROM (excluded.campaign_table, excluded.campaign_key)) "
-        "SELECT n, k, created FROM found WHERE k IS NOT NULL ORDER BY n").format(
-        source=source, t=table.ident, cols=sql.SQL(", ").join(_ids(["crm_account", "crm_id"] + names)),
-        vals=sql.SQL(", ").join([sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]), action=action, pk=pk,
-        name=sql.Literal(table.name))
+        "IS DISTINCT FROM (excluded.campaign_table, excluded.campaign_key))").format(name=sql.Literal(table.name))
 
 
 def _delete_sql(table: Table, source: sql.Composed, by_key: bool, by_link: bool) -> sql.Composed:
@@ -304,5 +400,5 @@ def _delete_sql(table: Table, source: sql.Composed, by_key: bool, by_link: bool)
         "WITH {source}, "
         "gone AS (DELETE FROM {t} AS t USING input i WHERE {where} RETURNING i.n, t.{pk} AS k), "
         "unlink AS (DELETE FROM crmsync.identity_links l WHERE {unlink}) "
-        "SELECT n, k, false FROM gone ORDER BY n").format(
-        source=source, t=table.ident, where=where, pk=pk, unlink=unlink)
+        "SELECT n, k, false, {none} FROM gone ORDER BY n").format(
+        source=source, t=table.ident, where=where, pk=pk, unlink=unlink, none=_NO_SUPERSEDED)

@@ -42,7 +42,7 @@ from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
 from crmsync.rejects import PARENT_NOT_FOUND, WAITING_FOR_EARLIER, RetryLoop, RetryPolicy, decode_commands
-from services.campaign_writer.catalog import Catalog
+from crmsync.catalog import Catalog
 from services.campaign_writer.plan import Invalid, Planned, Planner, command_record_key, describe_value
 
 log = logging.getLogger("crmsync.campaign_writer")
@@ -58,6 +58,9 @@ _SEPARATOR = chr(31)  # ASCII unit separator: never part of a command id or reco
 
 APPLIED = Counter("crmsync_writer_applied_total", "Apply commands carried out", ["writer", "table", "action"])
 REJECTED = Counter("crmsync_writer_rejects_total", "Apply commands rejected or parked", ["writer", "table", "code"])
+SUPERSEDED = Counter("crmsync_writer_superseded_fields_total",
+                     "Fields not written because the target changed after the decision (compare-and-set)",
+                     ["writer", "table"])
 BATCH_SECONDS = Histogram("crmsync_writer_batch_seconds", "Time to apply one batch, commit and publish its rejects",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 from crmsync.observability import freshness_histogram, freshness_last  # noqa: E402 - shared by the writers
@@ -78,6 +81,7 @@ class Applied:
     command: ApplyCommand
     campaign_key: int | None  # the row's primary key (None for a delete of a row that was not there)
     created: bool
+    superseded: list[str] = field(default_factory=list)  # left alone: the row no longer held the expected value
 
 
 @dataclass
@@ -101,6 +105,7 @@ class Outcome:
     reason: str = ""
     status: str = "pending"  # for a reject: 'pending' or 'waiting'
     duplicate: bool = False
+    superseded: list[str] = field(default_factory=list)  # compare-and-set columns a user changed meanwhile
 
     @property
     def ok(self) -> bool:
@@ -358,7 +363,7 @@ class CampaignWriter:
                     raise failure
                 for cursor, members in cursors:
                     for row in cursor.fetchall():
-                        rows[members[row[0]]] = row[1:3]
+                        rows[members[row[0]]] = row[1:4]
         except psycopg.Error as exc:
             if _systemic(exc):
                 raise
@@ -386,12 +391,13 @@ class CampaignWriter:
             if _systemic(exc):
                 raise
             return self._failure(plan, exc)
-        return self._outcome(plan, row[1:3] if row else None)
+        return self._outcome(plan, row[1:4] if row else None)
 
     def _outcome(self, plan: Planned, row: tuple | None) -> Outcome:
         command = plan.command
         if row is not None:
-            return Outcome(command, plan.record_key, campaign_key=row[0], created=bool(row[1]))
+            return Outcome(command, plan.record_key, campaign_key=row[0], created=bool(row[1]),
+                           superseded=list(row[2] or ()))
         if plan.kind == "delete":  # already gone: deleting is idempotent
             return Outcome(command, plan.record_key, campaign_key=plan.row.get("k"))
         return Outcome(command, plan.record_key, code="NOT_FOUND",
@@ -452,7 +458,10 @@ class CampaignWriter:
             if outcome.duplicate:
                 result.duplicates.append(command.id)
             elif outcome.ok:
-                result.applied.append(Applied(command, outcome.campaign_key, outcome.created))
+                result.applied.append(Applied(command, outcome.campaign_key, outcome.created, outcome.superseded))
+                if outcome.superseded:
+                    log.info("command %s for %s %s: %s changed since the decision; left as they are",
+                             command.id, command.object, outcome.campaign_key, ", ".join(outcome.superseded))
                 if command.id in queues.had_open_row:
                     resolved.append(command.id)
             else:
@@ -503,6 +512,9 @@ class CampaignWriter:
             freshness_last(STAGE, table).set(age)
         for (table, action), count in actions.items():
             APPLIED.labels(STAGE, table, action).inc(count)
+        for applied in result.applied:
+            if applied.superseded:
+                SUPERSEDED.labels(STAGE, applied.command.object).inc(len(applied.superseded))
         codes = Tally((r.object, r.error_code or "unknown") for r in [*result.rejects, *result.waiting])
         for (table, code), count in codes.items():
             REJECTED.labels(STAGE, table, code).inc(count)
@@ -564,7 +576,7 @@ def malformed_because(command: ApplyCommand) -> str | None:
     for name in ("id", "side", "target", "object", "action"):
         if not isinstance(getattr(command, name), str) or not getattr(command, name):
             return f"{name} must be a non-empty string, got {getattr(command, name)!r}"
-    for name in ("key", "match"):
+    for name in ("key", "match", "expect"):
         if getattr(command, name) is not None and not isinstance(getattr(command, name), dict):
             return f"{name} must be an object or null, got {getattr(command, name)!r}"
     if not isinstance(command.values, dict):

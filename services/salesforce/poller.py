@@ -54,8 +54,10 @@ from simple_salesforce.exceptions import SalesforceError
 from crmsync import kafka, pg, topics
 from crmsync.config import Settings
 from crmsync.envelope import Change
+from crmsync.field_types import store_crm_fields
 from crmsync.infra import Endpoints
 from services.salesforce.client import SalesforceClient, account_settings, retry_reason
+from services.salesforce.types import kind_of
 
 log = logging.getLogger("crmsync.salesforce.poller")
 
@@ -217,6 +219,8 @@ class ObjectPoller:
         if self._fields and time.monotonic() - self._fields_at < self.full_window_every:
             return self._fields
         described = self.client.describe(self.obj)["fields"]
+        store_crm_fields(self.conn, self.account_name, self.obj,
+                         {f["name"]: (kind_of(f.get("type", "")), f.get("type", "")) for f in described})
         names = [f["name"] for f in described if f.get("type") not in SKIPPED_FIELD_TYPES]
         missing = [name for name in REQUIRED_FIELDS if name not in names]
         if missing:

@@ -1,66 +1,10 @@
 """The reconciler's decisions against a real Campaign database: links, matching, echoes, conflicts, deletes."""
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
-from crmsync import config, pg
-from crmsync.defaults import default_mappings
-from crmsync.envelope import Change
-from streams.reconcile import Reconciler, save_conflicts
-
-ACCOUNT = "sf"
-_seq = itertools.count(1)
-
-
-def _settings(**contacts_overrides):
-    mappings = [m.model_dump() for m in default_mappings(ACCOUNT)]
-    for m in mappings:
-        if m["name"] == "contacts":
-            m.update(contacts_overrides)
-    return config.Settings.model_validate({
-        "accounts": {ACCOUNT: {"type": "salesforce", "username": "u", "password": "p"}},
-        "campaign": {"name": "campaign"}, "mappings": mappings})
-
-
-def crm(op: str, crm_id: str, modstamp: str, **fields) -> Change:
-    after = None if op == "d" else {"Id": crm_id, "SystemModstamp": modstamp, **fields}
-    return Change(id=f"crm:{crm_id}:{modstamp}:{next(_seq)}", side="crm", source=ACCOUNT, object="Contact", op=op,
-                  key={"Id": crm_id}, after=after, position={"modstamp": modstamp, "id": crm_id}, source_ts=modstamp)
-
-
-def campaign(op: str, key: int, commit_ts: str, after: dict | None, before: dict | None = None,
-             origin: str | None = None) -> Change:
-    lsn = next(_seq) * 1000
-    return Change(id=f"campaign:{lsn}", side="campaign", source="campaign", object="recipients", op=op,
-                  key={"id": key}, after=after, before=before, position={"lsn": "0/0", "lsn_int": lsn, "seq": 0},
-                  source_ts=commit_ts, origin=origin)
-
-
-@pytest.fixture
-def decide(campaign_db):
-    dsn, _name = campaign_db
-    state = {"settings": _settings()}
-
-    def run(changes, **overrides):
-        settings = _settings(**overrides) if overrides else state["settings"]
-        with pg.connect(dsn) as conn:
-            outcome = Reconciler(settings, "campaign").process(conn, changes)
-            save_conflicts(conn, outcome.conflicts)
-        return outcome
-
-    run.dsn = dsn
-    return run
-
-
-def _recipient(dsn: str, email: str, **columns) -> dict:
-    with pg.connect(dsn) as conn:
-        names = ["email", *columns]
-        row = conn.execute(f"INSERT INTO recipients ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
-                           "RETURNING id, updated_at", [email, *columns.values()]).fetchone()
-    return {"id": row[0], "updated_at": row[1]}
-
+from crmsync import pg
+from tests.streams.changes import ACCOUNT, campaign, crm, linked, recipient
 
 def test_new_crm_contact_becomes_a_campaign_insert(decide):
     out = decide([crm("c", "003A", "2026-01-01T10:00:00.000+0000", FirstName="Ann", LastName="Lee",
@@ -73,7 +17,7 @@ def test_new_crm_contact_becomes_a_campaign_insert(decide):
 
 
 def test_matching_email_links_instead_of_duplicating(decide):
-    row = _recipient(decide.dsn, "  Bob@Example.com ", first_name="Bob", job_title="Buyer")
+    row = recipient(decide.dsn, "  Bob@Example.com ", first_name="Bob", job_title="Buyer")
     out = decide([crm("c", "003B", "2000-01-01T10:00:00.000+0000", FirstName="Robert", Email="bob@example.com",
                       Title=None)])
     campaign_cmds = [c for c in out.commands if c.side == "campaign"]
@@ -88,7 +32,7 @@ def test_matching_email_links_instead_of_duplicating(decide):
 
 def test_echoes_of_our_own_writes_are_dropped(decide):
     decide([crm("c", "003C", "2026-01-01T10:00:00.000+0000", FirstName="Cy", LastName="Xu", Email="cy@example.com")])
-    row = _recipient(decide.dsn, "cy@example.com")
+    row = recipient(decide.dsn, "cy@example.com")
     # the Campaign writer's insert comes back through change capture, tagged with its origin
     echo = campaign("c", row["id"], "2026-01-01T10:00:01Z",
                     {"id": row["id"], "email": "cy@example.com", "first_name": "Cy", "crm_account": ACCOUNT,
@@ -107,18 +51,8 @@ def test_echoes_of_our_own_writes_are_dropped(decide):
                        Email="cy@example.com")]).commands == []
 
 
-def _linked(decide, crm_id: str, email: str) -> int:
-    decide([crm("c", crm_id, "2026-01-01T10:00:00.000+0000", FirstName="Di", LastName="Ho", Email=email,
-                HasOptedOutOfEmail=False)])
-    row = _recipient(decide.dsn, email)
-    decide([campaign("c", row["id"], "2026-01-01T10:00:01Z",
-                     {"id": row["id"], "email": email, "crm_account": ACCOUNT, "crm_id": crm_id},
-                     origin="writer-campaign")])
-    return row["id"]
-
-
 def test_concurrent_edits_last_modified_wins_and_is_recorded(decide):
-    key = _linked(decide, "003D", "di@example.com")
+    key = linked(decide, "003D", "di@example.com")
     base = {"id": key, "email": "di@example.com", "first_name": "Di", "last_name": "Ho",
             "crm_account": ACCOUNT, "crm_id": "003D"}
     to_crm = decide([campaign("u", key, "2026-01-01T12:00:00Z", {**base, "job_title": "CMO"},
@@ -139,7 +73,7 @@ def test_concurrent_edits_last_modified_wins_and_is_recorded(decide):
 def test_a_decision_made_again_records_its_conflict_once(decide):
     """A read that had to wait (its parent not in the CRM yet) comes back and is decided again: the same two
     edits are the same conflict, recorded once (the demo showed each one three times)."""
-    key = _linked(decide, "003K", "kay@example.com")
+    key = linked(decide, "003K", "kay@example.com")
     base = {"id": key, "email": "kay@example.com", "first_name": "Kay", "last_name": "Ho",
             "crm_account": ACCOUNT, "crm_id": "003K"}
     decide([campaign("u", key, "2026-01-01T12:00:00Z", {**base, "job_title": "CMO"},
@@ -155,7 +89,7 @@ def test_a_decision_made_again_records_its_conflict_once(decide):
 
 
 def test_owned_field_always_goes_to_its_owner(decide):
-    _linked(decide, "003E", "eve@example.com")
+    linked(decide, "003E", "eve@example.com")
     out = decide([crm("u", "003E", "2026-01-02T10:00:00.000+0000", FirstName="Di", LastName="Ho",
                       Email="eve@example.com", HasOptedOutOfEmail=True)])
     # HasOptedOutOfEmail ⇄ email_opt_out is Campaign-owned in the default mapping: the CRM edit is reverted
@@ -166,7 +100,7 @@ def test_owned_field_always_goes_to_its_owner(decide):
 @pytest.mark.parametrize("policy, expected", [
     ("propagate", ("delete", {})), ("mark", ("upsert", {"deleted": True})), ("ignore", None)])
 def test_crm_delete_follows_the_delete_policy(decide, policy, expected):
-    _linked(decide, "003F", f"fay-{policy}@example.com")
+    linked(decide, "003F", f"fay-{policy}@example.com")
     out = decide([crm("d", "003F", "2026-01-03T10:00:00.000+0000")], delete=policy)
     got = [(c.action, c.values) for c in out.commands]
     assert got == ([expected] if expected else [])
@@ -184,7 +118,7 @@ def test_duplicates_and_bursts_collapse(decide):
 def test_a_superseded_write_landing_late_is_still_an_echo(decide):
     """Campaign edit sent to the CRM; the CRM user edits the same field later, before our write lands: the
     CRM wins and is re-asserted. When our older write then lands, its echo must not undo the decision."""
-    key = _linked(decide, "003H", "hal@example.com")
+    key = linked(decide, "003H", "hal@example.com")
     base = {"id": key, "email": "hal@example.com", "first_name": "Di", "last_name": "Ho", "crm_account": ACCOUNT,
             "crm_id": "003H"}
     decide([campaign("u", key, "2026-01-01T12:00:00Z", {**base, "first_name": "FromCampaign"}, before=base)])

@@ -25,7 +25,8 @@ from crmsync.workflow import filters, options
 from crmsync.workflow.activities.crm_filter import soql_datetime, to_soql
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
 from crmsync.workflow.model import CrmActivity
-from streams.convert import canonical
+from crmsync.values import canonical
+from services.salesforce.types import kind_of
 
 log = logging.getLogger("crmsync.workflow.crm")
 INDEX_FIELDS = {"salesforce": ("SystemModstamp", "LastModifiedDate")}  # tried in this order
@@ -87,10 +88,21 @@ def import_records(activity: CrmActivity, rows: list[Row], ctx: RunContext, prog
             progress.update(completed=len(records), total=max(len(records), 1))
     if activity.publish and records:
         publish(ctx, ctx.workflow.account_of(activity), activity.object, [_change(ctx, activity, r) for r in records])
-    out = [{column: canonical(r.get(name), conversion) for name, column, conversion in wanted} for r in records]
+    kinds = {name: kind_of(crm_type) for name, crm_type in types.items()}
+    out = [{column: _converted(r.get(name), kinds.get(name), conversion) for name, column, conversion in wanted}
+           for r in records]
     window = f" in [{ctx.vars.get('crmStartImport') or '-∞'}, {ctx.vars.get('crmEndDate')})" \
         if activity.automatic_index and activity.automatic_index.enabled else ""
     return Outputs(ok=out, note=f"{len(out)} {activity.object} record(s){window}")
+
+
+def _converted(value: Any, kind: Any, conversion: Any) -> Any:
+    """A CRM value converted by its field's declared kind; one the CRM itself sent in another form is kept as
+    the CRM sent it (the Campaign write of that row then says what is wrong with it, in the rejects)."""
+    try:
+        return canonical(value, kind, conversion)
+    except ValueError:
+        return value
 
 
 def _bookkeeping(types: dict[str, str]) -> list[str]:

@@ -23,10 +23,11 @@ from typing import Any
 from psycopg import sql
 
 from crmsync.envelope import ApplyCommand
-from crmsync.workflow.activities.crm import reject_row, salesforce_writer, settle
+from crmsync.values import Kind, canonical
+from crmsync.workflow.activities.crm import describe_types, reject_row, salesforce_writer, settle
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
 from crmsync.workflow.model import CrmActivity
-from streams.convert import canonical, to_crm
+from services.salesforce.types import kind_of
 
 BULK_CHUNK = 10_000  # records per Bulk API 2.0 job in batch mode
 
@@ -82,13 +83,14 @@ def export(activity: CrmActivity, rows: list[Row], ctx: RunContext, progress: Pr
     progress.total(len(rows))
     progress.advance(len(rows) - len(todo))
     chunk = BULK_CHUNK if activity.batch else activity.batch_size
+    kinds = {name: kind_of(crm_type) for name, crm_type in describe_types(client, activity.object).items()}
     results: dict[str, tuple[str, bool]] = {}  # command id -> (CRM id, created), from the writer's hook
     writer = salesforce_writer(ctx, client, activity,
                                lambda command, crm_id, created: results.__setitem__(command.id, (crm_id, created)))
     try:
         for start in range(0, len(todo), chunk):
             results.clear()
-            _export_chunk(activity, ctx, journal, writer, todo[start:start + chunk], outputs, results)
+            _export_chunk(activity, ctx, journal, writer, todo[start:start + chunk], outputs, results, kinds)
             progress.advance(len(todo[start:start + chunk]))
     finally:
         writer.close()
@@ -111,11 +113,18 @@ def _replay(activity: CrmActivity, row: Row, entry: tuple | None, outputs: Outpu
 
 
 def _export_chunk(activity: CrmActivity, ctx: RunContext, journal: Journal, writer: Any, rows: list[Row],
-                  outputs: Outputs, results: dict[str, tuple[str, bool]]) -> None:
+                  outputs: Outputs, results: dict[str, tuple[str, bool]], kinds: dict[str, Kind]) -> None:
     commands = {}
+    sendable = []
     for row in rows:
-        command = _command(activity, ctx, row)
+        try:
+            command = _command(activity, ctx, row, kinds)
+        except ValueError as exc:  # a value the CRM field cannot take: this record is refused, the rest go
+            outputs.reject.append(reject_row(row, "CRMSYNC_INVALID_VALUE", str(exc)))
+            continue
         commands[command.id] = (row, command)
+        sendable.append(row)
+    rows = sendable
     journal.mark_sent([str(row[activity.key]) for row in rows])
     result = writer.process([c for _, c in commands.values()])
     chunk_out = Outputs()
@@ -134,10 +143,16 @@ def _export_chunk(activity: CrmActivity, ctx: RunContext, journal: Journal, writ
             _write_back(ctx, activity, done)
 
 
-def _command(activity: CrmActivity, ctx: RunContext, row: Row) -> ApplyCommand:
-    """Update by Id when the CRM id is mapped, else upsert by the external id (the Campaign key)."""
+def _command(activity: CrmActivity, ctx: RunContext, row: Row, kinds: dict[str, Kind]) -> ApplyCommand:
+    """Update by Id when the CRM id is mapped, else upsert by the external id (the Campaign key). Values are
+    converted by the CRM field's declared kind (a text field gets the column's text byte for byte)."""
     key, crm_id = str(row[activity.key]), row.get(activity.crm_id)
-    values = {f.crm: to_crm(canonical(row.get(f.campaign), f.conversion)) for f in activity.mapping}
+    values = {}
+    for f in activity.mapping:
+        try:
+            values[f.crm] = canonical(row.get(f.campaign), kinds.get(f.crm), f.conversion)
+        except ValueError as exc:
+            raise ValueError(f"{f.campaign} → {f.crm}: {exc}") from None
     if crm_id:
         values[activity.external_id] = key  # the CRM record points back to us, as in the two-way sync
     return ApplyCommand(id=f"workflow:{ctx.workflow.name}:{ctx.run_id}:{activity.name}:{key}", side="crm",

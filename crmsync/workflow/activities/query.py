@@ -16,7 +16,7 @@ from crmsync.workflow import filters
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
 from crmsync.workflow.filters import Condition, Group, Node
 from crmsync.workflow.model import QueryActivity
-from services.campaign_writer.catalog import Catalog, Table
+from crmsync.catalog import Catalog, Table
 
 _COMPARE = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "after": ">", "before": "<",
             "on or after": ">=", "on or before": "<="}
