@@ -8,14 +8,20 @@ spellings in `SPELLINGS` (from the REST API and Bulk API guides' response exampl
 writes header names exactly as given (httptools would too, but h11 is the one pinned and tested), and with
 uvicorn's own `server`/`date` headers off: this middleware adds `Date` itself.
 
+It also enforces the REST API's request-line limit: a URI (path + query string) over 16,384 bytes answers
+414 before any handler runs ("Maximum number of rows returned by SOQL queries over the REST API", Salesforce
+Help 000386264), which is what stops an over-long SOQL query sent with GET.
+
 Invariant: names change, values and order never do.
 """
 from __future__ import annotations
 
+import json
 from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+MAX_URI_BYTES = 16_384
 SPELLINGS = {
     b"sforce-numberofrecords": b"Sforce-NumberOfRecords",
     b"sforce-locator": b"Sforce-Locator",
@@ -43,6 +49,9 @@ class SalesforceHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) > MAX_URI_BYTES:
+            await _uri_too_long(send)
+            return
 
         async def respell(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -53,3 +62,13 @@ class SalesforceHeaders:
             await send(message)
 
         await self.app(scope, receive, respell)
+
+
+async def _uri_too_long(send: Send) -> None:
+    body = json.dumps([{"message": f"The request URI is longer than {MAX_URI_BYTES} bytes: send long SOQL "
+                        "queries through a Bulk API query job or composite/batch", "errorCode": "URI_TOO_LONG"}])
+    await send({"type": "http.response.start", "status": 414,
+                "headers": [(b"Date", formatdate(usegmt=True).encode()),
+                            (b"Content-Type", b"application/json;charset=UTF-8"),
+                            (b"Content-Length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body.encode()})
