@@ -168,6 +168,7 @@ def expire_sessions(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
 def clock(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
     sandbox.store.clock_offset = timedelta(seconds=float(body["offset_seconds"]))
     sandbox.store.purge_recycle_bin()  # time moved: the recycle bin may have expired rows
+    sandbox.changes.purge()  # ... and change events may have left the retention window
     return {"offset_seconds": sandbox.store.clock_offset.total_seconds(), "now": sandbox.store.now().isoformat()}
 
 

@@ -54,6 +54,15 @@ class RunningSandbox:
         session.trust_env = False  # else an exported REQUESTS_CA_BUNDLE silently replaces `verify`
         return session
 
+    def access_token(self) -> str:
+        """A fresh session id from the OAuth password grant."""
+        c = self.credentials
+        response = self.session().post(f"{self.base_url}/services/oauth2/token", timeout=30, data={
+            "grant_type": "password", "client_id": c.client_id, "client_secret": c.client_secret,
+            "username": c.username, "password": c.password + c.security_token})
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """Call a /__sandbox/ endpoint (POST when a body is given) and return its JSON."""
         url, headers = f"{self.base_url}/__sandbox/{path}", {"X-Sandbox-Admin": self.admin_token}

@@ -42,16 +42,9 @@ def streaming(start_sandbox: Callable[..., RunningSandbox]) -> RunningSandbox:
     return start_sandbox("streaming", extra_args=("--cometd-timeout", "2"))
 
 
-def token(sb: RunningSandbox) -> str:
-    c = sb.credentials
-    return sb.session().post(f"{sb.base_url}/services/oauth2/token", data={
-        "grant_type": "password", "client_id": c.client_id, "client_secret": c.client_secret,
-        "username": c.username, "password": c.password + c.security_token}).json()["access_token"]
-
-
 def test_aiosfstream_receives_change_events_with_replay(streaming: RunningSandbox) -> None:
     http = streaming.session()
-    http.headers["Authorization"] = f"Bearer {token(streaming)}"
+    http.headers["Authorization"] = f"Bearer {streaming.access_token()}"
     before = http.post(f"{streaming.base_url}{API}/sobjects/Contact",
                        json={"FirstName": "Grace", "LastName": "Before", "MailingCity": "Oslo"}).json()["id"]
 
@@ -92,7 +85,7 @@ def test_bayeux_errors(streaming: RunningSandbox) -> None:
     assert denied.status_code == 401
     assert denied.json()[0]["error"] == "403::Handshake denied"
     assert denied.json()[0]["ext"]["sfdc"]["failureReason"] == "401::Authentication invalid"
-    http.headers["Authorization"] = f"Bearer {token(streaming)}"
+    http.headers["Authorization"] = f"Bearer {streaming.access_token()}"
     handshake = http.post(url, json=[{"channel": "/meta/handshake", "version": "1.0", "id": "1",
                                       "supportedConnectionTypes": ["long-polling"]}]).json()[0]
     assert handshake["successful"] and handshake["supportedConnectionTypes"] == ["long-polling"]

@@ -42,15 +42,8 @@ def raw_get(sb: RunningSandbox, target: str, headers: list[tuple[str, str]]) -> 
                 return status, names, body
 
 
-def access_token(sb: RunningSandbox) -> str:
-    c = sb.credentials
-    return sb.session().post(f"{sb.base_url}/services/oauth2/token", data={
-        "grant_type": "password", "client_id": c.client_id, "client_secret": c.client_secret,
-        "username": c.username, "password": c.password + c.security_token}).json()["access_token"]
-
-
 def test_header_names_are_spelled_like_salesforce(sandbox: RunningSandbox) -> None:
-    auth = [("Authorization", f"Bearer {access_token(sandbox)}")]
+    auth = [("Authorization", f"Bearer {sandbox.access_token()}")]
     status, names, _ = raw_get(sandbox, f"{API}/limits", auth)
     assert status == 200 and b"Sforce-Limit-Info" in names and b"Content-Type" in names
     assert b"Date" in names and not any(n.lower() == b"server" for n in names)
@@ -85,7 +78,7 @@ def test_soap_login_at_trailing_slash_in_wsdl_order(sandbox: RunningSandbox) -> 
 
 def test_soql_limits_and_uri_limit(sandbox: RunningSandbox) -> None:
     http = sandbox.session()
-    http.headers["Authorization"] = f"Bearer {access_token(sandbox)}"
+    http.headers["Authorization"] = f"Bearer {sandbox.access_token()}"
 
     def bulk_query_error(soql: str) -> dict[str, Any]:
         response = http.post(f"{sandbox.base_url}{API}/jobs/query", json={"operation": "query", "query": soql})
@@ -115,7 +108,7 @@ def test_soql_limits_and_uri_limit(sandbox: RunningSandbox) -> None:
 def test_event_loop_answers_while_a_big_query_runs(start_sandbox: Callable[..., RunningSandbox]) -> None:
     sb = start_sandbox("big", seed_contacts=60_000)
     http = sb.session()
-    http.headers["Authorization"] = f"Bearer {access_token(sb)}"
+    http.headers["Authorization"] = f"Bearer {sb.access_token()}"
     finished: dict[str, float] = {}
 
     def big_query() -> None:
