@@ -3,6 +3,8 @@
     crmsync sandbox salesforce [--port 8443] [--state .crmsync/sandboxes/salesforce] [--seed-contacts N]
                                [--tls-name NAME ...] [--username U --password P --security-token T
                                --client-id C --client-secret S] [--admin-token A]
+                               [--pubsub-port 7443] [--pubsub-keepalive 270] [--cdc-objects Contact,Lead]
+                               [--cdc-retention SECONDS] [--cometd-timeout 110]
     crmsync sandbox ca [--state .crmsync/sandboxes]
 
 Default credentials are `settings.DEFAULT_CREDENTIALS`; secrets can also come from environment variables
@@ -18,7 +20,8 @@ import typer
 
 from crmsync.tls import ensure_ca
 
-from .salesforce.server import DEFAULT_STATE_DIR, serve
+from .salesforce.cdc import DEFAULT_RETENTION_SECONDS
+from .salesforce.server import DEFAULT_STATE_DIR, StreamingOptions, serve
 from .salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
 
 SANDBOXES_DIR = DEFAULT_STATE_DIR.parent
@@ -48,11 +51,26 @@ def salesforce(
     admin_token: str = typer.Option(DEFAULT_ADMIN_TOKEN, envvar="CRMSYNC_SANDBOX_ADMIN_TOKEN", show_default=False,
                                     help=f"X-Sandbox-Admin header value (default: {DEFAULT_ADMIN_TOKEN})."),
     log_level: str = typer.Option("info", help="Logging level (requests are logged without query strings)."),
+    pubsub_port: int = typer.Option(7443, help="Pub/Sub API (gRPC over TLS) port; 0 picks a free one (the second "
+                                               "banner line shows it)."),
+    pubsub_keepalive: float = typer.Option(270.0, help="Seconds of silence before a Subscribe stream gets an empty "
+                                                       "keepalive FetchResponse (Salesforce: within 270)."),
+    cdc_objects: Optional[str] = typer.Option(None, help="Comma-separated objects selected for Change Data Capture "
+                                                         "(default: the stored selection, first Contact,Account,"
+                                                         "Opportunity,Lead)."),
+    cdc_retention: int = typer.Option(DEFAULT_RETENTION_SECONDS, help="Seconds change events are kept (72 hours "
+                                                                      "like Salesforce)."),
+    cometd_timeout: float = typer.Option(110.0, help="Seconds a Streaming API /meta/connect long poll is held."),
 ) -> None:
-    """Run the Salesforce sandbox (REST, SOQL, composite, Bulk API 2.0, OAuth and SOAP login)."""
+    """Run the Salesforce sandbox (REST, SOQL, composite, Bulk API 1.0 and 2.0, OAuth and SOAP login, Change Data
+    Capture over the Pub/Sub API and the Streaming API)."""
+    objects = [o.strip() for o in cdc_objects.split(",") if o.strip()] if cdc_objects is not None else None
+    streaming = StreamingOptions(pubsub_port=pubsub_port, pubsub_keepalive_seconds=pubsub_keepalive,
+                                 cdc_objects=objects, cdc_retention_seconds=cdc_retention,
+                                 cometd_timeout_seconds=cometd_timeout)
     serve(host=host, port=port, state_dir=state, seed_contacts=seed_contacts, tls_names=tuple(tls_name or ()),
           credentials=Credentials(username, password, security_token, client_id, client_secret),
-          admin_token=admin_token, log_level=log_level)
+          admin_token=admin_token, log_level=log_level, streaming=streaming)
 
 
 @sandbox_app.command("ca")

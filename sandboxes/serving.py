@@ -11,12 +11,13 @@ OS picked, and by the time it is printed connections are already queued rather t
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, AsyncContextManager, Callable, Mapping, Sequence
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -51,15 +52,29 @@ def prepare_tls(state_dir: Path, host: str, tls_names: Sequence[str] = ()) -> Tl
 
 
 def serve_https(app: ASGIApp, *, host: str, port: int, tls: Tls, banner: str,
-                on_close: Callable[[], None] = lambda: None, graceful_seconds: int = 5) -> None:
-    """Bind, print `banner` + the URL and the CA path, then serve `app` over HTTPS until interrupted."""
+                on_close: Callable[[], None] = lambda: None, graceful_seconds: int = 5,
+                uvicorn_options: Mapping[str, Any] | None = None,
+                alongside: Callable[[], AsyncContextManager[None]] | None = None) -> None:
+    """Bind, print `banner` + the URL and the CA path, then serve `app` over HTTPS until interrupted.
+    `uvicorn_options` adds uvicorn.Config settings; `alongside` runs other servers (e.g. gRPC) on the same
+    event loop for as long as HTTPS is served."""
     sock = listen(host, port)
     shown = "127.0.0.1" if host in WILDCARD_HOSTS else host
     print(f"{banner}https://{bracket(shown)}:{sock.getsockname()[1]}  (CA: {tls.ca.resolve()})", flush=True)
     config = uvicorn.Config(app, ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key), lifespan="off",
-                            access_log=False, log_level="warning", timeout_graceful_shutdown=graceful_seconds)
+                            access_log=False, log_level="warning", timeout_graceful_shutdown=graceful_seconds,
+                            **dict(uvicorn_options or {}))
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        if alongside is None:
+            await server.serve(sockets=[sock])
+            return
+        async with alongside():
+            await server.serve(sockets=[sock])
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        asyncio.run(run())
     finally:
         on_close()
 

@@ -16,6 +16,11 @@ token.
   POST /__sandbox/undelete        {"object": "Contact", "ids": [...]}: restore from the recycle bin
   POST /__sandbox/fields          {"object": "Contact", "name": "Shoe_Size__c", "type": "double", "label": "…"}:
                                   add (or retype) a custom text/number field at runtime, kept in settings.json
+  GET  /__sandbox/cdc             Change Data Capture state: selected objects, retention, replay id range
+  POST /__sandbox/cdc             {"objects": ["Contact", …], "retention_seconds": S, "overflow_limit": N}
+                                  (each key optional): the Setup selection, retention and GAP_OVERFLOW threshold
+  POST /__sandbox/cdc/gap         {"object": "Contact", "change_type": "GAP_UPDATE", "ids": [...]}: emit a gap
+                                  event (GAP_CREATE/UPDATE/DELETE/UNDELETE with ids, GAP_OVERFLOW without)
 
 A fault is decided per API request, after authentication and before anything else happens, so a faulted request
 has no side effect (it is not even counted against the daily limit).
@@ -121,7 +126,7 @@ def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             body = json.loads(raw) if raw.strip() else {}
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
-            return json_response(handler(sandbox, body))
+            return json_response(await sandbox.worker.run(handler, sandbox, body))
         except (ValueError, TypeError, KeyError) as exc:
             return json_response({"error": str(exc)}, status=400)
         except SalesforceError as exc:
@@ -163,7 +168,35 @@ def expire_sessions(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
 def clock(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
     sandbox.store.clock_offset = timedelta(seconds=float(body["offset_seconds"]))
     sandbox.store.purge_recycle_bin()  # time moved: the recycle bin may have expired rows
+    sandbox.changes.purge()  # ... and change events may have left the retention window
     return {"offset_seconds": sandbox.store.clock_offset.total_seconds(), "now": sandbox.store.now().isoformat()}
+
+
+def cdc_state(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    changes = sandbox.changes
+    return {"objects": sorted(changes.selected), "retention_seconds": changes.retention_seconds,
+            "overflow_limit": changes.overflow_limit, "last_replay_id": changes.last_replay_id(),
+            "earliest_replay_id": changes.earliest_replay_id(), "purged_through": changes.purged_through()}
+
+
+def cdc_configure(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    changes = sandbox.changes
+    if "objects" in body:
+        if not isinstance(body["objects"], list):
+            raise ValueError('"objects" must be a list of object names, e.g. ["Contact", "Lead"]')
+        changes.select(body["objects"])
+    if "retention_seconds" in body:
+        changes.retention_seconds = int(body["retention_seconds"])
+        changes.purge()
+    if "overflow_limit" in body:
+        changes.overflow_limit = max(1, int(body["overflow_limit"]))
+    return cdc_state(sandbox, {})
+
+
+def cdc_gap(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
+    event = sandbox.changes.inject_gap(str(body["object"]), str(body["change_type"]),
+                                       [str(i) for i in body.get("ids", [])], sandbox.api_user_id)
+    return {"replay_id": event.replay_id, "change_type": event.change_type, "record_ids": event.record_ids}
 
 
 def undelete(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
@@ -219,4 +252,7 @@ ENDPOINTS: list[tuple[str, list[str], Callable[[Request], Awaitable[Response]]]]
     ("/__sandbox/clock", ["POST"], _admin(clock)),
     ("/__sandbox/undelete", ["POST"], _admin(undelete)),
     ("/__sandbox/fields", ["POST"], _admin(add_field)),
+    ("/__sandbox/cdc", ["GET"], _admin(cdc_state)),
+    ("/__sandbox/cdc", ["POST"], _admin(cdc_configure)),
+    ("/__sandbox/cdc/gap", ["POST"], _admin(cdc_gap)),
 ]

@@ -8,7 +8,10 @@ trailing slash.
 
 Every data API request goes through `api_entry`: check the session (401 INVALID_SESSION_ID), roll the fault
 dice (no side effect when one fires), enforce and count the daily request limit (403 REQUEST_LIMIT_EXCEEDED),
-then `dispatch` to a handler from `API_ROUTES`. Responses carry `Sforce-Limit-Info: api-usage=N/M`.
+then `dispatch` to a handler from `API_ROUTES`, inside one change-event transaction (cdc.py) whose changeOrigin
+is `com/salesforce/api/rest/<version>` (`bulkapi` for Bulk API jobs) plus `;client=<id>` when the request sends
+`Sforce-Call-Options: client=<id>`. Responses carry `Sforce-Limit-Info: api-usage=N/M`. All store work runs on
+the store thread (context.py), never on the event loop.
 The /__sandbox/* admin endpoints (admin.py) sit outside all of this and use their own header.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,9 +29,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, bulk, composite, rest
+from . import admin, bulk, bulk1, cometd, composite, rest
 from .auth import Auth, oauth_revoke, oauth_token, soap_login
-from .context import Call, Sandbox, error_response, json_response
+from .cdc import DEFAULT_RETENTION_SECONDS, ChangeLog
+from .context import Call, Sandbox, StoreThread, error_response, json_response
+from .wire import SalesforceHeaders
 from .errors import SalesforceError, not_found
 from .objects import MODEL
 from .settings import Credentials, SandboxSettings
@@ -87,8 +92,11 @@ def _compile(pattern: str) -> re.Pattern[str]:
 _COMPILED = [(method, _compile(pattern), handler) for method, pattern, handler in API_ROUTES]
 
 
-def create_sandbox(state_dir: Path, credentials: Credentials, admin_token: str) -> Sandbox:
-    """Open (or create) the org stored in `state_dir` and wire up everything the handlers share."""
+def create_sandbox(state_dir: Path, credentials: Credentials, admin_token: str, *,
+                   cdc_objects: list[str] | None = None,
+                   cdc_retention_seconds: int = DEFAULT_RETENTION_SECONDS) -> Sandbox:
+    """Open (or create) the org stored in `state_dir` and wire up everything the handlers share.
+    `cdc_objects` replaces the stored CDC selection when given."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     settings = SandboxSettings.load(state_dir)
@@ -97,10 +105,14 @@ def create_sandbox(state_dir: Path, credentials: Credentials, admin_token: str) 
     store = Store(state_dir, MODEL, settings)
     org_id, user_id = store.ensure_org(credentials.username)
     store.purge_recycle_bin()
+    changes = ChangeLog(store, MODEL, retention_seconds=cdc_retention_seconds, objects=cdc_objects)
+    changes.default_user = user_id
+    changes.purge()
+    store.changes = changes
     sandbox = Sandbox(model=MODEL, store=store, settings=settings, credentials=credentials, admin_token=admin_token,
                       org_id=org_id, api_user_id=user_id, auth=Auth(store, settings, credentials, org_id, user_id),
                       faults=admin.Faults(), stats=admin.Stats(), cursors=rest.QueryCursors(), jobs=bulk.BulkJobs(),
-                      dispatch=dispatch)
+                      bulk1=bulk1.Bulk1Jobs(), changes=changes, worker=StoreThread(), dispatch=dispatch)
     return sandbox
 
 
@@ -139,26 +151,43 @@ async def api_entry(request: Request) -> Response:
         return error_response(not_found())
     token = _bearer(request.headers.get("authorization", ""))
     try:
-        user_id = sandbox.auth.check_access(token)
+        user_id = await sandbox.worker.run(sandbox.auth.check_access, token)
     except SalesforceError as exc:
         return error_response(exc)
     body = await request.body()
     decision = sandbox.faults.decide()
     if decision.delay:
         await asyncio.sleep(decision.delay)
+    call = Call(sandbox=sandbox, method=request.method, path="/" + request.path_params.get("rest", ""),
+                raw_path=_raw_rest(request, version), query=dict(request.query_params),
+                headers={k.lower(): v for k, v in request.headers.items()}, body=body, version=version[1:],
+                user_id=user_id)
+    return await sandbox.worker.run(_serve_call, call, decision.kind, token)
+
+
+def _serve_call(call: Call, fault: str | None, token: str) -> Response:
+    """Limits, counting and the handler itself, on the store thread."""
+    sandbox = call.sandbox
     store, maximum = sandbox.store, sandbox.settings.daily_api_max
-    if decision.kind:
-        return _limit_info(_fault(sandbox, decision.kind, token), store.daily("api"), maximum)
+    if fault:
+        return _limit_info(_fault(sandbox, fault, token), store.daily("api"), maximum)
     if store.daily("api") >= maximum:
         error = SalesforceError("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.", status=403)
         return _limit_info(error_response(error), store.daily("api"), maximum)
     used = store.bump_daily("api")
     store.maybe_purge()
-    call = Call(sandbox=sandbox, method=request.method, path="/" + request.path_params.get("rest", ""),
-                raw_path=_raw_rest(request, version), query=dict(request.query_params),
-                headers={k.lower(): v for k, v in request.headers.items()}, body=body, version=version[1:],
-                user_id=user_id)
-    return _limit_info(sandbox.dispatch(call), used, maximum)
+    api = "bulkapi" if call.path.startswith("/jobs/ingest") else "rest"
+    with sandbox.changes.transaction(change_origin(api, call.version, call.headers), call.user_id):
+        response = sandbox.dispatch(call)
+    return _limit_info(response, used, maximum)
+
+
+def change_origin(api: str, version: str, headers: Mapping[str, str]) -> str:
+    """changeOrigin of a change event: `com/salesforce/api/<api>/<version>[;client=<Sforce-Call-Options client>]`
+    (https://developer.salesforce.com/docs/platform/apex-ref/references/apex-ref/apex-class-eventbus-
+    changeeventheader.html)."""
+    match = re.search(r"client\s*=\s*([^,;\s]+)", headers.get("sforce-call-options", ""))
+    return f"com/salesforce/api/{api}/{version}" + (f";client={match.group(1)}" if match else "")
 
 
 def _fault(sandbox: Sandbox, kind: str, token: str) -> Response:
@@ -231,7 +260,8 @@ def _login_routes() -> list[Route]:
     for prefix in ("", "/{prefix:path}.salesforce.com"):
         routes += [Route(f"{prefix}/services/oauth2/token", oauth_token, methods=["POST"]),
                    Route(f"{prefix}/services/oauth2/revoke", oauth_revoke, methods=["GET", "POST"]),
-                   Route(f"{prefix}/services/Soap/u/{{version}}", soap_login, methods=["POST"])]
+                   Route(f"{prefix}/services/Soap/u/{{version}}", soap_login, methods=["POST"]),
+                   Route(f"{prefix}/services/Soap/u/{{version}}/", soap_login, methods=["POST"])]
     return routes
 
 
@@ -243,8 +273,12 @@ def build_app(sandbox: Sandbox) -> Any:
         Route("/services/data/{version}", api_entry, methods=methods),
         Route("/services/data/{version}/{rest:path}", api_entry, methods=methods),
         *_login_routes(),
+        *bulk1.routes(),
+        *cometd.routes(),
         *[Route(path, endpoint, methods=verbs) for path, verbs, endpoint in admin.ENDPOINTS],
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, max_body_size=MAX_BODY)
+    app.router.redirect_slashes = False  # Salesforce never answers a trailing slash with a redirect
     app.state.sandbox = sandbox
-    return AccessLog(app)
+    app.state.cometd = cometd.Sessions()
+    return SalesforceHeaders(AccessLog(app))

@@ -179,7 +179,8 @@ async def oauth_token(request: Request) -> Response:
     form = _form(await request.body())
     grant = form.get("grant_type", "")
     try:
-        payload = _grant(sandbox.auth, grant, form, request.headers.get("authorization", ""), base_url(request))
+        payload = await sandbox.worker.run(_grant, sandbox.auth, grant, form,
+                                           request.headers.get("authorization", ""), base_url(request))
     except OAuthError as exc:
         log.info("OAuth %s grant refused: %s", grant or "(none)", exc.error)
         return json_response({"error": exc.error, "error_description": exc.description}, status=exc.status)
@@ -210,7 +211,7 @@ def _grant(auth: Auth, grant: str, form: dict[str, str], authorization: str, bas
 async def oauth_revoke(request: Request) -> Response:
     sandbox: Sandbox = request.app.state.sandbox
     token = _form(await request.body()).get("token") or request.query_params.get("token", "")
-    if not token or not sandbox.auth.revoke(token):
+    if not token or not await sandbox.worker.run(sandbox.auth.revoke, token):
         return json_response({"error": "unsupported_token_type", "error_description": "this token type is not "
                               "supported"}, status=400)
     return Response(status_code=200)
@@ -232,13 +233,32 @@ async def soap_login(request: Request) -> Response:
     if not sandbox.auth.password_ok(fields.get("username", ""), fields.get("password", "")):
         log.info("SOAP login refused for %s", fields.get("username", ""))
         return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
-    session = sandbox.auth.issue("access")
+    session = await sandbox.worker.run(sandbox.auth.issue, "access")
     log.info("SOAP login: session issued for %s", sandbox.credentials.username)
     return _soap_response(_login_result(sandbox, base_url(request), version, session))
 
 
 def _login_result(sandbox: Sandbox, base: str, version: str, session: str) -> str:
-    org15 = sandbox.org_id[:15]
+    """LoginResult with its elements in the partner WSDL's order (LoginResult, then GetUserInfoResult: clients
+    such as Salesforce's own Pub/Sub quick-start read `result[3]`, `result[4]` and `userInfo[8]` by position).
+    https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_login_loginresult.htm and
+    .../sforce_api_calls_getuserinfo_getuserinforesult.htm"""
+    org15, username = sandbox.org_id[:15], escape(sandbox.credentials.username)
+    user_info = [
+        ("accessibilityMode", "false"), ("chatterExternal", "false"), ("currencySymbol", "$"),
+        ("orgAttachmentFileSizeLimit", "5242880"), ("orgDefaultCurrencyIsoCode", "USD"),
+        ("orgDefaultCurrencyLocale", "en_US"), ("orgDisallowHtmlAttachments", "false"),
+        ("orgHasPersonAccounts", "false"), ("organizationId", sandbox.org_id),
+        ("organizationMultiCurrency", "false"), ("organizationName", escape(sandbox.settings.org_name)),
+        ("profileId", "00e5g000000000AAA"), ("roleId", None),
+        ("sessionSecondsValid", str(sandbox.settings.session_lifetime_seconds)),
+        ("userDefaultCurrencyIsoCode", None), ("userEmail", username), ("userFullName", "Integration API User"),
+        ("userId", sandbox.api_user_id), ("userLanguage", "en_US"), ("userLocale", "en_US"),
+        ("userName", username), ("userTimeZone", "Europe/London"), ("userType", "Standard"),
+        ("userUiSkin", "Theme3"),
+    ]
+    info = "".join(f'<{name} xsi:nil="true"/>' if value is None else f"<{name}>{value}</{name}>"
+                   for name, value in user_info)
     return (
         f"<loginResponse><result>"
         f"<metadataServerUrl>{base}/services/Soap/m/{version}/{org15}</metadataServerUrl>"
@@ -246,15 +266,7 @@ def _login_result(sandbox: Sandbox, base: str, version: str, session: str) -> st
         f"<sandbox>{str(sandbox.settings.is_sandbox).lower()}</sandbox>"
         f"<serverUrl>{base}/services/Soap/u/{version}/{org15}</serverUrl>"
         f"<sessionId>{escape(session)}</sessionId><userId>{sandbox.api_user_id}</userId>"
-        f"<userInfo><currencySymbol>$</currencySymbol><organizationId>{sandbox.org_id}</organizationId>"
-        f"<organizationMultiCurrency>false</organizationMultiCurrency>"
-        f"<organizationName>{escape(sandbox.settings.org_name)}</organizationName>"
-        f"<profileId>00e5g000000000AAA</profileId><sessionSecondsValid>"
-        f"{sandbox.settings.session_lifetime_seconds}</sessionSecondsValid>"
-        f"<userEmail>{escape(sandbox.credentials.username)}</userEmail><userFullName>Integration API User"
-        f"</userFullName><userId>{sandbox.api_user_id}</userId><userLanguage>en_US</userLanguage>"
-        f"<userLocale>en_US</userLocale><userName>{escape(sandbox.credentials.username)}</userName>"
-        f"<userTimeZone>Europe/London</userTimeZone><userType>Standard</userType></userInfo>"
+        f"<userInfo>{info}</userInfo>"
         f"</result></loginResponse>"
     )
 

@@ -232,22 +232,28 @@ def _process(call: Call, job: IngestJob) -> None:
 
 
 def _apply(call: Call, job: IngestJob, values: dict[str, str]) -> WriteResult:
-    store, user = call.sandbox.store, call.user_id
     assign = job.assignment_rule_id is not None  # Bulk ignores Sforce-Auto-Assign; the job names a rule or not
+    return apply_row(call.sandbox.store, job.operation, job.object, job.external_id_field, values,
+                     user_id=call.user_id, auto_assign=assign, csv=True)
+
+
+def apply_row(store: Any, operation: str, object_name: str, external_id_field: str | None,
+              values: dict[str, Any], *, user_id: str, auto_assign: bool, csv: bool) -> WriteResult:
+    """One Bulk API row (1.0 or 2.0) through the same store writes as REST."""
     record_id = next((v for k, v in values.items() if k.lower() == "id"), "")
     rest = {k: v for k, v in values.items() if k.lower() != "id"}
-    if job.operation == "insert":
-        return store.create(job.object, values, user_id=user, auto_assign=assign, csv=True)
-    if job.operation == "update":
-        return store.update(job.object, record_id, rest, user_id=user, auto_assign=assign, csv=True)
-    if job.operation == "upsert":
-        ext = job.external_id_field or "Id"
+    if operation == "insert":
+        return store.create(object_name, values, user_id=user_id, auto_assign=auto_assign, csv=csv)
+    if operation == "update":
+        return store.update(object_name, record_id, rest, user_id=user_id, auto_assign=auto_assign, csv=csv)
+    if operation == "upsert":
+        ext = external_id_field or "Id"
         key = next((v for k, v in values.items() if k.lower() == ext.lower()), "")
         others = {k: v for k, v in values.items() if k.lower() != ext.lower()}
-        return store.upsert(job.object, ext, key, others, user_id=user, auto_assign=assign, csv=True)
-    if job.operation == "delete":
-        return WriteResult(store.delete(job.object, record_id, user_id=user), False)
-    return WriteResult(store.hard_delete(job.object, record_id), False)
+        return store.upsert(object_name, ext, key, others, user_id=user_id, auto_assign=auto_assign, csv=csv)
+    if operation == "delete":
+        return WriteResult(store.delete(object_name, record_id, user_id=user_id), False)
+    return WriteResult(store.hard_delete(object_name, record_id), False)
 
 
 def _check_header(call: Call, job: IngestJob) -> None:

@@ -1,14 +1,19 @@
 """What every API handler receives: the sandbox's shared state (`Sandbox`) and one request (`Call`).
 
 Handlers are plain synchronous functions `handler(call) -> Response`. The request body is read before a handler
-runs, so a handler never awaits: each API call runs start to finish on the event loop, which serializes all
-SQLite access without locks and lets composite/batch run sub-requests through the very same handlers.
+runs, so a handler never awaits: each API call runs start to finish on the one store thread (`StoreThread`),
+which serializes all SQLite access without locks and lets composite/batch run sub-requests through the very same
+handlers. The event loop never touches SQLite, so a long query or a big Bulk job never stalls TLS handshakes,
+CometD long polls or Pub/Sub streams: they only wait for their own turn on the store thread.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from starlette.responses import JSONResponse, Response
 
@@ -21,7 +26,24 @@ if TYPE_CHECKING:  # imported for annotations only; these modules import this on
     from .admin import Faults, Stats
     from .auth import Auth
     from .bulk import BulkJobs
+    from .bulk1 import Bulk1Jobs
+    from .cdc import ChangeLog
     from .rest import QueryCursors
+
+T = TypeVar("T")
+
+
+class StoreThread:
+    """The single thread that runs every piece of work touching the store (one call at a time, in order)."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="salesforce-store")
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(work, *args))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 @dataclass
@@ -39,7 +61,11 @@ class Sandbox:
     stats: "Stats"
     cursors: "QueryCursors"
     jobs: "BulkJobs"
+    bulk1: "Bulk1Jobs"
+    changes: "ChangeLog"
+    worker: StoreThread
     dispatch: Callable[["Call"], Response] = field(repr=False)  # app.dispatch; composite/batch re-enters it
+    cometd_timeout_seconds: float = 110.0  # how long a CometD /meta/connect is held without events
 
 
 @dataclass

@@ -270,10 +270,22 @@ _N_LITERALS |= {f"N_{plural}_AGO": ("AGO", unit) for unit, plural in _DATE_UNITS
 _ALIASED_LITERALS = {"LAST_90_DAYS": ("LAST_N_DAYS", 90), "NEXT_90_DAYS": ("NEXT_N_DAYS", 90)}
 _COMPARISON_OPS = {"=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _MAX_OFFSET = 2000
+# Limits (SOQL and SOSL Limits for Search Queries, https://developer.salesforce.com/docs/atlas.en-us.
+# salesforce_app_limits_cheatsheet.meta/salesforce_app_limits_cheatsheet/salesforce_app_limits_platform_soslsoql.htm;
+# Relationship Query Limitations in the SOQL guide). The error codes and texts are the sandbox's choice where the
+# docs give none (docs/salesforce.md).
+MAX_QUERY_LENGTH = 100_000  # characters in a SOQL statement
+MAX_WHERE_STRING = 4_000  # characters in each string literal of a WHERE clause
+MAX_RELATIONSHIP_DEPTH = 5  # child-to-parent relationship levels in one path (Contact.Account.Owner... )
+MAX_NESTING = 100  # parentheses / NOT nesting in WHERE: a guard for the recursive parser
+_IN_LIST_INLINE = 500  # longer IN lists reach SQLite as one JSON parameter (SQLite caps bound variables)
 
 
 def parse(soql: str) -> Query:
     """Parse a SOQL query; raises SoqlError('MALFORMED_QUERY', ...) on anything outside the supported grammar."""
+    if len(soql) > MAX_QUERY_LENGTH:
+        raise SoqlError("MALFORMED_QUERY", f"Query is too long: SOQL statements cannot exceed {MAX_QUERY_LENGTH} "
+                        f"characters (this one has {len(soql)})")
     return _Parser(soql).query()
 
 
@@ -282,6 +294,7 @@ class _Parser:
         self.soql = soql
         self.tokens = tokenize(soql)
         self.i = 0
+        self.depth = 0  # current parentheses / NOT nesting in WHERE
 
     # token helpers
     def peek(self, ahead: int = 0) -> Token:
@@ -376,6 +389,10 @@ class _Parser:
         while self.at_punct("."):
             self.advance()
             parts.append(self.name().text)
+        if len(parts) - 1 > MAX_RELATIONSHIP_DEPTH:
+            raise _located("MALFORMED_QUERY", self.soql, first.pos,
+                           f"A relationship path can traverse at most {MAX_RELATIONSHIP_DEPTH} child-to-parent "
+                           f"relationships; {'.'.join(parts)} traverses {len(parts) - 1}")
         return FieldRef(tuple(parts), first.pos)
 
     def condition(self) -> Condition:
@@ -391,13 +408,20 @@ class _Parser:
         return BoolOp(op, tuple(items))
 
     def unary(self) -> Condition:
-        if self.accept_keyword("NOT"):
-            return Not(self.unary())
-        if self.at_punct("("):
-            self.advance()
-            inner = self.condition()
-            self.expect_punct(")")
-            return inner
+        if self.at_keyword("NOT") or self.at_punct("("):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise _located("MALFORMED_QUERY", self.soql, self.peek().pos,
+                               f"The WHERE clause is nested too deeply (more than {MAX_NESTING} levels)")
+            try:
+                if self.accept_keyword("NOT"):
+                    return Not(self.unary())
+                self.advance()
+                inner = self.condition()
+                self.expect_punct(")")
+                return inner
+            finally:
+                self.depth -= 1
         return self.comparison()
 
     def comparison(self) -> Comparison:
@@ -428,6 +452,9 @@ class _Parser:
         tok = self.advance()
         simple = {"STRING": "string", "NUMBER": "number", "DATE": "date", "DATETIME": "datetime"}
         if tok.kind in simple:
+            if tok.kind == "STRING" and len(tok.value) > MAX_WHERE_STRING:  # type: ignore[arg-type]
+                raise _located("MALFORMED_QUERY", self.soql, tok.pos, f"String literal too long: each string in a "
+                               f"WHERE clause can have at most {MAX_WHERE_STRING} characters")
             return Literal(simple[tok.kind], tok.value, tok.pos, tok.pattern)
         if tok.kind == "PUNCT" and tok.text == ":" and self.peek().kind == "IDENT":
             raise _located("MALFORMED_QUERY", self.soql, tok.pos, "Bind variables only allowed in Apex code")
@@ -893,16 +920,21 @@ class _Compiler:
         return f"{expr} {op} {self.param(value)}"
 
     def in_list(self, family: str, expr: str, values: tuple[Literal, ...]) -> str:
-        plain, parts = [], []
+        plain: list[object] = []
+        parts = []
         for lit in values:
             simple = lit.kind in ("string", "number", "boolean", "date") and family != "multi"
             if simple and not (family == "id" and len(str(lit.value)) == 15):
-                plain.append(self.param(self.sql_value(lit)))
+                plain.append(self.sql_value(lit))
             else:
                 parts.append(self.compare(family, expr, "=", lit))
         if plain:
             collate = " COLLATE SOQL_CI" if family == "text" else ""
-            parts.insert(0, f"{expr}{collate} IN ({', '.join(plain)})")
+            if len(plain) > _IN_LIST_INLINE:  # one JSON array instead of thousands of bound variables
+                listed = f"SELECT value FROM json_each({self.param(json.dumps(plain))})"
+            else:
+                listed = ", ".join(self.param(value) for value in plain)
+            parts.insert(0, f"{expr}{collate} IN ({listed})")
         return self.any_of(parts)
 
     @staticmethod

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import seed
+from .cdc import ChangeLog
 from .encoding import STRING_TYPES, coerce, format_datetime, make_id, normalize_id, utcnow
 from .errors import SalesforceError, entity_is_deleted, not_found
 from .model import FieldDef, Model, ObjectDef
@@ -73,6 +74,7 @@ class Store:
         self._stored = {o.name: o.stored_fields() for o in model.objects.values()}
         self._derived = {o.name: derived_fields(o) for o in model.objects.values()}
         self._defaults = {o.name: {f.name: _default(f) for f in o.stored_fields()} for o in model.objects.values()}
+        self.changes: ChangeLog | None = None  # set by the app: records change events (cdc.py)
         self._migrate()
 
     def close(self) -> None:
@@ -270,6 +272,7 @@ class Store:
             owner = self._complete(obj, row, set(fields), auto_assign=auto_assign, record_id=None)
             row["Id"] = self.next_ids(obj.key_prefix)[0]
             self._insert(obj, [row])
+            self._changed(obj, "CREATE", row["Id"], None, row)
         return WriteResult(row["Id"], True, owner)
 
     def update(self, object_name: str, record_id: Any, values: Mapping[str, Any], *, user_id: str,
@@ -279,6 +282,7 @@ class Store:
         fields = self._prepare(obj, values, insert=False, csv=csv)
         stamp = self._stamp()
         row = self.row(obj, rid) or {}
+        before = dict(row)
         row.update(fields)
         row.update(LastModifiedDate=stamp, LastModifiedById=user_id, SystemModstamp=stamp)
         with self.atomic():
@@ -286,6 +290,7 @@ class Store:
             names = [f.name for f in self._stored[obj.name] if f.name != "Id"]
             self.conn.execute(f"UPDATE {_q(obj.name)} SET {', '.join(f'{_q(n)} = ?' for n in names)} WHERE Id = ?",
                               [row[n] for n in names] + [rid])
+            self._changed(obj, "UPDATE", rid, before, row)
         return WriteResult(rid, False, owner)
 
     def upsert(self, object_name: str, field_name: str, key: Any, values: Mapping[str, Any], *, user_id: str,
@@ -346,9 +351,12 @@ class Store:
         return rid
 
     def maybe_purge(self, every_seconds: float = 60) -> None:
-        """Purge the recycle bin if the last purge is older than `every_seconds` (cheap to call per request)."""
+        """Purge the recycle bin (and expired change events) if the last purge is older than `every_seconds`
+        (cheap to call per request)."""
         if time.monotonic() - self._last_purge >= every_seconds:
             self.purge_recycle_bin()
+            if self.changes is not None:
+                self.changes.purge()
 
     def purge_recycle_bin(self) -> int:
         """Drop what has been in the bin (or deleted for good) longer than the retention period."""
@@ -519,6 +527,8 @@ class Store:
             marks = ",".join("?" * len(chunk))
             self.conn.execute(f"UPDATE {_q(obj.name)} SET IsDeleted = 1, SystemModstamp = ?, LastModifiedDate = ?, "
                               f"LastModifiedById = ? WHERE Id IN ({marks})", [stamp, stamp, user_id, *chunk])
+            for rid in chunk:
+                self._changed(obj, "DELETE", rid, None, None)
             for child, child_ids in list(self._children(obj, chunk, deleted=False)):
                 self._soft_delete(child, child_ids, stamp, user_id)
 
@@ -528,6 +538,9 @@ class Store:
                     list(self._children(obj, chunk, deleted=True)):
                 self._hard_delete(child, child_ids, stamp)
             marks = ",".join("?" * len(chunk))
+            live = self.conn.execute(f"SELECT Id FROM {_q(obj.name)} WHERE Id IN ({marks}) AND IsDeleted = 0", chunk)
+            for (rid,) in live.fetchall():
+                self._changed(obj, "DELETE", rid, None, None)
             self.conn.execute(f"INSERT OR REPLACE INTO _tombstones (object, Id, deleted) SELECT ?, Id, "
                               f"CASE WHEN IsDeleted = 1 THEN SystemModstamp ELSE ? END FROM {_q(obj.name)} "
                               f"WHERE Id IN ({marks})", [obj.name, stamp, *chunk])
@@ -544,9 +557,15 @@ class Store:
                         for c, ids_ in self._children(obj, [rid], deleted=True)]
             self.conn.execute(f"UPDATE {_q(obj.name)} SET IsDeleted = 0, SystemModstamp = ?, LastModifiedDate = ?, "
                               f"LastModifiedById = ? WHERE Id = ?", (stamp, stamp, user_id, rid))
+            self._changed(obj, "UNDELETE", rid, None, self.row(obj, rid))
             for child, child_ids in children:
                 if child_ids:
                     self._undelete(child, child_ids, stamp, user_id)
+
+    def _changed(self, obj: ObjectDef, change_type: str, rid: str, old: Mapping[str, Any] | None,
+                 new: Mapping[str, Any] | None) -> None:
+        if self.changes is not None:
+            self.changes.record(obj, change_type, rid, old, new)
 
     def _deleted_at(self, obj: ObjectDef, rid: str) -> str | None:
         row = self.conn.execute(f"SELECT SystemModstamp FROM {_q(obj.name)} WHERE Id = ?", (rid,)).fetchone()

@@ -25,6 +25,7 @@ from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIA
 
 REPO = Path(__file__).resolve().parents[2]
 _BANNER = re.compile(r"Salesforce sandbox: (https://\S+)\s+\(CA: (.+)\)")
+_PUBSUB_BANNER = re.compile(r"Salesforce Pub/Sub API: (\S+)")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunningSandbox:
     state_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    pubsub_target: str  # host:port of the Pub/Sub API (gRPC over TLS)
 
     @property
     def host_port(self) -> str:
@@ -51,6 +53,15 @@ class RunningSandbox:
         session.verify = str(self.ca_path)
         session.trust_env = False  # else an exported REQUESTS_CA_BUNDLE silently replaces `verify`
         return session
+
+    def access_token(self) -> str:
+        """A fresh session id from the OAuth password grant."""
+        c = self.credentials
+        response = self.session().post(f"{self.base_url}/services/oauth2/token", timeout=30, data={
+            "grant_type": "password", "client_id": c.client_id, "client_secret": c.client_secret,
+            "username": c.username, "password": c.password + c.security_token})
+        response.raise_for_status()
+        return str(response.json()["access_token"])
 
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """Call a /__sandbox/ endpoint (POST when a body is given) and return its JSON."""
@@ -70,19 +81,23 @@ class RunningSandbox:
                 self.process.wait(timeout=5)
 
 
-def launch(state_dir: Path, *, seed_contacts: int = 0, timeout: float = 120) -> RunningSandbox:
-    """Start a sandbox process and wait until it answers HTTPS; output goes to <state_dir>.log."""
+def launch(state_dir: Path, *, seed_contacts: int = 0, timeout: float = 120, extra_args: tuple[str, ...] = ()) \
+        -> RunningSandbox:
+    """Start a sandbox process and wait until it answers HTTPS; output goes to <state_dir>.log. `extra_args` are
+    more `crmsync sandbox salesforce` options (e.g. ("--cdc-retention", "5"))."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.with_suffix(".log")
     offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
     command = [sys.executable, "-m", "sandboxes.cli", "salesforce", "--port", "0", "--state",
-               str(state_dir), "--seed-contacts", str(seed_contacts), "--log-level", "warning"]
+               str(state_dir), "--seed-contacts", str(seed_contacts), "--log-level", "warning", "--pubsub-port", "0",
+               *extra_args]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        match = _BANNER.search(log_path.read_bytes()[offset:].decode(errors="replace"))
-        if match:
+        output = log_path.read_bytes()[offset:].decode(errors="replace")
+        match, pubsub = _BANNER.search(output), _PUBSUB_BANNER.search(output)
+        if match and pubsub:
             break
         if process.poll() is not None:
             raise RuntimeError(f"sandbox exited with {process.returncode}:\n{log_path.read_text()}")
@@ -91,7 +106,7 @@ def launch(state_dir: Path, *, seed_contacts: int = 0, timeout: float = 120) -> 
         process.kill()
         raise RuntimeError(f"sandbox did not start within {timeout} s:\n{log_path.read_text()}")
     sandbox = RunningSandbox(match.group(1), Path(match.group(2)), DEFAULT_CREDENTIALS, DEFAULT_ADMIN_TOKEN,
-                             state_dir, process, log_path)
+                             state_dir, process, log_path, pubsub.group(1))
     _wait_until_answering(sandbox, deadline)
     return sandbox
 
