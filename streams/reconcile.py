@@ -22,9 +22,10 @@ Invariants:
   into one: the newest value of each field, the oldest expectation.
 - Values are compared in canonical form by each field's declared kind (crmsync/values.py), never by shape. A
   value that cannot have its field's kind is left out of the decision and reported (`Outcome.invalid`).
-- Commands to the Campaign carry `expect`: the value each field held when the decision was made. The writer
-  applies a field only if the row still holds it (compare-and-set); a field the user changed meanwhile is
-  left alone, and that user edit reaches the streams as its own change and is decided then.
+- Update commands carry `expect`: the value each field held on that side when the decision was made (what
+  the side holds once our earlier commands are applied: the agreed value). A writer applies a field only if
+  the target still holds it (compare-and-set); a field a user changed meanwhile is left alone, and that edit
+  reaches the streams as its own change and is decided then.
 - Locks: a batch visits mappings in name order, and within a mapping locks every sync-state row it will touch
   in one statement ordered by id, so two batches never wait on each other in a cycle.
 """
@@ -762,23 +763,27 @@ class MappingBatch:
                 self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
                 return
             self._track_sent(link, values, bases or {}, self._change_ts(change))
-            self._emit(link, side, "upsert", values, change)
-            return
-        self._emit(link, side, "upsert", values, change, expect=self._expectations(values, {} if create else bases))
+            bases = bases if link.crm_id else None  # a CRM record we create has nothing to compare with yet
+        else:
+            bases = {} if create else bases  # a new Campaign row: each field must be empty if the row is there
+        self._emit(link, side, "upsert", values, change, expect=self._expectations(side, values, bases))
 
-    def _expectations(self, values: dict, bases: dict | None) -> dict[str, Any] | None:
-        """The Campaign values each field must still hold for this write to apply (compare-and-set), for the
-        fields a Campaign edit could change: a user edit made meanwhile wins over a decision that did not see
-        it. References are not checked (a parent key is compared through its link, which the writer resolves).
-        None = no condition (the writer applies every value)."""
+    def _expectations(self, side: str, values: dict, bases: dict | None) -> dict[str, Any] | None:
+        """What each field must still hold on `side` for this write to apply (compare-and-set), named and
+        converted as that side has it, for the fields an edit on that side could change: an edit made there
+        meanwhile wins over a decision that did not see it (and reaches the streams as its own change).
+        References are not checked (a parent is compared through its link). None = no condition."""
         if bases is None:
             return None
         expect = {}
         for column in values:
             fm = self._field(column)
-            if fm.reference or not self.m.allows(fm, "campaign"):
+            if fm.reference or not self.m.allows(fm, side):
                 continue
-            expect[column] = self._to_campaign(fm, bases.get(column))
+            if side == "campaign":
+                expect[fm.campaign] = self._to_campaign(fm, bases.get(column))
+            else:
+                expect[fm.crm] = self._to_crm(fm, bases.get(column))
         return expect or None
 
     def _emit(self, link: Link, side: str, action: str, values: dict, change: Change, raw: bool = False,

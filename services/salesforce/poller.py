@@ -57,6 +57,7 @@ from crmsync.envelope import Change
 from crmsync.field_types import store_crm_fields
 from crmsync.infra import Endpoints
 from services.salesforce.client import SalesforceClient, account_settings, retry_reason
+from services.salesforce.soql import soql_datetime
 from services.salesforce.types import kind_of
 
 log = logging.getLogger("crmsync.salesforce.poller")
@@ -76,11 +77,6 @@ def parse_modstamp(text: str) -> datetime:
     """Salesforce datetimes (`2024-05-01T10:20:30.000+0000`, also `Z` / `+00:00`) as aware datetimes."""
     return datetime.fromisoformat(text)
 
-
-def soql_datetime(moment: datetime) -> str:
-    """An unquoted SOQL datetime literal with milliseconds, in UTC."""
-    moment = moment.astimezone(timezone.utc)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
 def checkpoint_name(account_name: str, obj: str) -> str:

@@ -39,8 +39,11 @@ from crmsync import kafka, pg, topics
 from crmsync import rejects as crm_rejects
 from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Reject
+from crmsync.field_types import FieldTypes
 from crmsync.infra import Endpoints
+from crmsync.values import canonical
 from crmsync.observability import observe_freshness
+from services.salesforce import soql
 from services.salesforce.client import (COLLECTION_LIMIT, Bulk2Result, SalesforceClient, account_settings,
                                         csv_value, error_code, error_message, retry_reason)
 
@@ -55,6 +58,9 @@ APPLIED = Counter("crmsync_salesforce_writer_applied_total", "Apply commands car
                   ["account", "object", "kind"])
 REJECTED = Counter("crmsync_salesforce_writer_rejects_total", "Apply commands Salesforce refused",
                    ["account", "object", "error_code"])
+SUPERSEDED = Counter("crmsync_salesforce_writer_superseded_fields_total",
+                     "Fields not written because Salesforce holds a newer value than the decision saw "
+                     "(compare-and-set)", ["account", "object"])
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Planned:
     record: dict[str, Any]
     ext_field: str | None = None
     identity: tuple | None = None  # same identity = same Salesforce record (keeps per-record order)
+    superseded: list[str] = field(default_factory=list)  # fields left out: changed in Salesforce since the decision
 
 
 @dataclass
@@ -126,6 +133,7 @@ class SalesforceWriter:
         self.consumer: Consumer | None = None
         self._last_batch_size = 0
         self._ext_fields: dict[str, set[str]] = {}
+        self.field_types = FieldTypes(self.conn)
 
     # -- consuming -----------------------------------------------------------------------------------------
     @property
@@ -221,10 +229,11 @@ class SalesforceWriter:
         outcomes: list[Outcome] = []
         pending: list[list[Planned]] = []  # open groups, in the order they were opened
         identities: set[tuple] = set()
-        for command in commands:
-            planned = self._plan(command)
-            if isinstance(planned, Outcome):
-                outcomes.append(planned)
+        plans = [self._plan(command) for command in commands]
+        settled = self._compare_and_set([p for p in plans if isinstance(p, Planned)])
+        for planned in plans:
+            if isinstance(planned, Outcome) or id(planned) in settled:
+                outcomes.append(planned if isinstance(planned, Outcome) else settled[id(planned)])
                 continue
             if planned.identity is not None and planned.identity in identities:
                 outcomes += self._flush(pending)  # an earlier command for this record must land first
@@ -258,6 +267,52 @@ class SalesforceWriter:
             return Planned(command, "upsert", {**values, ext_field: value}, ext_field,
                            identity=("ext", command.object, ext_field, str(value).lower()))
         return Planned(command, "create", values)
+
+    def _compare_and_set(self, plans: list[Planned]) -> dict[int, Outcome]:
+        """Leave out of each update the fields Salesforce no longer holds as the decision expected (a user
+        edited them since: that edit is news the poller brings to the streams). One SOQL read of the expected
+        fields per 800 records; Salesforce values and expectations compare in canonical form by the fields'
+        declared kinds. Returns the outcomes of updates left with nothing to write (by id of the plan)."""
+        checked: dict[str, list[Planned]] = {}
+        for planned in plans:
+            if planned.kind == "update" and planned.command.expect:
+                checked.setdefault(planned.command.object, []).append(planned)
+        settled: dict[int, Outcome] = {}
+        for obj, group in checked.items():
+            fields = sorted({f for p in group for f in p.command.expect or {} if f in p.record})
+            current = self._current_values(obj, fields, [p.record["id"] for p in group]) if fields else {}
+            for planned in group:
+                row = current.get(planned.record["id"][:15])
+                if row is None:
+                    continue  # gone or unreadable: the write itself reports it
+                self._drop_superseded(planned, row)
+                if planned.superseded and not set(planned.record) - {"id", *(planned.command.match or {})}:
+                    settled[id(planned)] = Outcome(planned, True, crm_id=planned.record["id"])
+        return settled
+
+    def _drop_superseded(self, planned: Planned, row: dict[str, Any]) -> None:
+        obj = planned.command.object
+        for name, expected in (planned.command.expect or {}).items():
+            if name not in planned.record:
+                continue
+            kind = self.field_types.crm_kind(self.account_name, obj, name)
+            now = _comparable(row.get(name), kind)
+            if now != _comparable(expected, kind) and now != _comparable(planned.record[name], kind):
+                del planned.record[name]
+                planned.superseded.append(name)
+        if planned.superseded:
+            SUPERSEDED.labels(self.account_name, obj).inc(len(planned.superseded))
+            log.info("command %s for %s %s: %s changed in Salesforce since the decision; left as they are",
+                     planned.command.id, obj, planned.record["id"], ", ".join(planned.superseded))
+
+    def _current_values(self, obj: str, fields: list[str], ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Salesforce's current values of `fields` for the records `ids`, by 15-character id."""
+        rows: dict[str, dict[str, Any]] = {}
+        for clause in soql.id_lists(ids):
+            for page in self.client.query_all_pages(f"SELECT Id, {', '.join(fields)} FROM {obj} WHERE {clause}"):
+                for record in page:
+                    rows[str(record["Id"])[:15]] = record
+        return rows
 
     def _external_id_in(self, command: ApplyCommand) -> str | None:
         """The first `match` field that is an external id of the object (from describe, cached)."""
@@ -373,6 +428,13 @@ class SalesforceWriter:
             entries.append(crm_rejects.Entry(reject, command, "pending" if command else "abandoned", retry_in))
         with self.conn.transaction():
             crm_rejects.record_many(self.conn, entries)
+
+
+def _comparable(value: Any, kind: Any) -> Any:
+    try:
+        return canonical(value, kind)
+    except ValueError:
+        return value
 
 
 def _command_of(reject: Reject) -> ApplyCommand | None:

@@ -21,6 +21,7 @@ from crmsync.infra import Endpoints
 from services.salesforce import poller
 from services.salesforce.client import SalesforceClient
 from services.salesforce.poller import ObjectPoller, PollerState
+from services.salesforce.soql import soql_datetime
 from tests.conftest import consume_changes
 from tests.sandbox_salesforce.conftest import RunningSandbox, launch
 
@@ -79,7 +80,7 @@ def test_every_change_is_published_exactly_once(seeded_sandbox: RunningSandbox, 
     try:
         update(setup, shared[1:], Department="Shared stamp")
         same = setup.query_all_pages(f"SELECT Id FROM Contact WHERE SystemModstamp = "
-                                     f"{poller.soql_datetime(poller.parse_modstamp(frozen))}")
+                                     f"{soql_datetime(poller.parse_modstamp(frozen))}")
         assert sum(len(p) for p in same) == SHARED
 
         # -- the initial snapshot: pages of 1,500, so the shared stamp straddles a page (and a checkpoint)

@@ -241,3 +241,29 @@ def test_a_whole_chunk_refused_becomes_rejects_not_a_stuck_writer(module_sandbox
         assert drain(w, 3) == (0, 3)
     finally:
         w.close()
+
+
+def test_a_field_edited_in_salesforce_after_the_decision_is_left_alone(module_sandbox, campaign_endpoints,
+                                                                         tmp_path) -> None:
+    """Compare-and-set on the CRM side: the streams decided from Title 'Buyer', a Salesforce user then set it to
+    'CMO' before the writer got there. The writer keeps the user's Title (the poller brings that edit to the
+    streams) and still writes the other fields; one SOQL read per batch is what it costs."""
+    name = unique_name("w-cas")
+    client = make_client(module_sandbox)
+    record = client.sf.Contact.create({"LastName": "Cas", "Title": "Buyer", "Department": "Sales"})
+    client.sf.Contact.update(record["id"], {"Title": "CMO"})  # the user's edit, after the decision
+    w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
+    update = command(name, "upsert", {"Id": record["id"]}, {"Title": "Sales Director", "Department": "Marketing"})
+    update.expect = {"Title": "Buyer", "Department": "Sales"}
+    untouched = command(name, "upsert", {"Id": record["id"]}, {"Title": "CMO"})  # already what is there
+    untouched.expect = {"Title": "Buyer"}
+    module_sandbox.admin("reset-stats", {})
+    try:
+        assert w.process([update]).applied == 1
+        assert w.process([untouched]).applied == 1
+    finally:
+        w.close()
+    after = client.sf.Contact.get(record["id"])
+    assert (after["Title"], after["Department"]) == ("CMO", "Marketing")
+    requests = module_sandbox.admin("stats")["requests"]
+    assert requests.get("PATCH collections_update") == 2 and requests.get("GET query") == 2

@@ -14,23 +14,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from services.salesforce.soql import escape_string, quote, soql_datetime
 from crmsync.workflow.filters import (COMPARE_OPS, DATE_OPS, NULL_OPS, STRING_OPS, Condition, FilterError, Group,
                                       Node, end_of, parse_moment, start_of)
 
 NUMERIC_TYPES = frozenset({"int", "double", "currency", "percent", "long"})
 STRING_TYPES = frozenset({"string", "picklist", "textarea", "phone", "url", "email", "combobox", "id",
                           "reference", "multipicklist", "encryptedstring"})
-_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 _DATE_OP_SQL = {"after": ">", "before": "<", "on or after": ">=", "on or before": "<="}
 
 
-def escape_string(text: str) -> str:
-    """SOQL string-literal escaping: backslash first, then quotes and control characters."""
-    return "".join(_ESCAPES.get(c, c) for c in text)
-
-
-def quote(text: str) -> str:
-    return f"'{escape_string(text)}'"
 
 
 def _like_literal(text: str) -> str:
@@ -38,9 +31,6 @@ def _like_literal(text: str) -> str:
     return escape_string(text).replace("%", "\\%").replace("_", "\\_")
 
 
-def soql_datetime(moment: datetime) -> str:
-    moment = moment.astimezone(timezone.utc)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
 def to_soql(node: Node, field_types: dict[str, str], path: str = "filter") -> str:
