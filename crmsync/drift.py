@@ -84,7 +84,11 @@ class DriftChecker:
         linked_crm, linked_keys = set(), set()
         for link in links:
             crm_id, key = link["crm_id"], link["campaign_key"]
-            if link["deleted"] or crm_id is None or key is None:
+            if link["deleted"]:  # deleted on one side, kept on the other by the delete policy: known, not missing
+                linked_crm.add(crm_id)
+                linked_keys.add(key)
+                continue
+            if crm_id is None or key is None:
                 continue
             linked_crm.add(crm_id)
             linked_keys.add(key)
