@@ -198,8 +198,6 @@ async def api_entry(request: Request) -> Response:
     if principal is None:
         return _unauthorized(sandbox, origin, bool(request.headers.get("authorization")))
     decision = sandbox.faults.decide()
-    if decision.delay:
-        await asyncio.sleep(decision.delay)
     if decision.kind:
         return _fault(sandbox, decision.kind, origin)
     user = principal.user_id
@@ -211,6 +209,8 @@ async def api_entry(request: Request) -> Response:
                                                 *sandbox.protection.headers(user, started)])
     clock = time.perf_counter()
     try:
+        if decision.delay:  # a slow server: the stall counts as execution time and keeps the request in flight
+            await asyncio.sleep(decision.delay)
         body = await request.body()
         call = Call(sandbox=sandbox, method=request.method, path="/" + request.path_params.get("rest", ""),
                     query=dict(request.query_params), headers={k.lower(): v for k, v in request.headers.items()},
