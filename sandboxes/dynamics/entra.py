@@ -140,7 +140,8 @@ class Entra:
         return self.store.now().timestamp()
 
     def access_token(self, resource: str, *, app_only: bool, issuer_host: str) -> str:
-        now = int(self.now())
+        issued = self.now()
+        now = int(issued)
         user = self.ids["app_user_id"] if app_only else self.ids["user_id"]
         claims: dict[str, Any] = {
             "aud": resource.rstrip("/"), "iss": f"https://sts.windows.net/{self.credentials.tenant_id}/",
@@ -149,6 +150,7 @@ class Entra:
             "idtyp": "app" if app_only else "user", "tid": self.credentials.tenant_id, "ver": "1.0",
             "oid": self.app_object_id if app_only else self.user_object_id,
             "sub": self.app_object_id if app_only else self.user_object_id, "crmsync_user": user,
+            "crmsync_issued": issued,  # sub-second issue time: tokens minted after expire_all() stay valid
             "uti": secrets.token_urlsafe(16), "rh": "sandbox", "idp": f"https://{issuer_host}/",
         }
         if not app_only:
@@ -175,7 +177,7 @@ class Entra:
         except jwt.PyJWTError:
             return None
         now = self.now()
-        if float(claims.get("exp", 0)) <= now or float(claims.get("iat", 0)) < self.revoked_before:
+        if float(claims.get("exp", 0)) <= now or float(claims.get("crmsync_issued", 0)) < self.revoked_before:
             return None
         audience = str(claims.get("aud", "")).rstrip("/")
         host = (urlsplit(audience).hostname or "").lower()
@@ -205,7 +207,7 @@ class Entra:
 
     def expire_all(self) -> None:
         """Make every token issued so far invalid (admin lever and the token-expiry fault)."""
-        self.revoked_before = self.now() + 0.001
+        self.revoked_before = self.now()
 
     # ------------------------------------------------------------ client authentication
 
@@ -246,7 +248,7 @@ class Entra:
             header = jwt.get_unverified_header(assertion)
         except jwt.PyJWTError:
             raise EntraError("invalid_client", 50027, "JWT token is invalid or malformed.", status=401) from None
-        presented = header.get("x5t#S256") or header.get("x5t") or ""
+        presented = str(header.get("x5t#S256") or header.get("x5t") or "").rstrip("=")  # MSAL keeps the padding
         if self.registered is None or presented not in self.registered.thumbprints:
             raise EntraError("invalid_client", 700027, "The certificate with identifier used to sign the client "
                              "assertion is not registered on application. [Reason - The key was not found., "
