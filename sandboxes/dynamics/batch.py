@@ -124,8 +124,10 @@ def _split_headers(text: str) -> tuple[dict[str, str], str]:
 def _request(payload: str, content_id: str | None) -> Part:
     normalized = payload.replace("\r\n", "\n").lstrip("\n")
     request_line, _, rest = normalized.partition("\n")
-    words = request_line.split()
-    if len(words) < 2:
+    method, _, target = request_line.strip().partition(" ")
+    if target.endswith((" HTTP/1.1", " HTTP/1.0")):
+        target = target[:-9]
+    if not method or not target.strip():
         raise bad_request(f"The $batch part doesn't start with a request line: '{request_line[:80]}'.",
                           INVALID_ARGUMENT)
     head, _, body = rest.partition("\n\n")
@@ -134,7 +136,8 @@ def _request(payload: str, content_id: str | None) -> Part:
         name, colon, value = line.partition(":")
         if colon:
             headers[name.strip().lower()] = value.strip()
-    return Part(words[0].upper(), words[1], headers, body.rstrip("\n").encode(), content_id)
+    url = target.strip().replace(" ", "%20")  # a client that forgot to encode spaces still gets its answer
+    return Part(method.upper(), url, headers, body.rstrip("\n").encode(), content_id)
 
 
 def _run_change_set(call: Call, change_set: ChangeSet) -> tuple[bytes, bool]:

@@ -253,9 +253,10 @@ def _with_expansions(call: Call, entity: Entity, item: dict[str, Any]) -> dict[s
 def global_option_sets(call: Call, rest: list[str]) -> Response:
     items = [option_set_definition(o, typed=True) for o in GLOBAL_OPTION_SETS.values()]
     if rest:
-        match = [i for i in items if _key_matches(i, rest[0], "Name")]
+        key = _segment(rest[0])[1] or ""
+        match = [i for i in items if _key_matches(i, key, "Name")]
         if not match:
-            raise _missing("option set", rest[0])
+            raise _missing("option set", key)
         return _single(call, "GlobalOptionSetDefinitions", match[0])
     return _collection(call, "GlobalOptionSetDefinitions", _filtered(call, items))
 
