@@ -31,6 +31,7 @@ from .context import Call, Prefer, Sandbox, add_header, error_response, respond
 from .entra import Entra, challenge
 from .errors import METHOD_NOT_ALLOWED, SERVICE_UNAVAILABLE, UNAUTHORIZED, DataverseError, no_resource
 from .model import BY_ENTITY_SET, ENTITIES, Entity
+from .odata import split_top_level
 from .protection import Protection, Throttled
 from .settings import Credentials, OrgSettings
 from .store import Store
@@ -147,22 +148,7 @@ def _not_allowed(method: str) -> DataverseError:
 
 def _segments(path: str) -> list[str]:
     """Split a path on '/', except inside quotes or parentheses (keys may hold '/')."""
-    segments, depth, quoted, current = [], 0, False, ""
-    for ch in path.strip("/"):
-        if ch == "'":
-            quoted = not quoted
-        elif not quoted and ch == "(":
-            depth += 1
-        elif not quoted and ch == ")":
-            depth -= 1
-        if ch == "/" and depth == 0 and not quoted:
-            segments.append(current)
-            current = ""
-        else:
-            current += ch
-    if current:
-        segments.append(current)
-    return segments
+    return split_top_level(path.strip("/"), "/")
 
 
 def _endpoint_name(segments: list[str]) -> str:

@@ -130,12 +130,7 @@ def _request(payload: str, content_id: str | None) -> Part:
     if not method or not target.strip():
         raise bad_request(f"The $batch part doesn't start with a request line: '{request_line[:80]}'.",
                           INVALID_ARGUMENT)
-    head, _, body = rest.partition("\n\n")
-    headers = {}
-    for line in head.split("\n"):
-        name, colon, value = line.partition(":")
-        if colon:
-            headers[name.strip().lower()] = value.strip()
+    headers, body = _split_headers(rest)
     url = target.strip().replace(" ", "%20")  # a client that forgot to encode spaces still gets its answer
     return Part(method.upper(), url, headers, body.rstrip("\n").encode(), content_id)
 

@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 
 from .errors import DataverseError, INVALID_PROPERTY, bad_request, no_property
-from .model import CHOICE_TYPES, INTEGER_TYPES, NUMBER_TYPES, Attribute, Entity
+from .model import INTEGER_TYPES, NUMBER_TYPES, Attribute, Entity
 
 FUNCTION_PREFIX = "Microsoft.Dynamics.CRM."
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"

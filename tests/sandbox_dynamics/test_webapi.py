@@ -272,7 +272,7 @@ def test_batch_change_sets_references_and_order(sandbox: RunningSandbox) -> None
                    f'{{"lastname": "{tag}", "parentcustomerid_account@odata.bind": "$1"}}', "2"),
         _http_part("PATCH", "$1", '{"telephone1": "42"}', "3")])
     body = _batch_body("batch_A", [
-        _http_part("GET", f"accounts?$select=name&$top=1"),
+        _http_part("GET", "accounts?$select=name&$top=1"),
         f"Content-Type: multipart/mixed; boundary=changeset_1\r\n\r\n{change_set}",
         _http_part("GET", f"contacts?$filter=lastname eq '{tag}'&$select=_parentcustomerid_value")])
     response = session.post(f"{sandbox.api}/$batch", data=body.encode(), timeout=30,
