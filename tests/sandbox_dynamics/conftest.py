@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from sandboxes.dynamics.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from tests.sandbox_process import spawn, started_sandboxes, stop
 
 REPO = Path(__file__).resolve().parents[2]
 _BANNER = re.compile(r"Dynamics sandbox: (https://\S+)\s+\(CA: (.+)\)")
@@ -124,41 +124,21 @@ class RunningSandbox:
         return response.json()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop(self.process)
 
 
 def launch(state_dir: Path, *, seed_contacts: int = 0, certificate: AppCertificate | None = None,
            timeout: float = 120) -> RunningSandbox:
     """Start a sandbox process and wait until it answers HTTPS; output goes to <state_dir>.log."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = state_dir.with_suffix(".log")
-    offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
+    log_path = state_dir.with_suffix(".log")  # a restart appends to the same log
     command = [sys.executable, "-m", "sandboxes.cli", "dynamics", "--port", "0", "--state", str(state_dir),
                "--seed-contacts", str(seed_contacts), "--tls-name", LOGIN_HOST, "--tls-name", ORG_HOST,
                "--log-level", "warning"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_DYN_")}
     if certificate is not None:
         env["CRMSYNC_DYN_CERTIFICATE"] = str(certificate.cert_path)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + timeout
-    while True:
-        match = _BANNER.search(log_path.read_bytes()[offset:].decode(errors="replace"))
-        if match:
-            break
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait(timeout=5)
-            raise RuntimeError(f"sandbox did not start within {timeout} s:\n{log_path.read_text()}")
-        time.sleep(0.05)
+    process, match = spawn(command, cwd=REPO, log_path=log_path, banner=_BANNER, env=env, timeout=timeout)
     return RunningSandbox(match.group(1), Path(match.group(2)), DEFAULT_CREDENTIALS, certificate,
                           DEFAULT_ADMIN_TOKEN, state_dir, process, log_path)
 
@@ -178,16 +158,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, app_certificate: AppCertif
 
 @pytest.fixture
 def start_sandbox(tmp_path: Path) -> Iterator[Callable[..., RunningSandbox]]:
-    started: list[RunningSandbox] = []
-
-    def start(name: str = "dynamics", **kwargs: Any) -> RunningSandbox:
-        running = launch(tmp_path / name, **kwargs)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.stop()
+    yield from started_sandboxes(tmp_path, launch, "dynamics")
 
 
 @pytest.fixture
