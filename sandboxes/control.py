@@ -1,5 +1,5 @@
 """Pieces every sandbox's control surface shares: seeded fault injection, the /__sandbox/ admin endpoint wrapper,
-and an access log that never prints query strings.
+request/write statistics, settings.json loading, and an access log that never prints query strings.
 
 A sandbox names its own fault kinds (Salesforce: session_expiry, request_limit_exceeded, unavailable_503;
 Dynamics: token_expiry, throttle_429, unavailable_503); each kind is a probability per API request, plus
@@ -15,12 +15,16 @@ import hmac
 import json
 import logging
 import random
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,40 @@ class AccessLog:
 
         await self.app(scope, receive, capture)
         self.log.info("%s %s %s", scope["method"], scope["path"], status.get("code"))
+
+
+class Stats:
+    """In-memory counters for tests and demos: requests per endpoint, writes per object, faults injected."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.writes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.faults: Counter[str] = Counter()
+
+    def record_request(self, method: str, endpoint: str) -> None:
+        self.requests[f"{method} {endpoint}"] += 1
+
+    def count_write(self, target: str, operation: str, count: int = 1) -> None:
+        self.writes[target][operation] += count
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "writes": {k: dict(v) for k, v in self.writes.items()},
+                "faults_injected": dict(self.faults)}
+
+
+def load_settings(cls: type[T], state_dir: Path, file_name: str = "settings.json",
+                  convert: Callable[[dict[str, Any]], dict[str, Any]] = lambda raw: raw) -> T:
+    """Read a sandbox's settings dataclass from `<state_dir>/<file_name>`, writing the defaults on first start.
+
+    Unknown keys are ignored (a newer file still loads); `convert` turns nested JSON into nested dataclasses."""
+    path = Path(state_dir) / file_name
+    if not path.exists():
+        settings = cls()
+        path.write_text(json.dumps(asdict(settings), indent=2) + "\n")  # type: ignore[call-overload]
+        return settings
+    raw = convert(json.loads(path.read_text()))
+    known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    return cls(**{k: v for k, v in raw.items() if k in known})

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+import requests
+
 
 def spawn(command: Sequence[str], *, cwd: Path, log_path: Path, banner: re.Pattern[str],
           env: Mapping[str, str] | None = None, timeout: float = 120) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
@@ -60,3 +62,29 @@ def started_sandboxes(tmp_path: Path, launch: Callable[..., Any], default_name: 
     yield start
     for running in started:
         running.stop()
+
+
+class SandboxHandle:
+    """Methods every running-sandbox record shares; the record provides base_url, ca_path, admin_token, process."""
+
+    base_url: str
+    ca_path: Path
+    admin_token: str
+    process: subprocess.Popen[bytes]
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.verify = str(self.ca_path)
+        session.trust_env = False  # else an exported REQUESTS_CA_BUNDLE silently replaces `verify`
+        return session
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call a /__sandbox/ endpoint (POST when a body is given) and return its JSON."""
+        url, headers = f"{self.base_url}/__sandbox/{path}", {"X-Sandbox-Admin": self.admin_token}
+        response = (self.session().post(url, json=body, headers=headers, timeout=30) if body is not None
+                    else self.session().get(url, headers=headers, timeout=30))
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        stop(self.process)

@@ -21,13 +21,13 @@ request has no side effect. `throttle_429` answers like service protection (429,
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sandboxes import control
 from sandboxes.control import Faults, admin_endpoint
 
 from .context import Sandbox
@@ -42,26 +42,11 @@ def new_faults() -> Faults:
     return Faults(FAULT_KINDS)
 
 
-class Stats:
-    """In-memory counters for tests and demos: what was called and what was written."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.requests: Counter[str] = Counter()
-        self.writes: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        self.faults: Counter[str] = Counter()
-
-    def record_request(self, method: str, endpoint: str) -> None:
-        self.requests[f"{method} {endpoint}"] += 1
+class Stats(control.Stats):
+    """The shared counters (sandboxes/control.py); writes are counted per entity set."""
 
     def record_write(self, entity_set: str, operation: str, count: int = 1) -> None:
-        self.writes[entity_set][operation] += count
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "writes": {k: dict(v) for k, v in self.writes.items()},
-                "faults_injected": dict(self.faults)}
+        self.count_write(entity_set, operation, count)
 
 
 def get_faults(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,10 @@ Defaults follow the documented Dataverse values:
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandboxes.control import load_settings
 
 SETTINGS_FILE = "settings.json"
 DEFAULT_ADMIN_TOKEN = "crmsync-sandbox-admin"
@@ -70,11 +71,4 @@ class OrgSettings:
     @classmethod
     def load(cls, state_dir: Path) -> "OrgSettings":
         """Read settings.json, creating it with the defaults on first start; unknown keys are ignored."""
-        path = Path(state_dir) / SETTINGS_FILE
-        if not path.exists():
-            settings = cls()
-            path.write_text(json.dumps(asdict(settings), indent=2) + "\n")
-            return settings
-        raw = json.loads(path.read_text())
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return load_settings(cls, state_dir, SETTINGS_FILE)

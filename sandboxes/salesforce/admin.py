@@ -23,7 +23,7 @@ has no side effect (it is not even counted against the daily limit).
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
@@ -43,35 +43,26 @@ def new_faults() -> control.Faults:
     return control.Faults(FAULT_KINDS)
 
 
-class Stats:
-    """In-memory counters for tests and demos: what was called, what was written, how writes were routed."""
-
-    def __init__(self) -> None:
-        self.reset()
+class Stats(control.Stats):
+    """The shared counters, plus how writes were routed (Sforce-Auto-Assign)."""
 
     def reset(self) -> None:
-        self.requests: Counter[str] = Counter()
-        self.writes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        super().reset()
         self.auto_assign_counts: Counter[str] = Counter()
         self.auto_assign_last: deque[dict[str, Any]] = deque(maxlen=200)
-        self.faults: Counter[str] = Counter()
-
-    def record_request(self, method: str, endpoint: str) -> None:
-        self.requests[f"{method} {endpoint}"] += 1
 
     def record_write(self, object_name: str, operation: str, record_id: str, *, header: str | None = None,
                      assigned: str | None = None, tracked: bool = False, source: str = "rest") -> None:
         """Count a successful write; `tracked` writes also log their Sforce-Auto-Assign header (None = absent)."""
-        self.writes[object_name][operation] += 1
+        self.count_write(object_name, operation)
         if tracked:
             self.auto_assign_counts["absent" if header is None else header.upper()] += 1
             self.auto_assign_last.append({"object": object_name, "operation": operation, "id": record_id,
                                           "header": header, "assigned_owner": assigned, "source": source})
 
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "writes": {k: dict(v) for k, v in self.writes.items()},
-                "auto_assign": {"counts": dict(self.auto_assign_counts), "last": list(self.auto_assign_last)},
-                "faults_injected": dict(self.faults)}
+        return {**super().snapshot(),
+                "auto_assign": {"counts": dict(self.auto_assign_counts), "last": list(self.auto_assign_last)}}
 
 
 # ---------------------------------------------------------------- endpoints

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from sandboxes.dynamics.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
-from tests.sandbox_process import spawn, started_sandboxes, stop
+from tests.sandbox_process import SandboxHandle, spawn, started_sandboxes
 
 REPO = Path(__file__).resolve().parents[2]
 _BANNER = re.compile(r"Dynamics sandbox: (https://\S+)\s+\(CA: (.+)\)")
@@ -72,7 +72,7 @@ def make_certificate(directory: Path, name: str = "app") -> AppCertificate:
 
 
 @dataclass
-class RunningSandbox:
+class RunningSandbox(SandboxHandle):
     base_url: str  # https://127.0.0.1:PORT
     ca_path: Path
     credentials: Credentials
@@ -94,12 +94,6 @@ class RunningSandbox:
     def authority(self) -> str:
         return f"{self.base_url}/{self.credentials.tenant_id}"
 
-    def session(self) -> requests.Session:
-        session = requests.Session()
-        session.verify = str(self.ca_path)
-        session.trust_env = False  # else an exported REQUESTS_CA_BUNDLE silently replaces `verify`
-        return session
-
     def token(self, resource: str | None = None) -> str:
         """An app-only token from the sandbox's token endpoint (client secret)."""
         c = self.credentials
@@ -115,16 +109,6 @@ class RunningSandbox:
         session.headers.update({"Authorization": f"Bearer {self.token()}", "Accept": "application/json",
                                 "OData-MaxVersion": "4.0", "OData-Version": "4.0", **headers})
         return session
-
-    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        url, headers = f"{self.base_url}/__sandbox/{path}", {"X-Sandbox-Admin": self.admin_token}
-        response = (self.session().post(url, json=body, headers=headers, timeout=30) if body is not None
-                    else self.session().get(url, headers=headers, timeout=30))
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        stop(self.process)
 
 
 def launch(state_dir: Path, *, seed_contacts: int = 0, certificate: AppCertificate | None = None,

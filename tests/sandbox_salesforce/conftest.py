@@ -16,20 +16,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
 
 from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
-from tests.sandbox_process import spawn, started_sandboxes, stop
+from tests.sandbox_process import SandboxHandle, spawn, started_sandboxes
 
 REPO = Path(__file__).resolve().parents[2]
 _BANNER = re.compile(r"Salesforce sandbox: (https://\S+)\s+\(CA: (.+)\)")
 
 
 @dataclass
-class RunningSandbox:
+class RunningSandbox(SandboxHandle):
     base_url: str  # https://127.0.0.1:PORT
     ca_path: Path
     credentials: Credentials
@@ -46,23 +46,6 @@ class RunningSandbox:
     def login_domain(self) -> str:
         """simple-salesforce `domain` that lands on this sandbox: https://{domain}.salesforce.com/..."""
         return f"{self.host_port}/sf"
-
-    def session(self) -> requests.Session:
-        session = requests.Session()
-        session.verify = str(self.ca_path)
-        session.trust_env = False  # else an exported REQUESTS_CA_BUNDLE silently replaces `verify`
-        return session
-
-    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Call a /__sandbox/ endpoint (POST when a body is given) and return its JSON."""
-        url, headers = f"{self.base_url}/__sandbox/{path}", {"X-Sandbox-Admin": self.admin_token}
-        response = (self.session().post(url, json=body, headers=headers, timeout=30) if body is not None
-                    else self.session().get(url, headers=headers, timeout=30))
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        stop(self.process)
 
 
 def launch(state_dir: Path, *, seed_contacts: int = 0, timeout: float = 120) -> RunningSandbox:
