@@ -175,7 +175,8 @@ def _options(*labels: str, start: int = 1) -> tuple[Option, ...]:
 INDUSTRY = OptionSet("industrycode", _options(
     "Accounting", "Agriculture and Non-petrol Natural Resource Extraction", "Broadcasting Printing and Publishing",
     "Brokers", "Building Supply Retail", "Business Services", "Consulting", "Consumer Services",
-    "Design, Direction and Creative Management", "Distributors, Dispatchers and Processors", "Doctor's Offices and Clinics",
+    "Design, Direction and Creative Management", "Distributors, Dispatchers and Processors",
+    "Doctor's Offices and Clinics",
     "Durable Manufacturing", "Eating and Drinking Places", "Entertainment Retail", "Equipment Rental and Leasing",
     "Financial", "Food and Tobacco Processing", "Inbound Capital Intensive Processing", "Inbound Repair and Services",
     "Insurance", "Legal Services", "Non-Durable Merchandise Retail", "Outbound Consumer Service",

@@ -19,6 +19,7 @@ from .store import Store
 
 _IDS = uuid.UUID("6a1d3f0c-2b8e-4d7a-9c55-0e4f1b2a3c4d")
 _SEED = 42
+_CHUNK = 10_000
 
 
 def record_id(kind: str, index: int) -> str:
@@ -32,10 +33,12 @@ def seed_contacts(store: Store, count: int, *, user_id: str) -> int:
     rng, now = random.Random(_SEED), store.now()
     accounts = max(1, count // 5)
     with store.atomic():
-        rows, stamps = zip(*(_account(i, rng, now) for i in range(accounts)))
-        store.insert_many(ACCOUNT, rows, user_id=user_id, created=stamps)
-        rows, stamps = zip(*(_contact(i, accounts, rng, now) for i in range(count)))
-        store.insert_many(CONTACT, rows, user_id=user_id, created=stamps)
+        for start in range(0, accounts, _CHUNK):  # chunks keep memory flat whatever N is
+            rows, stamps = zip(*(_account(i, rng, now) for i in range(start, min(start + _CHUNK, accounts))))
+            store.insert_many(ACCOUNT, rows, user_id=user_id, created=stamps)
+        for start in range(0, count, _CHUNK):
+            rows, stamps = zip(*(_contact(i, accounts, rng, now) for i in range(start, min(start + _CHUNK, count))))
+            store.insert_many(CONTACT, rows, user_id=user_id, created=stamps)
         store.set_meta("seeded_contacts", str(count))
     return count
 
