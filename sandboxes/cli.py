@@ -5,11 +5,15 @@
                                --client-id C --client-secret S] [--admin-token A]
                                [--pubsub-port 7443] [--pubsub-keepalive 270] [--cdc-objects Contact,Lead]
                                [--cdc-retention SECONDS] [--cometd-timeout 110]
+    crmsync sandbox dynamics [--port 9443] [--state .crmsync/sandboxes/dynamics] [--seed-contacts N]
+                             [--tls-name NAME ...] [--tenant-id T --client-id C --client-secret S
+                             --certificate PEM --username U --password P] [--admin-token A]
     crmsync sandbox ca [--state .crmsync/sandboxes]
 
 Default credentials are `settings.DEFAULT_CREDENTIALS`; secrets can also come from environment variables
 (CRMSYNC_SF_PASSWORD, CRMSYNC_SF_SECURITY_TOKEN, CRMSYNC_SF_CLIENT_SECRET, CRMSYNC_SANDBOX_ADMIN_TOKEN) to keep
-them out of the process list.
+them out of the process list. The Dynamics sandbox reads CRMSYNC_DYN_TENANT_ID, CRMSYNC_DYN_CLIENT_ID,
+CRMSYNC_DYN_CLIENT_SECRET, CRMSYNC_DYN_CERTIFICATE, CRMSYNC_DYN_USERNAME and CRMSYNC_DYN_PASSWORD.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from crmsync.tls import ensure_ca
 
 from .salesforce.cdc import DEFAULT_RETENTION_SECONDS
 from .salesforce.server import DEFAULT_STATE_DIR, StreamingOptions, serve
+from .dynamics.settings import DEFAULT_CREDENTIALS as _DYN
 from .salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
 
 SANDBOXES_DIR = DEFAULT_STATE_DIR.parent
@@ -71,6 +76,42 @@ def salesforce(
     serve(host=host, port=port, state_dir=state, seed_contacts=seed_contacts, tls_names=tuple(tls_name or ()),
           credentials=Credentials(username, password, security_token, client_id, client_secret),
           admin_token=admin_token, log_level=log_level, streaming=streaming)
+
+
+@sandbox_app.command("dynamics")
+def dynamics(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(9443, help="HTTPS port (0 picks a free one; the banner shows it)."),
+    state: Path = typer.Option(SANDBOXES_DIR / "dynamics", help="State directory; the CA lives in its parent."),
+    seed_contacts: int = typer.Option(0, help="Seed N demo contacts (and N/5 accounts) into an empty store."),
+    tls_name: Optional[List[str]] = typer.Option(None, help="Extra DNS name or IP for the certificate "
+                                                             "(repeatable), e.g. login.microsoftonline.com."),
+    tenant_id: str = typer.Option(_DYN.tenant_id, envvar="CRMSYNC_DYN_TENANT_ID", help="Entra tenant id."),
+    client_id: str = typer.Option(_DYN.client_id, envvar="CRMSYNC_DYN_CLIENT_ID",
+                                  help="App registration (client) id."),
+    client_secret: str = typer.Option(_DYN.client_secret, envvar="CRMSYNC_DYN_CLIENT_SECRET", show_default=False,
+                                      help=f"App client secret (default: {_DYN.client_secret})."),
+    certificate: Optional[Path] = typer.Option(None, envvar="CRMSYNC_DYN_CERTIFICATE",
+                                               help="PEM certificate registered on the app (enables certificate "
+                                                    "client assertions)."),
+    username: str = typer.Option(_DYN.username, envvar="CRMSYNC_DYN_USERNAME", help="The user's sign-in name."),
+    password: str = typer.Option(_DYN.password, envvar="CRMSYNC_DYN_PASSWORD", show_default=False,
+                                 help=f"The user's password (default: {_DYN.password})."),
+    admin_token: str = typer.Option(DEFAULT_ADMIN_TOKEN, envvar="CRMSYNC_SANDBOX_ADMIN_TOKEN", show_default=False,
+                                    help=f"X-Sandbox-Admin header value (default: {DEFAULT_ADMIN_TOKEN})."),
+    log_level: str = typer.Option("info", help="Logging level (requests are logged without query strings)."),
+) -> None:
+    """Run the Dynamics 365 sandbox (Entra ID token endpoint, Dataverse Web API v9.x)."""
+    from .dynamics.server import serve as serve_dynamics
+    from .dynamics.settings import Credentials as DynamicsCredentials
+
+    if certificate is not None and not certificate.is_file():
+        raise typer.BadParameter(f"{certificate} is not a file; give the PEM certificate registered on the app.",
+                                 param_hint="--certificate")
+    serve_dynamics(host=host, port=port, state_dir=state, seed=seed_contacts, tls_names=tuple(tls_name or ()),
+                   credentials=DynamicsCredentials(tenant_id, client_id, client_secret, username, password,
+                                                   certificate),
+                   admin_token=admin_token, log_level=log_level)
 
 
 @sandbox_app.command("ca")

@@ -11,11 +11,12 @@ mapping owner usernames to the values they own.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from sandboxes import control
 
 SETTINGS_FILE = "settings.json"
 
@@ -134,13 +135,10 @@ class SandboxSettings:
     @classmethod
     def load(cls, state_dir: Path) -> "SandboxSettings":
         """Read settings.json, creating it with the defaults on first start."""
-        path = Path(state_dir) / SETTINGS_FILE
-        if not path.exists():
-            settings = cls()
-            path.write_text(json.dumps(asdict(settings), indent=2) + "\n")
-            return settings
-        raw = json.loads(path.read_text())
-        raw["validation_rules"] = [ValidationRule(**r) for r in raw.get("validation_rules", [])]
-        raw["assignment_rules"] = [AssignmentRule(**r) for r in raw.get("assignment_rules", [])]
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return control.load_settings(cls, state_dir, SETTINGS_FILE, _nested_rules)
+
+
+def _nested_rules(raw: dict[str, Any]) -> dict[str, Any]:
+    raw["validation_rules"] = [ValidationRule(**r) for r in raw.get("validation_rules", [])]
+    raw["assignment_rules"] = [AssignmentRule(**r) for r in raw.get("assignment_rules", [])]
+    return raw

@@ -16,20 +16,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
 
 from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from tests.sandbox_process import SandboxHandle, spawn, started_sandboxes
 
 REPO = Path(__file__).resolve().parents[2]
 _BANNER = re.compile(r"Salesforce sandbox: (https://\S+)\s+\(CA: (.+)\)")
 _PUBSUB_BANNER = re.compile(r"Salesforce Pub/Sub API: (\S+)")
+_BANNERS = re.compile(f"{_BANNER.pattern}(?:.*\n)*?.*?{_PUBSUB_BANNER.pattern}")  # both lines, in order
 
 
 @dataclass
-class RunningSandbox:
+class RunningSandbox(SandboxHandle):
     base_url: str  # https://127.0.0.1:PORT
     ca_path: Path
     credentials: Credentials
@@ -48,12 +50,6 @@ class RunningSandbox:
         """simple-salesforce `domain` that lands on this sandbox: https://{domain}.salesforce.com/..."""
         return f"{self.host_port}/sf"
 
-    def session(self) -> requests.Session:
-        session = requests.Session()
-        session.verify = str(self.ca_path)
-        session.trust_env = False  # else an exported REQUESTS_CA_BUNDLE silently replaces `verify`
-        return session
-
     def access_token(self) -> str:
         """A fresh session id from the OAuth password grant."""
         c = self.credentials
@@ -63,50 +59,21 @@ class RunningSandbox:
         response.raise_for_status()
         return str(response.json()["access_token"])
 
-    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Call a /__sandbox/ endpoint (POST when a body is given) and return its JSON."""
-        url, headers = f"{self.base_url}/__sandbox/{path}", {"X-Sandbox-Admin": self.admin_token}
-        response = (self.session().post(url, json=body, headers=headers, timeout=30) if body is not None
-                    else self.session().get(url, headers=headers, timeout=30))
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
 
 def launch(state_dir: Path, *, seed_contacts: int = 0, timeout: float = 120, extra_args: tuple[str, ...] = ()) \
         -> RunningSandbox:
     """Start a sandbox process and wait until it answers HTTPS; output goes to <state_dir>.log. `extra_args` are
     more `crmsync sandbox salesforce` options (e.g. ("--cdc-retention", "5"))."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = state_dir.with_suffix(".log")
-    offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
+    log_path = state_dir.with_suffix(".log")  # a restart appends to the same log
     command = [sys.executable, "-m", "sandboxes.cli", "salesforce", "--port", "0", "--state",
                str(state_dir), "--seed-contacts", str(seed_contacts), "--log-level", "warning", "--pubsub-port", "0",
                *extra_args]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    process, match = spawn(command, cwd=REPO, log_path=log_path, banner=_BANNERS, env=dict(os.environ),
+                           timeout=timeout)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        output = log_path.read_bytes()[offset:].decode(errors="replace")
-        match, pubsub = _BANNER.search(output), _PUBSUB_BANNER.search(output)
-        if match and pubsub:
-            break
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox exited with {process.returncode}:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    else:
-        process.kill()
-        raise RuntimeError(f"sandbox did not start within {timeout} s:\n{log_path.read_text()}")
     sandbox = RunningSandbox(match.group(1), Path(match.group(2)), DEFAULT_CREDENTIALS, DEFAULT_ADMIN_TOKEN,
-                             state_dir, process, log_path, pubsub.group(1))
+                             state_dir, process, log_path, match.group(3))
     _wait_until_answering(sandbox, deadline)
     return sandbox
 
@@ -132,16 +99,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox
 
 @pytest.fixture
 def start_sandbox(tmp_path: Path) -> Iterator[Callable[..., RunningSandbox]]:
-    started: list[RunningSandbox] = []
-
-    def start(name: str = "salesforce", **kwargs: Any) -> RunningSandbox:
-        running = launch(tmp_path / name, **kwargs)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.stop()
+    yield from started_sandboxes(tmp_path, launch, "salesforce")
 
 
 @pytest.fixture

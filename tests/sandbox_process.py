@@ -1,0 +1,90 @@
+"""Start a sandbox as a subprocess, wait for its banner, stop it: shared by every sandbox's test fixtures.
+
+A sandbox prints `<Name> sandbox: https://host:port  (CA: path)` once its socket is bound; `spawn` waits for that
+line in the process's log (output appends to `log_path`, so a restart reads only what follows) and returns the
+match. `stop` terminates, then kills after 15 s. `started_sandboxes` backs the `start_sandbox` fixtures: every
+sandbox a test starts is stopped when the test ends.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+import requests
+
+
+def spawn(command: Sequence[str], *, cwd: Path, log_path: Path, banner: re.Pattern[str],
+          env: Mapping[str, str] | None = None, timeout: float = 120) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(env) if env is not None else None)
+    deadline = time.monotonic() + timeout
+    while True:
+        match = banner.search(log_path.read_bytes()[offset:].decode(errors="replace"))
+        if match:
+            return process, match
+        if process.poll() is not None:
+            raise RuntimeError(f"sandbox exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"sandbox did not start within {timeout} s:\n{log_path.read_text()}")
+        time.sleep(0.05)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def started_sandboxes(tmp_path: Path, launch: Callable[..., Any], default_name: str) \
+        -> Iterator[Callable[..., Any]]:
+    """Yield `start(name=default_name, **kwargs)` launching under tmp_path; stop them all afterwards."""
+    started: list[_Stoppable] = []
+
+    def start(name: str = default_name, **kwargs: Any) -> Any:
+        running = launch(tmp_path / name, **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+class SandboxHandle:
+    """Methods every running-sandbox record shares; the record provides base_url, ca_path, admin_token, process."""
+
+    base_url: str
+    ca_path: Path
+    admin_token: str
+    process: subprocess.Popen[bytes]
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.verify = str(self.ca_path)
+        session.trust_env = False  # else an exported REQUESTS_CA_BUNDLE silently replaces `verify`
+        return session
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call a /__sandbox/ endpoint (POST when a body is given) and return its JSON."""
+        url, headers = f"{self.base_url}/__sandbox/{path}", {"X-Sandbox-Admin": self.admin_token}
+        response = (self.session().post(url, json=body, headers=headers, timeout=30) if body is not None
+                    else self.session().get(url, headers=headers, timeout=30))
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        stop(self.process)
