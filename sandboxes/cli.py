@@ -3,21 +3,26 @@
     crmsync sandbox salesforce [--port 8443] [--state .crmsync/sandboxes/salesforce] [--seed-contacts N]
                                [--tls-name NAME ...] [--username U --password P --security-token T
                                --client-id C --client-secret S] [--admin-token A]
+    crmsync sandbox oracle [--port 8445] [--state .crmsync/sandboxes/oracle] [--seed-contacts N] [--tls-name NAME ...]
+                           [--username U --password P] [--user-timezone America/Los_Angeles] [--admin-token A]
     crmsync sandbox ca [--state .crmsync/sandboxes]
 
 Default credentials are `settings.DEFAULT_CREDENTIALS`; secrets can also come from environment variables
-(CRMSYNC_SF_PASSWORD, CRMSYNC_SF_SECURITY_TOKEN, CRMSYNC_SF_CLIENT_SECRET, CRMSYNC_SANDBOX_ADMIN_TOKEN) to keep
-them out of the process list.
+(CRMSYNC_SF_PASSWORD, CRMSYNC_SF_SECURITY_TOKEN, CRMSYNC_SF_CLIENT_SECRET, CRMSYNC_OOD_PASSWORD,
+CRMSYNC_SANDBOX_ADMIN_TOKEN) to keep them out of the process list.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 
 from crmsync.tls import ensure_ca
 
+from .oracle.server import DEFAULT_TIMEZONE as ORACLE_TIMEZONE, serve as serve_oracle
+from .oracle.settings import DEFAULT_CREDENTIALS as ORACLE_CREDENTIALS, Credentials as OracleCredentials
 from .salesforce.server import DEFAULT_STATE_DIR, serve
 from .salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
 
@@ -53,6 +58,34 @@ def salesforce(
     serve(host=host, port=port, state_dir=state, seed_contacts=seed_contacts, tls_names=tuple(tls_name or ()),
           credentials=Credentials(username, password, security_token, client_id, client_secret),
           admin_token=admin_token, log_level=log_level)
+
+
+@sandbox_app.command("oracle")
+def oracle(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8445, help="HTTPS port (0 picks a free one; the banner shows it)."),
+    state: Path = typer.Option(SANDBOXES_DIR / "oracle", help="State directory; the CA lives in its parent."),
+    seed_contacts: int = typer.Option(0, help="Seed N demo contacts (and N/5 accounts) into an empty store."),
+    tls_name: Optional[List[str]] = typer.Option(None, help="Extra DNS name or IP for the certificate "
+                                                             "(repeatable), e.g. secure-ausomxabc.crmondemand.com."),
+    username: str = typer.Option(ORACLE_CREDENTIALS.username, help="API user's sign-in id (COMPANY/USER)."),
+    password: str = typer.Option(ORACLE_CREDENTIALS.password, envvar="CRMSYNC_OOD_PASSWORD", show_default=False,
+                                 help=f"API user's password (default: {ORACLE_CREDENTIALS.password})."),
+    user_timezone: str = typer.Option(ORACLE_TIMEZONE, help="The API user's time zone (IANA name): REST datetimes "
+                                                            "are written and read in it."),
+    admin_token: str = typer.Option(DEFAULT_ADMIN_TOKEN, envvar="CRMSYNC_SANDBOX_ADMIN_TOKEN", show_default=False,
+                                    help=f"X-Sandbox-Admin header value (default: {DEFAULT_ADMIN_TOKEN})."),
+    log_level: str = typer.Option("info", help="Logging level (requests are logged without query strings)."),
+) -> None:
+    """Run the Oracle CRM On Demand sandbox (REST API, Web Services v2.0, DeletedItemQueryPage)."""
+    try:
+        ZoneInfo(user_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise typer.BadParameter(f"{user_timezone!r} is not an IANA time zone name such as America/Los_Angeles",
+                                 param_hint="--user-timezone") from None
+    serve_oracle(host=host, port=port, state_dir=state, seed=seed_contacts, tls_names=tuple(tls_name or ()),
+                 credentials=OracleCredentials(username, password), user_timezone=user_timezone,
+                 admin_token=admin_token, log_level=log_level)
 
 
 @sandbox_app.command("ca")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmsync.tls import ensure_ca, issue_server_cert
 
@@ -76,3 +76,25 @@ def listen(host: str, port: int) -> socket.socket:
 
 def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+class AccessLog:
+    """ASGI middleware logging method, path and status only: query strings, bodies and path parameters such as
+    `;jsessionid=` may carry credentials, so they are cut off."""
+
+    def __init__(self, app: ASGIApp, logger: logging.Logger) -> None:
+        self.app, self.log = app, logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: dict[str, int] = {}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, capture)
+        self.log.info("%s %s %s", scope["method"], scope["path"].split(";", 1)[0], status.get("code"))
