@@ -168,6 +168,7 @@ CONTACT = _record_type("Contact", "Contacts", "Contact", "Contacts", [
     Field("CustomNumber0", "number", "Lead Score"),
     Field("CustomCurrency0", "currency", "Lifetime Value"),
     Field("CustomDate0", "date", "Last Purchase Date"),
+    Field("CustomDateTime0", "datetime", "Last Webinar Attended"),
     Field("CustomText0", "string", "Campaign Segment", 255),
     *_ci("ContactFirstName", "ContactLastName", "ContactEmail"),
 ], children={"Opportunities": ("Opportunity", "ContactId"), "Leads": ("Lead", "ContactId")},

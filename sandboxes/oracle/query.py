@@ -148,8 +148,9 @@ def _syntax(reason: str) -> OracleError:
 class _Parser:
     """Recursive descent over tokens; `value_for` turns a literal into a Comparison for the current field."""
 
-    def __init__(self, tokens: list[Token], rt: RecordType, dialect: Dialect) -> None:
+    def __init__(self, tokens: list[Token], rt: RecordType, dialect: Dialect, *, question_mark: bool = False) -> None:
         self.tokens, self.i, self.rt, self.dialect = tokens, 0, rt, dialect
+        self.question_mark = question_mark  # Web Services: '?' is LIKE's single-character wildcard
 
     def peek(self) -> Token | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -192,8 +193,9 @@ class _Parser:
             if field.type not in ("string", "picklist", "id"):
                 raise _syntax(f"LIKE needs a text field; {field.name} is a {field.type}")
             chars = token.chars or tuple((c, False) for c in token.text)
-            return Comparison(field.name, "LIKE", like_pattern(chars), insensitive or bool(field.ci_of))
-        value = self.dialect.to_storage(self.rt, field, token.text)
+            return Comparison(field.name, "LIKE", like_pattern(chars, self.question_mark),
+                              insensitive or bool(field.ci_of))
+        value = self.dialect.to_storage(self.rt, field, token.text, query=True)
         if value is None:
             raise _syntax(f"an empty value cannot be compared with {op}; null values cannot be queried")
         return Comparison(field.name, op, value, insensitive or bool(field.ci_of))
@@ -210,12 +212,15 @@ class _Parser:
             raise _syntax(f"unexpected {token.text!r}")
 
 
-def like_pattern(chars: Sequence[tuple[str, bool]]) -> str:
-    """SQL LIKE pattern (escape '\\') for a literal whose unescaped `*` is the wildcard."""
+def like_pattern(chars: Sequence[tuple[str, bool]], question_mark: bool = False) -> str:
+    """SQL LIKE pattern (escape '\\') for a literal whose unescaped `*` (and, with `question_mark`, `?`) are the
+    wildcards."""
     out = []
     for ch, escaped in chars:
         if ch == "*" and not escaped:
             out.append("%")
+        elif ch == "?" and question_mark and not escaped:
+            out.append("_")
         elif ch in "%_\\":
             out.append("\\" + ch)
         else:
@@ -276,7 +281,7 @@ def parse_ws_field(text: str, field: Field, rt: RecordType, dialect: Dialect) ->
     tokens = _ws_lexer(text)
     if tokens and tokens[0].kind not in ("op", "(") and not _is_null_start(tokens):
         tokens = [Token("op", "="), Token("literal", text.strip())]
-    parser = _Parser(tokens, rt, dialect)
+    parser = _Parser(tokens, rt, dialect, question_mark=True)
     node = parser.expression(lambda: _ws_term(parser, field))
     parser.end()
     return node
@@ -285,7 +290,7 @@ def parse_ws_field(text: str, field: Field, rt: RecordType, dialect: Dialect) ->
 def parse_searchspec(text: str, rt: RecordType, dialect: Dialect) -> Node | None:
     if not text.strip():
         return None
-    parser = _Parser(_ws_lexer(text), rt, dialect)
+    parser = _Parser(_ws_lexer(text), rt, dialect, question_mark=True)
     node = parser.expression(lambda: _ws_term(parser, None))
     parser.end()
     return node

@@ -66,24 +66,27 @@ class Dialect:
 
     # ---------------------------------------------------------------- wire -> storage
 
-    def to_storage(self, rt: RecordType, field: Field, raw: Any) -> Any:
-        """Convert a client value for `field` to its storage encoding; None/'' clear the field."""
+    def to_storage(self, rt: RecordType, field: Field, raw: Any, *, query: bool = False) -> Any:
+        """Convert a client value for `field` to its storage encoding; None/'' clear the field. A `query` value is
+        only converted, not validated: too long or unknown picklist values simply match nothing."""
         if raw is None or raw == "":
             return None
         kind = field.type
         if kind in ("string", "id"):
             text = raw if isinstance(raw, str) else _bad(raw, "text", field)
-            if field.max_length and len(text) > field.max_length:
+            if field.max_length and len(text) > field.max_length and not query:
                 raise OracleError(TOO_LONG, field.name, field.max_length)
             return text
         if kind == "picklist":
+            if query:
+                return (field.code_for(str(raw)) or str(raw)) if self.lov == "LDC" else str(raw)
             return self._picklist_code(rt, field, raw)
         if kind == "boolean":
             return self._boolean(raw, field)
         if kind in ("number", "currency", "integer"):
             return _number(raw, field)
         if kind == "date":
-            return _date(raw, field)
+            return _date(raw, field, locale_form=self.datetimes != "rest")
         return self.datetime_to_storage(raw, field)
 
     def datetime_to_storage(self, raw: Any, field: Field) -> str:
@@ -186,9 +189,10 @@ def _number(raw: Any, field: Field) -> float | int:
     return float(number)
 
 
-def _date(raw: Any, field: Field) -> str:
+def _date(raw: Any, field: Field, *, locale_form: bool) -> str:
+    """YYYY-MM-DD; Web Services also accept the locale form MM/DD/YYYY."""
     text = raw.strip() if isinstance(raw, str) else _bad(raw, "date", field)
-    match = _V1_DATETIME.match(text)
+    match = _V1_DATETIME.match(text) if locale_form else None
     if match and match.group(4) is None:
         month, day, year = match.group(1), match.group(2), match.group(3)
         text = f"{year}-{month}-{day}"
