@@ -279,7 +279,9 @@ def parse_ws_field(text: str, field: Field, rt: RecordType, dialect: Dialect) ->
     if not text.strip():
         return None
     tokens = _ws_lexer(text)
-    if tokens and tokens[0].kind not in ("op", "(") and not _is_null_start(tokens):
+    if len(tokens) == 1 and tokens[0].kind == "literal":
+        tokens = [Token("op", "="), tokens[0]]
+    elif tokens and tokens[0].kind not in ("op", "(") and not _is_null_start(tokens):
         tokens = [Token("op", "="), Token("literal", text.strip())]
     parser = _Parser(tokens, rt, dialect, question_mark=True)
     node = parser.expression(lambda: _ws_term(parser, field))
