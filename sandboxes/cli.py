@@ -14,7 +14,7 @@ CRMSYNC_SANDBOX_ADMIN_TOKEN) to keep them out of the process list.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
@@ -24,10 +24,42 @@ from crmsync.tls import ensure_ca
 from .oracle.server import DEFAULT_TIMEZONE as ORACLE_TIMEZONE, serve as serve_oracle
 from .oracle.settings import DEFAULT_CREDENTIALS as ORACLE_CREDENTIALS, Credentials as OracleCredentials
 from .salesforce.server import DEFAULT_STATE_DIR, serve
-from .salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from .admin import DEFAULT_ADMIN_TOKEN
+from .salesforce.settings import DEFAULT_CREDENTIALS, Credentials
 
 SANDBOXES_DIR = DEFAULT_STATE_DIR.parent
 _D = DEFAULT_CREDENTIALS
+
+
+
+def _host() -> Any:
+    return typer.Option("127.0.0.1", help="Interface to listen on.")
+
+
+def _port(default: int) -> Any:
+    return typer.Option(default, help="HTTPS port (0 picks a free one; the banner shows it).")
+
+
+def _state(default: Path) -> Any:
+    return typer.Option(default, help="State directory; the CA lives in its parent.")
+
+
+def _seed_contacts() -> Any:
+    return typer.Option(0, help="Seed N demo contacts (and N/5 accounts) into an empty store.")
+
+
+def _tls_names(example: str) -> Any:
+    return typer.Option(None, help=f"Extra DNS name or IP for the certificate (repeatable), e.g. {example}.")
+
+
+def _admin_token() -> Any:
+    return typer.Option(DEFAULT_ADMIN_TOKEN, envvar="CRMSYNC_SANDBOX_ADMIN_TOKEN", show_default=False,
+                        help=f"X-Sandbox-Admin header value (default: {DEFAULT_ADMIN_TOKEN}).")
+
+
+def _log_level() -> Any:
+    return typer.Option("info", help="Logging level (requests are logged without query strings).")
+
 
 sandbox_app = typer.Typer(help="Run local CRM sandboxes: HTTPS servers implementing the real CRM APIs, for demos, "
                                "offline development and tests.", no_args_is_help=True)
@@ -35,12 +67,11 @@ sandbox_app = typer.Typer(help="Run local CRM sandboxes: HTTPS servers implement
 
 @sandbox_app.command("salesforce")
 def salesforce(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8443, help="HTTPS port (0 picks a free one; the banner shows it)."),
-    state: Path = typer.Option(DEFAULT_STATE_DIR, help="State directory; the CA lives in its parent."),
-    seed_contacts: int = typer.Option(0, help="Seed N demo contacts (and N/5 accounts) into an empty store."),
-    tls_name: Optional[List[str]] = typer.Option(None, help="Extra DNS name or IP for the certificate "
-                                                             "(repeatable), e.g. login.salesforce.com."),
+    host: str = _host(),
+    port: int = _port(8443),
+    state: Path = _state(DEFAULT_STATE_DIR),
+    seed_contacts: int = _seed_contacts(),
+    tls_name: Optional[List[str]] = _tls_names("login.salesforce.com"),
     username: str = typer.Option(_D.username, help="API user's username."),
     password: str = typer.Option(_D.password, envvar="CRMSYNC_SF_PASSWORD", show_default=False,
                                  help=f"API user's password (default: {_D.password})."),
@@ -50,9 +81,8 @@ def salesforce(
     client_id: str = typer.Option(_D.client_id, help="Connected app consumer key."),
     client_secret: str = typer.Option(_D.client_secret, envvar="CRMSYNC_SF_CLIENT_SECRET", show_default=False,
                                       help=f"Connected app consumer secret (default: {_D.client_secret})."),
-    admin_token: str = typer.Option(DEFAULT_ADMIN_TOKEN, envvar="CRMSYNC_SANDBOX_ADMIN_TOKEN", show_default=False,
-                                    help=f"X-Sandbox-Admin header value (default: {DEFAULT_ADMIN_TOKEN})."),
-    log_level: str = typer.Option("info", help="Logging level (requests are logged without query strings)."),
+    admin_token: str = _admin_token(),
+    log_level: str = _log_level(),
 ) -> None:
     """Run the Salesforce sandbox (REST, SOQL, composite, Bulk API 2.0, OAuth and SOAP login)."""
     serve(host=host, port=port, state_dir=state, seed_contacts=seed_contacts, tls_names=tuple(tls_name or ()),
@@ -62,20 +92,18 @@ def salesforce(
 
 @sandbox_app.command("oracle")
 def oracle(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8445, help="HTTPS port (0 picks a free one; the banner shows it)."),
-    state: Path = typer.Option(SANDBOXES_DIR / "oracle", help="State directory; the CA lives in its parent."),
-    seed_contacts: int = typer.Option(0, help="Seed N demo contacts (and N/5 accounts) into an empty store."),
-    tls_name: Optional[List[str]] = typer.Option(None, help="Extra DNS name or IP for the certificate "
-                                                             "(repeatable), e.g. secure-ausomxabc.crmondemand.com."),
+    host: str = _host(),
+    port: int = _port(8445),
+    state: Path = _state(SANDBOXES_DIR / "oracle"),
+    seed_contacts: int = _seed_contacts(),
+    tls_name: Optional[List[str]] = _tls_names("secure-ausomxabc.crmondemand.com"),
     username: str = typer.Option(ORACLE_CREDENTIALS.username, help="API user's sign-in id (COMPANY/USER)."),
     password: str = typer.Option(ORACLE_CREDENTIALS.password, envvar="CRMSYNC_OOD_PASSWORD", show_default=False,
                                  help=f"API user's password (default: {ORACLE_CREDENTIALS.password})."),
     user_timezone: str = typer.Option(ORACLE_TIMEZONE, help="The API user's time zone (IANA name): REST datetimes "
                                                             "are written and read in it."),
-    admin_token: str = typer.Option(DEFAULT_ADMIN_TOKEN, envvar="CRMSYNC_SANDBOX_ADMIN_TOKEN", show_default=False,
-                                    help=f"X-Sandbox-Admin header value (default: {DEFAULT_ADMIN_TOKEN})."),
-    log_level: str = typer.Option("info", help="Logging level (requests are logged without query strings)."),
+    admin_token: str = _admin_token(),
+    log_level: str = _log_level(),
 ) -> None:
     """Run the Oracle CRM On Demand sandbox (REST API, Web Services v2.0, DeletedItemQueryPage)."""
     try:

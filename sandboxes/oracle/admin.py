@@ -19,39 +19,19 @@ never accept that token and these endpoints never look at sessions.
 """
 from __future__ import annotations
 
-import hmac
-import json
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from sandboxes.admin import admin_endpoint
 
 from .context import Sandbox
 from .errors import OracleError
 
-Handler = Callable[[Sandbox, dict[str, Any]], Any]
-
-
-def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Check X-Sandbox-Admin, parse the JSON body, render the result or a 400 saying what to fix."""
-    async def endpoint(request: Request) -> Response:
-        sandbox: Sandbox = request.app.state.sandbox
-        given = request.headers.get("x-sandbox-admin", "")
-        if not hmac.compare_digest(given.encode(), sandbox.admin_token.encode()):
-            return JSONResponse({"error": "the X-Sandbox-Admin header is missing or wrong"}, status_code=403)
-        try:
-            raw = await request.body()
-            body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            return JSONResponse(handler(sandbox, body))
-        except (ValueError, TypeError, KeyError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        except OracleError as exc:
-            return JSONResponse({"error": exc.detail, "errorCode": exc.code}, status_code=400)
-    endpoint.__name__ = handler.__name__
-    return endpoint
+def _admin(handler: Callable[[Sandbox, dict[str, Any]], Any]) -> Callable[[Request], Awaitable[Response]]:
+    return admin_endpoint(handler, api_error=OracleError)
 
 
 def stats(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:

@@ -5,13 +5,14 @@ start to finish on the event loop, which serializes all SQLite access without lo
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
 from starlette.responses import JSONResponse, Response
 
+from sandboxes.admin import Stats as SharedStats
 from sandboxes.faults import Faults
 
 from .errors import BAD_PARAMETER, OracleError
@@ -38,22 +39,16 @@ def paging(query: Mapping[str, str], default_limit: int, maximum: int) -> tuple[
     return int(offset), int(limit)
 
 
-class Stats:
-    """In-memory counters for tests and demos: what was called, what was written, what was refused."""
-
-    def __init__(self) -> None:
-        self.reset()
+class Stats(SharedStats):
+    """The shared counters plus errors answered (by SBL code) and writes sent with Echo=Off."""
 
     def reset(self) -> None:
-        self.requests: Counter[str] = Counter()
-        self.writes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        super().reset()
         self.errors: Counter[str] = Counter()
-        self.faults: Counter[str] = Counter()
         self.echo_off = 0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "writes": {k: dict(v) for k, v in self.writes.items()},
-                "errors": dict(self.errors), "faults_injected": dict(self.faults), "echo_off_writes": self.echo_off}
+        return {**super().snapshot(), "errors": dict(self.errors), "echo_off_writes": self.echo_off}
 
 
 @dataclass

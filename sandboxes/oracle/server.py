@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from sandboxes.admin import DEFAULT_ADMIN_TOKEN
 from sandboxes.serving import prepare_tls, serve_https, setup_logging
 
 from .app import build_app, create_sandbox
 from .seed import seed_contacts
-from .settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from .settings import DEFAULT_CREDENTIALS, Credentials
 
 DEFAULT_STATE_DIR = Path(".crmsync/sandboxes/oracle")
 DEFAULT_TIMEZONE = "America/Los_Angeles"

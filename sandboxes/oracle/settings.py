@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 SETTINGS_FILE = "settings.json"
-DEFAULT_ADMIN_TOKEN = "crmsync-sandbox-admin"
-"""Value of the `X-Sandbox-Admin` header on /__sandbox/* (override with --admin-token)."""
 
 
 @dataclass(frozen=True)

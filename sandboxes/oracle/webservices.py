@@ -220,12 +220,8 @@ def _template(template: ET.Element, rt: RecordType, dialect: Dialect) \
         -> tuple[list[Field], list[Node], list[tuple[int, int, str, bool]]]:
     fields, filters, sorts = [], [], []
     for position, element in enumerate(template):
-        name = local(element.tag)
-        if name.startswith("ListOf"):
-            raise OracleError(SOAP_INPUT, f"child components such as {name} are not supported by the sandbox")
-        f = rt.fields.get(name)
-        if f is None:
-            raise OracleError(UNKNOWN_FIELD, name, rt.name)
+        f = _field_of(element, rt)
+        name = f.name
         fields.append(f)
         node = parse_ws_field(element.text or "", f, rt, dialect)
         if node is not None:
@@ -292,12 +288,8 @@ def _operation(method: str, record: ET.Element) -> str:
 def _values(record: ET.Element, rt: RecordType, dialect: Dialect) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for element in record:
-        name = local(element.tag)
-        if name.startswith("ListOf"):
-            raise OracleError(SOAP_INPUT, f"child components such as {name} are not supported by the sandbox")
-        f = rt.fields.get(name)
-        if f is None:
-            raise OracleError(UNKNOWN_FIELD, name, rt.name)
+        f = _field_of(element, rt)
+        name = f.name
         text = (element.text or "").strip()
         if name != "Id" and not f.updatable:
             raise OracleError(READ_ONLY, name, rt.name)
@@ -368,6 +360,17 @@ def deleted_item_query_page(call: WsCall) -> Response:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _field_of(element: ET.Element, rt: RecordType) -> Field:
+    """The field a request element names; child components (ListOf...) are not implemented."""
+    name = local(element.tag)
+    if name.startswith("ListOf"):
+        raise OracleError(SOAP_INPUT, f"child components such as {name} are not supported by the sandbox")
+    field = rt.fields.get(name)
+    if field is None:
+        raise OracleError(UNKNOWN_FIELD, name, rt.name)
+    return field
 
 
 def _list_element(body: ET.Element, rt: RecordType) -> ET.Element:

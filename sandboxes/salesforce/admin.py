@@ -22,69 +22,29 @@ has no side effect (it is not even counted against the daily limit).
 """
 from __future__ import annotations
 
-import hmac
 import json
-import random
-from collections import Counter, defaultdict, deque
-from dataclasses import dataclass
+from collections import Counter, deque
 from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .context import Sandbox, json_response
+from sandboxes.admin import Stats as SharedStats, admin_endpoint
+
+from .context import Sandbox
 from .errors import SalesforceError
 
-FAULT_PROBABILITIES = ("session_expiry", "request_limit_exceeded", "unavailable_503", "slow_probability")
-FAULT_KEYS = (*FAULT_PROBABILITIES, "slow_seconds", "seed")
+FAULT_KINDS = ("session_expiry", "request_limit_exceeded", "unavailable_503")
 
 
-@dataclass(frozen=True)
-class FaultDecision:
-    kind: str | None  # session_expiry | request_limit_exceeded | unavailable_503 | None
-    delay: float  # seconds to stall before answering (slow fault), 0 for none
-
-
-class Faults:
-    """Random API failures with a seeded RNG, so a test run with the same seed fails the same requests."""
-
-    def __init__(self) -> None:
-        self.configure({})
-
-    def configure(self, spec: dict[str, Any]) -> dict[str, float]:
-        unknown = set(spec) - set(FAULT_KEYS)
-        if unknown:
-            raise ValueError(f"unknown fault settings: {sorted(unknown)}; known: {list(FAULT_KEYS)}")
-        settings = {k: float(spec.get(k, 0)) for k in FAULT_KEYS}
-        if any(not 0 <= settings[k] <= 1 for k in FAULT_PROBABILITIES) or settings["slow_seconds"] < 0:
-            raise ValueError("probabilities must be within [0, 1] and slow_seconds >= 0")
-        self.settings = settings
-        self._rng = random.Random(int(settings["seed"]))
-        return settings
-
-    def decide(self) -> FaultDecision:
-        draws = [self._rng.random() for _ in FAULT_PROBABILITIES]  # fixed draw count: stable sequences per seed
-        s = self.settings
-        delay = s["slow_seconds"] if draws[3] < s["slow_probability"] else 0.0
-        for key, draw in zip(FAULT_PROBABILITIES[:3], draws):
-            if draw < s[key]:
-                return FaultDecision(key, delay)
-        return FaultDecision(None, delay)
-
-
-class Stats:
-    """In-memory counters for tests and demos: what was called, what was written, how writes were routed."""
-
-    def __init__(self) -> None:
-        self.reset()
+class Stats(SharedStats):
+    """The shared counters plus how writes were routed (Sforce-Auto-Assign)."""
 
     def reset(self) -> None:
-        self.requests: Counter[str] = Counter()
-        self.writes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        super().reset()
         self.auto_assign_counts: Counter[str] = Counter()
         self.auto_assign_last: deque[dict[str, Any]] = deque(maxlen=200)
-        self.faults: Counter[str] = Counter()
 
     def record_request(self, method: str, endpoint: str) -> None:
         self.requests[f"{method} {endpoint}"] += 1
@@ -99,35 +59,14 @@ class Stats:
                                           "header": header, "assigned_owner": assigned, "source": source})
 
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "writes": {k: dict(v) for k, v in self.writes.items()},
-                "auto_assign": {"counts": dict(self.auto_assign_counts), "last": list(self.auto_assign_last)},
-                "faults_injected": dict(self.faults)}
+        return {**super().snapshot(),
+                "auto_assign": {"counts": dict(self.auto_assign_counts), "last": list(self.auto_assign_last)}}
 
 
 # ---------------------------------------------------------------- endpoints
 
-Handler = Callable[[Sandbox, dict[str, Any]], Any]
-
-
-def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler: check X-Sandbox-Admin, parse the JSON body, render the result or the error."""
-    async def endpoint(request: Request) -> Response:
-        sandbox: Sandbox = request.app.state.sandbox
-        given = request.headers.get("x-sandbox-admin", "")
-        if not hmac.compare_digest(given.encode(), sandbox.admin_token.encode()):
-            return json_response({"error": "the X-Sandbox-Admin header is missing or wrong"}, status=403)
-        try:
-            raw = await request.body()
-            body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            return json_response(handler(sandbox, body))
-        except (ValueError, TypeError, KeyError) as exc:
-            return json_response({"error": str(exc)}, status=400)
-        except SalesforceError as exc:
-            return json_response({"error": exc.message, "errorCode": exc.code}, status=400)
-    endpoint.__name__ = handler.__name__
-    return endpoint
+def _admin(handler: Callable[[Sandbox, dict[str, Any]], Any]) -> Callable[[Request], Awaitable[Response]]:
+    return admin_endpoint(handler, api_error=SalesforceError)
 
 
 def get_faults(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:

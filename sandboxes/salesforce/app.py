@@ -24,7 +24,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sandboxes.faults import Faults
+from sandboxes.serving import AccessLog
 
 from . import admin, bulk, composite, rest
 from .auth import Auth, oauth_revoke, oauth_token, soap_login
@@ -99,7 +101,7 @@ def create_sandbox(state_dir: Path, credentials: Credentials, admin_token: str) 
     store.purge_recycle_bin()
     sandbox = Sandbox(model=MODEL, store=store, settings=settings, credentials=credentials, admin_token=admin_token,
                       org_id=org_id, api_user_id=user_id, auth=Auth(store, settings, credentials, org_id, user_id),
-                      faults=admin.Faults(), stats=admin.Stats(), cursors=rest.QueryCursors(), jobs=bulk.BulkJobs(),
+                      faults=Faults(admin.FAULT_KINDS), stats=admin.Stats(), cursors=rest.QueryCursors(), jobs=bulk.BulkJobs(),
                       dispatch=dispatch)
     return sandbox
 
@@ -205,27 +207,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response([{"message": message, "errorCode": code}], status=status)
 
 
-class AccessLog:
-    """Logs method, path and status only: query strings and bodies may carry credentials."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status: dict[str, int] = {}
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, capture)
-        log.info("%s %s %s", scope["method"], scope["path"], status.get("code"))
-
-
 def _login_routes() -> list[Route]:
     routes = []
     for prefix in ("", "/{prefix:path}.salesforce.com"):
@@ -247,4 +228,4 @@ def build_app(sandbox: Sandbox) -> Any:
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, max_body_size=MAX_BODY)
     app.state.sandbox = sandbox
-    return AccessLog(app)
+    return AccessLog(app, log)

@@ -18,7 +18,9 @@ from .settings import Credentials, SandboxSettings
 from .store import Store
 
 if TYPE_CHECKING:  # imported for annotations only; these modules import this one
-    from .admin import Faults, Stats
+    from sandboxes.faults import Faults
+
+    from .admin import Stats
     from .auth import Auth
     from .bulk import BulkJobs
     from .rest import QueryCursors

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from sandboxes.admin import DEFAULT_ADMIN_TOKEN  # noqa: F401  (the /__sandbox/* header value, shared)
+
 SETTINGS_FILE = "settings.json"
 
 
@@ -37,8 +39,6 @@ DEFAULT_CREDENTIALS = Credentials(
     client_id="crmsync-sandbox-client",
     client_secret="crmsync-sandbox-secret",
 )
-DEFAULT_ADMIN_TOKEN = "crmsync-sandbox-admin"
-"""Header value for `X-Sandbox-Admin` on the /__sandbox/* endpoints; override with --admin-token."""
 
 SALES_OWNERS = {
     "emea.sales@crmsync.example": ("Emma", "Schmidt", "Germany"),

@@ -10,6 +10,7 @@ import pytest
 from connectors.oracle.client import OracleClient
 from connectors.oracle.config import OracleConfig
 from tests.sandbox_oracle.conftest import RunningOracle, levers, oracle, start_oracle  # noqa: F401  (fixtures)
+from tests.sandbox_processes import tracked
 
 
 def config_for(running: RunningOracle, **overrides: Any) -> OracleConfig:
@@ -21,16 +22,10 @@ def config_for(running: RunningOracle, **overrides: Any) -> OracleConfig:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., OracleClient]]:
-    made: list[OracleClient] = []
-
     def make(running: RunningOracle, **overrides: Any) -> OracleClient:
-        client = OracleClient(config_for(running, **overrides))
-        made.append(client)
-        return client
+        return OracleClient(config_for(running, **overrides))
 
-    yield make
-    for client in made:
-        client.close()
+    yield from tracked(make, OracleClient.close)
 
 
 @pytest.fixture

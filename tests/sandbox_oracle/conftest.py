@@ -10,38 +10,25 @@ REQUESTS_CA_BUNDLE / SSL_CERT_FILE cannot replace the sandbox CA.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import ssl
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
 
-from sandboxes.oracle.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from sandboxes.admin import DEFAULT_ADMIN_TOKEN
+from sandboxes.oracle.settings import DEFAULT_CREDENTIALS
+from tests.sandbox_processes import SandboxProcess, spawn, tracked
 
-REPO = Path(__file__).resolve().parents[2]
 BANNER = re.compile(r"Oracle CRM On Demand sandbox: (https://\S+)\s+\(CA: (.+)\)")
 WIDE_OPEN = {"rest_requests_per_window": 1_000_000, "ws_min_interval_ms": 0, "max_sessions": 100_000}
 REST = "/OnDemand/user/Rest/latest"
 WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
 
 
-@dataclass
-class RunningOracle:
-    base_url: str
-    ca_path: Path
-    credentials: Credentials
-    admin_token: str
-    state_dir: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
+class RunningOracle(SandboxProcess):
     def http(self) -> httpx.Client:
         """A bare HTTPS client trusting only the sandbox CA (no session, no credentials)."""
         return httpx.Client(base_url=self.base_url, verify=ssl.create_default_context(cafile=str(self.ca_path)),
@@ -81,35 +68,14 @@ class RunningOracle:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
 
 def launch(state_dir: Path, *, seed_contacts: int = 0, timezone: str = "America/Los_Angeles",
            log_level: str = "warning", timeout: float = 120) -> RunningOracle:
     """Start a sandbox process and wait until it answers HTTPS; output goes to <state_dir>.log."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.with_suffix(".log")
-    offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
-    command = [sys.executable, "-m", "sandboxes.cli", "oracle", "--port", "0", "--state", str(state_dir),
-               "--seed-contacts", str(seed_contacts), "--user-timezone", timezone, "--log-level", log_level]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    deadline = time.monotonic() + timeout
-    while True:
-        match = BANNER.search(log_path.read_bytes()[offset:].decode(errors="replace"))
-        if match:
-            break
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"the Oracle sandbox did not start:\n{log_path.read_text()}")
-        time.sleep(0.05)
+    process, match = spawn(["oracle", "--port", "0", "--state", str(state_dir), "--seed-contacts", str(seed_contacts),
+                            "--user-timezone", timezone, "--log-level", log_level], log_path, BANNER, timeout)
     return RunningOracle(match.group(1), Path(match.group(2)), DEFAULT_CREDENTIALS, DEFAULT_ADMIN_TOKEN, state_dir,
                          process, log_path)
 
@@ -138,13 +104,7 @@ def levers(oracle: RunningOracle) -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture
 def start_oracle(tmp_path: Path) -> Iterator[Callable[..., RunningOracle]]:
-    started: list[RunningOracle] = []
-
     def start(name: str = "oracle", **kwargs: Any) -> RunningOracle:
-        running = launch(tmp_path / name, **kwargs)
-        started.append(running)
-        return running
+        return launch(tmp_path / name, **kwargs)
 
-    yield start
-    for running in started:
-        running.stop()
+    yield from tracked(start, RunningOracle.stop)

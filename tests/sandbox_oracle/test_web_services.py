@@ -291,7 +291,7 @@ def test_deleted_item_query_page(oracle: RunningOracle) -> None:
                 ids.append(location.rsplit("/", 1)[-1])
                 assert client.delete(location).status_code == 204
         oracle.admin("clock", {"at": "2030-01-15T11:00:00Z"})
-        rows, last = deleted_items(oracle, f"<Type>='Contact'</Type><DeletedDate>&gt;= '01/15/2030 00:00:00'"
+        rows, last = deleted_items(oracle, "<Type>='Contact'</Type><DeletedDate>&gt;= '01/15/2030 00:00:00'"
                                            "</DeletedDate>")
         mine = [r for r in rows if r["ExternalSystemId"].endswith(tag)]
         assert [r["ObjectId"] for r in mine] == ids, "sorted by DeletedDate"

@@ -9,34 +9,21 @@ session's `verify`; sessions made here therefore set `trust_env = False` so `ver
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 import requests
 
-from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS
+from tests.sandbox_processes import REPO, SandboxProcess, spawn, tracked  # noqa: F401  (REPO: other conftests import it)
 
-REPO = Path(__file__).resolve().parents[2]
 _BANNER = re.compile(r"Salesforce sandbox: (https://\S+)\s+\(CA: (.+)\)")
 
 
-@dataclass
-class RunningSandbox:
-    base_url: str  # https://127.0.0.1:PORT
-    ca_path: Path
-    credentials: Credentials
-    admin_token: str
-    state_dir: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
+class RunningSandbox(SandboxProcess):
     @property
     def host_port(self) -> str:
         return self.base_url.removeprefix("https://")
@@ -60,36 +47,14 @@ class RunningSandbox:
         response.raise_for_status()
         return response.json()
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
 
 def launch(state_dir: Path, *, seed_contacts: int = 0, timeout: float = 120) -> RunningSandbox:
     """Start a sandbox process and wait until it answers HTTPS; output goes to <state_dir>.log."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.with_suffix(".log")
-    offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends to the same log
-    command = [sys.executable, "-m", "sandboxes.cli", "salesforce", "--port", "0", "--state",
-               str(state_dir), "--seed-contacts", str(seed_contacts), "--log-level", "warning"]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = _BANNER.search(log_path.read_bytes()[offset:].decode(errors="replace"))
-        if match:
-            break
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox exited with {process.returncode}:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    else:
-        process.kill()
-        raise RuntimeError(f"sandbox did not start within {timeout} s:\n{log_path.read_text()}")
+    process, match = spawn(["salesforce", "--port", "0", "--state", str(state_dir), "--seed-contacts",
+                            str(seed_contacts), "--log-level", "warning"], log_path, _BANNER, timeout)
     sandbox = RunningSandbox(match.group(1), Path(match.group(2)), DEFAULT_CREDENTIALS, DEFAULT_ADMIN_TOKEN,
                              state_dir, process, log_path)
     _wait_until_answering(sandbox, deadline)
@@ -117,16 +82,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox
 
 @pytest.fixture
 def start_sandbox(tmp_path: Path) -> Iterator[Callable[..., RunningSandbox]]:
-    started: list[RunningSandbox] = []
-
     def start(name: str = "salesforce", **kwargs: Any) -> RunningSandbox:
-        running = launch(tmp_path / name, **kwargs)
-        started.append(running)
-        return running
+        return launch(tmp_path / name, **kwargs)
 
-    yield start
-    for running in started:
-        running.stop()
+    yield from tracked(start, RunningSandbox.stop)
 
 
 @pytest.fixture
