@@ -117,16 +117,15 @@ class Sessions:
 
     def count_rest(self, session: Session) -> None:
         """Count a REST request in the session's fixed window or raise the documented rate-limit error."""
-        now, s = self._now(), self.settings
-        origin = session.created if s.rest_window_alignment == "session" else 0.0
-        index = int((now - origin) // s.rest_window_seconds) if s.rest_window_seconds else 0
+        index, _ = self._window(session)
         if index != session.window_index:
             session.window_index, session.window_count = index, 0
-        if session.window_count >= s.rest_requests_per_window:
+        if session.window_count >= self.settings.rest_requests_per_window:
             self.rate_limited += 1
-            raise OracleError(REST_RATE, s.rest_requests_per_window, status=s.rest_rate_limit_status)
+            raise OracleError(REST_RATE, self.settings.rest_requests_per_window,
+                              status=self.settings.rest_rate_limit_status)
         session.window_count += 1
-        self._touch(session, now)
+        self._touch(session, self._now())
 
     def count_ws(self, session: Session) -> None:
         """Refuse a Web Services request sent sooner than `ws_min_interval_ms` after the previous one."""
@@ -139,18 +138,26 @@ class Sessions:
         self._touch(session, now)
 
     def budget(self, session: Session) -> Budget:
-        s = self.settings
-        origin = session.created if s.rest_window_alignment == "session" else 0.0
-        elapsed = (self._now() - origin) % s.rest_window_seconds if s.rest_window_seconds else 0.0
-        index = int((self._now() - origin) // s.rest_window_seconds) if s.rest_window_seconds else 0
+        index, elapsed = self._window(session)
         used = session.window_count if index == session.window_index else 0
-        return Budget(used, s.rest_requests_per_window, s.rest_window_seconds - elapsed)
+        limit, length = self.settings.rest_requests_per_window, self.settings.rest_window_seconds
+        return Budget(used, limit, length - elapsed)
 
     def live(self) -> list[Session]:
         self._expire_idle()
         return list(self._sessions.values())
 
     # ---------------------------------------------------------------- helpers
+
+    def _window(self, session: Session) -> tuple[int, float]:
+        """(index of the current rate window, seconds into it): windows start with the session, or on
+        wall-clock multiples of the window length with `rest_window_alignment: clock`."""
+        length = self.settings.rest_window_seconds
+        if not length:
+            return 0, 0.0
+        origin = session.created if self.settings.rest_window_alignment == "session" else 0.0
+        index, into = divmod(self._now() - origin, length)
+        return int(index), into
 
     def _touch(self, session: Session, now: float) -> None:
         session.last_used = now

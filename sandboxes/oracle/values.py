@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from datetime import date, datetime, timezone
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 from .errors import BAD_VALUE, PICKLIST, TOO_LONG, OracleError
@@ -107,8 +107,7 @@ class Dialect:
         if match and match.group(4) is not None:
             month, day, year, hour, minute, second = match.groups()
             return wall_to_utc(_wall(year, month, day, hour, minute, second), self.zone)
-        _bad(raw, "datetime", field)
-        raise AssertionError  # unreachable: _bad raises
+        return _bad(raw, "datetime", field)
 
     def _picklist_code(self, rt: RecordType, field: Field, raw: Any) -> str:
         text = raw if isinstance(raw, str) else str(raw)
@@ -125,8 +124,7 @@ class Dialect:
             return 1
         if text in _FALSE:
             return 0
-        _bad(raw, "boolean", field)
-        raise AssertionError
+        return _bad(raw, "boolean", field)
 
     # ---------------------------------------------------------------- storage -> wire
 
@@ -178,8 +176,7 @@ def _number(raw: Any, field: Field) -> float | int:
     try:
         number = float(raw) if not isinstance(raw, (int, float)) else raw
     except (TypeError, ValueError):
-        _bad(raw, "number", field)
-        raise AssertionError from None
+        return _bad(raw, "number", field)
     if isinstance(number, float) and not math.isfinite(number):
         _bad(raw, "number", field)
     if field.type == "integer":
@@ -201,14 +198,9 @@ def _date(raw: Any, field: Field, *, locale_form: bool) -> str:
     try:
         return date.fromisoformat(text).isoformat()
     except ValueError:
-        _bad(raw, "date (YYYY-MM-DD)", field)
-        raise AssertionError from None
+        return _bad(raw, "date (YYYY-MM-DD)", field)
 
 
-def _bad(raw: Any, expected: str, field: Field) -> Any:
+def _bad(raw: Any, expected: str, field: Field) -> NoReturn:
     raise OracleError(BAD_VALUE, raw, expected, field.name)
 
-
-def shift(text: str, seconds: float) -> str:
-    """A stored datetime moved by `seconds` (used for retention windows)."""
-    return utc_text(from_utc_text(text) + timedelta(seconds=seconds))
