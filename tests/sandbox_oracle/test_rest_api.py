@@ -342,3 +342,14 @@ def test_datetimes_are_the_users_wall_clock_with_a_literal_z(oracle: RunningOrac
         utc[record_id] = response.text
     assert "<CustomDateTime0>2024-07-01T16:00:00Z</CustomDateTime0>" in utc[contact], "PDT is UTC-7"
     assert "<CustomDateTime0>2024-01-15T17:00:00Z</CustomDateTime0>" in utc[winter], "PST is UTC-8"
+
+
+def test_users_are_listed_and_read_only(oracle: RunningOracle) -> None:
+    with oracle.rest() as client:
+        users = client.get(f"{REST}/Users", params={"fields": "Id,UserLoginId,TimeZoneName,LastLoggedIn"}).json()
+        me = next(u for u in users["Users"] if u["UserLoginId"] == oracle.credentials.username)
+        assert me["TimeZoneName"].endswith("America/Los_Angeles")
+        assert me["LastLoggedIn"].endswith("Z")
+        refused = client.patch(f"{REST}/Users/{me['Id']}", json={"Users": [{"Alias": "x"}]})
+        assert refused.status_code == 405
+        assert client.post(f"{REST}/Users", json={"Users": [{"FirstName": "x"}]}).status_code == 405

@@ -321,3 +321,17 @@ def test_deleted_items_are_purged_after_the_retention_period(oracle: RunningOrac
         assert not any(r["ExternalSystemId"] == f"P{tag}" for r in deleted_items(oracle)[0])
     finally:
         oracle.admin("clock", {"offset_seconds": before})
+
+
+def test_lov_language_mode_argument(oracle: RunningOracle) -> None:
+    tag = unique()
+    ldc_mode = "<LOVLanguageMode>LDC</LOVLanguageMode>"
+    body_of(oracle.soap(contact_call("Insert", contact(ContactFirstName="L", ContactLastName=tag,
+                                                       LeadSource="Trade Show"), ldc_mode)))
+    lic = records(body_of(query(oracle, f"<ContactLastName>= '{tag}'</ContactLastName><LeadSource/>")))
+    assert lic[0]["LeadSource"] == "EVENT"
+    ldc = records(body_of(oracle.soap(f'<ContactQueryPage_Input xmlns="{CONTACT_NS}"><ListOfContact><Contact>'
+                                      f"<ContactLastName>= '{tag}'</ContactLastName><LeadSource>= 'Trade Show'"
+                                      "</LeadSource></Contact></ListOfContact><LOVLanguageMode>LDC</LOVLanguageMode>"
+                                      "</ContactQueryPage_Input>")))
+    assert ldc[0]["LeadSource"] == "Trade Show"
