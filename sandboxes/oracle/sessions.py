@@ -130,10 +130,10 @@ class Sessions:
     def count_ws(self, session: Session) -> None:
         """Refuse a Web Services request sent sooner than `ws_min_interval_ms` after the previous one."""
         now, interval = self._now(), self.settings.ws_min_interval_ms / 1000
-        if session.last_ws_request is not None and now - session.last_ws_request < interval:
+        since = now - session.last_ws_request if session.last_ws_request is not None else None
+        if since is not None and 0 <= since < interval:  # a clock set back (admin) is no reason to refuse
             self.rate_limited += 1
-            wait_ms = max(1, round((interval - (now - session.last_ws_request)) * 1000))
-            raise OracleError(WS_RATE, wait_ms)
+            raise OracleError(WS_RATE, max(1, round((interval - since) * 1000)))
         session.last_ws_request = now
         self._touch(session, now)
 

@@ -213,3 +213,19 @@ def test_tls_certificate_is_from_the_sandbox_ca(oracle: RunningOracle) -> None:
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{oracle.base_url}{REST}/Contacts", verify=ssl.create_default_context(), trust_env=False)
+
+
+def test_setting_the_clock_back_does_not_trip_the_limiters(oracle: RunningOracle, levers: Any) -> None:
+    levers(ws_min_interval_ms=50, rest_requests_per_window=5)
+    before = oracle.admin("stats")["offset_seconds"]
+    try:
+        with oracle.rest() as client:
+            oracle.admin("clock", {"offset_seconds": before + 86400})
+            assert oracle.soap(QUERY_ONE).status_code == 200
+            assert client.get(f"{REST}/Contacts", params={"limit": 1}).status_code == 200
+            oracle.admin("clock", {"offset_seconds": before})
+            time.sleep(0.06)
+            assert oracle.soap(QUERY_ONE).status_code == 200
+            assert client.get(f"{REST}/Contacts", params={"limit": 1}).status_code == 200
+    finally:
+        oracle.admin("clock", {"offset_seconds": before})
