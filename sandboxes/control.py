@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
+DEFAULT_ADMIN_TOKEN = "crmsync-sandbox-admin"  # X-Sandbox-Admin of every sandbox unless --admin-token says otherwise
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,10 @@ class Faults:
         unknown = set(spec) - set(self.keys)
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}; known: {list(self.keys)}")
-        settings = {k: float(spec.get(k, 0)) for k in self.keys}
+        try:
+            settings = {k: float(spec.get(k, 0)) for k in self.keys}
+        except (TypeError, ValueError):
+            raise ValueError("fault settings must be numbers") from None
         if any(not 0 <= settings[k] <= 1 for k in (*self.kinds, "slow_probability")) or settings["slow_seconds"] < 0:
             raise ValueError("probabilities must be within [0, 1] and slow_seconds >= 0")
         self.settings = settings
@@ -108,7 +112,8 @@ class AccessLog:
             await send(message)
 
         await self.app(scope, receive, capture)
-        self.log.info("%s %s %s", scope["method"], scope["path"], status.get("code"))
+        # the path without `;jsessionid=…`-style parameters, which carry credentials (Oracle On Demand)
+        self.log.info("%s %s %s", scope["method"], scope["path"].split(";", 1)[0], status.get("code"))
 
 
 class Stats:

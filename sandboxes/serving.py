@@ -91,3 +91,4 @@ def listen(host: str, port: int) -> socket.socket:
 
 def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+

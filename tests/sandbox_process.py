@@ -11,9 +11,12 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import requests
+
+T = TypeVar("T")
 
 
 def spawn(command: Sequence[str], *, cwd: Path, log_path: Path, banner: re.Pattern[str],
@@ -47,6 +50,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 class _Stoppable(Protocol):
     def stop(self) -> None: ...
+
+
+def tracked(make: Callable[..., T], finish: Callable[[T], None]) -> Iterator[Callable[..., T]]:
+    """Fixture body: yield a factory, then `finish` everything it made (servers stopped, clients closed)."""
+    made: list[T] = []
+
+    def create(*args: object, **kwargs: object) -> T:
+        item = make(*args, **kwargs)
+        made.append(item)
+        return item
+
+    yield create
+    for item in made:
+        finish(item)
 
 
 def started_sandboxes(tmp_path: Path, launch: Callable[..., Any], default_name: str) \
@@ -88,3 +105,16 @@ class SandboxHandle:
 
     def stop(self) -> None:
         stop(self.process)
+
+
+@dataclass
+class SandboxProcess(SandboxHandle):
+    """A sandbox started by a test: where it listens, which CA signs it, how to reach its admin API."""
+
+    base_url: str  # https://127.0.0.1:PORT
+    ca_path: Path
+    credentials: Any  # the sandbox's own Credentials type
+    admin_token: str
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path

@@ -20,7 +20,7 @@ from pathlib import Path
 from sandboxes.control import load_settings
 
 SETTINGS_FILE = "settings.json"
-DEFAULT_ADMIN_TOKEN = "crmsync-sandbox-admin"
+from sandboxes.control import DEFAULT_ADMIN_TOKEN  # noqa: E402,F401 - re-exported
 """Header value for `X-Sandbox-Admin` on the /__sandbox/* endpoints; override with --admin-token."""
 
 

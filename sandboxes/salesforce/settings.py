@@ -38,7 +38,7 @@ DEFAULT_CREDENTIALS = Credentials(
     client_id="crmsync-sandbox-client",
     client_secret="crmsync-sandbox-secret",
 )
-DEFAULT_ADMIN_TOKEN = "crmsync-sandbox-admin"
+from sandboxes.control import DEFAULT_ADMIN_TOKEN  # noqa: E402,F401 - re-exported
 """Header value for `X-Sandbox-Admin` on the /__sandbox/* endpoints; override with --admin-token."""
 
 SALES_OWNERS = {
