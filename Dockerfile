@@ -5,6 +5,8 @@ COPY pyproject.toml README.md ./
 COPY crmsync ./crmsync
 COPY services ./services
 COPY streams ./streams
+COPY connectors ./connectors
+COPY sandboxes ./sandboxes
 RUN pip install --no-cache-dir .
 USER nobody
 ENTRYPOINT ["crmsync"]
