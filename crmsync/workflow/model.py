@@ -13,7 +13,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crmsync.config import Conversion, explain_validation_error, read_yaml_mapping
-from crmsync.workflow import filters
+from crmsync import filters
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 

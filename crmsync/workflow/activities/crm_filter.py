@@ -1,6 +1,6 @@
 """Translate a workflow filter into a SOQL WHERE clause, with the seed's rules and Salesforce's escaping.
 
-The seed's rules (checked by `crmsync.workflow.filters.parse`, plus the type rules here):
+The seed's rules (checked by `crmsync.filters.parse`, plus the type rules here):
 one logical operator type per level, no AND NOT, null / numeric / date comparisons, no joins, a field on the
 left. Beyond the seed, string comparisons are translated too. Every literal is built here from the field's
 type in the object's describe, so a value is always a well-formed literal of the right type:
@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from services.salesforce.soql import escape_string, quote, soql_datetime
-from crmsync.workflow.filters import (COMPARE_OPS, DATE_OPS, NULL_OPS, STRING_OPS, Condition, FilterError, Group,
+from crmsync.filters import (COMPARE_OPS, DATE_OPS, NULL_OPS, STRING_OPS, Condition, FilterError, Group,
                                       Node, end_of, parse_moment, start_of)
 
 NUMERIC_TYPES = frozenset({"int", "double", "currency", "percent", "long"})

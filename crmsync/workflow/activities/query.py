@@ -12,9 +12,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from crmsync.pg import json_ready
-from crmsync.workflow import filters
+from crmsync import filters
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
-from crmsync.workflow.filters import Condition, Group, Node
+from crmsync.filters import Condition, Group, Node
 from crmsync.workflow.model import QueryActivity
 from crmsync.catalog import Catalog, Table
 

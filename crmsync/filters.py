@@ -1,4 +1,6 @@
-"""Workflow filters: one YAML tree, parsed once, rendered as SQL (query activity) or SOQL (crm import).
+"""Record filters: one neutral tree, parsed once, rendered by whoever runs the query — SQL for the Campaign (the
+workflow query activity), each CRM connector's own language for the CRM (SOQL, OData $filter, Oracle's search
+specification).
 
 The tree::
 
@@ -8,8 +10,8 @@ The tree::
 
 Why a parser of our own rather than free text: the seed's CRM filter has rules (one logical operator type per
 level, no AND NOT, no joins, a field on the left) and every refusal must name the place and the fix. Values are
-never pasted into query text by hand: SQL gets bound parameters, SOQL gets literals built by `soql_literal`
-(escaped per Salesforce's rules), so a value can never change the query's shape.
+never pasted into query text by hand: SQL gets bound parameters, a connector builds its literals with its CRM's
+escaping rules, so a value can never change the query's shape.
 """
 from __future__ import annotations
 

@@ -1,0 +1,307 @@
+"""The connector interface: everything a CRM provides so that crmsync can sync it without the engine knowing
+which CRM it is — and the registry that finds connectors by their account `type`.
+
+Why one module: the streams, the generic CRM poller and writer services, drift repair, the wizard, the workflow
+activity, the CLI and the dashboard all meet a CRM only through these protocols. A CRM's specifics (its API,
+its query language, its field types, its system fields, its sandbox) live in its connector package
+(`connectors/<crm>/`), which registers itself under the entry-point group ``crmsync.connectors``::
+
+    [project.entry-points."crmsync.connectors"]
+    salesforce = "connectors.salesforce:CONNECTOR"
+
+so a CRM can also ship as a separate package. Tests register an in-memory connector with `register()`.
+
+The neutral change (what a change source publishes, what the streams read): an envelope `Change` with
+``side="crm"``, ``source`` = the account name, ``object`` = the CRM object, ``key = {"id": <CRM id>}`` and
+``position = {"ts": <ISO 8601 modification time, UTC>, "id": <CRM id>, …}``. The streams order a record's
+changes by ``position["ts"]`` and never read a CRM field name. ``after`` holds the record's fields as the CRM
+names them (None for a delete).
+
+Invariants every connector keeps (the conformance suite, tests/connectors/, checks them against its sandbox):
+
+- A change source delivers every create, update and delete of an object exactly once across pages, ties on the
+  modification time and restarts from any cursor it handed out (`SourcePage.cursor` is stored by the caller only
+  after the page's changes were acknowledged by the broker). A first read (cursor None) is a snapshot: op 'r'.
+- A sink applies groups of commands and answers one outcome per command, in order: a refused record never fails
+  the others; a transient failure (rate limit, 5xx, timeout) is retried inside the client and, if it persists,
+  raised (the whole batch is consumed again). Updates honour `ApplyCommand.expect` (compare-and-set): fields the
+  CRM no longer holds as expected are left out and named in `SinkOutcome.superseded`.
+- Every call goes through the client's one call path: retry with back-off, the API budget counted (`usage()`),
+  secrets scrubbed from every error message.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from crmsync.envelope import ApplyCommand, Change
+from crmsync.filters import Node
+from crmsync.values import Kind
+
+ENTRY_POINT_GROUP = "crmsync.connectors"
+
+
+# -- accounts ------------------------------------------------------------------------------------------------
+class AccountBase(BaseModel):
+    """What every CRM account model shares. A connector's model adds its own fields (https URLs only; secrets as
+    pydantic SecretStr) and fixes ``type`` to its own name with a Literal."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    ca_file: Path | None = None  # an extra CA to trust (e.g. the local sandbox CA); TLS verification stays on
+
+
+# -- describing a CRM ----------------------------------------------------------------------------------------
+@dataclass
+class Enumeration:
+    """A picklist (choice) of the CRM: its values as the API writes them, with labels."""
+
+    name: str
+    label: str
+    multiple: bool  # multi-select
+    values: list[dict[str, str]]  # {name, label, value}
+
+
+@dataclass
+class FieldSpec:
+    """One CRM field, neutrally: the wizard makes a mirror column of `pg_type`, the streams compare in `kind`."""
+
+    name: str
+    label: str
+    crm_type: str  # the CRM's own type name (shown to users, stored in crmsync.crm_fields)
+    pg_type: str  # mirror column type as format_type() prints it ('text', 'text[]', 'numeric', ...)
+    calculated: bool = False
+    enumeration: str | None = None  # name of the object's Enumeration, for picklists
+    kind: Kind = "text"
+    updateable: bool = True
+    external_id: bool = False
+
+
+@dataclass
+class TableInfo:
+    name: str
+    label: str
+
+
+@dataclass
+class TableSpec:
+    name: str
+    label: str
+    fields: list[FieldSpec]
+    enumerations: list[Enumeration] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (field, CRM type) not mirrored
+
+
+class Discovery(Protocol):
+    """The CRM's tables and fields (the wizard, enumeration sync, the change sources' field kinds)."""
+
+    namespace: str  # schema prefix of the mirror tables: sfdc | mscrm | ood
+    connector_label: str  # "Salesforce", "Microsoft CRM", "Oracle On Demand"
+
+    def list_tables(self) -> list[TableInfo]: ...
+
+    def describe_table(self, name: str) -> TableSpec: ...
+
+    def rows(self, table: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """Current records, page by page, with the given fields only."""
+        ...
+
+
+# -- reading changes -----------------------------------------------------------------------------------------
+@dataclass
+class SourcePage:
+    """Changes to publish, then the cursor to store once the broker acknowledged them."""
+
+    changes: list[Change]
+    cursor: dict[str, Any]
+    snapshot_done: bool = False  # the first full read ends with this page: Campaign-only records may be exported
+
+
+class ChangeSource(Protocol):
+    """The changes of one object of one account (see the module docstring for the guarantees)."""
+
+    obj: str
+
+    def read(self, cursor: dict[str, Any] | None) -> Iterator[SourcePage]:
+        """Every change since `cursor`, page by page, oldest first (None: a snapshot of every record, op 'r')."""
+        ...
+
+    def fields(self) -> dict[str, FieldSpec]:
+        """The object's fields as the CRM describes them now (kinds go to crmsync.crm_fields)."""
+        ...
+
+
+# -- writing ---------------------------------------------------------------------------------------------------
+@dataclass
+class SinkOutcome:
+    """What happened to one command."""
+
+    command: ApplyCommand
+    ok: bool
+    crm_id: str | None = None
+    created: bool = False
+    code: str | None = None  # the CRM's error code when refused
+    message: str = ""
+    superseded: list[str] = field(default_factory=list)  # fields left alone (compare-and-set)
+
+
+class Sink(Protocol):
+    """Carries out apply commands against the CRM, in batches, one outcome per command in order. A command's
+    `key` is {"id": <CRM id>} when the record is known; `match` names the external-id field and the Campaign
+    key otherwise (an idempotent upsert)."""
+
+    def apply(self, commands: Sequence[ApplyCommand]) -> list[SinkOutcome]: ...
+
+
+# -- querying (drift repair, the workflow activity) ------------------------------------------------------------
+@dataclass
+class DeletedRecord:
+    id: str
+    deleted_at: str  # ISO 8601
+
+
+class RecordQuery(Protocol):
+    """Records by a neutral filter tree (crmsync/filters.py), rendered by the connector in the CRM's own query
+    language (SOQL, OData $filter, Oracle's search specification), with every literal escaped there."""
+
+    def records(self, obj: str, fields: Sequence[str], where: Node | None = None,
+                order_by: Sequence[tuple[str, bool]] = (), include_deleted: bool = False,
+                ids: Sequence[str] | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Pages of records with `fields` (the id always included, as "id"); `order_by` = (field, descending)."""
+        ...
+
+    def deleted(self, obj: str, start: str, end: str) -> list[DeletedRecord]:
+        """Records deleted in [start, end) (ISO 8601), as far back as the CRM keeps them; a window beyond that
+        raises ValueError naming the limit."""
+        ...
+
+
+# -- the API client ------------------------------------------------------------------------------------------
+@dataclass
+class ApiUsage:
+    """The API budget as the CRM reports it (remaining/limit None when it does not say)."""
+
+    calls: int  # calls this process made
+    remaining: int | None = None
+    limit: int | None = None
+    window: str = "day"  # the budget's period: "day" (Salesforce), "5 minutes" (Dataverse), "minute" (Oracle)
+
+
+@runtime_checkable
+class Client(Protocol):
+    account_name: str
+
+    def usage(self) -> ApiUsage: ...
+
+    def close(self) -> None: ...
+
+
+# -- the sandbox -----------------------------------------------------------------------------------------------
+@dataclass
+class RunningSandbox:
+    """A CRM sandbox started as a child process (stop it with crmsync.process.stop(process))."""
+
+    process: Any  # subprocess.Popen
+    url: str
+    ca_file: Path
+    account: dict[str, Any]  # account settings that reach it (type, URL, credentials, ca_file)
+    admin_token: str
+
+    def stats(self) -> dict[str, Any]:
+        """The sandbox's request and write counters (its /__sandbox/stats)."""
+        import ssl
+
+        import httpx
+
+        answer = httpx.get(f"{self.url}/__sandbox/stats", headers={"X-Sandbox-Admin": self.admin_token},
+                           verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def writes(self) -> int:
+        return sum(sum(ops.values()) for ops in self.stats()["writes"].values())
+
+
+class SandboxKit(Protocol):
+    def start(self, state_dir: Path, *, seed_contacts: int = 0, log_file: Path | None = None) -> RunningSandbox:
+        """Start the sandbox (state under `state_dir`) and return once it answers HTTPS."""
+        ...
+
+
+# -- the connector ---------------------------------------------------------------------------------------------
+class Connector(Protocol):
+    """One CRM type. Attributes are data; methods build the parts for one account."""
+
+    type: ClassVar[str]  # the account `type:` in crmsync.yaml
+    label: ClassVar[str]  # for people: "Salesforce"
+    account_model: ClassVar[type[AccountBase]]
+    default_external_id: ClassVar[str | None]  # field holding the Campaign key (idempotent creates)
+    system_fields: ClassVar[frozenset[str]]  # never mapped, never written
+    index_fields: ClassVar[tuple[str, ...]]  # automatic-index fields for incremental imports, in order of preference
+    objects: ClassVar[dict[str, str]]  # the seed objects: "contacts" | "accounts" | "opportunities" -> object name
+
+    def client(self, account_name: str, account: AccountBase) -> Client: ...
+
+    def change_source(self, client: Client, obj: str, **options: Any) -> ChangeSource: ...
+
+    def sink(self, client: Client, **options: Any) -> Sink: ...
+
+    def discovery(self, client: Client) -> Discovery: ...
+
+    def query(self, client: Client) -> RecordQuery: ...
+
+    def sandbox(self) -> SandboxKit | None: ...
+
+    def default_mappings(self, account_name: str) -> list[dict[str, Any]]:
+        """The shipped mappings (contacts, accounts, purchases) for this CRM, as crmsync.yaml would hold them."""
+        ...
+
+
+# -- the registry ----------------------------------------------------------------------------------------------
+_registered: dict[str, Connector] = {}
+_loaded = False
+_lock = threading.Lock()
+
+
+def register(connector: Connector) -> None:
+    """Make `connector` known in this process (entry points are found without this; tests use it)."""
+    _registered[connector.type] = connector
+
+
+def unregister(type_name: str) -> None:
+    _registered.pop(type_name, None)
+
+
+def _load_entry_points() -> None:
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name not in _registered:
+                _registered[entry.name] = entry.load()
+        _loaded = True
+
+
+def connector(type_name: str) -> Connector:
+    """The connector of an account type; a clear error naming the known types otherwise."""
+    _load_entry_points()
+    try:
+        return _registered[type_name]
+    except KeyError:
+        raise KeyError(f"no connector for CRM type {type_name!r} (known: {', '.join(types()) or 'none'}); "
+                       f"install its package or check the account's `type:`") from None
+
+
+def types() -> list[str]:
+    _load_entry_points()
+    return sorted(_registered)
+
+
+def for_account(account: AccountBase) -> Connector:
+    return connector(account.type)
