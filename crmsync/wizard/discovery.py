@@ -6,8 +6,9 @@ formula refresh work from the neutral `TableSpec`/`FieldSpec` below and never se
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
+
+from crmsync.connectors import Discovery, Enumeration, FieldSpec, TableInfo, TableSpec  # noqa: F401 - re-exported
 
 # CRM type -> PostgreSQL type (as format_type() prints it, so drift detection can compare). None = skipped.
 SALESFORCE_TYPES: dict[str, str | None] = {
@@ -18,52 +19,6 @@ SALESFORCE_TYPES: dict[str, str | None] = {
     "base64": "text", "anyType": "text", "json": "jsonb",
     "address": None, "location": None, "complexvalue": None,  # compound fields: their components are mirrored
 }
-
-
-@dataclass
-class TableInfo:
-    name: str
-    label: str
-
-
-@dataclass
-class FieldSpec:
-    name: str
-    label: str
-    crm_type: str
-    pg_type: str
-    calculated: bool = False
-    enumeration: str | None = None  # e.g. Account_Industry, for picklists and multi-select picklists
-
-
-@dataclass
-class Enumeration:
-    name: str
-    label: str
-    multiple: bool
-    values: list[dict[str, str]]  # {name, label, value}
-
-
-@dataclass
-class TableSpec:
-    name: str
-    label: str
-    fields: list[FieldSpec]
-    enumerations: list[Enumeration] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (field, crm type)
-
-
-class Discovery(Protocol):
-    namespace: str  # sfdc | mscrm | ood
-    connector_label: str  # "Salesforce", "Microsoft CRM", "Oracle"
-
-    def list_tables(self) -> list[TableInfo]: ...
-
-    def describe_table(self, name: str) -> TableSpec: ...
-
-    def rows(self, table: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
-        """Current records, page by page, with the given fields only."""
-        ...
 
 
 class SalesforceDiscovery:
