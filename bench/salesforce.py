@@ -32,7 +32,7 @@ from crmsync import config, infra, kafka, pg, topics  # noqa: E402
 from crmsync.config import SalesforceAccount, Settings  # noqa: E402
 from crmsync.envelope import ApplyCommand, record_key  # noqa: E402
 from services.salesforce import poller, writer  # noqa: E402
-from services.salesforce.client import SalesforceClient  # noqa: E402
+from connectors.salesforce.client import SalesforceClient  # noqa: E402
 from services.salesforce.writer import WriterOptions  # noqa: E402
 from sandboxes.salesforce.settings import DEFAULT_CREDENTIALS  # noqa: E402
 

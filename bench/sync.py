@@ -53,7 +53,7 @@ from crmsync.drift import clients_for  # noqa: E402
 from crmsync.envelope import ApplyCommand, changes_from_message  # noqa: E402
 from crmsync.run import (SANDBOX_ACCOUNT, Sandbox, Supervisor, effective_settings, only_mappings, plan,  # noqa: E402
                          start_sandbox, write_effective_config)
-from services.salesforce.client import SalesforceClient  # noqa: E402
+from connectors.salesforce.client import SalesforceClient  # noqa: E402
 from streams.app import APP_ID as STREAMS_GROUP  # noqa: E402
 
 MAPPING = "contacts"

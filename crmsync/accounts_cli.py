@@ -103,7 +103,7 @@ def test(ctx: typer.Context, name: str) -> None:
     try:
         report = login_report(name, found.account)
     except Exception as exc:  # noqa: BLE001 - any failure is reported, scrubbed of secrets
-        from services.salesforce.auth import scrub
+        from connectors.salesforce.auth import scrub
 
         fail(f"login to account {name!r} failed: {scrub(str(exc), found.account)}")
     Console().print(f"account {name!r}: login OK\n  organization: {report['organization']}\n"
@@ -111,7 +111,7 @@ def test(ctx: typer.Context, name: str) -> None:
 
 
 def login_report(name: str, account: Any) -> dict[str, str]:
-    from services.salesforce.client import SalesforceClient
+    from connectors.salesforce.client import SalesforceClient
 
     client = SalesforceClient(name, account)
     org = client.call("query", lambda sf: sf.query("SELECT Name FROM Organization LIMIT 1"))["records"]

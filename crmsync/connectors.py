@@ -31,6 +31,7 @@ Invariants every connector keeps (the conformance suite, tests/connectors/, chec
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -57,6 +58,26 @@ class AccountBase(BaseModel):
 
 
 # -- describing a CRM ----------------------------------------------------------------------------------------
+# What a CRM API name can be (Salesforce: "letters, numbers, and underscores … must begin with a letter",
+# https://help.salesforce.com/s/articleView?id=sf.custom_field_attributes.htm; Dynamics' logical names and
+# Oracle's integration tags fit too). Names from a describe go into queries and mirror DDL: anything else is
+# refused rather than trusted.
+API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,254}")
+
+
+class UnsafeName(ValueError):
+    """A describe named a table or field with something no CRM API name can be."""
+
+
+def check_api_name(name: str, kind: str, table: str | None = None) -> str:
+    """`name` when it is a possible CRM API name; else UnsafeName saying which and why it is refused."""
+    if not isinstance(name, str) or not API_NAME.fullmatch(name):
+        where = f" of {table!r}" if table else ""
+        raise UnsafeName(f"the CRM described {kind} {name!r}{where}, which is not a CRM API name (letters, digits "
+                         "and underscores, starting with a letter); crmsync does not put it into SQL or queries")
+    return name
+
+
 @dataclass
 class Enumeration:
     """A picklist (choice) of the CRM: its values as the API writes them, with labels."""
@@ -242,14 +263,18 @@ class Connector(Protocol):
     account_model: ClassVar[type[AccountBase]]
     default_external_id: ClassVar[str | None]  # field holding the Campaign key (idempotent creates)
     system_fields: ClassVar[frozenset[str]]  # never mapped, never written
-    index_fields: ClassVar[tuple[str, ...]]  # automatic-index fields for incremental imports, in order of preference
+    index_fields: ClassVar[tuple[str, ...]]  # modification-stamp fields (incremental imports), preferred first
+    deleted_flag: ClassVar[str | None]  # field marking a deleted record a query may return (None: never returned)
     objects: ClassVar[dict[str, str]]  # the seed objects: "contacts" | "accounts" | "opportunities" -> object name
 
     def client(self, account_name: str, account: AccountBase) -> Client: ...
 
     def change_source(self, client: Client, obj: str, **options: Any) -> ChangeSource: ...
 
-    def sink(self, client: Client, **options: Any) -> Sink: ...
+    def sink(self, client: Client, *, assignment_rule: str | None = None, bulk: bool | None = None,
+             **options: Any) -> Sink:
+        """`assignment_rule` and `bulk` are the workflow activity's options (a CRM without them ignores them)."""
+        ...
 
     def discovery(self, client: Client) -> Discovery: ...
 
@@ -260,6 +285,18 @@ class Connector(Protocol):
     def default_mappings(self, account_name: str) -> list[dict[str, Any]]:
         """The shipped mappings (contacts, accounts, purchases) for this CRM, as crmsync.yaml would hold them."""
         ...
+
+    def api_error(self, exc: BaseException) -> tuple[str, str] | None:
+        """(the CRM's error code, its message) when `exc` is the CRM refusing a call; None for anything else."""
+        ...
+
+
+def mappings_file(path: Path, account_name: str) -> list[dict[str, Any]]:
+    """A connector's shipped mappings (a YAML list like crmsync.yaml's `mappings:`, `{account}` standing for the
+    account's name) — how a connector implements `default_mappings`."""
+    import yaml
+
+    return yaml.safe_load(path.read_text().replace("{account}", account_name))
 
 
 # -- the registry ----------------------------------------------------------------------------------------------

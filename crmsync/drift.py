@@ -60,7 +60,7 @@ class DriftChecker:
     def __init__(self, settings: Settings, found: Endpoints, clients: dict[str, Any]) -> None:
         self.settings = settings
         self.found = found
-        self.clients = clients  # account name -> services.salesforce.client.SalesforceClient
+        self.clients = clients  # account name -> connectors.salesforce.client.SalesforceClient
 
     def compare(self, mapping: Mapping) -> MappingReport:
         report = MappingReport(mapping.name)
@@ -221,7 +221,7 @@ class DriftChecker:
 
 
 def clients_for(settings: Settings) -> dict[str, Any]:
-    from services.salesforce.client import SalesforceClient
+    from connectors.salesforce.client import SalesforceClient
 
     return {name: SalesforceClient(name, account) for name, account in settings.accounts.items()}
 

@@ -85,6 +85,19 @@ class Change:
         return record_key(self.key)
 
 
+def crm_change(account: str, obj: str, op: Op, crm_id: str, version: str, ts: str, *,
+               after: dict[str, Any] | None, before: dict[str, Any] | None = None, id_prefix: str = "crm",
+               **position: Any) -> Change:
+    """The one way a CRM change is built (change sources, drift repair, the workflow's import), so the same
+    record version always has the same id and position: ``crm:<account>:<object>:<id>:<version>``, key
+    ``{"id": <CRM id>}``, position ``{"ts": <ISO UTC>, "id": <CRM id>, …}``. `version` is the CRM's own
+    modification stamp as it wrote it (or its row version); `ts` is that moment in ISO 8601 UTC — what the
+    streams order a record's changes by."""
+    return Change(id=f"{id_prefix}:{account}:{obj}:{crm_id}:{version}", side="crm", source=account, object=obj,
+                  op=op, key={"id": crm_id}, after=after, before=before,
+                  position={"ts": ts, "id": crm_id, **position}, source_ts=ts)
+
+
 def changes_from_message(raw: bytes | str) -> list[Change]:
     """A change topic message holds one Change, or a batch envelope {"v": 1, "changes": [...]} (backfills)."""
     payload = loads(raw)

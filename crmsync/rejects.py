@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from crmsync import kafka, pg, topics
-from crmsync.envelope import ApplyCommand, Reject, record_key
+from crmsync.envelope import ApplyCommand, Reject, dumps, record_key
 
 log = logging.getLogger("crmsync.rejects")
 RETRIED = Counter("crmsync_rejects_retried_total", "Rejects put back on their apply topic by the retry loop", ["stage"])
@@ -352,11 +352,18 @@ def retry_now(dsn: str, bootstrap_servers: str, ids: Sequence[str] | None) -> li
 def decode_commands(messages: Sequence[Any], *, stage: str, side: str, target: str) -> tuple[list[ApplyCommand], list[Reject]]:
     """Apply commands from consumed messages; an unreadable one becomes a reject that keeps its raw bytes and
     position, so a bad message never blocks a writer and is never silently dropped."""
-    commands: list[ApplyCommand] = []
+    decoded, unreadable = decode_with_topics(messages, stage=stage, side=side, target=target)
+    return [command for command, _ in decoded], unreadable
+
+
+def decode_with_topics(messages: Sequence[Any], *, stage: str, side: str,
+                       target: str) -> tuple[list[tuple[ApplyCommand, str]], list[Reject]]:
+    """`decode_commands`, each command with the topic it came on (a writer checks they agree)."""
+    decoded: list[tuple[ApplyCommand, str]] = []
     unreadable: list[Reject] = []
     for message in messages:
         try:
-            commands.append(ApplyCommand.from_json(message.value()))
+            decoded.append((ApplyCommand.from_json(message.value()), message.topic()))
         except (ValueError, TypeError) as exc:
             raw = message.value().decode("utf-8", "replace") if message.value() else ""
             unreadable.append(Reject(
@@ -365,4 +372,12 @@ def decode_commands(messages: Sequence[Any], *, stage: str, side: str, target: s
                 reason=f"unreadable apply command: {exc}", error_code="CRMSYNC_BAD_MESSAGE",
                 record={"raw": raw, "topic": message.topic(), "partition": message.partition(),
                         "offset": message.offset()}))
-    return commands, unreadable
+    return decoded, unreadable
+
+
+def command_of(reject: Reject) -> ApplyCommand | None:
+    """The apply command a reject keeps (None for an unreadable message: nothing to retry)."""
+    try:
+        return ApplyCommand.from_json(dumps(reject.record))
+    except (TypeError, ValueError):
+        return None

@@ -23,7 +23,7 @@ import psycopg
 import psycopg.errors
 from prometheus_client import Counter, Histogram
 
-from crmsync import kafka, lag, pg, rejects, topics
+from crmsync import kafka, lag, names, pg, rejects, topics
 from crmsync.config import Mapping, Settings
 from crmsync.enums import StoredEnumerations
 from crmsync.envelope import Change, Reject, changes_from_message, dumps, record_key
@@ -32,7 +32,7 @@ from crmsync.observability import progress
 from streams.reconcile import Outcome, Reconciler, match_index_sql, save_conflicts
 
 log = logging.getLogger("crmsync.streams")
-APP_ID = "crmsync-streams"
+APP_ID = names.STREAMS_GROUP
 BATCH_SIZE = 2000
 BATCH_WITHIN = 0.1
 MAX_CHANGES_PER_TRANSACTION = 5000
@@ -66,7 +66,7 @@ class CrmReadiness:
             return False
         self.checked_at[mapping.name] = time.monotonic()
         row = self.conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
-                                (f"poller:salesforce:{mapping.account}:{mapping.crm_object}",)).fetchone()
+                                (names.poller_checkpoint(mapping.account, mapping.crm_object),)).fetchone()
         if not (row and (row[0] or {}).get("snapshot_done")):
             return False
         topic = topics.changes("crm", mapping.account, mapping.crm_object)
@@ -230,18 +230,13 @@ def decoded_in_slices(messages: list[bytes], limit: int) -> Iterator[list[Change
 
 def change_topics(settings: Settings, side: str) -> list[str]:
     if side == "crm":
-        names = {topics.changes("crm", m.account, m.crm_object) for m in settings.mappings}
-    else:
-        names = {topics.changes("campaign", settings.campaign.name, m.campaign_table) for m in settings.mappings}
-    return sorted(names)
+        return sorted({topics.changes("crm", m.account, m.crm_object) for m in settings.mappings})
+    return sorted({topics.changes("campaign", settings.campaign.name, m.campaign_table) for m in settings.mappings})
 
 
 def apply_topics(settings: Settings) -> list[str]:
-    names = set()
-    for m in settings.mappings:
-        names.add(topics.apply("crm", m.account, m.crm_object))
-        names.add(topics.apply("campaign", settings.campaign.name, m.campaign_table))
-    return sorted(names)
+    return sorted({topics.apply("crm", m.account, m.crm_object) for m in settings.mappings}
+                  | {topics.apply("campaign", settings.campaign.name, m.campaign_table) for m in settings.mappings})
 
 
 def _low_latency_fetches(wait_ms: int = 20, group_instance_id: str | None = None) -> None:

@@ -297,11 +297,11 @@ class MappingBatch:
 
     def _position(self, change: Change) -> tuple:
         if change.side == "crm":
-            return (epoch((change.after or {}).get("SystemModstamp") or change.position.get("modstamp")),)
+            return (epoch(change.position.get("ts")),)
         return (change.position.get("lsn_int") or 0, change.position.get("seq") or 0)
 
     def _record_id(self, change: Change) -> Any:
-        return change.key.get("Id") if change.side == "crm" else change.key.get("id")
+        return change.key.get("id")
 
     def _in_filter(self, change: Change) -> bool:
         rules = self.m.filter.crm if change.side == "crm" else self.m.filter.campaign
@@ -315,7 +315,7 @@ class MappingBatch:
         for change in changes:
             row = change.after or change.before or {}
             if change.side == "crm":
-                crm_ids.add(change.key["Id"])
+                crm_ids.add(change.key["id"])
                 external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
                 if external is not None:
                     keys.add(external)
@@ -353,12 +353,12 @@ class MappingBatch:
     def _find_link(self, change: Change) -> Link | None:
         row = change.after or change.before or {}
         if change.side == "crm":
-            link = self.links_by_crm.get(change.key["Id"])
+            link = self.links_by_crm.get(change.key["id"])
             external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
             if link is None and external is not None:
                 link = self.links_by_key.get(external)
                 if link is not None and link.crm_id is None:  # the CRM record we created for this row
-                    link.crm_id, link.dirty = change.key["Id"], True
+                    link.crm_id, link.dirty = change.key["id"], True
                     self._remember(link)
             return link
         link = self.links_by_key.get(int(change.key["id"]))
@@ -444,7 +444,7 @@ class MappingBatch:
 
     def _change_ts(self, change: Change) -> float:
         if change.side == "crm":
-            return epoch((change.after or {}).get("SystemModstamp") or change.source_ts)
+            return epoch(change.position.get("ts") or change.source_ts)
         return epoch(change.source_ts or (change.after or {}).get("updated_at"))
 
     def _is_stale(self, change: Change, link: Link) -> bool:
@@ -453,7 +453,7 @@ class MappingBatch:
         if change.op == "r":
             return False
         if change.side == "crm":
-            stamp = (change.after or {}).get("SystemModstamp") or change.position.get("modstamp")
+            stamp = change.position.get("ts")
             return bool(link.crm_modstamp and stamp and epoch(stamp) <= epoch(link.crm_modstamp))
         lsn, seq = change.position.get("lsn_int"), change.position.get("seq", 0)
         return (lsn is not None and link.campaign_lsn is not None
@@ -461,9 +461,9 @@ class MappingBatch:
 
     def _note_position(self, change: Change, link: Link) -> None:
         if change.side == "crm":
-            stamp = (change.after or {}).get("SystemModstamp") or change.position.get("modstamp")
+            stamp = change.position.get("ts")
             if stamp:
-                link.crm_modstamp = stamp
+                link.crm_modstamp = stamp  # the CRM version (modification time) last decided
         elif change.position.get("lsn_int") is not None:
             link.campaign_lsn, link.campaign_seq = change.position["lsn_int"], change.position.get("seq", 0)
         link.dirty = True
@@ -476,10 +476,10 @@ class MappingBatch:
         values = self._values(change)
         key = match_key(self._match_value(change))
         if change.side == "crm":
-            existing = getattr(self, "linked_rows", {}).get(change.key["Id"]) or self._match_campaign_row(key)
+            existing = getattr(self, "linked_rows", {}).get(change.key["id"]) or self._match_campaign_row(key)
             if existing is not None:
                 return self._link_existing(change, values, existing, key)
-            link = self._remember(Link(mapping=self.m.name, crm_id=change.key["Id"], match_key=key, dirty=True))
+            link = self._remember(Link(mapping=self.m.name, crm_id=change.key["id"], match_key=key, dirty=True))
             self._accept_all(link, values, "crm", self._change_ts(change))
             self._note_position(change, link)
             self._send(link, "campaign", values, change, create=True)
@@ -534,7 +534,7 @@ class MappingBatch:
         table = self._table_ident()
         self.linked_rows = {row["crm_id"]: row for row in self.conn.cursor(row_factory=dict_row).execute(
             sql.SQL("SELECT t.* FROM {} t WHERE t.crm_account = %s AND t.crm_id = ANY(%s) ORDER BY t.id FOR UPDATE"
-                    ).format(table), (self.m.account, sorted({c.key["Id"] for c in new}))).fetchall()} if new else {}
+                    ).format(table), (self.m.account, sorted({c.key["id"] for c in new}))).fetchall()} if new else {}
         self.match_rows: dict[str, list[dict]] = {}
         keys = sorted({k for c in new for k in [match_key(self._match_value(c))] if k})
         if not keys or not self.m.match:
@@ -552,7 +552,7 @@ class MappingBatch:
     def _find_link_quietly(self, change: Change) -> Link | None:
         row = change.after or change.before or {}
         external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
-        return self.links_by_crm.get(change.key["Id"]) or (self.links_by_key.get(external) if external else None)
+        return self.links_by_crm.get(change.key["id"]) or (self.links_by_key.get(external) if external else None)
 
     def _match_campaign_row(self, key: str | None) -> dict | None:
         """An existing, unlinked Campaign row with the same matching key (e.g. the same email); each row is
@@ -567,7 +567,7 @@ class MappingBatch:
                                  after={k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()},
                                  position={}, source_ts=str(row.get("updated_at")))
         campaign_values = self._values(campaign_change)
-        link = self._remember(Link(mapping=self.m.name, crm_id=change.key["Id"], campaign_key=int(row["id"]),
+        link = self._remember(Link(mapping=self.m.name, crm_id=change.key["id"], campaign_key=int(row["id"]),
                                    match_key=key, dirty=True))
         crm_ts, campaign_ts = self._change_ts(change), self._change_ts(campaign_change)
         to_campaign, to_crm = {}, {}
@@ -809,7 +809,7 @@ class MappingBatch:
             target, obj = self.r.campaign_name, self.m.campaign_table
         else:
             payload = {fm.crm: self._to_crm(fm, values[fm.campaign]) for fm in self.m.fields if fm.campaign in values}
-            key = {"Id": link.crm_id} if link.crm_id else None
+            key = {"id": link.crm_id} if link.crm_id else None
             if key and self.m.crm_external_id and link.campaign_key is not None and action == "upsert":
                 payload[self.m.crm_external_id] = str(link.campaign_key)  # the CRM record points back to us
             match = ({self.m.crm_external_id: str(link.campaign_key)}

@@ -43,7 +43,7 @@ def _discovery(ctx: typer.Context, account: str):  # type: ignore[no-untyped-def
     try:
         return dsn, discovery_for(account, found.account)
     except Exception as exc:  # noqa: BLE001 - reported, scrubbed of secrets
-        from services.salesforce.auth import scrub
+        from connectors.salesforce.auth import scrub
 
         fail(f"cannot log in to account {account!r}: {scrub(str(exc), found.account)}")
         raise

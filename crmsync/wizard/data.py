@@ -55,13 +55,9 @@ def load(discovery: Discovery, dsn: str, account: str, objects: Iterable[str] | 
     return counts
 
 
-def refresh_formulas(client: Any, dsn: str, account: str, objects: Iterable[str] | None = None) -> dict[str, int]:
-    """Re-read formula fields of mirrored objects (one query per object: Id + formulas); rows changed per object.
-
-    `client` is a `Discovery` or a logged-in `SalesforceClient`."""
-    from crmsync.wizard.discovery import SalesforceDiscovery
-
-    discovery = client if hasattr(client, "describe_table") else SalesforceDiscovery(client)
+def refresh_formulas(discovery: Discovery, dsn: str, account: str,
+                     objects: Iterable[str] | None = None) -> dict[str, int]:
+    """Re-read formula fields of mirrored objects (one query per object: id + formulas); rows changed per object."""
     changed: dict[str, int] = {}
     for element in _elements(dsn, account, objects):
         formulas = [f for f in _specs(element) if f.calculated]

@@ -60,7 +60,7 @@ class SalesforceDiscovery:
 def discovery_for(name: str, account: Any) -> Discovery:
     """Log in to the account's CRM and return its discovery (the one place a new CRM type is added)."""
     if account.type == "salesforce":
-        from services.salesforce.client import SalesforceClient
+        from connectors.salesforce.client import SalesforceClient
 
         return SalesforceDiscovery(SalesforceClient(name, account))
     raise ValueError(f"no discovery for CRM type {account.type!r}")

@@ -90,13 +90,20 @@ class RunContext:
     def reject_connected(self, activity: str) -> bool:
         return "reject" in self.connected.get(activity, set())
 
-    def salesforce(self, account_name: str) -> Any:
+    def connector(self, account_name: str) -> Any:
+        """The connector of the account's CRM type."""
+        from crmsync import connectors
+
+        if account_name not in self.settings.accounts:
+            raise ValueError(f"no account {account_name!r} in the configuration (accounts: "
+                             f"{', '.join(self.settings.accounts) or 'none'})")
+        return connectors.for_account(self.settings.accounts[account_name])
+
+    def client(self, account_name: str) -> Any:
         """One logged-in client per account for the whole run."""
         if account_name not in self.clients:
-            from services.salesforce.client import SalesforceClient, account_settings
-
-            self.clients[account_name] = SalesforceClient(account_name, account_settings(self.settings,
-                                                                                         account_name))
+            self.clients[account_name] = self.connector(account_name).client(account_name,
+                                                                              self.settings.accounts[account_name])
         return self.clients[account_name]
 
 

@@ -37,7 +37,7 @@ import psycopg.errors
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Histogram
 
-from crmsync import envelope, kafka, pg, rejects, topics
+from crmsync import envelope, kafka, names, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
@@ -229,7 +229,7 @@ class CampaignWriter:
 
     @property
     def group_id(self) -> str:
-        return f"crmsync-writer-campaign-{self.name}"
+        return names.campaign_writer_group(self.name)
 
     def _connect(self) -> psycopg.Connection:
         conn = pg.connect(self.dsn, autocommit=True, application=f"crmsync-{STAGE}")

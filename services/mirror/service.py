@@ -3,17 +3,17 @@
 The wizard creates one PostgreSQL table per selected CRM object (CRM id as primary key, typed columns). This
 service makes them live:
 
-- **CRM → mirror.** The Salesforce poller follows every mirrored object (it reads all fields) and publishes to
+- **CRM → mirror.** The CRM poller follows every mirrored object (it reads all fields) and publishes to
   the CRM change topics; this service upserts the rows by id in batches — a row is rewritten only when a value
   differs, and never by an older modification stamp — and deletes the rows of deleted records. Its transactions
   carry the origin tag ``mirror``, so change capture marks what it wrote and it is never sent back.
 - **mirror → CRM.** Change capture publishes the mirror tables too (REPLICA IDENTITY FULL, so old rows come
   along). An UPDATE or DELETE made in SQL becomes an apply command with just the changed, updateable fields,
-  carried out through the Salesforce writer in this process (same batching, rejects, retries and links as the
+  carried out through the account's CRM writer in this process (same batching, rejects, retries and links as the
   continuous sync). An INSERT is refused into the rejects ledger: a mirror row needs the CRM's id.
 - **No restart.** The schema documents are re-read every few seconds: a wizard re-run that adds fields or tables
   is followed at once (the poller re-describes objects on its own).
-- **Formulas.** Salesforce does not bump the modification stamp when only a formula's value changes, so the
+- **Formulas.** A CRM (Salesforce) does not bump the modification stamp when only a formula's value changes, so the
   formula fields of every mirror are re-read every `formula_refresh_seconds` (crmsync/wizard/data.py).
 
 Offsets are committed only after the database transaction or the CRM writes they describe (replays are
@@ -31,21 +31,18 @@ from confluent_kafka import Message
 from prometheus_client import Counter
 from psycopg import sql
 
-from crmsync import envelope, kafka, pg, rejects, topics
+from crmsync import connectors, envelope, kafka, names, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Change, Reject, changes_from_message
 from crmsync.infra import Endpoints
 from crmsync.observability import progress
 from crmsync.wizard.data import MIRROR_ORIGIN
 from crmsync.wizard.schema import mirrored_elements
-from services.salesforce.client import SalesforceClient, account_settings
-from services.salesforce.writer import SalesforceWriter
+from services.crm_writer.service import CrmWriter
 
 log = logging.getLogger("crmsync.mirror")
 
 STAGE = MIRROR_ORIGIN
-SYSTEM_FIELDS = frozenset({"id", "systemmodstamp", "createddate", "createdbyid", "lastmodifieddate",
-                           "lastmodifiedbyid", "isdeleted"})
 
 ROWS = Counter("crmsync_mirror_rows_total", "Mirror rows written from CRM changes", ["account", "object", "op"])
 EDITS = Counter("crmsync_mirror_edits_total", "Mirror-table edits sent to the CRM", ["account", "object", "op"])
@@ -96,11 +93,14 @@ def to_crm(field: dict[str, Any], value: Any) -> Any:
 
 class MirrorService:
     def __init__(self, settings: Settings, endpoints: Endpoints, account: str, *,
-                 client: SalesforceClient | None = None, schema_reload_seconds: float = 5.0,
+                 client: Any = None, schema_reload_seconds: float = 5.0,
                  formula_refresh_seconds: float | None = None) -> None:
         self.settings, self.endpoints, self.account = settings, endpoints, account
-        self.client = client or SalesforceClient(account, account_settings(settings, account))
-        self.writer = SalesforceWriter(self.client, endpoints.bootstrap_servers, endpoints.campaign_dsn, objects=[])
+        self.connector = connectors.for_account(settings.accounts[account])
+        self.client = client or self.connector.client(account, settings.accounts[account])
+        self.discovery = self.connector.discovery(self.client)
+        self.writer = CrmWriter(self.connector, self.connector.sink(self.client), account, endpoints.bootstrap_servers,
+                                endpoints.campaign_dsn, objects=[])
         self.conn = pg.connect(endpoints.campaign_dsn, application=f"crmsync-mirror-{account}")
         self.schema_reload_seconds = schema_reload_seconds
         self.formula_refresh_seconds = (settings.campaign.formula_refresh_seconds
@@ -132,7 +132,7 @@ class MirrorService:
             kafka.ensure_topics(self.endpoints.bootstrap_servers, sorted(by_topic),
                                 self.settings.kafka.partitions, self.settings.kafka.replication_factor)
             if self.consumer is None:
-                self.consumer = kafka.consumer(self.endpoints.bootstrap_servers, f"crmsync-mirror-{self.account}")
+                self.consumer = kafka.consumer(self.endpoints.bootstrap_servers, names.mirror_group(self.account))
             kafka.subscribe(self.consumer, sorted(by_topic))
             log.info("mirroring %s of %s", ", ".join(sorted({m.obj for m in mirrors})), self.account)
         return changed
@@ -177,7 +177,7 @@ class MirrorService:
     def apply_crm_changes(self, mirror: Mirror, changes: list[Change]) -> None:
         latest: dict[str, Change] = {}
         for change in changes:  # a burst collapses to each record's newest state
-            latest[change.key["Id"]] = change
+            latest[change.key["id"]] = change
         deletes = sorted(i for i, c in latest.items() if c.op == "d")
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for change in latest.values():
@@ -188,7 +188,7 @@ class MirrorService:
         with self.conn.transaction():
             pg.tag_origin(self.conn, STAGE)
             for columns, rows in shapes.items():
-                self.conn.execute(_upsert_sql(table, columns), (envelope.dumps(rows).decode(),))
+                self.conn.execute(_upsert_sql(table, columns, self._version_column()), (envelope.dumps(rows).decode(),))
                 ROWS.labels(self.account, mirror.obj, "upsert").inc(len(rows))
             if deletes:
                 self.conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table), (deletes,))
@@ -232,16 +232,19 @@ class MirrorService:
     def _updateable_fields(self, obj: str) -> set[str]:
         """From the CRM's describe: read-only, system and formula fields never go back."""
         if obj not in self._updateable:
-            described = self.client.describe(obj)["fields"]
-            self._updateable[obj] = {f["name"] for f in described
-                                     if f.get("updateable") and not f.get("calculated")
-                                     and f["name"].lower() not in SYSTEM_FIELDS}
+            system = {name.lower() for name in self.connector.system_fields}
+            self._updateable[obj] = {f.name for f in self.discovery.describe_table(obj).fields
+                                     if f.updateable and not f.calculated and f.name.lower() not in system}
         return self._updateable[obj]
+
+    def _version_column(self) -> str | None:
+        """The mirror column of the CRM's modification stamp: a row is never rewritten by an older change."""
+        return self.connector.index_fields[0].lower() if self.connector.index_fields else None
 
     def _command(self, mirror: Mirror, change: Change, action: str, values: dict[str, Any]) -> ApplyCommand:
         row = change.after or change.before or {}
         return ApplyCommand(id=f"{change.id}>mirror", side="crm", target=self.account, object=mirror.obj,
-                            action=action, key={"Id": row.get("id") or change.key.get("id")}, values=values,
+                            action=action, key={"id": row.get("id") or change.key.get("id")}, values=values,
                             cause=change.id, source_ts=change.source_ts)
 
     def _insert_refused(self, mirror: Mirror, change: Change) -> Reject:
@@ -269,7 +272,7 @@ class MirrorService:
         from crmsync.wizard.data import refresh_formulas
 
         try:
-            changed = refresh_formulas(self.client, self.endpoints.campaign_dsn, self.account)
+            changed = refresh_formulas(self.discovery, self.endpoints.campaign_dsn, self.account)
             if any(changed.values()):
                 log.info("formula refresh of %s: %s", self.account, changed)
         except Exception:
@@ -283,14 +286,14 @@ class MirrorService:
         self.conn.close()
 
 
-def _upsert_sql(table: sql.Identifier, columns: Iterable[str]) -> sql.Composed:
+def _upsert_sql(table: sql.Identifier, columns: Iterable[str], version: str | None) -> sql.Composed:
     """Insert or update by id from a JSON array; rewrite a row only when a value differs and never with an
-    older modification stamp (a replayed change after a crash)."""
+    older modification stamp (`version`, a replayed change after a crash)."""
     cols = [sql.Identifier(c) for c in columns]
     others = [c for c in cols if c.as_string() != '"id"']
     guard = sql.SQL("")
-    if "systemmodstamp" in columns:
-        guard = sql.SQL(" AND (t.systemmodstamp IS NULL OR excluded.systemmodstamp >= t.systemmodstamp)")
+    if version and version in columns:
+        guard = sql.SQL(" AND (t.{v} IS NULL OR excluded.{v} >= t.{v})").format(v=sql.Identifier(version))
     action = sql.SQL("DO NOTHING") if not others else sql.SQL(
         "DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new}){guard}").format(
         sets=sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=c) for c in others),

@@ -57,9 +57,9 @@ from crmsync.envelope import Change
 from crmsync.field_types import store_crm_fields
 from crmsync.infra import Endpoints
 from crmsync.observability import progress
-from services.salesforce.client import SalesforceClient, account_settings, retry_reason
-from services.salesforce.soql import soql_datetime
-from services.salesforce.types import kind_of
+from connectors.salesforce.client import SalesforceClient, account_settings, retry_reason
+from connectors.salesforce.soql import soql_datetime
+from connectors.salesforce.types import kind_of
 
 log = logging.getLogger("crmsync.salesforce.poller")
 

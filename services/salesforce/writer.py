@@ -43,8 +43,8 @@ from crmsync.field_types import FieldTypes
 from crmsync.infra import Endpoints
 from crmsync.values import canonical
 from crmsync.observability import observe_freshness, progress
-from services.salesforce import soql
-from services.salesforce.client import (COLLECTION_LIMIT, Bulk2Result, SalesforceClient, account_settings,
+from connectors.salesforce import soql
+from connectors.salesforce.client import (COLLECTION_LIMIT, Bulk2Result, SalesforceClient, account_settings,
                                         csv_value, error_code, error_message, retry_reason)
 
 log = logging.getLogger("crmsync.salesforce.writer")

@@ -19,7 +19,7 @@ from crmsync.cli import app
 ROOT = Path(__file__).resolve().parents[2]
 # every module that defines metrics; each runs in some container (the dashboard exports the consumer lag)
 METRIC_MODULES = ("services.capture.service", "streams.app", "services.campaign_writer.service",
-                  "services.salesforce.poller", "services.salesforce.writer", "services.salesforce.client",
+                  "services.salesforce.poller", "services.salesforce.writer", "connectors.salesforce.client",
                   "crmsync.rejects", "crmsync.observability", "crmsync.dashboard.sampler")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
             "summary": ("_sum", "_count", "")}

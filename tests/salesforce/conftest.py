@@ -13,7 +13,7 @@ from crmsync import kafka
 from crmsync.config import SalesforceAccount, Settings
 from crmsync.envelope import Reject
 from crmsync.infra import Endpoints
-from services.salesforce.client import RetryPolicy, SalesforceClient
+from connectors.salesforce.client import RetryPolicy, SalesforceClient
 from tests.sandbox_salesforce.conftest import RunningSandbox, launch
 
 FAST_RETRIES = RetryPolicy(max_attempts=10, initial_wait=0.05, max_wait=0.5, jitter=0.05)

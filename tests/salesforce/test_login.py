@@ -5,9 +5,9 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from crmsync.config import SalesforceAccount
-from services.salesforce import auth
-from services.salesforce.auth import SalesforceLoginError
-from services.salesforce.client import SalesforceClient
+from connectors.salesforce import auth
+from connectors.salesforce.auth import SalesforceLoginError
+from connectors.salesforce.client import SalesforceClient
 
 from .conftest import FAST_RETRIES, account_for
 

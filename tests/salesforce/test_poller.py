@@ -19,9 +19,9 @@ from crmsync import topics
 from crmsync.envelope import Change
 from crmsync.infra import Endpoints
 from services.salesforce import poller
-from services.salesforce.client import SalesforceClient
+from connectors.salesforce.client import SalesforceClient
 from services.salesforce.poller import ObjectPoller, PollerState
-from services.salesforce.soql import soql_datetime
+from connectors.salesforce.soql import soql_datetime
 from tests.conftest import consume_changes
 from tests.sandbox_salesforce.conftest import RunningSandbox, launch
 

@@ -12,8 +12,8 @@ import pytest
 from crmsync import kafka, topics
 from crmsync.envelope import ApplyCommand, record_key
 from crmsync.infra import Endpoints
-from services.salesforce import auth, writer
-from services.salesforce.client import SalesforceClient
+from connectors.salesforce import auth, writer
+from connectors.salesforce.client import SalesforceClient
 from services.salesforce.writer import SalesforceWriter, WriterOptions
 
 from .conftest import FAST_RETRIES, account_for, consume_rejects, make_client, settings_for, unique_name

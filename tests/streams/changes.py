@@ -7,7 +7,8 @@ import pytest
 
 from crmsync import config, pg
 from crmsync.defaults import default_mappings
-from crmsync.envelope import Change
+from crmsync.envelope import Change, crm_change
+from crmsync.values import iso_utc, parse_timestamp
 from streams.reconcile import Reconciler, save_conflicts
 
 ACCOUNT = "sf"
@@ -26,8 +27,9 @@ def _settings(**contacts_overrides):
 
 def crm(op: str, crm_id: str, modstamp: str, **fields) -> Change:
     after = None if op == "d" else {"Id": crm_id, "SystemModstamp": modstamp, **fields}
-    return Change(id=f"crm:{crm_id}:{modstamp}:{next(_seq)}", side="crm", source=ACCOUNT, object="Contact", op=op,
-                  key={"Id": crm_id}, after=after, position={"modstamp": modstamp, "id": crm_id}, source_ts=modstamp)
+    change = crm_change(ACCOUNT, "Contact", op, crm_id, f"{modstamp}:{next(_seq)}",
+                        iso_utc(parse_timestamp(modstamp)), after=after)
+    return change
 
 
 def campaign(op: str, key: int, commit_ts: str, after: dict | None, before: dict | None = None,

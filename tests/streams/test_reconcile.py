@@ -25,7 +25,7 @@ def test_matching_email_links_instead_of_duplicating(decide):
     assert len(campaign_cmds) == 1 and campaign_cmds[0].key == {"id": row["id"]}  # an update, not an insert
     assert campaign_cmds[0].match["crm_id"] == "003B"
     # the Campaign row was edited after the CRM record (2000): its values win field by field
-    assert crm_cmds and crm_cmds[0].key == {"Id": "003B"}
+    assert crm_cmds and crm_cmds[0].key == {"id": "003B"}
     assert crm_cmds[0].values["FirstName"] == "Bob" and crm_cmds[0].values["Campaign_Key__c"] == str(row["id"])
     assert {c.field for c in out.conflicts} >= {"first_name"}
 

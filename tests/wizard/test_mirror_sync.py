@@ -16,7 +16,7 @@ from crmsync import config, infra
 from services.capture.service import CaptureService
 from services.mirror.service import MirrorService
 from services.salesforce import poller
-from services.salesforce.client import SalesforceClient
+from connectors.salesforce.client import SalesforceClient
 from tests.waiting import wait_for
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from crmsync.wizard import data
-from services.salesforce.client import SalesforceClient
+from connectors.salesforce.client import SalesforceClient
 
 
 def columns(dsn: str, table: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ import yaml
 from crmsync.config import Settings
 from crmsync.infra import Endpoints
 from crmsync.workflow import engine, model
-from services.salesforce.client import SalesforceClient
+from connectors.salesforce.client import SalesforceClient
 from tests.salesforce.conftest import FAST_RETRIES, account_for
 from tests.sandbox_salesforce.conftest import REPO, RunningSandbox, launch
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from crmsync import filters, model
-from crmsync.workflow.activities.crm_filter import escape_string, to_soql
+from crmsync import filters
+from crmsync.workflow import model
+from connectors.salesforce.query import escape_string, to_soql
 
 from .conftest import Env
 

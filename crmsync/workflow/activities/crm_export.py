@@ -24,10 +24,9 @@ from psycopg import sql
 
 from crmsync.envelope import ApplyCommand
 from crmsync.values import Kind, canonical
-from crmsync.workflow.activities.crm import describe_types, reject_row, salesforce_writer, settle
+from crmsync.workflow.activities.crm import crm_writer, describe_fields, reject_row, settle
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
 from crmsync.workflow.model import CrmActivity
-from services.salesforce.types import kind_of
 
 BULK_CHUNK = 10_000  # records per Bulk API 2.0 job in batch mode
 
@@ -83,9 +82,9 @@ def export(activity: CrmActivity, rows: list[Row], ctx: RunContext, progress: Pr
     progress.total(len(rows))
     progress.advance(len(rows) - len(todo))
     chunk = BULK_CHUNK if activity.batch else activity.batch_size
-    kinds = {name: kind_of(crm_type) for name, crm_type in describe_types(client, activity.object).items()}
+    kinds = {name: spec.kind for name, spec in describe_fields(ctx, activity).items()}
     results: dict[str, tuple[str, bool]] = {}  # command id -> (CRM id, created), from the writer's hook
-    writer = salesforce_writer(ctx, client, activity,
+    writer = crm_writer(ctx, client, activity,
                                lambda command, crm_id, created: results.__setitem__(command.id, (crm_id, created)))
     try:
         for start in range(0, len(todo), chunk):
@@ -157,7 +156,7 @@ def _command(activity: CrmActivity, ctx: RunContext, row: Row, kinds: dict[str, 
         values[activity.external_id] = key  # the CRM record points back to us, as in the two-way sync
     return ApplyCommand(id=f"workflow:{ctx.workflow.name}:{ctx.run_id}:{activity.name}:{key}", side="crm",
                         target=ctx.workflow.account_of(activity), object=activity.object, action="upsert",
-                        key={"Id": crm_id} if crm_id else None, values=values,
+                        key={"id": crm_id} if crm_id else None, values=values,
                         match=None if crm_id else {activity.external_id: key},
                         cause=f"workflow:{ctx.workflow.name}:{ctx.run_id}")
 

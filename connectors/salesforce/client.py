@@ -38,7 +38,8 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_a
                       wait_random)
 
 from crmsync.config import SalesforceAccount, Settings
-from services.salesforce import auth
+from crmsync.connectors import ApiUsage
+from connectors.salesforce import auth
 
 log = logging.getLogger("crmsync.salesforce.client")
 T = TypeVar("T")
@@ -189,6 +190,15 @@ class SalesforceClient:
         """(used, limit) of the org's daily API requests, from the last `Sforce-Limit-Info` header seen."""
         usage = self.sf.api_usage.get("api-usage")
         return (usage.used, usage.total) if usage is not None else None
+
+    def usage(self) -> ApiUsage:
+        """crmsync.connectors.Client: calls this process made, and the org's daily budget as last reported."""
+        found = self.api_usage()
+        return ApiUsage(sum(self.calls.values()), (found[1] - found[0]) if found else None,
+                        found[1] if found else None, "day")
+
+    def close(self) -> None:
+        self.http.close()
 
     # -- reads ---------------------------------------------------------------------------------------------
     def describe(self, obj: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Translate a workflow filter into a SOQL WHERE clause, with the seed's rules and Salesforce's escaping.
+"""Salesforce record queries: the neutral filter tree (crmsync/filters.py) as a SOQL WHERE clause, with the
+seed's rules and Salesforce's escaping, and `SalesforceQuery`, the connector's RecordQuery.
 
 The seed's rules (checked by `crmsync.filters.parse`, plus the type rules here):
 one logical operator type per level, no AND NOT, null / numeric / date comparisons, no joins, a field on the
@@ -11,10 +12,11 @@ type in the object's describe, so a value is always a well-formed literal of the
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator, Sequence
 
-from services.salesforce.soql import escape_string, quote, soql_datetime
+from connectors.salesforce.soql import escape_string, id_lists, quote, soql_datetime
+from crmsync.connectors import DeletedRecord
 from crmsync.filters import (COMPARE_OPS, DATE_OPS, NULL_OPS, STRING_OPS, Condition, FilterError, Group,
                                       Node, end_of, parse_moment, start_of)
 
@@ -24,13 +26,9 @@ STRING_TYPES = frozenset({"string", "picklist", "textarea", "phone", "url", "ema
 _DATE_OP_SQL = {"after": ">", "before": "<", "on or after": ">=", "on or before": "<="}
 
 
-
-
 def _like_literal(text: str) -> str:
     """A LIKE operand matching `text` literally: wildcards escaped as \\% and \\_ after the string escaping."""
     return escape_string(text).replace("%", "\\%").replace("_", "\\_")
-
-
 
 
 def to_soql(node: Node, field_types: dict[str, str], path: str = "filter") -> str:
@@ -108,3 +106,39 @@ def _date_literal(value: Any, kind: str, name: str, path: str, op: str) -> str:
     # a datetime field compared with a whole day: "after 2012-11-01" means after the end of that day
     bound = end_of(moment) if op in ("after", "on or before") else start_of(moment)
     return soql_datetime(bound)
+
+
+class SalesforceQuery:
+    """crmsync.connectors.RecordQuery for one Salesforce account (drift repair, the workflow activity)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._types: dict[str, dict[str, str]] = {}
+
+    def field_types(self, obj: str) -> dict[str, str]:
+        """Field name → Salesforce type, from the object's describe (cached)."""
+        if obj not in self._types:
+            self._types[obj] = {f["name"]: f["type"] for f in self.client.describe(obj)["fields"]}
+        return self._types[obj]
+
+    def records(self, obj: str, fields: Sequence[str], where: Node | None = None,
+                order_by: Sequence[tuple[str, bool]] = (), include_deleted: bool = False,
+                ids: Sequence[str] | None = None) -> Iterator[list[dict[str, Any]]]:
+        types = self.field_types(obj)
+        clause = [to_soql(where, types)] if where is not None else []
+        select = ", ".join(dict.fromkeys(["Id", *fields]))
+        order = ", ".join(f"{name}{' DESC' if descending else ''}" for name, descending in order_by)
+        chunks: list[str | None] = [None] if ids is None else list(id_lists(ids, 200))  # no ids: no query
+        for id_clause in chunks:
+            parts = clause + ([id_clause] if id_clause else [])
+            soql = (f"SELECT {select} FROM {obj}" + (f" WHERE {' AND '.join(parts)}" if parts else "")
+                    + (f" ORDER BY {order}" if order else ""))
+            for page in self.client.query_all_pages(soql, include_deleted=include_deleted):
+                yield [{"id": r["Id"], **{k: v for k, v in r.items() if k != "attributes"}} for r in page]
+
+    def deleted(self, obj: str, start: str, end: str) -> list[DeletedRecord]:
+        """From the `deleted` resource: whole minutes, at least one, the last 15 days at most (Salesforce's
+        recycle bin); a start before that is refused with Salesforce's INVALID_REPLICATION_DATE."""
+        begin, finish = datetime.fromisoformat(start.replace("Z", "+00:00")), datetime.fromisoformat(end.replace("Z", "+00:00"))
+        answer = self.client.get_deleted(obj, begin, max(finish, begin + timedelta(minutes=1)))
+        return [DeletedRecord(e["id"], e["deletedDate"]) for e in answer.get("deletedRecords", [])]

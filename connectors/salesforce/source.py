@@ -1,0 +1,244 @@
+"""Salesforce change source: one object, SystemModstamp-ordered, every change delivered exactly once.
+
+How a read works (`SalesforceSource.read(cursor)`):
+
+1. Describe the object (cached for one full-window period: it picks up new or removed fields). All fields are
+   read except compound address/location fields (their components are read) and base64 fields (Salesforce
+   serves those one record at a time only).
+2. Query ``SELECT <fields> FROM <obj> WHERE SystemModstamp >= <cursor> ORDER BY SystemModstamp, Id`` through
+   ``queryAll`` (soft-deleted rows come back too, with ``IsDeleted = true``), page by page. Every
+   ``full_window_every`` seconds (60) the query starts at ``cursor - lookback`` instead, to catch rows that
+   committed late with an older SystemModstamp.
+3. Skip every row already delivered: the cursor remembers, for each record delivered within the lookback
+   window, the SystemModstamp it was delivered with. A row is delivered again only if its SystemModstamp moved.
+   So rows that share one timestamp are never missed (the query is inclusive, ``>=``), late commits with an
+   older timestamp are caught (the lookback), and nothing is delivered twice as a new change.
+4. Each page of changes comes with the cursor that covers it; the caller (services/crm_poller) publishes the
+   page, waits for the broker's acknowledgement, *then* stores that cursor. A crash in between delivers the page
+   again on restart with the same change ids (consumers drop them).
+5. Hard deletes (records removed from the recycle bin, Bulk hardDelete) never show up in queryAll; the
+   ``sobjects/<obj>/deleted`` resource reports them, so it is read on every full-window pass.
+
+Which op (consumers rely on this rule):
+- ``r`` - the initial snapshot (no cursor yet, until the first full pass finished): a read, not a change.
+- ``d`` - a row with IsDeleted = true, or an id reported by the deleted resource. ``after`` is None; ``before``
+  holds the row when queryAll returned it.
+- ``c`` - a live row seen for the first time whose CreatedDate is inside the current window (it did not exist
+  at the previous read), or a row that comes back after we delivered its delete (undelete).
+- ``u`` - every other live row: it was delivered before (it is in the lookback memory, or it was created
+  before the window and therefore already existed at an earlier read).
+
+Cursor (stored by the poller in ``crmsync.checkpoints``)::
+
+    {"v": 1, "snapshot_done": true,
+     "cursor": {"modstamp": "2024-05-01T10:20:30.000+0000", "id": "0035g0000000001AAA"},
+     "lookback_seconds": 300,
+     "seen": {"2024-05-01T10:20:30.000+0000": ["0035g...", ...], ...},   # delivered within the window
+     "deleted": ["0035g...", ...]}                                       # ids in `seen` last delivered as 'd'
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+from simple_salesforce.exceptions import SalesforceError
+
+from connectors.salesforce.client import SalesforceClient, retry_reason
+from connectors.salesforce.discovery import field_spec
+from connectors.salesforce.soql import soql_datetime
+from crmsync.connectors import FieldSpec, SourcePage
+from crmsync.envelope import Change, crm_change
+from crmsync.values import iso_utc
+
+log = logging.getLogger("crmsync.salesforce.source")
+
+CURSOR_VERSION = 1
+DEFAULT_LOOKBACK_SECONDS = 300.0
+SKIPPED_FIELD_TYPES = frozenset({"address", "location", "base64"})
+REQUIRED_FIELDS = ("Id", "SystemModstamp", "CreatedDate", "IsDeleted")
+
+
+def parse_modstamp(text: str) -> datetime:
+    """Salesforce datetimes (`2024-05-01T10:20:30.000+0000`, also `Z` / `+00:00`) as aware datetimes."""
+    return datetime.fromisoformat(text)
+
+
+@dataclass
+class CursorState:
+    """The cursor plus the memory of what was delivered inside the lookback window."""
+
+    cursor_ts: str | None = None
+    cursor_id: str | None = None
+    seen: dict[str, str] = field(default_factory=dict)  # Id -> SystemModstamp it was last delivered with
+    deleted: set[str] = field(default_factory=set)  # ids whose last delivered change was a delete
+    snapshot_done: bool = False
+
+    def to_json(self, lookback_seconds: float) -> dict[str, Any]:
+        by_stamp: dict[str, list[str]] = {}
+        for rid, stamp in self.seen.items():
+            by_stamp.setdefault(stamp, []).append(rid)
+        cursor = {"modstamp": self.cursor_ts, "id": self.cursor_id} if self.cursor_ts else None
+        return {"v": CURSOR_VERSION, "snapshot_done": self.snapshot_done, "cursor": cursor,
+                "lookback_seconds": lookback_seconds, "seen": {k: sorted(v) for k, v in sorted(by_stamp.items())},
+                "deleted": sorted(self.deleted & set(self.seen))}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "CursorState":
+        if not data:
+            return cls()
+        if data.get("v") != CURSOR_VERSION:
+            raise ValueError(f"Salesforce cursor has version {data.get('v')!r}; expected {CURSOR_VERSION}")
+        cursor = data.get("cursor") or {}
+        seen = {rid: stamp for stamp, ids in (data.get("seen") or {}).items() for rid in ids}
+        return cls(cursor_ts=cursor.get("modstamp"), cursor_id=cursor.get("id"), seen=seen,
+                   deleted=set(data.get("deleted") or ()), snapshot_done=bool(data.get("snapshot_done")))
+
+    def window_start(self, lookback: timedelta) -> datetime | None:
+        return parse_modstamp(self.cursor_ts) - lookback if self.cursor_ts else None
+
+    def advance(self, stamp: str, rid: str) -> None:
+        """Move the cursor forward to (stamp, rid) if that is later; it never goes back."""
+        if self.cursor_ts is None or (parse_modstamp(stamp), rid) > (parse_modstamp(self.cursor_ts), self.cursor_id or ""):
+            self.cursor_ts, self.cursor_id = stamp, rid
+
+    def prune(self, lookback: timedelta) -> None:
+        """Forget records delivered before the window: no future query can return them at that timestamp."""
+        start = self.window_start(lookback)
+        if start is None:
+            return
+        self.seen = {rid: s for rid, s in self.seen.items() if parse_modstamp(s) >= start}
+        self.deleted &= set(self.seen)
+
+
+class SalesforceSource:
+    """The changes of one sObject of one account (crmsync.connectors.ChangeSource)."""
+
+    def __init__(self, client: SalesforceClient, obj: str, *, lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
+                 batch_size: int = 2000, track_hard_deletes: bool = True,
+                 full_window_every_seconds: float = 60.0) -> None:
+        self.client = client
+        self.account_name = client.account_name
+        self.obj = obj
+        self.lookback = timedelta(seconds=lookback_seconds)
+        self.lookback_seconds = lookback_seconds
+        self.batch_size = batch_size
+        self.track_hard_deletes = track_hard_deletes
+        # Most reads start at the cursor (ties at the cursor are in the `seen` memory); every
+        # `full_window_every` seconds a read re-reads the whole lookback window (late commits with an older
+        # SystemModstamp) and asks for hard deletes. Re-reading the window every time cost ~10x the API calls.
+        self.full_window_every = full_window_every_seconds
+        self.last_full_window = 0.0
+        self._described: list[dict[str, Any]] = []
+        self._described_at = 0.0
+
+    # -- ChangeSource ----------------------------------------------------------------------------------------
+    def read(self, cursor: dict[str, Any] | None) -> Iterator[SourcePage]:
+        state = CursorState.from_json(cursor)
+        names = self._field_names()
+        snapshot = not state.snapshot_done
+        full_window = snapshot or time.monotonic() - self.last_full_window >= self.full_window_every
+        window_start = state.window_start(self.lookback if full_window else timedelta(0))
+        for page in self.client.query_all_pages(self._soql(names, window_start),
+                                                include_deleted=window_start is not None,
+                                                batch_size=self.batch_size):
+            changes = [c for record in page if (c := self._consider(state, record, snapshot, window_start))]
+            yield self._page(state, changes)
+        if full_window:
+            self.last_full_window = time.monotonic()
+            if not snapshot and self.track_hard_deletes and window_start is not None:
+                yield self._page(state, self._hard_deletes(state, window_start))
+        if snapshot:
+            state.snapshot_done = True
+            yield self._page(state, [], snapshot_done=True)
+
+    def fields(self) -> dict[str, FieldSpec]:
+        return {f["name"]: field_spec(f) for f in self._describe()}
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _describe(self) -> list[dict[str, Any]]:
+        """The object's describe, re-read once per full-window period (fields added or removed in the CRM)."""
+        if not self._described or time.monotonic() - self._described_at >= self.full_window_every:
+            self._described, self._described_at = self.client.describe(self.obj)["fields"], time.monotonic()
+        return self._described
+
+    def _field_names(self) -> list[str]:
+        """Every queryable field, compound and base64 fields excepted."""
+        names = [f["name"] for f in self._describe() if f.get("type") not in SKIPPED_FIELD_TYPES]
+        missing = [name for name in REQUIRED_FIELDS if name not in names]
+        if missing:
+            raise RuntimeError(f"{self.obj} has no {', '.join(missing)} field(s); the change source needs them to "
+                               "find changes")
+        return names
+
+    def _soql(self, names: list[str], window_start: datetime | None) -> str:
+        where = f" WHERE SystemModstamp >= {soql_datetime(window_start)}" if window_start else ""
+        return f"SELECT {', '.join(names)} FROM {self.obj}{where} ORDER BY SystemModstamp, Id"
+
+    def _page(self, state: CursorState, changes: list[Change], snapshot_done: bool = False) -> SourcePage:
+        state.prune(self.lookback)
+        return SourcePage(changes, state.to_json(self.lookback_seconds), snapshot_done)
+
+    def _consider(self, state: CursorState, record: dict[str, Any], snapshot: bool,
+                  window_start: datetime | None) -> Change | None:
+        row = {k: v for k, v in record.items() if k != "attributes"}
+        rid, stamp = row["Id"], row["SystemModstamp"]
+        state.advance(stamp, rid)
+        delivered = state.seen.get(rid)
+        if delivered is not None and parse_modstamp(delivered) >= parse_modstamp(stamp):
+            return None
+        if row.get("IsDeleted"):
+            if snapshot and delivered is None:
+                return None  # deleted before anyone was told it existed
+            return self._change(state, "d", rid, stamp, after=None, before=row)
+        return self._change(state, self._op(state, row, snapshot, window_start), rid, stamp, after=row)
+
+    def _op(self, state: CursorState, row: dict[str, Any], snapshot: bool, window_start: datetime | None) -> str:
+        rid = row["Id"]
+        if snapshot:
+            return "r"
+        if rid in state.deleted:
+            return "c"  # undeleted: it comes back after consumers were told it was gone
+        if rid in state.seen:
+            return "u"
+        created = row.get("CreatedDate")
+        if window_start is None or (created and parse_modstamp(created) >= window_start):
+            return "c"
+        return "u"
+
+    def _hard_deletes(self, state: CursorState, window_start: datetime) -> list[Change]:
+        """Deletes that queryAll cannot see (purged from the recycle bin or hard-deleted).
+
+        The resource works in whole minutes and wants at least one minute, so the request may start before
+        the window; entries before the window are ignored (an earlier read's window covered them)."""
+        now = datetime.now(timezone.utc)
+        start = max(min(window_start, now - timedelta(minutes=2)), now - timedelta(days=14))
+        try:
+            answer = self.client.get_deleted(self.obj, start, now)
+        except SalesforceError as exc:
+            if retry_reason(exc) is not None:
+                raise
+            log.warning("cannot read deleted %s records of %s: %s", self.obj, self.account_name, exc)
+            return []
+        changes = []
+        for entry in answer.get("deletedRecords", []):
+            rid, stamp = entry["id"], entry["deletedDate"]
+            if parse_modstamp(stamp) < window_start or rid in state.deleted:
+                continue
+            delivered = state.seen.get(rid)
+            if delivered is not None and parse_modstamp(delivered) >= parse_modstamp(stamp):
+                continue
+            changes.append(self._change(state, "d", rid, stamp, after=None))
+        return changes
+
+    def _change(self, state: CursorState, op: str, rid: str, stamp: str, *, after: dict[str, Any] | None,
+                before: dict[str, Any] | None = None) -> Change:
+        state.seen[rid] = stamp
+        if op == "d":
+            state.deleted.add(rid)
+        else:
+            state.deleted.discard(rid)
+        return crm_change(self.account_name, self.obj, op, rid, stamp, iso_utc(parse_modstamp(stamp)), after=after,
+                          before=before, modstamp=stamp)

@@ -1,0 +1,26 @@
+"""The one place the names shared between services are made: consumer groups and checkpoints.
+
+Why: a name built in two places drifts (the poller wrote `poller:salesforce:…` while the streams read it back
+by retyping it). Services use these functions to name what they own; lag, readiness and the dashboard use the
+same functions to find it. Topic names have their own module (crmsync/topics.py).
+"""
+from __future__ import annotations
+
+STREAMS_GROUP = "crmsync-streams"
+
+
+def campaign_writer_group(campaign: str) -> str:
+    return f"crmsync-writer-campaign-{campaign}"
+
+
+def crm_writer_group(account: str) -> str:
+    return f"crmsync-writer-crm-{account}"
+
+
+def mirror_group(account: str) -> str:
+    return f"crmsync-mirror-{account}"
+
+
+def poller_checkpoint(account: str, obj: str) -> str:
+    """The checkpoint (crmsync.checkpoints) of one object's change source: {"v", "snapshot_done", "source"}."""
+    return f"poller:{account}:{obj}"

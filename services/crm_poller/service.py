@@ -1,0 +1,249 @@
+"""The CRM poller: any connector's change sources → the CRM change topics, each change published exactly once.
+
+Per object of one account (`crmsync service poller --account NAME`), every `interval` seconds:
+
+1. Ask the connector's ChangeSource for the changes since the stored cursor (crmsync/connectors.py), page by
+   page. The source owns its cursor's content and its exactly-once rules (ties, lookback, deletes).
+2. Publish each page's changes to ``topics.changes('crm', account, object)``, wait until the broker acknowledged
+   every one, and only then store the page's cursor in ``crmsync.checkpoints`` (Debezium's rule: the position is
+   committed after the write it describes). A crash in between publishes that page again on restart, with the
+   same change ids (consumers drop them).
+3. Record the object's fields and their kinds in ``crmsync.crm_fields`` (the streams compare values by them)
+   whenever the describe changes — before the first change of the object is published.
+
+The checkpoint (name from `crmsync.names.poller_checkpoint`)::
+
+    {"v": 2, "snapshot_done": true, "source": <the change source's cursor>}
+
+`snapshot_done` turns true when the source's first full read ends; the streams wait for it (and for their own
+consumption of the topic to catch up) before they let Campaign-only records create CRM records.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import psycopg
+from confluent_kafka import Producer
+from prometheus_client import Counter, Gauge
+from psycopg.types.json import Jsonb
+
+from crmsync import connectors, kafka, names, pg, topics
+from crmsync.config import Settings
+from crmsync.connectors import ChangeSource, Client, Connector
+from crmsync.envelope import Change
+from crmsync.field_types import store_crm_fields
+from crmsync.infra import Endpoints
+from crmsync.observability import progress
+from crmsync.values import parse_timestamp
+
+log = logging.getLogger("crmsync.crm_poller")
+
+CHECKPOINT_VERSION = 2
+FIELDS_EVERY_SECONDS = 60.0
+
+RECORDS = Counter("crmsync_poller_records_total", "Changes published by the CRM pollers",
+                  ["crm", "account", "object", "op"])
+CURSOR_AGE = Gauge("crmsync_poller_cursor_age_seconds",
+                   "Now minus the modification time of the last change published", ["crm", "account", "object"])
+
+
+def load_checkpoint(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s", (name,)).fetchone()
+    return row[0] if row else None
+
+
+def save_checkpoint(conn: psycopg.Connection, name: str, position: dict[str, Any]) -> None:
+    conn.execute("INSERT INTO crmsync.checkpoints (name, position, updated_at) VALUES (%s, %s, now()) "
+                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
+                 (name, Jsonb(position)))
+
+
+@dataclass
+class PollResult:
+    published: Tally = field(default_factory=Tally)  # per op
+    pages: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.published.values())
+
+
+class ObjectPoller:
+    """Publishes the changes of one object of one account to its change topic."""
+
+    def __init__(self, crm: str, source: ChangeSource, account: str, producer: Producer,
+                 tracker: kafka.DeliveryTracker, conn: psycopg.Connection) -> None:
+        self.crm = crm
+        self.source = source
+        self.account = account
+        self.obj = source.obj
+        self.producer = producer
+        self.tracker = tracker
+        self.conn = conn
+        self.topic = topics.changes("crm", account, self.obj)
+        self.name = names.poller_checkpoint(account, self.obj)
+        self.checkpoint = self._load()
+        self.newest: datetime | None = None
+        self._fields_at = 0.0
+        self._fields: dict[str, tuple[str, str]] = {}
+
+    def _load(self) -> dict[str, Any]:
+        found = load_checkpoint(self.conn, self.name) or {}
+        if found and found.get("v") != CHECKPOINT_VERSION:
+            log.warning("checkpoint %s has version %s (expected %s): the object is read again from the start",
+                        self.name, found.get("v"), CHECKPOINT_VERSION)
+            found = {}
+        return {"v": CHECKPOINT_VERSION, "snapshot_done": bool(found.get("snapshot_done")),
+                "source": found.get("source")}
+
+    @property
+    def snapshot_done(self) -> bool:
+        return bool(self.checkpoint["snapshot_done"])
+
+    def poll_once(self) -> PollResult:
+        """Publish every change since the checkpoint; return what was published. Safe to call at any time."""
+        result = PollResult()
+        self._store_fields()
+        for page in self.source.read(self.checkpoint["source"]):
+            result.pages += 1
+            self._publish(page.changes, result)
+            kafka.flush_all(self.producer, self.tracker)  # every change of the page acknowledged…
+            self.checkpoint = {"v": CHECKPOINT_VERSION, "source": page.cursor,
+                               "snapshot_done": self.snapshot_done or page.snapshot_done}
+            save_checkpoint(self.conn, self.name, self.checkpoint)  # …then, only then, the position
+        self._record_cursor_age()
+        return result
+
+    def reload(self) -> None:
+        """After a failed read: continue from what is stored (nothing unconfirmed is assumed)."""
+        self.checkpoint = self._load()
+
+    def _publish(self, changes: list[Change], result: PollResult) -> None:
+        snapshot = [c for c in changes if c.op == "r"]
+        if snapshot:  # a backfill goes out in batch envelopes: the streams' cost per record drops
+            kafka.produce_batches(self.producer, self.tracker, self.topic, snapshot)
+        for change in changes:
+            if change.op != "r":
+                kafka.produce(self.producer, self.tracker, self.topic, change.to_json(), change.kafka_key())
+            result.published[change.op] += 1
+            RECORDS.labels(self.crm, self.account, self.obj, change.op).inc()
+            moment = parse_timestamp(change.position.get("ts"))
+            if moment and (self.newest is None or moment > self.newest):
+                self.newest = moment
+        self.producer.poll(0)
+
+    def _store_fields(self) -> None:
+        """The object's field kinds into crmsync.crm_fields, before any change that uses them is published."""
+        if time.monotonic() - self._fields_at < FIELDS_EVERY_SECONDS and self._fields:
+            return
+        described = {name: (spec.kind, spec.crm_type) for name, spec in self.source.fields().items()}
+        if described != self._fields:
+            store_crm_fields(self.conn, self.account, self.obj, described)
+            self._fields = described
+        self._fields_at = time.monotonic()
+
+    def _record_cursor_age(self) -> None:
+        if self.newest is not None:
+            age = (datetime.now(timezone.utc) - self.newest).total_seconds()
+            CURSOR_AGE.labels(self.crm, self.account, self.obj).set(max(0.0, age))
+
+
+@dataclass
+class Poller:
+    """Every object poller of one account, sharing one API client, one producer and one database connection."""
+
+    connector: Connector
+    client: Client
+    producer: Producer
+    tracker: kafka.DeliveryTracker
+    conn: psycopg.Connection
+    objects: dict[str, ObjectPoller]
+    settings: Settings
+    endpoints: Endpoints
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def poll_once(self) -> dict[str, PollResult]:
+        return {name: poller.poll_once() for name, poller in self.objects.items()}
+
+    def add(self, obj: str) -> ObjectPoller:
+        source = self.connector.change_source(self.client, obj, **self.options)
+        self.objects[obj] = ObjectPoller(self.connector.type, source, self.client.account_name, self.producer,
+                                         self.tracker, self.conn)
+        return self.objects[obj]
+
+    def follow_mirrors(self) -> list[str]:
+        """Also poll the objects the wizard mirrors for this account (a wizard run needs no restart)."""
+        from crmsync.wizard.schema import mirrored_objects
+
+        names = {obj for _, obj, _ in mirrored_objects(self.conn, self.client.account_name)}
+        added = sorted(n for n in names if n not in self.objects)
+        if added:
+            kafka.ensure_topics(self.endpoints.bootstrap_servers,
+                                [topics.changes("crm", self.client.account_name, o) for o in added],
+                                self.settings.kafka.partitions, self.settings.kafka.replication_factor)
+        for name in added:
+            self.add(name)
+        return added
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.conn.close()
+        self.client.close()
+
+
+def build(settings: Settings, endpoints: Endpoints, account_name: str, objects: Iterable[str], *,
+          client: Client | None = None, **options: Any) -> Poller:
+    """Log in, migrate, create the topics, and load every object's checkpoint. `options` go to the connector's
+    change sources (e.g. Salesforce: lookback_seconds, batch_size, track_hard_deletes, full_window_every_seconds)."""
+    account = settings.accounts[account_name]
+    connector = connectors.for_account(account)
+    client = client or connector.client(account_name, account)
+    pg.migrate(endpoints.campaign_dsn)
+    objects = list(objects)
+    kafka.ensure_topics(endpoints.bootstrap_servers, [topics.changes("crm", account_name, o) for o in objects],
+                        settings.kafka.partitions, settings.kafka.replication_factor)
+    poller = Poller(connector, client, kafka.producer(endpoints.bootstrap_servers), kafka.DeliveryTracker(),
+                    pg.connect(endpoints.campaign_dsn, autocommit=True, application=f"crmsync-poller-{account_name}"),
+                    {}, settings, endpoints, options)
+    for obj in objects:
+        poller.add(obj)
+    return poller
+
+
+def run(settings: Settings, endpoints: Endpoints, account_name: str, objects: Iterable[str], interval: float,
+        stop: threading.Event | None = None, **options: Any) -> None:
+    """Poll every `interval` seconds until `stop` is set. A failed cycle is logged and retried next interval
+    (nothing is lost: the checkpoint only ever covers what the broker acknowledged)."""
+    stop = stop or threading.Event()
+    poller = build(settings, endpoints, account_name, objects, **options)
+    log.info("polling %s (%s) for %s every %ss", account_name, poller.connector.label, ", ".join(poller.objects),
+             interval)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            progress.tick()
+            try:
+                added = poller.follow_mirrors()
+                if added:
+                    log.info("%s: now also polling %s (mirrored by the wizard)", account_name, ", ".join(added))
+            except Exception:
+                log.exception("could not look up the mirrored objects of %s", account_name)
+            for name, obj_poller in list(poller.objects.items()):
+                if stop.is_set():
+                    break
+                try:
+                    result = obj_poller.poll_once()
+                    if result.total:
+                        log.info("%s.%s: published %s", account_name, name, dict(result.published))
+                except Exception:
+                    log.exception("poll of %s.%s failed; retrying next cycle", account_name, name)
+                    obj_poller.reload()
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        poller.close()
