@@ -111,7 +111,7 @@ class ObjectPoller:
         result = PollResult()
         self._store_fields()
         for page in self.source.read(self.checkpoint["source"]):
-            result.pages += 1
+            result.pages += bool(page.changes)
             self._publish(page.changes, result)
             kafka.flush_all(self.producer, self.tracker)  # every change of the page acknowledged…
             self.checkpoint = {"v": CHECKPOINT_VERSION, "source": page.cursor,

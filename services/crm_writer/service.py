@@ -258,14 +258,14 @@ class CrmWriter:
             crm_rejects.record_many(self.conn, entries)
 
 
-def build(settings: Settings, endpoints: Endpoints, account_name: str, *, sink: Sink | None = None,
+def build(settings: Settings, endpoints: Endpoints, account_name: str, *, client: Any = None,
           options: WriterOptions | None = None, on_applied: OnApplied | None = None,
           objects: Iterable[str] | None = None, **sink_options: Any) -> CrmWriter:
-    """Log in, migrate, create the topics; `objects=None` subscribes to every apply topic of the account."""
+    """Log in, migrate, create the topics; `objects=None` subscribes to every apply topic of the account.
+    `sink_options` go to the connector's sink (e.g. Salesforce: bulk_threshold, bulk_poll_interval)."""
     account = settings.accounts[account_name]
     connector = connectors.for_account(account)
-    if sink is None:
-        sink = connector.sink(connector.client(account_name, account), **sink_options)
+    sink = connector.sink(client or connector.client(account_name, account), **sink_options)
     pg.migrate(endpoints.campaign_dsn)
     return CrmWriter(connector, sink, account_name, endpoints.bootstrap_servers, endpoints.campaign_dsn,
                      objects=objects, options=options, on_applied=on_applied, partitions=settings.kafka.partitions,

@@ -17,11 +17,14 @@ import pytest
 
 from crmsync import topics
 from crmsync.envelope import Change
+from crmsync.values import iso_utc
 from crmsync.infra import Endpoints
-from services.salesforce import poller
 from connectors.salesforce.client import SalesforceClient
-from services.salesforce.poller import ObjectPoller, PollerState
 from connectors.salesforce.soql import soql_datetime
+from connectors.salesforce.source import CursorState, parse_modstamp
+from crmsync import names
+from services.crm_poller import service as poller
+from services.crm_poller.service import ObjectPoller
 from tests.conftest import consume_changes
 from tests.sandbox_salesforce.conftest import RunningSandbox, launch
 
@@ -80,7 +83,7 @@ def test_every_change_is_published_exactly_once(seeded_sandbox: RunningSandbox, 
     try:
         update(setup, shared[1:], Department="Shared stamp")
         same = setup.query_all_pages(f"SELECT Id FROM Contact WHERE SystemModstamp = "
-                                     f"{soql_datetime(poller.parse_modstamp(frozen))}")
+                                     f"{soql_datetime(parse_modstamp(frozen))}")
         assert sum(len(p) for p in same) == SHARED
 
         # -- the initial snapshot: pages of 1,500, so the shared stamp straddles a page (and a checkpoint)
@@ -125,30 +128,31 @@ def test_every_change_is_published_exactly_once(seeded_sandbox: RunningSandbox, 
     changes = read_topic(campaign_endpoints, name, total)
     assert len(changes) == total
     assert len({c.id for c in changes}) == total
-    per_record = Counter(c.key["Id"] for c in changes)
+    per_record = Counter(c.key["id"] for c in changes)
     assert len(per_record) == CONTACTS
     expected = Counter({i: 1 for i in ids}) + Counter(joined) + Counter(updated) + Counter(deleted)
     assert per_record == expected
     ops = Counter(c.op for c in changes)
     assert ops == Counter({"r": CONTACTS, "u": 800, "d": 100})
-    assert {c.key["Id"] for c in changes if c.op == "d"} == set(deleted)
+    assert {c.key["id"] for c in changes if c.op == "d"} == set(deleted)
 
     snapshot = next(c for c in changes if c.op == "r")
     assert snapshot.side == "crm" and snapshot.source == name and snapshot.object == "Contact"
     assert "attributes" not in snapshot.after and "MailingAddress" not in snapshot.after
     assert {"MailingCity", "MailingCountry", "Email", "Campaign_Key__c", "SystemModstamp"} <= set(snapshot.after)
-    assert snapshot.position == {"modstamp": snapshot.after["SystemModstamp"], "id": snapshot.key["Id"]}
-    assert snapshot.id == f"crm:{name}:Contact:{snapshot.key['Id']}:{snapshot.after['SystemModstamp']}"
+    stamp = snapshot.after["SystemModstamp"]
+    assert snapshot.position == {"ts": iso_utc(parse_modstamp(stamp)), "id": snapshot.key["id"], "modstamp": stamp}
+    assert snapshot.id == f"crm:{name}:Contact:{snapshot.key['id']}:{stamp}"
     gone = next(c for c in changes if c.op == "d")
     assert gone.after is None and gone.before["IsDeleted"] is True
 
     # -- the checkpoint row
     with psycopg.connect(campaign_endpoints.campaign_dsn) as conn:
         position = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
-                                (f"poller:salesforce:{name}:Contact",)).fetchone()[0]
-    state = PollerState.from_json(position)
+                                (names.poller_checkpoint(name, "Contact"),)).fetchone()[0]
+    state = CursorState.from_json(position["source"])
     assert position["snapshot_done"] and state.cursor_ts == max((c.source_ts for c in changes),
-                                                                key=poller.parse_modstamp)
+                                                                key=parse_modstamp)
     assert set(deleted) <= state.deleted
 
 
@@ -180,5 +184,5 @@ def test_created_updated_and_hard_deleted(seeded_sandbox: RunningSandbox, campai
 
     changes = read_topic(campaign_endpoints, name, 35, "Lead")
     assert Counter(c.op for c in changes) == Counter({"r": 20, "c": 5, "d": 10})
-    assert {c.key["Id"] for c in changes if c.op == "c"} == set(created)
-    assert {c.key["Id"] for c in changes if c.op == "d"} == set(leads[:10])
+    assert {c.key["id"] for c in changes if c.op == "c"} == set(created)
+    assert {c.key["id"] for c in changes if c.op == "d"} == set(leads[:10])

@@ -12,9 +12,10 @@ import pytest
 from crmsync import kafka, topics
 from crmsync.envelope import ApplyCommand, record_key
 from crmsync.infra import Endpoints
-from connectors.salesforce import auth, writer
+from connectors.salesforce import auth
+from services.crm_writer import service as writer
 from connectors.salesforce.client import SalesforceClient
-from services.salesforce.writer import SalesforceWriter, WriterOptions
+from services.crm_writer.service import CrmWriter
 
 from .conftest import FAST_RETRIES, account_for, consume_rejects, make_client, settings_for, unique_name
 
@@ -49,7 +50,7 @@ def produce(bootstrap: str, account: str, commands: list[ApplyCommand], raw: lis
     kafka.flush_all(producer, tracker)
 
 
-def drain(w: SalesforceWriter, expected: int, timeout: float = 120) -> tuple[int, int]:
+def drain(w: CrmWriter, expected: int, timeout: float = 120) -> tuple[int, int]:
     """Run batches until `expected` commands were handled (applied or rejected)."""
     applied = rejected = 0
     deadline = time.monotonic() + timeout
@@ -66,12 +67,12 @@ def marked(client: SalesforceClient, marker: str) -> list[dict[str, Any]]:
 
 
 def make_writer(sandbox, endpoints: Endpoints, account_name: str, *, client: SalesforceClient | None = None,
-                options: WriterOptions | None = None, applied: list | None = None, tmp_path=None) -> SalesforceWriter:
+                sink_options: dict | None = None, applied: list | None = None, tmp_path=None) -> CrmWriter:
     account = account_for(sandbox)
     client = client or SalesforceClient(account_name, account, policy=FAST_RETRIES)
     hook = (lambda cmd, crm_id, created: applied.append((cmd, crm_id, created))) if applied is not None else None
     return writer.build(settings_for(account_name, account, tmp_path), endpoints, account_name, client=client,
-                        options=options, on_applied=hook, objects=["Contact"])
+                        on_applied=hook, objects=["Contact"], **(sink_options or {}))
 
 
 def test_thousand_records_cost_five_collection_calls(module_sandbox, campaign_endpoints, tmp_path) -> None:
@@ -116,8 +117,8 @@ def test_injected_faults_every_record_lands_exactly_once(module_sandbox, campaig
         assert drain(w, 1000) == (1000, 0)
         ids = [crm_id for _, crm_id, _ in applied]
         # updates by Id and deletes, under the same faults: idempotent on retry
-        updates = [command(name, "upsert", {"Id": i}, {"Title": "Updated under faults"}) for i in ids[:300]]
-        deletes = [command(name, "delete", {"Id": i}, {}) for i in ids[300:400]]
+        updates = [command(name, "upsert", {"id": i}, {"Title": "Updated under faults"}) for i in ids[:300]]
+        deletes = [command(name, "delete", {"id": i}, {}) for i in ids[300:400]]
         produce(campaign_endpoints.bootstrap_servers, name, updates + deletes)
         assert drain(w, 400) == (400, 0)
         faults = module_sandbox.admin("stats")["faults_injected"]
@@ -125,7 +126,7 @@ def test_injected_faults_every_record_lands_exactly_once(module_sandbox, campaig
         module_sandbox.admin("faults", {})
         w.close()
     assert set(faults) == {"request_limit_exceeded", "unavailable_503", "session_expiry"}
-    assert {"request_limit", "session_expired"} <= set(w.client.retries) and w.client.logins > 1
+    assert {"request_limit", "session_expired"} <= set(w.sink.client.retries) and w.sink.client.logins > 1
     rows = marked(make_client(module_sandbox), marker)
     assert len(rows) == 900 and len({r["Campaign_Key__c"] for r in rows}) == 900  # 1000 created, 100 deleted
     titles = make_client(module_sandbox).query_all_pages(
@@ -191,11 +192,11 @@ def test_commands_for_one_record_keep_their_order(module_sandbox, campaign_endpo
     setup = make_client(module_sandbox)
     created = setup.collections_create("Contact", [{"LastName": f"Order {i}"} for i in range(2)])
     a, b = (r["id"] for r in created)
-    commands = [command(name, "upsert", {"Id": a}, {"Title": "first"}),
-                command(name, "delete", {"Id": b}, {}),
-                command(name, "upsert", {"Id": a}, {"Title": "second"}),
-                command(name, "upsert", {"Id": b}, {"Title": "too late"}),
-                command(name, "delete", {"Id": b}, {})]  # deleting twice is fine: the end state holds
+    commands = [command(name, "upsert", {"id": a}, {"Title": "first"}),
+                command(name, "delete", {"id": b}, {}),
+                command(name, "upsert", {"id": a}, {"Title": "second"}),
+                command(name, "upsert", {"id": b}, {"Title": "too late"}),
+                command(name, "delete", {"id": b}, {})]  # deleting twice is fine: the end state holds
     w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
     produce(campaign_endpoints.bootstrap_servers, name, commands)
     try:
@@ -213,7 +214,7 @@ def test_large_groups_go_through_bulk_api_2(module_sandbox, campaign_endpoints, 
     commands = [upsert_command(name, f"{marker}-{i:05d}", marker,
                                email=f"p{i}{INVALID_DOMAIN}" if i in bad else None) for i in range(2400)]
     w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path,
-                    options=WriterOptions(bulk_threshold=2000, bulk_poll_interval=0.1))
+                    sink_options={"bulk_threshold": 2000, "bulk_poll_interval": 0.1})
     produce(campaign_endpoints.bootstrap_servers, name, commands)
     module_sandbox.admin("reset-stats", {})
     try:
@@ -253,9 +254,9 @@ def test_a_field_edited_in_salesforce_after_the_decision_is_left_alone(module_sa
     record = client.sf.Contact.create({"LastName": "Cas", "Title": "Buyer", "Department": "Sales"})
     client.sf.Contact.update(record["id"], {"Title": "CMO"})  # the user's edit, after the decision
     w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
-    update = command(name, "upsert", {"Id": record["id"]}, {"Title": "Sales Director", "Department": "Marketing"})
+    update = command(name, "upsert", {"id": record["id"]}, {"Title": "Sales Director", "Department": "Marketing"})
     update.expect = {"Title": "Buyer", "Department": "Sales"}
-    untouched = command(name, "upsert", {"Id": record["id"]}, {"Title": "CMO"})  # already what is there
+    untouched = command(name, "upsert", {"id": record["id"]}, {"Title": "CMO"})  # already what is there
     untouched.expect = {"Title": "Buyer"}
     module_sandbox.admin("reset-stats", {})
     try:
