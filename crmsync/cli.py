@@ -76,9 +76,13 @@ def endpoints(ctx: typer.Context, migrate: bool = True) -> infra.Endpoints:
 
 
 @app.command("config")
-def show_config(ctx: typer.Context) -> None:
+def show_config(ctx: typer.Context, offline: bool = typer.Option(
+        False, help="only crmsync.yaml and the environment: do not read the account store")) -> None:
     """Validate the configuration and print it (secrets masked)."""
-    console.print_json(settings(ctx).model_dump_json())
+    shown = json.loads(settings(ctx).model_dump_json())
+    if shown["campaign"]["dsn"]:
+        shown["campaign"]["dsn"] = pg.masked_dsn(shown["campaign"]["dsn"])
+    console.print_json(json.dumps(shown))
 
 
 # -- infra --------------------------------------------------------------------------------------------------
@@ -86,7 +90,7 @@ def show_config(ctx: typer.Context) -> None:
 def infra_up(ctx: typer.Context) -> None:
     """Start the embedded broker and PostgreSQL (unless configured to use external ones) and migrate."""
     found = endpoints(ctx)
-    console.print(f"broker     {found.bootstrap_servers}\npostgresql {found.campaign_dsn}")
+    console.print(f"broker     {found.bootstrap_servers}\npostgresql {pg.masked_dsn(found.campaign_dsn)}")
 
 
 @infra_app.command("down")

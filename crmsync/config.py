@@ -7,6 +7,7 @@ A bad file is reported as ``<file>: <key.path>: <what is expected>`` so the user
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -175,6 +176,9 @@ class Settings(_Strict):
         return not self.campaign.dsn
 
 
+_SECRET_NAME = re.compile(r"(?i)password|secret|token|credential|dsn|key$")  # never echo what such a key holds
+
+
 def explain_validation_error(source: str, error: ValidationError, *, union: str, tags: tuple[str, ...],
                              kind: str, docs: str, show_input: bool = True) -> str:
     """One line per problem: `<file>: <key.path>: <what to fix>`. Used for crmsync.yaml and workflow files.
@@ -199,7 +203,7 @@ def explain_validation_error(source: str, error: ValidationError, *, union: str,
         elif item["type"] == "union_tag_invalid":
             message = f"unknown {kind} type {item['ctx']['tag']!r} (one of: {', '.join(tags)})"
         got = item.get("input")
-        quiet = (not show_input or item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid")
+        quiet = (not show_input or any(_SECRET_NAME.search(part) for part in loc) or item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid")
                  or isinstance(got, dict))
         lines.append(f"{source}: {path}: {message}" + ("" if quiet else f" (got {got!r})"))
     return "\n".join(lines)

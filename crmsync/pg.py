@@ -30,6 +30,17 @@ def connect(dsn: str, *, autocommit: bool = False, application: str = "crmsync",
     return psycopg.connect(dsn, autocommit=autocommit, application_name=application, **kwargs)
 
 
+def masked_dsn(dsn: str) -> str:
+    """`dsn` fit for printing: its password (URL user-info, `?password=` or `password=`) shown as ********."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(a DSN that does not parse)"
+    if "password" not in parts:
+        return dsn
+    return psycopg.conninfo.make_conninfo(**{**parts, "password": "********"})
+
+
 def tag_origin(conn: psycopg.Connection, writer: str) -> None:
     """Mark the open transaction as written by crmsync's `writer`: change capture sets `origin` on its changes
     (a transactional logical-decoding message), which is how echoes are recognised exactly."""
