@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.fernet import Fernet, InvalidToken
@@ -194,6 +194,18 @@ def all_accounts(dsn: str, settings: Settings) -> list[StoredAccount]:
     found += [StoredAccount(n, a, "database", n in configured)
               for n, a in stored_accounts(dsn, settings.state_dir).items()]
     return found
+
+
+def with_store(settings: Settings, dsn: str, warn: Callable[[str], None] = log.warning) -> Settings:
+    """`settings` with the account store's accounts added (crmsync.yaml's win a name clash, said through `warn`),
+    checked: every mapping's account exists. What every service and command that connects to a CRM uses."""
+    stored = stored_accounts(dsn, settings.state_dir)
+    for name in sorted(stored.keys() & settings.accounts.keys()):
+        warn(f"account {name!r} is in crmsync.yaml and in the account store; crmsync.yaml's is used")
+    merged = settings.model_copy(update={"accounts": {
+        **settings.accounts, **{name: a for name, a in stored.items() if name not in settings.accounts}}})
+    merged.check_accounts()
+    return merged
 
 
 def get(dsn: str, settings: Settings, name: str) -> StoredAccount:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -68,6 +69,19 @@ def settings(ctx: typer.Context) -> Settings:
     return ctx.obj["settings"]
 
 
+def with_store(ctx: typer.Context, dsn: str, *, quiet: bool = False) -> Settings:
+    """The configuration plus the account store's accounts (crmsync.yaml wins a clash, with a warning)."""
+    from crmsync import accounts
+
+    warn = logging.getLogger("crmsync.accounts").warning if quiet else \
+        (lambda message: Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False))
+    try:
+        return accounts.with_store(settings(ctx), dsn, warn)
+    except (accounts.AccountError, ConfigError) as exc:
+        Console(stderr=True).print(f"[red]configuration error[/red]\n{exc}", highlight=False)
+        raise typer.Exit(2)
+
+
 def endpoints(ctx: typer.Context, migrate: bool = True) -> infra.Endpoints:
     found = infra.up(settings(ctx))
     if migrate:
@@ -78,8 +92,16 @@ def endpoints(ctx: typer.Context, migrate: bool = True) -> infra.Endpoints:
 @app.command("config")
 def show_config(ctx: typer.Context, offline: bool = typer.Option(
         False, help="only crmsync.yaml and the environment: do not read the account store")) -> None:
-    """Validate the configuration and print it (secrets masked)."""
-    shown = json.loads(settings(ctx).model_dump_json())
+    """Validate the configuration and print it, with the account store's accounts (secrets masked)."""
+    current = settings(ctx)
+    if not offline:
+        dsn = current.campaign.dsn or (infra.status(current)["postgres"] or {}).get("dsn")
+        if dsn:
+            current = with_store(ctx, dsn)
+        else:
+            Console(stderr=True).print("note: the account store was not read: the embedded PostgreSQL is not "
+                                       "running (`crmsync infra up`)", highlight=False)
+    shown = json.loads(current.model_dump_json())
     if shown["campaign"]["dsn"]:
         shown["campaign"]["dsn"] = pg.masked_dsn(shown["campaign"]["dsn"])
     console.print_json(json.dumps(shown))
@@ -158,7 +180,7 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
     found = endpoints(ctx)
     from crmsync.run import effective_settings
 
-    current = effective_settings(settings(ctx), None)
+    current = effective_settings(with_store(ctx, found.campaign_dsn, quiet=True), None)
     observability.add_service_checks(readiness, name, current, found.bootstrap_servers, found.campaign_dsn, account)
     observability.know_mappings(current)
     if name == "capture":
@@ -273,12 +295,14 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
     configured) and keep them running until Ctrl-C."""
     from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
 
-    current, found = settings(ctx), endpoints(ctx)
+    found = endpoints(ctx)
+    current = with_store(ctx, found.campaign_dsn)
     log_dir = current.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     sandbox = None if current.accounts else start_sandbox(current.state_dir, log_file=log_dir / "sandbox-salesforce.log")
     effective = effective_settings(current, sandbox)
-    config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml")
+    config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml",
+                                         leave_out=set(current.accounts) - set(settings(ctx).accounts))
     supervisor = Supervisor(plan(effective), found, config_file, log_dir)
     supervisor.start()
     board = None
@@ -326,8 +350,8 @@ def dashboard(ctx: typer.Context, host: str = typer.Option("127.0.0.1", envvar="
     logs.setup("dashboard")
     found = endpoints(ctx)
     scraped = dict(item.split("=", 1) for item in targets.split(",") if "=" in item)
-    board = dashboard_app.create(effective_settings(settings(ctx), None), found.bootstrap_servers, found.campaign_dsn,
-                                 scraped, interval)
+    board = dashboard_app.create(effective_settings(with_store(ctx, found.campaign_dsn, quiet=True), None),
+                                 found.bootstrap_servers, found.campaign_dsn, scraped, interval)
     console.print(f"dashboard: http://{host}:{port}")
     dashboard_app.serve_forever(board, host, port)
 
@@ -338,8 +362,8 @@ def reconcile(ctx: typer.Context, dry_run: bool = typer.Option(False, help="only
     from crmsync.drift import DriftChecker, clients_for
     from crmsync.run import effective_settings
 
-    current = effective_settings(settings(ctx), None)
     found = endpoints(ctx)
+    current = effective_settings(with_store(ctx, found.campaign_dsn), None)
     checker = DriftChecker(current, found, clients_for(current))
     table = Table(title="drift" + (" (dry run)" if dry_run else ""))
     for column in ("mapping", "crm", "campaign", "missing in Campaign", "missing in CRM", "differing",

@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 DEFAULT_CONFIG_FILE = "crmsync.yaml"
 DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
+# Validation context of a file read before the account store was: a mapping may name an account that is not in
+# the file (`crmsync account add`); Settings.check_accounts() is the check once the store's accounts are in.
+ACCOUNTS_FROM_STORE = "accounts_from_store"
 
 
 class ConfigError(Exception):
@@ -149,17 +153,25 @@ class Settings(_Strict):
     workflows: list[Path] = Field(default_factory=list, description="workflow files `crmsync run` schedules")
 
     @model_validator(mode="after")
-    def _mappings_are_consistent(self) -> "Settings":
+    def _mappings_are_consistent(self, info: ValidationInfo) -> "Settings":
         names = [m.name for m in self.mappings]
+        store_comes_later = bool((info.context or {}).get(ACCOUNTS_FROM_STORE))
         for mapping in self.mappings:
             if names.count(mapping.name) > 1:
                 raise ValueError(f"mapping name {mapping.name!r} is used twice")
-            if mapping.account not in self.accounts:
+            if mapping.account not in self.accounts and not store_comes_later:
                 raise ValueError(f"mapping {mapping.name!r} uses account {mapping.account!r}, which is not under accounts:")
             for field in mapping.fields:
                 if field.reference and field.reference not in names:
                     raise ValueError(f"mapping {mapping.name!r} field {field.crm!r} references unknown mapping {field.reference!r}")
         return self
+
+    def check_accounts(self) -> None:
+        """Every mapping's account exists (in crmsync.yaml or, once merged in, the account store)."""
+        for mapping in self.mappings:
+            if mapping.account not in self.accounts:
+                raise ConfigError(f"mapping {mapping.name!r} uses account {mapping.account!r}, which is neither under "
+                                  "accounts: in crmsync.yaml nor in the account store (see `crmsync account list`)")
 
     def mapping(self, name: str) -> Mapping:
         for mapping in self.mappings:
@@ -244,7 +256,8 @@ def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[st
 
 
 def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Load settings from `path` (default: $CRMSYNC_CONFIG or ./crmsync.yaml if present) plus the environment."""
+    """Load settings from `path` (default: $CRMSYNC_CONFIG or ./crmsync.yaml if present) plus the environment.
+    Mappings may name accounts of the account store: `crmsync.accounts.with_store` adds them and checks."""
     environ = dict(os.environ if environ is None else environ)
     explicit = path is not None or bool(environ.get("CRMSYNC_CONFIG"))
     file = Path(path or environ.get("CRMSYNC_CONFIG") or DEFAULT_CONFIG_FILE)
@@ -256,7 +269,7 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
         data = {}
     data = _apply_environment(data, environ)
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(data, context={ACCOUNTS_FROM_STORE: True})
     except ValidationError as exc:
         source = str(file) if file.exists() else "environment"
         raise ConfigError(_format_validation_error(source, exc)) from None

@@ -149,9 +149,14 @@ def only_mappings(settings: Settings, names: Iterable[str], drop_references: boo
     return Settings.model_validate(data)
 
 
-def write_effective_config(effective: Settings, found: infra.Endpoints, path: Path) -> Path:
-    """What every service process reads (`--config`), like a container's mounted crmsync.yaml."""
+def write_effective_config(effective: Settings, found: infra.Endpoints, path: Path,
+                           leave_out: Iterable[str] = ()) -> Path:
+    """What every service process reads (`--config`), like a container's mounted crmsync.yaml. The accounts
+    named in `leave_out` (those of the account store) are not written: each service reads them from the store,
+    so their secrets never sit decrypted in a file."""
     data = _plain(effective)
+    for name in leave_out:
+        data["accounts"].pop(name, None)
     data["kafka"]["bootstrap_servers"] = found.bootstrap_servers
     data["campaign"]["dsn"] = found.campaign_dsn
     data["state_dir"] = str(effective.state_dir.resolve())
