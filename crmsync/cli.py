@@ -286,11 +286,16 @@ def _repair_drift(current: Settings, found: infra.Endpoints) -> None:
             console.print(f"[yellow]drift repair of {mapping.name} failed: {exc}[/yellow]")
 
 
+SHOW_VALUES_HELP = "show record values in the dashboard's reject reasons (personal data; hidden by default)"
+ALLOWED_HOSTS_HELP = "host names the dashboard answers to besides loopback and --host, comma-separated"
+
+
 @app.command("run")
 def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
         15.0, help="minutes between drift-repair passes (0 = never; `crmsync reconcile` runs one now)"),
             dashboard_port: int = typer.Option(8080, help="port of the built-in dashboard (0 = no dashboard)"),
-            dashboard_host: str = typer.Option("127.0.0.1", help="address the dashboard listens on")) -> None:
+            dashboard_host: str = typer.Option("127.0.0.1", help="address the dashboard listens on"),
+            show_values: bool = typer.Option(False, help=SHOW_VALUES_HELP)) -> None:
     """Start every service for the configured mappings (embedded defaults and the sandbox when nothing is
     configured) and keep them running until Ctrl-C."""
     from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
@@ -311,8 +316,9 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
 
         try:
             board = dashboard_app.start(dashboard_app.create(effective, found.bootstrap_servers, found.campaign_dsn,
-                                                             supervisor.metrics_targets()), dashboard_host, dashboard_port)
-            console.print(f"dashboard: {board.url}")
+                                                             supervisor.metrics_targets(), show_values=show_values),
+                                        dashboard_host, dashboard_port)
+            console.print(f"dashboard: {board.login_url}", highlight=False, soft_wrap=True)
         except RuntimeError as exc:  # e.g. the port is taken: the sync runs all the same
             console.print(f"[yellow]{exc}; running without the dashboard[/yellow]")
     console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
@@ -339,21 +345,39 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
 
 @app.command("dashboard")
 def dashboard(ctx: typer.Context, host: str = typer.Option("127.0.0.1", envvar="CRMSYNC_DASHBOARD_HOST"),
-              port: int = typer.Option(8080, envvar="CRMSYNC_DASHBOARD_PORT"),
+              port: int = typer.Option(8080, envvar="CRMSYNC_DASHBOARD_PORT", help="0 = any free port"),
               targets: str = typer.Option("", envvar="CRMSYNC_METRICS_TARGETS",
                                           help="services' metrics to read: name=url,name=url (freshness, API budget)"),
-              interval: float = typer.Option(5.0, help="seconds between samples")) -> None:
-    """The dashboard alone (lag, freshness, status per consumer group, rejects, record journeys)."""
+              interval: float = typer.Option(5.0, help="seconds between samples"),
+              show_values: bool = typer.Option(False, help=SHOW_VALUES_HELP),
+              allowed_hosts: str = typer.Option("", envvar="CRMSYNC_DASHBOARD_ALLOWED_HOSTS",
+                                                help=ALLOWED_HOSTS_HELP)) -> None:
+    """The dashboard alone (lag, freshness, status per consumer group, rejects, record journeys), until Ctrl-C
+    or SIGTERM. Prints its link (with the access token) once."""
+    from crmsync import process
     from crmsync.dashboard import app as dashboard_app
     from crmsync.run import effective_settings
 
     logs.setup("dashboard")
+    process.interrupt_on_stop_signals()
     found = endpoints(ctx)
     scraped = dict(item.split("=", 1) for item in targets.split(",") if "=" in item)
     board = dashboard_app.create(effective_settings(with_store(ctx, found.campaign_dsn, quiet=True), None),
-                                 found.bootstrap_servers, found.campaign_dsn, scraped, interval)
-    console.print(f"dashboard: http://{host}:{port}")
-    dashboard_app.serve_forever(board, host, port)
+                                 found.bootstrap_servers, found.campaign_dsn, scraped, interval,
+                                 show_values=show_values, extra_hosts=tuple(allowed_hosts.split(",")))
+    try:
+        running = dashboard_app.start(board, host, port)
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1)
+    console.print(f"dashboard: {running.login_url}", highlight=False, soft_wrap=True)
+    try:
+        while running.thread.is_alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
 
 
 @app.command("reconcile")

