@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync import config, infra, logs, pg
+from crmsync import config, infra, kafka, logs, pg
 from crmsync.config import ConfigError, Settings
 
 app = typer.Typer(help="crmsync: two-way CRM ⇄ Campaign sync over Kafka.", no_args_is_help=True)
@@ -66,6 +66,7 @@ def settings(ctx: typer.Context) -> Settings:
         except ConfigError as exc:
             console.print(f"[red]configuration error[/red]\n{exc}", highlight=False)
             raise typer.Exit(2)
+        kafka.use_security(ctx.obj["settings"].kafka)  # every Kafka client of this process: TLS / SASL
     return ctx.obj["settings"]
 
 
@@ -105,6 +106,39 @@ def show_config(ctx: typer.Context, offline: bool = typer.Option(
     if shown["campaign"]["dsn"]:
         shown["campaign"]["dsn"] = pg.masked_dsn(shown["campaign"]["dsn"])
     console.print_json(json.dumps(shown))
+
+
+@app.command("compose-env")
+def compose_env(file: Path = typer.Option(Path(".env"), help="the env file docker compose reads"),
+                secure_kafka: bool = typer.Option(False, help="point the services at the SASL_SSL broker of the "
+                                                              "secure-kafka profile"),
+                force: bool = typer.Option(False, help="replace an existing file (and the secrets in use)")) -> None:
+    """Write docker compose's env file: fresh random secrets, mode 0600 (docker-compose.yml needs it)."""
+    from crmsync import compose
+
+    try:
+        written = compose.write_env_file(file, secure_kafka=secure_kafka, force=force)
+    except compose.ComposeError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    console.print(f"{file}: {', '.join(written)} (mode 0600); now `docker compose up --build`", highlight=False)
+
+
+@app.command("kafka-tls")
+def kafka_tls(out_dir: Path = typer.Argument(..., help="where the broker's files go (a volume)"),
+              broker: str = typer.Option("kafka-secure", help="the broker's host name (in its certificate)"),
+              username: str = typer.Option("crmsync", envvar="KAFKA_SASL_USERNAME"),
+              password: str = typer.Option("", envvar="KAFKA_SASL_PASSWORD", show_default=False),
+              force: bool = typer.Option(False, help="make new files even when they exist")) -> None:
+    """The SASL_SSL broker's keystore, passwords, JAAS users and CA (the secure-kafka compose profile)."""
+    from crmsync import compose
+
+    try:
+        made = compose.kafka_tls(out_dir, broker, username, password, force=force)
+    except compose.ComposeError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2)
+    console.print(f"{out_dir}: {', '.join(p.name for p in made)}", highlight=False)
 
 
 # -- infra --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """crmsync configuration: one YAML file (`crmsync.yaml`), validated by pydantic, with environment overrides.
 
-Precedence, highest first: environment (`KAFKA_BOOTSTRAP_SERVERS`, `CAMPAIGN_DSN`, `CRMSYNC_STATE_DIR`),
+Precedence, highest first: environment (`KAFKA_BOOTSTRAP_SERVERS` and the other `KAFKA_*` of KAFKA_ENVIRONMENT,
+`CAMPAIGN_DSN`, `CRMSYNC_STATE_DIR`),
 then the file, then the embedded defaults (a broker and a PostgreSQL that crmsync starts itself).
 A bad file is reported as ``<file>: <key.path>: <what is expected>`` so the user knows what to fix.
 """
@@ -31,9 +32,39 @@ class _Strict(BaseModel):
 
 
 class KafkaSettings(_Strict):
+    """The broker and how to talk to it. A real Kafka should not be PLAINTEXT: `security_protocol: SASL_SSL`
+    with a SASL mechanism and credentials, the broker's certificate checked against `ssl_ca_location` (or the
+    system's CAs) — verification cannot be turned off. Every client crmsync makes gets these (crmsync/kafka.py)."""
+
     bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; empty = embedded broker")
     partitions: int = Field(4, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = Field(None, description="CA certificates (PEM) the broker's certificate must chain to")
+    ssl_certificate_location: Path | None = Field(None, description="client certificate (PEM), for brokers that want one")
+    ssl_key_location: Path | None = Field(None, description="its private key (PEM)")
+    ssl_key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> "KafkaSettings":
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
+                             "sasl_password")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError("sasl_* settings need security_protocol SASL_SSL (or SASL_PLAINTEXT)")
+        if self.security_protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+            raise ValueError("SASL PLAIN without TLS sends the password in clear text: use security_protocol SASL_SSL")
+        ssl_files = (self.ssl_ca_location, self.ssl_certificate_location, self.ssl_key_location, self.ssl_key_password)
+        if not tls and any(ssl_files):
+            raise ValueError("ssl_* settings need security_protocol SSL or SASL_SSL")
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together")
+        return self
 
 
 class CampaignSettings(_Strict):
@@ -245,9 +276,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return read_yaml_mapping(path, "a mapping of settings")
 
 
+# Kafka settings a container takes from its environment (KAFKA_<NAME>), e.g. from docker compose's env file
+KAFKA_ENVIRONMENT = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+                     "ssl_ca_location")
+
+
 def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        data.setdefault("kafka", {})["bootstrap_servers"] = environ["KAFKA_BOOTSTRAP_SERVERS"]
+    for name in KAFKA_ENVIRONMENT:
+        if environ.get(f"KAFKA_{name.upper()}"):
+            data.setdefault("kafka", {})[name] = environ[f"KAFKA_{name.upper()}"]
     if environ.get("CAMPAIGN_DSN"):
         data.setdefault("campaign", {})["dsn"] = environ["CAMPAIGN_DSN"]
     if environ.get("CRMSYNC_STATE_DIR"):

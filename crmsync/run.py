@@ -118,6 +118,7 @@ def _plain(settings: Settings) -> dict:
     data = settings.model_dump(mode="json")
     for name, account in settings.accounts.items():
         data["accounts"][name].update({k: v.get_secret_value() for k, v in account if hasattr(v, "get_secret_value")})
+    data["kafka"].update({k: v.get_secret_value() for k, v in settings.kafka if hasattr(v, "get_secret_value")})
     return data
 
 

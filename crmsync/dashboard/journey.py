@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg.rows import dict_row
 
-from crmsync import lag, pg, rejects, topics
+from crmsync import kafka, lag, pg, rejects, topics
 from crmsync.config import Mapping, Settings
 from crmsync.envelope import ApplyCommand, Change, changes_from_message
 
@@ -76,8 +76,8 @@ def _is_record(change: Change, link: dict[str, Any]) -> bool:
 
 def _messages(bootstrap_servers: str, topic_names: list[str], limit: int) -> Iterator[tuple[bytes, float]]:
     """(value, timestamp in epoch seconds) of the newest `limit` messages of each topic, in partition order."""
-    reader = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmsync-journey",
-                       "enable.auto.commit": False, "enable.partition.eof": True})
+    reader = Consumer(kafka.client_config(bootstrap_servers, {
+        "group.id": "crmsync-journey", "enable.auto.commit": False, "enable.partition.eof": True}))
     try:
         metadata = reader.list_topics(timeout=5)
         partitions = [TopicPartition(t, p) for t in topic_names if t in metadata.topics
