@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from crmsync import kafka, pg, topics
@@ -143,12 +144,7 @@ class DriftChecker:
         return rows
 
     def _campaign_rows(self, conn: psycopg.Connection, mapping: Mapping) -> dict[int, dict]:
-        has_deleted = conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = 'deleted'",
-            (mapping.campaign_table,)).fetchone()
-        where = " WHERE NOT deleted" if has_deleted else ""
-        rows = conn.cursor(row_factory=dict_row).execute(f"SELECT * FROM {mapping.campaign_table}{where}").fetchall()
-        return {row["id"]: {k: pg.json_ready(v) for k, v in row.items()} for row in rows}
+        return campaign_rows(conn, mapping.campaign_table)
 
     def _parent_crm_ids(self, conn: psycopg.Connection, mapping: Mapping) -> dict[str, dict[int, str]]:
         parents = {f.reference for f in mapping.fields if f.reference}
@@ -209,6 +205,19 @@ class DriftChecker:
                 producer.produce(topic, value=change.to_json(), key=change.kafka_key(), on_delivery=tracker)
         kafka.flush_all(producer, tracker)
         return len(crm_changes) + len(campaign_changes)
+
+
+def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:
+    """Every row of a Campaign table ("table" or "schema.table") by key, as change capture describes rows;
+    rows marked deleted are left out."""
+    schema, _, name = table.rpartition(".")
+    has_deleted = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = coalesce(%s, current_schema()) "
+        "AND table_name = %s AND column_name = 'deleted'", (schema or None, name)).fetchone()
+    statement = sql.SQL("SELECT * FROM {}{}").format(pg.table_identifier(table),
+                                                     sql.SQL(" WHERE NOT deleted" if has_deleted else ""))
+    rows = conn.cursor(row_factory=dict_row).execute(statement).fetchall()
+    return {row["id"]: {k: pg.json_ready(v) for k, v in row.items()} for row in rows}
 
 
 def clients_for(settings: Settings) -> dict[str, Any]:

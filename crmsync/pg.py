@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
@@ -39,6 +40,19 @@ def masked_dsn(dsn: str) -> str:
     if "password" not in parts:
         return dsn
     return psycopg.conninfo.make_conninfo(**{**parts, "password": "********"})
+
+
+def table_identifier(name: str) -> sql.Identifier:
+    """A table named in configuration or a stored document ("table" or "schema.table"), quoted for SQL: the
+    name is never spliced into a statement, whatever characters it holds."""
+    schema, _, table = name.rpartition(".")
+    return sql.Identifier(schema, table) if schema else sql.Identifier(table)
+
+
+def match_key_sql(column: str) -> sql.Composed:
+    """SQL for the matching key of a column, as streams.convert.match_key computes it in Python: lower case,
+    all whitespace removed (the expression the matching indexes are built on)."""
+    return sql.SQL("lower(regexp_replace({}::text, '\\s', '', 'g'))").format(sql.Identifier(column))
 
 
 def tag_origin(conn: psycopg.Connection, writer: str) -> None:

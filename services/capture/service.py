@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from prometheus_client import Counter, Gauge, Histogram
@@ -99,10 +100,10 @@ class CaptureService:
     def _align_publication(self, tables: list[str]) -> None:
         for table in [*tables, HEARTBEAT_TABLE]:
             self._check_table(table)
-        published = ", ".join(f'"{s}"."{n}"' for s, n in map(_qualified, [*tables, HEARTBEAT_TABLE]))
+        published = sql.SQL(", ").join(sql.Identifier(*_qualified(t)) for t in [*tables, HEARTBEAT_TABLE])
         exists = self.conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.cfg.publication,)).fetchone()
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
-        self.conn.execute(verb.format(f'"{self.cfg.publication}"', published))
+        self.conn.execute(sql.SQL(verb).format(sql.Identifier(self.cfg.publication), published))
         kafka.ensure_topics(self.bootstrap_servers,
                             [*(self._topic(t) for t in tables), topics.heartbeat("campaign", self.cfg.name)],
                             self.settings.kafka.partitions, self.settings.kafka.replication_factor)
@@ -148,9 +149,9 @@ class CaptureService:
 
     def _snapshot_table(self, conn: psycopg.Connection, table: str, lsn: str) -> int:
         schema, name = _qualified(table)
-        order = ", ".join(f'"{c}"' for c in self.primary_keys[f"{schema}.{name}"])
-        cursor = conn.cursor(name=f"snapshot_{name}", row_factory=dict_row)
-        cursor.execute(f'SELECT * FROM "{schema}"."{name}" ORDER BY {order}')
+        order = sql.SQL(", ").join(map(sql.Identifier, self.primary_keys[f"{schema}.{name}"]))
+        cursor = conn.cursor(name="crmsync_snapshot", row_factory=dict_row)
+        cursor.execute(sql.SQL("SELECT * FROM {} ORDER BY {}").format(sql.Identifier(schema, name), order))
         count, lsn_int = 0, lsn_to_int(lsn)
         while rows := cursor.fetchmany(5000):
             changes = []
@@ -187,7 +188,7 @@ class CaptureService:
                 f"table {table!r} has no primary key, so its changes cannot be keyed or ordered per record. "
                 f"Add one (ALTER TABLE {table} ADD PRIMARY KEY (...)) or remove it from campaign.capture_tables.")
         if identity != "f":  # full old rows: deletes carry the record, updates fill unchanged TOAST values
-            self.conn.execute(f'ALTER TABLE "{schema}"."{name}" REPLICA IDENTITY FULL')
+            self.conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(schema, name)))
 
     def _topic(self, table: str) -> str:
         return topics.changes("campaign", self.cfg.name, topics.campaign_object(*_qualified(table)))
@@ -210,7 +211,8 @@ class CaptureService:
         rows = self.conn.execute(
             "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_binary_changes("
             "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
-            (self.cfg.slot_name, self.cfg.batch_changes, self.cfg.publication)).fetchall()
+            (self.cfg.slot_name, self.cfg.batch_changes,
+             sql.Identifier(self.cfg.publication).as_string(self.conn))).fetchall()  # pgoutput parses a name list
         batch = Batch()
         if not rows:
             return batch
@@ -275,8 +277,8 @@ class CaptureService:
         if now - self.last_beat < self.cfg.heartbeat_seconds:
             return
         self.last_beat = now
-        self.conn.execute(f"INSERT INTO {HEARTBEAT_TABLE} (id, beat_at) VALUES (1, now()) "
-                          "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at")
+        self.conn.execute(sql.SQL("INSERT INTO {} (id, beat_at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET "
+                                  "beat_at = excluded.beat_at").format(sql.Identifier(*_qualified(HEARTBEAT_TABLE))))
         self._record_lag()
 
     def slot_status(self) -> dict[str, Any]:

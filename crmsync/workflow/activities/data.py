@@ -14,13 +14,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from crmsync.envelope import ApplyCommand
-from crmsync.pg import json_ready
+from crmsync.pg import json_ready, match_key_sql
 from crmsync.workflow.activities.query import campaign_table, check_columns
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
 from crmsync.workflow.model import DeduplicateActivity, EnrichActivity, UnionActivity, UpdateDataActivity
 from services.campaign_writer.catalog import Table
 from streams.convert import canonical, match_key, parse_timestamp
-from streams.reconcile import match_expression
 
 
 # -- enrich / reconcile ----------------------------------------------------------------------------------------
@@ -54,7 +53,7 @@ def _lookup(ctx: RunContext, table: Table, column: str, exact: bool, values: lis
     if not values or table.primary_key is None:
         return {}
     wanted = sorted({_norm(v, exact) for v in values})
-    target = sql.SQL(f"{column}::text" if exact else match_expression(column).replace("t.", ""))
+    target = sql.SQL("{}::text").format(sql.Identifier(column)) if exact else match_key_sql(column)
     wanted_columns = sorted({table.primary_key, *extra.values()})
     statement = sql.SQL("SELECT {cols}, {target} AS match__ FROM {table} WHERE {target} = ANY(%s) "
                         "ORDER BY {pk}").format(
