@@ -1,6 +1,7 @@
 """`crmsync`: the one command line that fronts everything (infra, Campaign db, services, sandboxes, demo)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync import config, infra, kafka, logs, pg
+from crmsync import config, infra, kafka, logs, pg, process
 from crmsync.config import ConfigError, Settings
 
 app = typer.Typer(help="crmsync: two-way CRM ⇄ Campaign sync over Kafka.", no_args_is_help=True)
@@ -55,6 +56,7 @@ app.add_typer(workflow_app, name="workflow")
 def main(ctx: typer.Context,
          config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="crmsync.yaml to use",
                                                     envvar="CRMSYNC_CONFIG")) -> None:
+    process.die_with_parent()  # a child of `crmsync run` / the demo ends with it, even when it is killed
     ctx.obj = {"config_file": config_file}
 
 
@@ -200,12 +202,16 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
             metrics_port: int = typer.Option(0, envvar="CRMSYNC_METRICS_PORT",
                                              help="serve Prometheus metrics on this port (0 = off)"),
             metrics_host: str = typer.Option("127.0.0.1", envvar="CRMSYNC_METRICS_HOST"),
-            log_level: str = typer.Option("INFO")) -> None:
+            log_level: str = typer.Option("INFO"),
+            stop_grace: float = typer.Option(5.0, envvar="CRMSYNC_STOP_GRACE_SECONDS", min=0.5,
+                                             help="seconds between SIGTERM and the exit, whatever the service waits for")
+            ) -> None:
     """Run one service in the foreground (what a container runs)."""
     if name not in SERVICES:
         console.print(f"[red]unknown service {name!r}[/red]; choose one of: {', '.join(SERVICES)}")
         raise typer.Exit(2)
     logs.setup(name, log_level)
+    process.exit_within(stop_grace)
     from crmsync import observability
 
     readiness = observability.Readiness()
@@ -276,33 +282,40 @@ def demo(ctx: typer.Context, contacts: int = typer.Option(1000, min=1, help="con
          shared: int = typer.Option(300, min=0, help="recipients sharing an email with a contact"),
          scenario: Optional[str] = typer.Option(None, help="scripted scenario to play: basic"),
          exit_when_done: bool = typer.Option(False, "--exit", help="exit after the scenario (0 = converged)"),
-         seconds: Optional[float] = typer.Option(None, help="stop the live view after this many seconds")) -> None:
-    """Two-way sync between the local Salesforce sandbox and Campaign, live, until Ctrl-C."""
+         seconds: Optional[float] = typer.Option(None, help="stop the live view after this many seconds"),
+         dashboard_port: int = typer.Option(8080, help="port of the lag dashboard (0 = any free port)")) -> None:
+    """Two-way sync between the local Salesforce sandbox and Campaign, live, until Ctrl-C. Everything it
+    started is stopped when it ends."""
     from crmsync import demo as demo_module
 
-    found = endpoints(ctx)
-    run = demo_module.start(settings(ctx), found, contacts=contacts, recipients=recipients, shared=shared,
-                            console=console)
-    try:
-        if scenario:
-            from crmsync import scenario as scenarios
+    if scenario not in (None, "basic"):
+        console.print(f"[red]unknown scenario {scenario!r}[/red]; available: basic")
+        raise typer.Exit(2)
+    process.interrupt_on_stop_signals()
+    with contextlib.ExitStack() as running:  # stopped in reverse order, however the demo ends
+        try:
+            found = endpoints(ctx)
+            demo_module.keep_or_stop_infrastructure(settings(ctx), found, running, console)
+            run = demo_module.start(settings(ctx), found, running, contacts=contacts, recipients=recipients,
+                                    shared=shared, console=console)
+            board = _start_dashboard(run.settings, found, run.supervisor.metrics_targets(), "127.0.0.1",
+                                     dashboard_port, False)
+            if board:
+                running.callback(board.stop)
+            if scenario:
+                from crmsync import scenario as scenarios
 
-            if scenario != "basic":
-                console.print(f"[red]unknown scenario {scenario!r}[/red]; available: basic")
-                raise typer.Exit(2)
-            verdict = scenarios.basic(run, console)
-            if verdict.ok:
-                console.print("[green]converged[/green]: both sides agree, conflict, delete and duplicate handled")
-            else:
-                console.print("[red]not converged[/red]:\n" + "\n".join(f"  - {p}" for p in verdict.problems))
-            if exit_when_done:
-                raise typer.Exit(0 if verdict.ok else 1)
-        until = time.monotonic() + seconds if seconds else None
-        demo_module.watch(run, console, until)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        run.stop()
+                verdict = scenarios.basic(run, console)
+                if verdict.ok:
+                    console.print("[green]converged[/green]: both sides agree, conflict, delete and duplicate handled")
+                else:
+                    console.print("[red]not converged[/red]:\n" + "\n".join(f"  - {p}" for p in verdict.problems))
+                if exit_when_done:
+                    raise typer.Exit(0 if verdict.ok else 1)
+            until = time.monotonic() + seconds if seconds else None
+            demo_module.watch(run, console, until, board.url if board else None)
+        except KeyboardInterrupt:
+            console.print("stopping the demo …")
 
 
 def _repair_drift(current: Settings, found: infra.Endpoints) -> None:
@@ -334,47 +347,54 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
     configured) and keep them running until Ctrl-C."""
     from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
 
-    found = endpoints(ctx)
-    current = with_store(ctx, found.campaign_dsn)
-    log_dir = current.state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    sandbox = None if current.accounts else start_sandbox(current.state_dir, log_file=log_dir / "sandbox-salesforce.log")
-    effective = effective_settings(current, sandbox)
-    config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml",
-                                         leave_out=set(current.accounts) - set(settings(ctx).accounts))
-    supervisor = Supervisor(plan(effective), found, config_file, log_dir)
-    supervisor.start()
-    board = None
-    if dashboard_port:
-        from crmsync.dashboard import app as dashboard_app
-
+    process.interrupt_on_stop_signals()  # SIGTERM / SIGHUP stop the services and the sandbox, like Ctrl-C
+    with contextlib.ExitStack() as running:  # whatever was started is stopped, in reverse order
         try:
-            board = dashboard_app.start(dashboard_app.create(effective, found.bootstrap_servers, found.campaign_dsn,
-                                                             supervisor.metrics_targets(), show_values=show_values),
-                                        dashboard_host, dashboard_port)
-            console.print(f"dashboard: {board.login_url}", highlight=False, soft_wrap=True)
-        except RuntimeError as exc:  # e.g. the port is taken: the sync runs all the same
-            console.print(f"[yellow]{exc}; running without the dashboard[/yellow]")
-    console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
-    next_repair = time.monotonic() + repair_minutes * 60
-    try:
-        while True:
-            time.sleep(1)
-            for label in supervisor.check():
-                console.print(f"[yellow]restarted {label}[/yellow]")
-            if repair_minutes and time.monotonic() >= next_repair:
-                next_repair = time.monotonic() + repair_minutes * 60
-                _repair_drift(effective, found)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if board:
-            board.stop()
-        supervisor.stop()
-        if sandbox:
-            from crmsync import process
+            found = endpoints(ctx)
+            current = with_store(ctx, found.campaign_dsn)
+            log_dir = current.state_dir / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            sandbox = None
+            if not current.accounts:
+                sandbox = start_sandbox(current.state_dir, log_file=log_dir / "sandbox-salesforce.log")
+                running.callback(process.stop, sandbox.process)
+            effective = effective_settings(current, sandbox)
+            config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml",
+                                                 leave_out=set(current.accounts) - set(settings(ctx).accounts))
+            supervisor = Supervisor(plan(effective), found, config_file, log_dir)
+            running.callback(supervisor.stop)
+            supervisor.start()
+            if dashboard_port:
+                board = _start_dashboard(effective, found, supervisor.metrics_targets(), dashboard_host,
+                                         dashboard_port, show_values)
+                if board:
+                    running.callback(board.stop)
+            console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
+            next_repair = time.monotonic() + repair_minutes * 60
+            while True:
+                time.sleep(1)
+                for label in supervisor.check():
+                    console.print(f"[yellow]restarted {label}[/yellow]")
+                if repair_minutes and time.monotonic() >= next_repair:
+                    next_repair = time.monotonic() + repair_minutes * 60
+                    _repair_drift(effective, found)
+        except KeyboardInterrupt:
+            console.print("stopping …")
 
-            process.stop(sandbox.process)
+
+def _start_dashboard(effective: Settings, found: infra.Endpoints, targets: dict[str, str], host: str, port: int,
+                     show_values: bool):  # -> dashboard app.Running | None
+    """The dashboard next to the services; its link (with the access token) is printed once."""
+    from crmsync.dashboard import app as dashboard_app
+
+    try:
+        board = dashboard_app.start(dashboard_app.create(effective, found.bootstrap_servers, found.campaign_dsn,
+                                                         targets, show_values=show_values), host, port)
+    except RuntimeError as exc:  # e.g. the port is taken: the sync runs all the same
+        console.print(f"[yellow]{exc}; running without the dashboard[/yellow]")
+        return None
+    console.print(f"dashboard: {board.login_url}", highlight=False, soft_wrap=True)
+    return board
 
 
 @app.command("dashboard")
@@ -388,7 +408,6 @@ def dashboard(ctx: typer.Context, host: str = typer.Option("127.0.0.1", envvar="
                                                 help=ALLOWED_HOSTS_HELP)) -> None:
     """The dashboard alone (lag, freshness, status per consumer group, rejects, record journeys), until Ctrl-C
     or SIGTERM. Prints its link (with the access token) once."""
-    from crmsync import process
     from crmsync.dashboard import app as dashboard_app
     from crmsync.run import effective_settings
 

@@ -53,6 +53,7 @@ class Endpoints:
 
     bootstrap_servers: str
     campaign_dsn: str
+    started: tuple[str, ...] = ()  # embedded servers ("broker", "postgres") this call started, not found running
 
 
 def _free_port() -> int:
@@ -312,16 +313,26 @@ def _wait_for(check, what: str, timeout: float = 30, on_timeout=None) -> None:
 def up(settings: Settings) -> Endpoints:
     """Start whatever embedded service the settings do not replace; return where everything is."""
     state_dir = settings.state_dir.resolve()
+    started = []
     with _locked(state_dir):
-        bootstrap = settings.kafka.bootstrap_servers or EmbeddedBroker(state_dir).start()["bootstrap_servers"]
-        dsn = settings.campaign.dsn or EmbeddedPostgres(state_dir).start()["dsn"]
-    return Endpoints(bootstrap_servers=bootstrap, campaign_dsn=dsn)
+        bootstrap, dsn = settings.kafka.bootstrap_servers, settings.campaign.dsn
+        if not bootstrap:
+            broker = EmbeddedBroker(state_dir)
+            started += [] if broker.status() else ["broker"]
+            bootstrap = broker.start()["bootstrap_servers"]
+        if not dsn:
+            postgres = EmbeddedPostgres(state_dir)
+            started += [] if postgres.status() else ["postgres"]
+            dsn = postgres.start()["dsn"]
+    return Endpoints(bootstrap_servers=bootstrap, campaign_dsn=dsn, started=tuple(started))
 
 
-def down(settings: Settings) -> dict[str, bool]:
+def down(settings: Settings, only: tuple[str, ...] = ("broker", "postgres")) -> dict[str, bool]:
+    """Stop the embedded servers (or `only` those, e.g. what `up` said it started); name → was running."""
     state_dir = settings.state_dir.resolve()
+    servers = {"broker": EmbeddedBroker(state_dir), "postgres": EmbeddedPostgres(state_dir)}
     with _locked(state_dir):
-        return {"broker": EmbeddedBroker(state_dir).stop(), "postgres": EmbeddedPostgres(state_dir).stop()}
+        return {name: servers[name].stop() for name in only}
 
 
 def status(settings: Settings) -> dict[str, dict | None]:

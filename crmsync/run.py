@@ -3,7 +3,8 @@
 With nothing configured, crmsync runs on its embedded defaults: broker and PostgreSQL (crmsync.infra), the
 local Salesforce sandbox as the CRM account, and the shipped mappings. The effective configuration is written
 to `<state>/run/crmsync.yaml` (mode 0600) and every service process reads it, exactly as a container would
-read its own mounted crmsync.yaml. A service that dies is restarted with backoff; Ctrl-C stops them all.
+read its own mounted crmsync.yaml. A service that dies is restarted with backoff; Ctrl-C, SIGTERM and SIGHUP
+stop them all, and they die with this process if it is killed (crmsync/process.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Iterable
 import httpx
 import yaml
 
-from crmsync import infra, private, process
+from crmsync import infra, process
 from crmsync.config import Settings
 from crmsync.defaults import default_mappings
 
@@ -88,8 +89,7 @@ def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None =
     port = port or _free_port()
     command = [sys.executable, "-m", "crmsync", "sandbox", "salesforce", "--port", str(port),
                "--state", str(sandboxes / "salesforce"), "--seed-contacts", str(seed_contacts)]
-    output = private.open_log(log_file) if log_file else subprocess.DEVNULL
-    child = subprocess.Popen(command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True)
+    child = process.spawn(command, log_file=log_file)
     url = f"https://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -227,6 +227,6 @@ class Supervisor:
         return restarted
 
     def stop(self) -> None:
+        """Stop every service at once (each has a few seconds to finish its batch, then it is killed)."""
         self.workflows_stop.set()
-        for child in self.children.values():
-            process.stop(child)
+        process.stop_all(self.children.values())
