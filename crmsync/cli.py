@@ -435,25 +435,35 @@ def dashboard(ctx: typer.Context, host: str = typer.Option("127.0.0.1", envvar="
 
 @app.command("reconcile")
 def reconcile(ctx: typer.Context, dry_run: bool = typer.Option(False, help="only report the divergence")) -> None:
-    """Drift repair: compare both sides record by record and re-publish what diverged."""
+    """Drift repair: compare both sides record by record and re-publish what diverged. With no CRM account
+    configured, the CRM is the local Salesforce sandbox, as for `crmsync run` (started for the pass if needed)."""
     from crmsync.drift import DriftChecker, clients_for
-    from crmsync.run import effective_settings
+    from crmsync.run import effective_settings, running_sandbox, start_sandbox
 
     found = endpoints(ctx)
-    current = effective_settings(with_store(ctx, found.campaign_dsn), None)
-    checker = DriftChecker(current, found, clients_for(current))
-    table = Table(title="drift" + (" (dry run)" if dry_run else ""))
-    for column in ("mapping", "crm", "campaign", "missing in Campaign", "missing in CRM", "differing",
-                   "gone from CRM", "gone from Campaign", "duplicates", "re-published"):
-        table.add_column(column, justify="right")
-    for mapping in current.mappings:
-        report = checker.compare(mapping)
-        published = 0 if dry_run or report.converged else checker.repair(mapping, report)
-        s = report.summary()
-        table.add_row(mapping.name, *(str(s[k]) for k in ("crm", "campaign", "missing_in_campaign", "missing_in_crm",
-                                                           "differing", "gone_from_crm", "gone_from_campaign",
-                                                           "duplicates")), str(published))
-    console.print(table)
+    current = with_store(ctx, found.campaign_dsn)
+    with contextlib.ExitStack() as running:
+        sandbox = None
+        if not current.accounts:
+            sandbox = running_sandbox(current.state_dir)
+            if sandbox is None:
+                sandbox = start_sandbox(current.state_dir, log_file=current.state_dir / "logs" / "sandbox-salesforce.log")
+                running.callback(process.stop, sandbox.process)
+                console.print("no CRM account is configured: started the local Salesforce sandbox for this pass")
+        current = effective_settings(current, sandbox)
+        checker = DriftChecker(current, found, clients_for(current))
+        table = Table(title="drift" + (" (dry run)" if dry_run else ""))
+        for column in ("mapping", "crm", "campaign", "missing in Campaign", "missing in CRM", "differing",
+                       "gone from CRM", "gone from Campaign", "duplicates", "re-published"):
+            table.add_column(column, justify="right")
+        for mapping in current.mappings:
+            report = checker.compare(mapping)
+            published = 0 if dry_run or report.converged else checker.repair(mapping, report)
+            s = report.summary()
+            table.add_row(mapping.name, *(str(s[k]) for k in ("crm", "campaign", "missing_in_campaign", "missing_in_crm",
+                                                               "differing", "gone_from_crm", "gone_from_campaign",
+                                                               "duplicates")), str(published))
+        console.print(table)
 
 
 if __name__ == "__main__":

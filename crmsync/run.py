@@ -8,6 +8,7 @@ stop them all, and they die with this process if it is killed (crmsync/process.p
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -57,7 +58,7 @@ def _free_port() -> int:
 
 @dataclass
 class Sandbox:
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None: found running (started by another crmsync process), not ours to stop
     url: str
     ca_file: Path
 
@@ -97,12 +98,28 @@ def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None =
             raise RuntimeError(f"the Salesforce sandbox exited with status {child.returncode} (log: {log_file})")
         try:
             if httpx.get(f"{url}/services/data/", verify=_trusting(ca_file), timeout=1).status_code == 200:
+                _sandbox_file(state_dir).write_text(json.dumps({"pid": child.pid, "url": url, "ca_file": str(ca_file)}))
                 return Sandbox(child, url, ca_file)
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     process.stop(child)
     raise RuntimeError(f"the Salesforce sandbox did not answer on {url} within 180 s (log: {log_file})")
+
+
+def _sandbox_file(state_dir: Path) -> Path:
+    return state_dir / "sandboxes" / "salesforce.running.json"
+
+
+def running_sandbox(state_dir: Path) -> Sandbox | None:
+    """The sandbox that `crmsync run` or the demo of this state directory started, if it still answers (over
+    TLS, verified against the local CA): `crmsync reconcile` uses it as the CRM when no account is configured."""
+    try:
+        info = json.loads(_sandbox_file(state_dir).read_text())
+        answered = httpx.get(f"{info['url']}/services/data/", verify=_trusting(Path(info["ca_file"])), timeout=2)
+    except (OSError, ValueError, KeyError, httpx.HTTPError, ssl.SSLError):
+        return None
+    return Sandbox(None, info["url"], Path(info["ca_file"])) if answered.status_code == 200 else None
 
 
 def sandbox_account(sandbox: Sandbox) -> dict:

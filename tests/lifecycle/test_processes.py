@@ -46,8 +46,10 @@ def _crmsync(state: Path, *args: str, log: Path) -> subprocess.Popen:
     """`crmsync ARGS` with the zero configuration (no crmsync.yaml, no account), output to `log`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRMSYNC_", "KAFKA_", "CAMPAIGN_"))}
     env.update(CRMSYNC_STATE_DIR=str(state), XDG_CONFIG_HOME=str(state / "config"), COLUMNS="200")
+    workdir = state / "workdir"  # not the state dir itself: its sandboxes/ would shadow the package of that name
+    workdir.mkdir(exist_ok=True)
     with open(log, "wb") as output:
-        return subprocess.Popen([sys.executable, "-m", "crmsync", *args], env=env, cwd=state, stdout=output,
+        return subprocess.Popen([sys.executable, "-m", "crmsync", *args], env=env, cwd=workdir, stdout=output,
                                 stderr=subprocess.STDOUT)
 
 
