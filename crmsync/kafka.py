@@ -2,6 +2,11 @@
 
 Producers are idempotent with acks=all, so a retry never reorders or duplicates a message within a partition;
 services commit their own source position only after `flush()` reports every delivery acknowledged.
+
+Security: `use_security(settings.kafka)` (the CLI calls it once the configuration is loaded) makes every client
+built here — and through `client_config`, the lag probes and the dashboard's readers — speak the configured
+security.protocol with its sasl.* and ssl.* properties. TLS verification keeps librdkafka's defaults (the
+certificate chain and the host name are checked); nothing here turns it off.
 """
 from __future__ import annotations
 
@@ -15,10 +20,33 @@ from typing import Any, Iterable
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from crmsync.config import KafkaSettings
+
+
+_security: dict[str, str] = {}  # librdkafka properties of the configured security protocol (secrets revealed)
+
+
+def use_security(settings: KafkaSettings) -> None:
+    """Every client made from now on in this process uses `settings`' security protocol and credentials."""
+    global _security
+    properties = {"security.protocol": settings.security_protocol, "sasl.mechanism": settings.sasl_mechanism,
+                  "sasl.username": settings.sasl_username, "ssl.ca.location": settings.ssl_ca_location,
+                  "ssl.certificate.location": settings.ssl_certificate_location,
+                  "ssl.key.location": settings.ssl_key_location,
+                  "sasl.password": settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+                  "ssl.key.password": settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None}
+    _security = {} if settings.security_protocol == "PLAINTEXT" else \
+        {name: str(value) for name, value in properties.items() if value is not None}
+
+
+def client_config(bootstrap_servers: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka properties for any client: the broker, the security settings, then `properties`."""
+    return {"bootstrap.servers": bootstrap_servers, **_security, **(properties or {})}
+
 
 def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
     config = {
-        "bootstrap.servers": bootstrap_servers,
+        **client_config(bootstrap_servers),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -76,7 +104,7 @@ def group_tuning() -> GroupTuning:
 
 def consumer(bootstrap_servers: str, group_id: str, **overrides: Any) -> Consumer:
     config = {
-        "bootstrap.servers": bootstrap_servers,
+        **client_config(bootstrap_servers),
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
@@ -101,7 +129,7 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
                   replication_factor: int = 1, timeout: float = 30) -> None:
     """Create the topics that do not exist yet. The embedded broker forgets topics on restart, so every
     service calls this on start instead of relying on an install step."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(client_config(bootstrap_servers))
     wanted = set(names)
     deadline = time.monotonic() + timeout
     while True:
