@@ -29,11 +29,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crmsync import config, infra, kafka, pg, topics  # noqa: E402
-from crmsync.config import SalesforceAccount, Settings  # noqa: E402
+from connectors.salesforce.account import SalesforceAccount
+from crmsync.config import Settings  # noqa: E402
 from crmsync.envelope import ApplyCommand, record_key  # noqa: E402
-from services.salesforce import poller, writer  # noqa: E402
 from connectors.salesforce.client import SalesforceClient  # noqa: E402
-from services.salesforce.writer import WriterOptions  # noqa: E402
+from services.crm_poller import service as poller  # noqa: E402
+from services.crm_writer import service as writer  # noqa: E402
 from sandboxes.salesforce.settings import DEFAULT_CREDENTIALS  # noqa: E402
 
 BANNER = re.compile(r"Salesforce sandbox: (https://\S+)\s+\(CA: (.+)\)")
@@ -82,12 +83,12 @@ def bench_poll(settings: Settings, found: infra.Endpoints, name: str, client: Sa
 
 
 def bench_write(settings: Settings, found: infra.Endpoints, name: str, client: SalesforceClient, records: int,
-                options: WriterOptions) -> dict:
+                sink_options: dict) -> dict:
     """Join the consumer group first, then queue `records` upsert commands, then time the writer alone."""
     prefix = uuid.uuid4().hex[:6]
     topic = topics.apply("crm", name, "Contact")
     kafka.ensure_topics(found.bootstrap_servers, [topic])
-    w = writer.build(settings, found, name, client=client, options=options, objects=["Contact"])
+    w = writer.build(settings, found, name, client=client, objects=["Contact"], **sink_options)
     w.connect()
     producer, tracker = kafka.producer(found.bootstrap_servers), kafka.DeliveryTracker()
     for i in range(records):
@@ -137,11 +138,11 @@ def main() -> None:
         snap = bench_poll(settings, found, name, client)
         rows.append(("poller: initial snapshot", "REST query (2,000/page)", snap))
         console.print(f"writer: {n:,} upserts through sObject Collections …")
-        rest = bench_write(settings, found, name, client, n, WriterOptions(bulk_threshold=10**9, max_batch=5000))
+        rest = bench_write(settings, found, name, client, n, {"bulk_threshold": 10**9})
         rows.append(("writer: upsert by external id", "REST sObject Collections (200/call)", rest))
         console.print(f"writer: {n:,} upserts through Bulk API 2.0 …")
         bulk = bench_write(settings, found, name, client, n,
-                           WriterOptions(bulk_threshold=2000, max_batch=n, bulk_poll_interval=0.2))
+                           {"bulk_threshold": 2000, "bulk_poll_interval": 0.2})
         rows.append(("writer: upsert by external id", "Bulk API 2.0 ingest", bulk))
         console.print("poller: incremental (everything the writers created) …")
         incr = bench_poll(settings, found, name, client)

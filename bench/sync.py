@@ -47,7 +47,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crmsync import config, infra, lag, pg, process, topics  # noqa: E402
+from crmsync import config, infra, lag, names, pg, process, topics  # noqa: E402
 from crmsync.config import Settings  # noqa: E402
 from crmsync.drift import clients_for  # noqa: E402
 from crmsync.envelope import ApplyCommand, changes_from_message  # noqa: E402
@@ -57,12 +57,12 @@ from connectors.salesforce.client import SalesforceClient  # noqa: E402
 from streams.app import APP_ID as STREAMS_GROUP  # noqa: E402
 
 MAPPING = "contacts"
-POLL_INTERVAL = 2.0  # `crmsync service poller-salesforce --interval` default, which the supervisor uses
+POLL_INTERVAL = 2.0  # `crmsync service poller --interval` default, which the supervisor uses
 UPDATE_TRANSACTION = 500
 IDLE_SECONDS = 30  # how long the poller's calls are counted with nothing changing
-LOOKBACK_MINUTES = 5  # services/salesforce/poller.py DEFAULT_LOOKBACK_SECONDS
-SERVICES = ("capture", "streams", "writer-campaign", f"poller-salesforce {SANDBOX_ACCOUNT}",
-            f"writer-salesforce {SANDBOX_ACCOUNT}")
+LOOKBACK_MINUTES = 5  # connectors/salesforce/source.py DEFAULT_LOOKBACK_SECONDS
+SERVICES = ("capture", "streams", "writer-campaign", f"poller {SANDBOX_ACCOUNT}",
+            f"writer-crm {SANDBOX_ACCOUNT}")
 
 
 # -- one isolated world per scenario ---------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def _all_lag(w: World) -> tuple[int, int]:
         STREAMS_GROUP: [topics.changes("crm", m.account, m.crm_object),
                         topics.changes("campaign", campaign, m.campaign_table)],
         f"crmsync-writer-campaign-{campaign}": [topics.apply("campaign", campaign, m.campaign_table)],
-        f"crmsync-writer-salesforce-{m.account}": [topics.apply("crm", m.account, m.crm_object)],
+        f"crmsync-writer-crm-{m.account}": [topics.apply("crm", m.account, m.crm_object)],
     }
     produced = behind = 0
     for group, names in groups.items():
@@ -344,7 +344,7 @@ def stage_split(order: list[dict[str, float]], names: list[str]) -> list[tuple[s
 # -- 1. backfill ------------------------------------------------------------------------------------------------
 def backfill(root: Path, n: int, console: Console) -> dict:
     with world(root, "backfill", n, console) as w:
-        checkpoint = f"poller:salesforce:{SANDBOX_ACCOUNT}:Contact"
+        checkpoint = names.poller_checkpoint(SANDBOX_ACCOUNT, "Contact")
         before = w.sandbox.stats()
         monitor = Monitor(w).start()
         started_wall, started = time.time(), time.perf_counter()
@@ -616,7 +616,7 @@ def report(results: dict, console: Console, args: argparse.Namespace) -> None:
                       + (f"; restarts {f['restarts']}" if f["restarts"] else ""))
     console.print(table)
     console.print(f"Salesforce poller interval: {POLL_INTERVAL:.0f} s (the default of `crmsync service "
-                  f"poller-salesforce --interval`). Options: --contacts {args.contacts} --updates {args.updates} "
+                  f"poller --interval`). Options: --contacts {args.contacts} --updates {args.updates} "
                   f"--rate {args.rate} --seconds {args.seconds}" + (f" --only {args.only}" if args.only else ""))
 
 

@@ -29,17 +29,16 @@ from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.fernet import Fernet, InvalidToken
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from crmsync import pg, private
-from crmsync.config import Account, Settings
+from crmsync.config import Settings, account_types, validate_account
 
 log = logging.getLogger("crmsync.accounts")
 KEY_ENV = "CRMSYNC_SECRET_KEY"
 KEY_FILE_ENV = "CRMSYNC_SECRET_KEY_FILE"
 LEGACY_KEY_FILE = "secret.key"  # <state_dir>/secret.key, where crmsync kept the key before
 RECORD_VERSION = 2
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Account)
 
 
 class AccountError(Exception):
@@ -49,7 +48,7 @@ class AccountError(Exception):
 @dataclass
 class StoredAccount:
     name: str
-    account: Any  # a config.Account (SalesforceAccount today)
+    account: Any  # the account's connector model (crmsync.connectors.AccountBase)
     source: str  # "database" | "file"
     configured: bool
 
@@ -93,11 +92,14 @@ def fernet(state_dir: Path) -> Fernet:
 def validate(fields: dict[str, Any]) -> Any:
     """The same pydantic model as crmsync.yaml, so http:// and typos fail with the same messages."""
     try:
-        return _ADAPTER.validate_python({k: v for k, v in fields.items() if v is not None})
+        return validate_account({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'][1:] or e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                 for e in exc.errors()]
+        tags = set(account_types())
+        lines = [f"{'.'.join(str(p) for p in e['loc'][1:] if p not in tags) or 'type'}: "
+                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
         raise AccountError("\n".join(lines)) from None
+    except ValueError as exc:  # an unknown or missing type
+        raise AccountError(str(exc).removeprefix("accounts.account.")) from None
 
 
 def _ca_pem(account: Any) -> str | None:

@@ -6,15 +6,16 @@ message goes through the account's scrubber.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync import accounts, config
-from crmsync.config import ConfigError, Settings
+from crmsync import accounts, config, connectors
+from crmsync.config import ConfigError, Settings, account_types
 
 account_app = typer.Typer(help="External CRM accounts: add, list, show, test, remove.", no_args_is_help=True)
 
@@ -47,32 +48,48 @@ def stored(ctx: typer.Context, name: str) -> tuple[Settings, str, accounts.Store
 
 @account_app.command("add")
 def add(ctx: typer.Context, name: str = typer.Argument(..., help="internal name, e.g. salesforceCRM"),
-        type_: str = typer.Option("salesforce", "--type", help="CRM type"),
-        login_url: Optional[str] = typer.Option(None, help="https:// login URL (default login.salesforce.com)"),
-        username: str = typer.Option(..., help="CRM login"),
-        password: str = typer.Option(..., prompt=True, hide_input=True, envvar="CRMSYNC_ACCOUNT_PASSWORD"),
-        security_token: str = typer.Option("", envvar="CRMSYNC_ACCOUNT_SECURITY_TOKEN", show_default=False),
+        type_: str = typer.Option("salesforce", "--type", help=f"CRM type ({', '.join(account_types())})"),
+        login_url: Optional[str] = typer.Option(None, help="https:// login URL (Salesforce; default "
+                                                          "login.salesforce.com)"),
+        url: Optional[str] = typer.Option(None, help="https:// URL of the CRM (Dynamics, Oracle)"),
+        username: Optional[str] = typer.Option(None, help="CRM login"),
         client_id: Optional[str] = typer.Option(None),
-        client_secret: Optional[str] = typer.Option(None, envvar="CRMSYNC_ACCOUNT_CLIENT_SECRET", show_default=False),
         sandbox: bool = typer.Option(False, help="a Salesforce sandbox org (test.salesforce.com)"),
-        api_version: Optional[str] = typer.Option(None), ca_file: Optional[Path] = typer.Option(None),
-        auth: Optional[str] = typer.Option(None, help="oauth | soap")) -> None:
-    """Store an account in the Campaign database, its secrets encrypted."""
+        ca_file: Optional[Path] = typer.Option(None),
+        setting: Optional[List[str]] = typer.Option(None, "--set", help="any other account setting, KEY=VALUE "
+                                                                       "(repeatable; see docs/configuration.md)")) -> None:
+    """Store an account in the Campaign database, its secrets encrypted. Secrets come from the environment
+    (CRMSYNC_ACCOUNT_<SETTING>, e.g. CRMSYNC_ACCOUNT_PASSWORD) or are asked for, never from the command line."""
     settings, dsn = context(ctx)
     if name in settings.accounts:
         fail(f"account {name!r} is already defined in the configuration file", 2)
+    fields: dict[str, Any] = dict(type=type_, login_url=login_url, url=url, username=username, client_id=client_id,
+                                  sandbox=sandbox or None, ca_file=ca_file)
+    for item in setting or []:
+        key, _, value = item.partition("=")
+        if not value:
+            fail(f"--set {item!r}: expected KEY=VALUE", 2)
+        fields[key.strip()] = value
     try:
-        account = accounts.validate(dict(type=type_, login_url=login_url, username=username, password=password,
-                                         security_token=security_token, client_id=client_id,
-                                         client_secret=client_secret, sandbox=sandbox, api_version=api_version,
-                                         ca_file=ca_file, auth=auth))
-    except accounts.AccountError as exc:
-        fail(f"account {name!r} is not valid:\n{exc}", 2)
+        model = connectors.connector(type_).account_model
+    except KeyError as exc:
+        fail(str(exc).strip('"'), 2)
+    fields = {k: v for k, v in fields.items() if k in model.model_fields}
+    for key in secret_names(model):
+        fields[key] = os.environ.get(f"CRMSYNC_ACCOUNT_{key.upper()}") or fields.get(key) or (
+            typer.prompt(key.replace("_", " "), hide_input=True, default="", show_default=False)
+            if model.model_fields[key].is_required() or key == "password" else None)
     try:
+        account = accounts.validate(fields)
         accounts.save(dsn, settings.state_dir, name, account)
     except accounts.AccountError as exc:
         fail(f"account {name!r} is not valid:\n{exc}", 2)
     Console().print(f"account {name!r} saved (not configured: run `crmsync wizard {name}`)", highlight=False)
+
+
+def secret_names(model: type) -> list[str]:
+    """The model's SecretStr settings, in declaration order."""
+    return [n for n, f in model.model_fields.items() if "SecretStr" in str(f.annotation)]
 
 
 @account_app.command("list")
@@ -87,7 +104,8 @@ def list_accounts(ctx: typer.Context) -> None:
     except accounts.AccountError as exc:
         fail(str(exc), 2)
     for a in found:
-        table.add_row(a.name, a.account.type, a.source, a.account.username, a.account.login_url,
+        where = getattr(a.account, "login_url", None) or getattr(a.account, "url", None) or ""
+        table.add_row(a.name, a.account.type, a.source, str(getattr(a.account, "username", "") or ""), where,
                       "configured" if a.configured else "not configured")
     Console().print(table)
 
@@ -110,23 +128,19 @@ def test(ctx: typer.Context, name: str) -> None:
     try:
         report = login_report(name, found.account)
     except Exception as exc:  # noqa: BLE001 - any failure is reported, scrubbed of secrets
-        from connectors.salesforce.auth import scrub
-
-        fail(f"login to account {name!r} failed: {scrub(str(exc), found.account)}")
+        fail(f"login to account {name!r} failed: {found.account.scrub(str(exc))}")
     Console().print(f"account {name!r}: login OK\n  organization: {report['organization']}\n"
                     f"  user: {report['user']}\n  API version: {report['api_version']}", highlight=False)
 
 
 def login_report(name: str, account: Any) -> dict[str, str]:
-    from connectors.salesforce.client import SalesforceClient
-
-    client = SalesforceClient(name, account)
-    org = client.call("query", lambda sf: sf.query("SELECT Name FROM Organization LIMIT 1"))["records"]
-    escaped = account.username.replace("\\", "\\\\").replace("'", "\\'")
-    user = client.call("query", lambda sf: sf.query(f"SELECT Name FROM User WHERE Username = '{escaped}'"))["records"]
-    return {"organization": org[0]["Name"] if org else "?",
-            "user": f"{user[0]['Name']} ({account.username})" if user else account.username,
-            "api_version": client.session.api_version}
+    """Log in through the account's connector and ask who we are."""
+    connector = connectors.for_account(account)
+    client = connector.client(name, account)
+    try:
+        return {"organization": "?", "user": "?", "api_version": "?", **client.whoami()}
+    finally:
+        client.close()
 
 
 @account_app.command("remove")

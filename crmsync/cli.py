@@ -23,7 +23,8 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(capture_app, name="capture")
 console = Console()
-SERVICES = ("capture", "streams", "writer-campaign", "poller-salesforce", "writer-salesforce", "mirror")
+SERVICES = ("capture", "streams", "writer-campaign", "poller", "writer-crm", "mirror")
+SERVICE_ALIASES = {"poller-salesforce": "poller", "writer-salesforce": "writer-crm"}  # the names of 0.1, for a release
 
 
 def _sandbox_app() -> typer.Typer | None:
@@ -207,6 +208,10 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
                                              help="seconds between SIGTERM and the exit, whatever the service waits for")
             ) -> None:
     """Run one service in the foreground (what a container runs)."""
+    if name in SERVICE_ALIASES:
+        console.print(f"[yellow]service {name!r} is now {SERVICE_ALIASES[name]!r} (any CRM); the old name goes in "
+                      "the next release[/yellow]", highlight=False)
+        name = SERVICE_ALIASES[name]
     if name not in SERVICES:
         console.print(f"[red]unknown service {name!r}[/red]; choose one of: {', '.join(SERVICES)}")
         raise typer.Exit(2)
@@ -243,16 +248,18 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
     else:
         account_name = _account(current, account)
         objects = sorted({m.crm_object for m in current.mappings if m.account == account_name})
-        from services.salesforce.service import run_poller, run_writer, stop_on_signals
+        if name == "poller":
+            from services.crm_poller.service import run as run_poller
 
-        if name == "poller-salesforce":
-            run_poller(current, found, account_name, objects, interval)
+            run_poller(current, found, account_name, objects, interval, stop=process.stop_on_signals())
         elif name == "mirror":
             from services.mirror.service import run as run_mirror
 
-            run_mirror(current, found, account_name, stop=stop_on_signals())
+            run_mirror(current, found, account_name, stop=process.stop_on_signals())
         else:
-            run_writer(current, found, account_name)
+            from services.crm_writer.service import run as run_crm_writer
+
+            run_crm_writer(current, found, account_name, stop=process.stop_on_signals())
 
 
 def _account(current: Settings, requested: str | None) -> str:
@@ -284,11 +291,16 @@ def demo(ctx: typer.Context, contacts: int = typer.Option(1000, min=1, help="con
          scenario: Optional[str] = typer.Option(None, help="scripted scenario to play: basic"),
          exit_when_done: bool = typer.Option(False, "--exit", help="exit after the scenario (0 = converged)"),
          seconds: Optional[float] = typer.Option(None, help="stop the live view after this many seconds"),
-         dashboard_port: int = typer.Option(8080, help="port of the lag dashboard (0 = any free port)")) -> None:
-    """Two-way sync between the local Salesforce sandbox and Campaign, live, until Ctrl-C. Everything it
-    started is stopped when it ends."""
+         dashboard_port: int = typer.Option(8080, help="port of the lag dashboard (0 = any free port)"),
+         crm: str = typer.Option("salesforce", help="the CRM whose local sandbox to sync with")) -> None:
+    """Two-way sync between a local CRM sandbox (Salesforce by default) and Campaign, live, until Ctrl-C.
+    Everything it started is stopped when it ends."""
+    from crmsync import connectors
     from crmsync import demo as demo_module
 
+    if crm not in connectors.types():
+        console.print(f"[red]unknown CRM {crm!r}[/red]; available: {', '.join(connectors.types())}")
+        raise typer.Exit(2)
     if scenario not in (None, "basic"):
         console.print(f"[red]unknown scenario {scenario!r}[/red]; available: basic")
         raise typer.Exit(2)
@@ -298,7 +310,7 @@ def demo(ctx: typer.Context, contacts: int = typer.Option(1000, min=1, help="con
             found = endpoints(ctx)
             demo_module.keep_or_stop_infrastructure(settings(ctx), found, running, console)
             run = demo_module.start(settings(ctx), found, running, contacts=contacts, recipients=recipients,
-                                    shared=shared, console=console)
+                                    shared=shared, console=console, crm=crm)
             board = _start_dashboard(run.settings, found, run.supervisor.metrics_targets(), "127.0.0.1",
                                      dashboard_port, False)
             if board:

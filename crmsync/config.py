@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, TypeAdapter, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
+
+from crmsync.connectors import AccountBase
 
 DEFAULT_CONFIG_FILE = "crmsync.yaml"
 DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
@@ -92,40 +94,33 @@ class CampaignSettings(_Strict):
         return value
 
 
-def _https_only(value: str) -> str:
-    if not value.startswith("https://"):
-        raise ValueError(f"must be an https:// URL (got {value!r}); crmsync talks to CRMs over HTTPS only")
-    return value.rstrip("/")
+def account_types() -> tuple[str, ...]:
+    """The CRM types accounts can have: one per registered connector (crmsync/connectors.py)."""
+    from crmsync import connectors
+
+    return tuple(connectors.types())
 
 
-class SalesforceAccount(_Strict):
-    type: Literal["salesforce"] = "salesforce"
-    login_url: str = "https://login.salesforce.com"
-    username: str
-    password: SecretStr
-    security_token: SecretStr = SecretStr("")
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    sandbox: bool = False
-    api_version: str = "59.0"
-    ca_file: Path | None = Field(None, description="extra CA bundle, e.g. the local sandbox CA")
-    auth: Literal["oauth", "soap"] = "oauth"
-
-    _check_url = field_validator("login_url")(classmethod(lambda cls, v: _https_only(v)))
-
-    @field_validator("api_version")
-    @classmethod
-    def _version_form(cls, value: str) -> str:
-        cleaned = value.lstrip("vV")
-        try:
-            float(cleaned)
-        except ValueError:
-            raise ValueError(f"expected an API version like '59.0' (got {value!r})") from None
-        return cleaned
+def validate_account(data: Any) -> AccountBase:
+    """One account (a mapping with `type:`) as its connector's model; ValidationError says what to fix."""
+    return _validated_accounts({"account": data})["account"]
 
 
-Account = Annotated[Union[SalesforceAccount], Field(discriminator="type")]
-ACCOUNT_TYPES = ("salesforce",)
+def _validated_accounts(value: Any) -> Any:
+    """Each account by its connector's model, chosen by `type:` (errors keep their place: accounts.<name>.<key>)."""
+    from crmsync import connectors
+
+    if not isinstance(value, dict):
+        return value
+    known = connectors.types()
+    for name, data in value.items():
+        kind = data.get("type") if isinstance(data, dict) else getattr(data, "type", None)
+        if kind not in known:
+            what = "missing 'type:'" if kind is None else f"unknown account type {kind!r}"
+            raise ValueError(f"accounts.{name}.type: {what} (one of: {', '.join(known)})")
+    models = [connectors.connector(t).account_model for t in known]
+    account = models[0] if len(models) == 1 else Annotated[Union[tuple(models)], Field(discriminator="type")]
+    return TypeAdapter(dict[str, account]).validate_python(value)
 
 
 Conversion = Literal["default", "date_only", "without_time_offset", "copy"]
@@ -171,7 +166,8 @@ class Mapping(_Strict):
     match: list[MatchKey] = Field(default_factory=list)
     conflict: Literal["last_modified_wins", "crm_wins", "campaign_wins"] = "last_modified_wins"
     delete: Literal["propagate", "mark", "ignore"] = "propagate"
-    crm_external_id: str | None = Field("Campaign_Key__c", description="CRM field holding the Campaign key")
+    crm_external_id: str | None = Field(None, description="CRM field holding the Campaign key; empty = the "
+                                        "connector's (Salesforce Campaign_Key__c); '' = none")
     filter: Filter = Field(default_factory=Filter)
 
     def allows(self, field: FieldMap, from_side: Side) -> bool:
@@ -183,9 +179,11 @@ class Settings(_Strict):
     state_dir: Path = Path(".crmsync")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     campaign: CampaignSettings = Field(default_factory=CampaignSettings)
-    accounts: dict[str, Account] = Field(default_factory=dict)
+    accounts: dict[str, SerializeAsAny[AccountBase]] = Field(default_factory=dict)  # its connector's model (`type:`)
     mappings: list[Mapping] = Field(default_factory=list)
     workflows: list[Path] = Field(default_factory=list, description="workflow files `crmsync run` schedules")
+
+    _accounts_by_type = field_validator("accounts", mode="before")(classmethod(lambda cls, v: _validated_accounts(v)))
 
     @model_validator(mode="after")
     def _mappings_are_consistent(self, info: ValidationInfo) -> "Settings":
@@ -199,6 +197,7 @@ class Settings(_Strict):
             for field in mapping.fields:
                 if field.reference and field.reference not in names:
                     raise ValueError(f"mapping {mapping.name!r} field {field.crm!r} references unknown mapping {field.reference!r}")
+        self._resolve_external_ids()
         return self
 
     def check_accounts(self) -> None:
@@ -207,6 +206,18 @@ class Settings(_Strict):
             if mapping.account not in self.accounts:
                 raise ConfigError(f"mapping {mapping.name!r} uses account {mapping.account!r}, which is neither under "
                                   "accounts: in crmsync.yaml nor in the account store (see `crmsync account list`)")
+        self._resolve_external_ids()
+
+    def _resolve_external_ids(self) -> None:
+        """A mapping without `crm_external_id` uses its connector's field ('' = none)."""
+        from crmsync import connectors
+
+        for mapping in self.mappings:
+            account = self.accounts.get(mapping.account)
+            if mapping.crm_external_id is None and account is not None:
+                mapping.crm_external_id = connectors.for_account(account).default_external_id
+            elif mapping.crm_external_id == "":
+                mapping.crm_external_id = None
 
     def mapping(self, name: str) -> Mapping:
         for mapping in self.mappings:
@@ -258,7 +269,7 @@ def explain_validation_error(source: str, error: ValidationError, *, union: str,
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:
-    return explain_validation_error(source, error, union="accounts", tags=ACCOUNT_TYPES, kind="account",
+    return explain_validation_error(source, error, union="accounts", tags=account_types(), kind="account",
                                     docs="docs/configuration.md")
 
 

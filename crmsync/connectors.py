@@ -38,7 +38,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from crmsync.envelope import ApplyCommand, Change
 from crmsync.filters import Node
@@ -48,6 +48,13 @@ ENTRY_POINT_GROUP = "crmsync.connectors"
 
 
 # -- accounts ------------------------------------------------------------------------------------------------
+def https_url(value: str) -> str:
+    """An account URL: https only (crmsync talks to CRMs over HTTPS only), without a trailing slash."""
+    if not value.startswith("https://"):
+        raise ValueError(f"must be an https:// URL (got {value!r}); crmsync talks to CRMs over HTTPS only")
+    return value.rstrip("/")
+
+
 class AccountBase(BaseModel):
     """What every CRM account model shares. A connector's model adds its own fields (https URLs only; secrets as
     pydantic SecretStr) and fixes ``type`` to its own name with a Literal."""
@@ -55,6 +62,20 @@ class AccountBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str
     ca_file: Path | None = None  # an extra CA to trust (e.g. the local sandbox CA); TLS verification stays on
+
+    def secrets(self) -> list[str]:
+        """Every secret value of the account (SecretStr fields), longest first; with two or more, also each
+        pair joined (Salesforce sends password + security token as one)."""
+        values = [v.get_secret_value() for v in (getattr(self, n) for n in type(self).model_fields)
+                  if isinstance(v, SecretStr) and v.get_secret_value()]
+        joined = [a + b for a in values for b in values if a is not b]
+        return sorted({*values, *joined}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret of the account replaced by [redacted] (error messages, logs)."""
+        for secret in self.secrets():
+            text = text.replace(secret, "[redacted]")
+        return text
 
 
 # -- describing a CRM ----------------------------------------------------------------------------------------
@@ -76,6 +97,12 @@ def check_api_name(name: str, kind: str, table: str | None = None) -> str:
         raise UnsafeName(f"the CRM described {kind} {name!r}{where}, which is not a CRM API name (letters, digits "
                          "and underscores, starting with a letter); crmsync does not put it into SQL or queries")
     return name
+
+
+# The SQL types a mirror column can have (as PostgreSQL's format_type() prints them): each connector maps its
+# CRM's field types onto these, and the wizard's DDL is made of nothing else.
+MIRROR_PG_TYPES = frozenset({"text", "text[]", "boolean", "integer", "bigint", "double precision", "numeric", "date",
+                             "timestamp with time zone", "time without time zone", "jsonb"})
 
 
 @dataclass
@@ -188,7 +215,7 @@ class DeletedRecord:
 
 class RecordQuery(Protocol):
     """Records by a neutral filter tree (crmsync/filters.py), rendered by the connector in the CRM's own query
-    language (SOQL, OData $filter, Oracle's search specification), with every literal escaped there."""
+    language (Salesforce's, OData $filter, Oracle's search specification), with every literal escaped there."""
 
     def records(self, obj: str, fields: Sequence[str], where: Node | None = None,
                 order_by: Sequence[tuple[str, bool]] = (), include_deleted: bool = False,
@@ -218,6 +245,10 @@ class Client(Protocol):
     account_name: str
 
     def usage(self) -> ApiUsage: ...
+
+    def whoami(self) -> dict[str, str]:
+        """Who the client is logged in as, for `crmsync account test`: organization, user, api_version."""
+        ...
 
     def close(self) -> None: ...
 
@@ -250,7 +281,17 @@ class RunningSandbox:
 
 class SandboxKit(Protocol):
     def start(self, state_dir: Path, *, seed_contacts: int = 0, log_file: Path | None = None) -> RunningSandbox:
-        """Start the sandbox (state under `state_dir`) and return once it answers HTTPS."""
+        """Start the sandbox (state under `state_dir`/sandboxes, a child process that dies with this one) and
+        return once it answers HTTPS."""
+        ...
+
+    def attach(self, url: str, ca_file: Path) -> RunningSandbox:
+        """A sandbox started by another process, if it answers at `url` (ValueError otherwise); not ours to stop."""
+        ...
+
+    def refused_contact_values(self) -> dict[str, Any]:
+        """Campaign recipient values (by column) this sandbox's rules refuse once they reach it: the demo
+        scenario shows such a record landing in the rejects ledger while the rest flows."""
         ...
 
 
@@ -265,6 +306,7 @@ class Connector(Protocol):
     system_fields: ClassVar[frozenset[str]]  # never mapped, never written
     index_fields: ClassVar[tuple[str, ...]]  # modification-stamp fields (incremental imports), preferred first
     deleted_flag: ClassVar[str | None]  # field marking a deleted record a query may return (None: never returned)
+    multi_select_separator: ClassVar[str]  # how the API writes a multi-select value ('a;b': ";")
     objects: ClassVar[dict[str, str]]  # the seed objects: "contacts" | "accounts" | "opportunities" -> object name
 
     def client(self, account_name: str, account: AccountBase) -> Client: ...

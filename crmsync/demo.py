@@ -14,18 +14,20 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from crmsync import infra, lag, pg, process, topics
+from crmsync import connectors, filters, infra, lag, names, pg, process, topics
 from crmsync.campaign.seed import seed
 from crmsync.config import Settings
 from crmsync.infra import Endpoints
-from crmsync.run import Sandbox, Supervisor, effective_settings, plan, start_sandbox, write_effective_config
+from crmsync.run import (DEFAULT_CRM, Sandbox, Supervisor, effective_settings, plan, start_sandbox,
+                         write_effective_config)
 
-STREAMS_GROUP = "crmsync-streams"
+STREAMS_GROUP = names.STREAMS_GROUP
 
 
 @dataclass
@@ -34,15 +36,24 @@ class DemoRun:
     found: Endpoints
     sandbox: Sandbox
     supervisor: Supervisor
+    sandbox_kit: Any = None  # the CRM's SandboxKit (what its rules refuse, for the scenario)
 
 
 def _shared_emails(settings: Settings, count: int) -> list[str]:
+    """Emails of `count` contacts of the CRM (through its connector's RecordQuery), for Campaign's seed."""
     from crmsync.drift import clients_for
 
     account = next(iter(settings.accounts))
-    client = clients_for(settings)[account]
-    rows = client.query_all_pages(f"SELECT Email FROM Contact WHERE Email != null ORDER BY Id LIMIT {count}")
-    return [row["Email"] for page in rows for row in page]
+    connector = connectors.for_account(settings.accounts[account])
+    email = next(f.crm for f in settings.mapping("contacts").fields if f.campaign == "email")
+    query = connector.query(clients_for(settings)[account])
+    found: list[str] = []
+    for page in query.records(settings.mapping("contacts").crm_object, [email],
+                              where=filters.Condition(email, "is not empty"), order_by=[(email, False)]):
+        found += [row[email] for row in page]
+        if len(found) >= count:
+            break
+    return found[:count]
 
 
 def keep_or_stop_infrastructure(settings: Settings, found: Endpoints, running: ExitStack, console: Console) -> None:
@@ -62,13 +73,14 @@ def keep_or_stop_infrastructure(settings: Settings, found: Endpoints, running: E
 
 
 def start(settings: Settings, found: Endpoints, running: ExitStack, *, contacts: int, recipients: int, shared: int,
-          console: Console) -> DemoRun:
+          console: Console, crm: str = DEFAULT_CRM) -> DemoRun:
     """Sandbox (seeded), Campaign (seeded, with shared emails), then every service under a supervisor; each
     is stopped by `running` when the demo ends."""
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"starting the Salesforce sandbox ({contacts:,} contacts) …")
-    sandbox = start_sandbox(settings.state_dir, seed_contacts=contacts, log_file=log_dir / "sandbox-salesforce.log")
+    connector = connectors.connector(crm)
+    console.print(f"starting the {connector.label} sandbox ({contacts:,} contacts) …")
+    sandbox = start_sandbox(settings.state_dir, crm=crm, seed_contacts=contacts, log_file=log_dir / f"sandbox-{crm}.log")
     running.callback(process.stop, sandbox.process)
     effective = effective_settings(settings, sandbox)
     with pg.connect(found.campaign_dsn) as conn:
@@ -82,7 +94,7 @@ def start(settings: Settings, found: Endpoints, running: ExitStack, *, contacts:
     running.callback(supervisor.stop)
     supervisor.start()
     console.print(f"services started: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir})")
-    return DemoRun(effective, found, sandbox, supervisor)
+    return DemoRun(effective, found, sandbox, supervisor, connector.sandbox())
 
 
 def status(run: DemoRun) -> dict:
@@ -93,8 +105,8 @@ def status(run: DemoRun) -> dict:
     crm_changes = [topics.changes("crm", m.account, m.crm_object) for m in s.mappings]
     campaign_changes = [topics.changes("campaign", s.campaign.name, m.campaign_table) for m in s.mappings]
     account = next(iter(s.accounts))
-    produced_in, lag_in = lag.total(lag.group_lag(found.bootstrap_servers, f"crmsync-writer-campaign-{s.campaign.name}", sorted(set(to_campaign))))
-    produced_out, lag_out = lag.total(lag.group_lag(found.bootstrap_servers, f"crmsync-writer-salesforce-{account}", sorted(set(to_crm))))
+    produced_in, lag_in = lag.total(lag.group_lag(found.bootstrap_servers, names.campaign_writer_group(s.campaign.name), sorted(set(to_campaign))))
+    produced_out, lag_out = lag.total(lag.group_lag(found.bootstrap_servers, names.crm_writer_group(account), sorted(set(to_crm))))
     _, lag_streams = lag.total(lag.group_lag(found.bootstrap_servers, STREAMS_GROUP, sorted(set(crm_changes + campaign_changes))))
     with pg.connect(found.campaign_dsn) as conn:
         conflicts = conn.execute("SELECT count(*) FROM crmsync.conflicts").fetchone()[0]

@@ -22,12 +22,12 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from crmsync import kafka, pg, topics
+from crmsync import connectors, kafka, pg, topics
 from crmsync.config import Mapping, Settings
-from crmsync.envelope import Change, utc_now_iso
+from crmsync.envelope import Change, crm_change, utc_now_iso
 from crmsync.infra import Endpoints
 from crmsync.field_types import FieldTypes
-from crmsync.values import canonical, match_key
+from crmsync.values import canonical, iso_utc, match_key, parse_timestamp
 
 
 @dataclass
@@ -60,12 +60,12 @@ class MappingReport:
 
 
 class DriftChecker:
-    """Reads both sides of every mapping (one paged SOQL query per object, one SQL query per table)."""
+    """Reads both sides of every mapping (one paged query per CRM object, one SQL query per table)."""
 
     def __init__(self, settings: Settings, found: Endpoints, clients: dict[str, Any]) -> None:
         self.settings = settings
         self.found = found
-        self.clients = clients  # account name -> connectors.salesforce.client.SalesforceClient
+        self.clients = clients  # account name -> its connector's logged-in client
 
     def compare(self, mapping: Mapping) -> MappingReport:
         report = MappingReport(mapping.name)
@@ -143,17 +143,17 @@ class DriftChecker:
         return crm_ids, keys
 
     def _crm_rows(self, mapping: Mapping) -> dict[str, dict]:
-        names = ["Id", "SystemModstamp", *(f.crm for f in mapping.fields)]
+        """Every record of the mapped object, through the connector's RecordQuery (one paged query)."""
+        connector = self._connector(mapping)
+        names = [*connector.index_fields[:1], *(f.crm for f in mapping.fields)]
         if mapping.crm_external_id:
             names.append(mapping.crm_external_id)
-        soql = f"SELECT {', '.join(dict.fromkeys(names))} FROM {mapping.crm_object}"
-        client = self.clients[mapping.account]
-        rows = {}
-        for page in client.query_all_pages(soql):
-            for record in page:
-                record.pop("attributes", None)
-                rows[record["Id"]] = record
-        return rows
+        query = connector.query(self.clients[mapping.account])
+        return {record["id"]: record for page in query.records(mapping.crm_object, list(dict.fromkeys(names)))
+                for record in page}
+
+    def _connector(self, mapping: Mapping) -> Any:
+        return connectors.for_account(self.settings.accounts[mapping.account])
 
     def _campaign_rows(self, conn: psycopg.Connection, mapping: Mapping) -> dict[int, dict]:
         return campaign_rows(conn, mapping.campaign_table)
@@ -189,16 +189,15 @@ class DriftChecker:
         crm_topic = topics.changes("crm", mapping.account, mapping.crm_object)
         campaign_topic = topics.changes("campaign", self.settings.campaign.name, mapping.campaign_table)
         crm_changes, campaign_changes = [], []
+        version_field = next(iter(self._connector(mapping).index_fields), None)
         for crm_id in [*report.missing_in_campaign, *(d[0] for d in report.differing)]:
             row = report.crm_rows[crm_id]
-            crm_changes.append(Change(id=f"repair:{stamp}:crm:{crm_id}", side="crm", source=mapping.account,
-                                      object=mapping.crm_object, op="r", key={"Id": crm_id}, after=row,
-                                      position={"modstamp": row.get("SystemModstamp"), "id": crm_id, "repair": True},
-                                      source_ts=row.get("SystemModstamp")))
+            version = str(row.get(version_field) or stamp) if version_field else stamp
+            crm_changes.append(crm_change(mapping.account, mapping.crm_object, "r", crm_id, version,
+                                          _iso(version, stamp), after=row, id_prefix=f"repair:{stamp}", repair=True))
         for crm_id in report.gone_from_crm:
-            crm_changes.append(Change(id=f"repair:{stamp}:crm-gone:{crm_id}", side="crm", source=mapping.account,
-                                      object=mapping.crm_object, op="d", key={"Id": crm_id}, after=None,
-                                      position={"modstamp": stamp, "id": crm_id, "repair": True}, source_ts=stamp))
+            crm_changes.append(crm_change(mapping.account, mapping.crm_object, "d", crm_id, stamp, stamp, after=None,
+                                          id_prefix=f"repair:{stamp}:gone", repair=True))
         for key in [*report.missing_in_crm, *(d[1] for d in report.differing)]:
             row = report.campaign_rows_by_key[key]
             campaign_changes.append(Change(id=f"repair:{stamp}:campaign:{key}", side="campaign",
@@ -234,9 +233,16 @@ def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:
 
 
 def clients_for(settings: Settings) -> dict[str, Any]:
-    from connectors.salesforce.client import SalesforceClient
+    """One logged-in client per account, each from its own connector."""
+    return {name: connectors.for_account(account).client(name, account) for name, account in settings.accounts.items()}
 
-    return {name: SalesforceClient(name, account) for name, account in settings.accounts.items()}
+
+def _iso(version: str, fallback: str) -> str:
+    try:
+        moment = parse_timestamp(version)
+    except ValueError:
+        return fallback
+    return iso_utc(moment) if moment else fallback
 
 
 def _comparable(value: Any, kind: Any, conversion: Any) -> Any:

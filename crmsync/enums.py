@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crmsync import pg
+from crmsync.values import join_multi, split_multi
 from crmsync.wizard.schema import load_document
 
 
@@ -142,7 +143,7 @@ class StoredEnumerations:
         if isinstance(value, list):
             return [table.get(v, v) for v in value]
         if isinstance(value, str) and ";" in value and value not in table:
-            return ";".join(table.get(v, v) for v in value.split(";"))
+            return join_multi([table.get(v, v) for v in split_multi(value)])
         return table.get(value, value) if isinstance(value, str) else value
 
     def to_campaign(self, enumeration: str, value: Any) -> Any:

@@ -1,5 +1,5 @@
 """Record filters: one neutral tree, parsed once, rendered by whoever runs the query — SQL for the Campaign (the
-workflow query activity), each CRM connector's own language for the CRM (SOQL, OData $filter, Oracle's search
+workflow query activity), each CRM connector's own language for the CRM (Salesforce's, OData $filter, Oracle's search
 specification).
 
 The tree::

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from crmsync import kafka, topics
+from crmsync import kafka, names, topics
 from crmsync.config import Settings
 
-STREAMS_GROUP = "crmsync-streams"
+STREAMS_GROUP = names.STREAMS_GROUP
 
 
 @dataclass
@@ -103,11 +103,11 @@ def consumer_groups(settings: Settings) -> list[GroupSpec]:
     changes = sorted({topics.changes("crm", m.account, m.crm_object) for m in mappings}
                      | {topics.changes("campaign", settings.campaign.name, m.campaign_table) for m in mappings})
     specs = [GroupSpec(STREAMS_GROUP, "streams", tuple(changes), "both"),
-             GroupSpec(f"crmsync-writer-campaign-{settings.campaign.name}", "writer-campaign",
+             GroupSpec(names.campaign_writer_group(settings.campaign.name), "writer-campaign",
                        tuple(sorted({topics.apply("campaign", settings.campaign.name, m.campaign_table)
                                      for m in mappings})), "crm→campaign")]
     for account in sorted({m.account for m in mappings}):
-        specs.append(GroupSpec(f"crmsync-writer-salesforce-{account}", "writer-salesforce",
+        specs.append(GroupSpec(names.crm_writer_group(account), "writer-crm",
                                tuple(sorted({topics.apply("crm", account, m.crm_object) for m in mappings
                                              if m.account == account})), "campaign→crm", account))
     return specs

@@ -114,6 +114,15 @@ def stop_all(processes: Iterable[subprocess.Popen], timeout: float = 15) -> None
 
 
 # -- a service's own end ----------------------------------------------------------------------------------------
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM, SIGINT or SIGHUP: a service's loop finishes its batch or cycle and returns."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():  # signals can only be set from the main thread
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
 def exit_within(grace: float) -> None:
     """From the first SIGTERM, SIGINT or SIGHUP on, this process has `grace` seconds: then it ends (exit status
     128 + the signal) whatever it is still waiting for. The service's own graceful stop keeps working: every

@@ -23,11 +23,13 @@ from typing import Iterable
 import httpx
 import yaml
 
-from crmsync import infra, kafka, process
+from crmsync import connectors, infra, kafka, process
 from crmsync.config import Settings
+from crmsync.connectors import RunningSandbox
 from crmsync.defaults import default_mappings
 
-SANDBOX_ACCOUNT = "salesforce"
+DEFAULT_CRM = "salesforce"  # the CRM whose sandbox runs when nothing is configured
+SANDBOX_ACCOUNT = DEFAULT_CRM  # the name of that sandbox's account
 RESTART_DELAY = 0.2  # seconds before a dead service is started again (doubling while it keeps dying at once)
 HEALTHY_SECONDS = 10.0  # a service that ran this long before dying is restarted at once again
 
@@ -46,8 +48,8 @@ def plan(settings: Settings) -> list[ServiceSpec]:
     """Which processes the configured mappings need (one poller and one writer per CRM account)."""
     specs = [ServiceSpec("capture"), ServiceSpec("streams"), ServiceSpec("writer-campaign")]
     for account in sorted({m.account for m in settings.mappings}):
-        specs.append(ServiceSpec("poller-salesforce", ["--account", account]))
-        specs.append(ServiceSpec("writer-salesforce", ["--account", account]))
+        specs.append(ServiceSpec("poller", ["--account", account]))
+        specs.append(ServiceSpec("writer-crm", ["--account", account]))
         specs.append(ServiceSpec("mirror", ["--account", account]))  # idles until the wizard mirrors a table
     return specs
 
@@ -58,78 +60,40 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@dataclass
-class Sandbox:
-    process: subprocess.Popen | None  # None: found running (started by another crmsync process), not ours to stop
-    url: str
-    ca_file: Path
-
-    def stats(self) -> dict:
-        """The sandbox's own request and write counters (its admin API), e.g. to prove there is no ping-pong."""
-        from sandboxes.salesforce.settings import DEFAULT_ADMIN_TOKEN
-
-        answer = httpx.get(f"{self.url}/__sandbox/stats", headers={"X-Sandbox-Admin": DEFAULT_ADMIN_TOKEN},
-                           verify=_trusting(self.ca_file), timeout=10)
-        answer.raise_for_status()
-        return answer.json()
-
-    def writes(self) -> int:
-        return sum(sum(ops.values()) for ops in self.stats()["writes"].values())
+Sandbox = RunningSandbox  # a CRM sandbox this process started (or found running): crmsync/connectors.py
 
 
-def _trusting(ca_file: Path) -> ssl.SSLContext:
-    """TLS verification stays on: trust the local CA the sandboxes' certificates come from."""
-    return ssl.create_default_context(cafile=str(ca_file))
+def start_sandbox(state_dir: Path, *, crm: str = DEFAULT_CRM, seed_contacts: int = 0,
+                  log_file: Path | None = None) -> RunningSandbox:
+    """The `crm` connector's local sandbox as a child process (it dies with this process), ready when this
+    returns; recorded in the state dir so `crmsync reconcile` can find it."""
+    kit = connectors.connector(crm).sandbox()
+    if kit is None:
+        raise RuntimeError(f"the {crm} connector ships no sandbox: configure an account in crmsync.yaml")
+    sandbox = kit.start(state_dir, seed_contacts=seed_contacts, log_file=log_file)
+    _sandbox_file(state_dir, crm).write_text(json.dumps({"pid": sandbox.process.pid, "url": sandbox.url,
+                                                         "ca_file": str(sandbox.ca_file)}))
+    return sandbox
 
 
-def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None = None,
-                  log_file: Path | None = None) -> Sandbox:
-    """The local Salesforce sandbox as a child process, ready when this returns."""
-    from crmsync.tls import ensure_ca
-
-    sandboxes = state_dir / "sandboxes"
-    ca_file = ensure_ca(sandboxes).resolve()
-    port = port or _free_port()
-    command = [sys.executable, "-m", "crmsync", "sandbox", "salesforce", "--port", str(port),
-               "--state", str(sandboxes / "salesforce"), "--seed-contacts", str(seed_contacts)]
-    child = process.spawn(command, log_file=log_file)
-    url = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise RuntimeError(f"the Salesforce sandbox exited with status {child.returncode} (log: {log_file})")
-        try:
-            if httpx.get(f"{url}/services/data/", verify=_trusting(ca_file), timeout=1).status_code == 200:
-                _sandbox_file(state_dir).write_text(json.dumps({"pid": child.pid, "url": url, "ca_file": str(ca_file)}))
-                return Sandbox(child, url, ca_file)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.stop(child)
-    raise RuntimeError(f"the Salesforce sandbox did not answer on {url} within 180 s (log: {log_file})")
+def _sandbox_file(state_dir: Path, crm: str) -> Path:
+    return state_dir / "sandboxes" / f"{crm}.running.json"
 
 
-def _sandbox_file(state_dir: Path) -> Path:
-    return state_dir / "sandboxes" / "salesforce.running.json"
-
-
-def running_sandbox(state_dir: Path) -> Sandbox | None:
+def running_sandbox(state_dir: Path, crm: str = DEFAULT_CRM) -> RunningSandbox | None:
     """The sandbox that `crmsync run` or the demo of this state directory started, if it still answers (over
     TLS, verified against the local CA): `crmsync reconcile` uses it as the CRM when no account is configured."""
+    kit = connectors.connector(crm).sandbox()
     try:
-        info = json.loads(_sandbox_file(state_dir).read_text())
-        answered = httpx.get(f"{info['url']}/services/data/", verify=_trusting(Path(info["ca_file"])), timeout=2)
-    except (OSError, ValueError, KeyError, httpx.HTTPError, ssl.SSLError):
+        info = json.loads(_sandbox_file(state_dir, crm).read_text())
+        found = kit.attach(info["url"], Path(info["ca_file"]))
+    except (OSError, ValueError, KeyError, AttributeError):
         return None
-    return Sandbox(None, info["url"], Path(info["ca_file"])) if answered.status_code == 200 else None
+    return found
 
 
-def sandbox_account(sandbox: Sandbox) -> dict:
-    from sandboxes.salesforce.settings import DEFAULT_CREDENTIALS as creds
-
-    return {"type": "salesforce", "login_url": sandbox.url, "username": creds.username, "password": creds.password,
-            "security_token": creds.security_token, "client_id": creds.client_id,
-            "client_secret": creds.client_secret, "ca_file": str(sandbox.ca_file), "auth": "oauth"}
+def sandbox_account(sandbox: RunningSandbox) -> dict:
+    return dict(sandbox.account)
 
 
 def _plain(settings: Settings) -> dict:
@@ -141,14 +105,16 @@ def _plain(settings: Settings) -> dict:
     return data
 
 
-def effective_settings(settings: Settings, sandbox: Sandbox | None) -> Settings:
-    """Fill in what is not configured: the sandbox account, the shipped mappings."""
+def effective_settings(settings: Settings, sandbox: RunningSandbox | None) -> Settings:
+    """Fill in what is not configured: the sandbox account (named after its CRM type), the shipped mappings of
+    the first account's connector."""
     data = _plain(settings)
     if sandbox is not None and not settings.accounts:
-        data["accounts"] = {SANDBOX_ACCOUNT: sandbox_account(sandbox)}
+        data["accounts"] = {sandbox.account["type"]: sandbox_account(sandbox)}
     if not settings.mappings and data["accounts"]:
         account = next(iter(data["accounts"]))
-        data["mappings"] = [m.model_dump(mode="json") for m in default_mappings(account)]
+        data["mappings"] = [m.model_dump(mode="json")
+                            for m in default_mappings(account, data["accounts"][account]["type"])]
     return Settings.model_validate(data)
 
 

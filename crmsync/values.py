@@ -215,6 +215,19 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value))} characters)"
 
 
+# -- multi-select values ---------------------------------------------------------------------------------------
+def split_multi(value: Any, separator: str = ";") -> list[str]:
+    """A multi-select value as the CRM writes it ('a;b') as a list; a list stays a list."""
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [part for part in str(value).split(separator) if part] if value not in (None, "") else []
+
+
+def join_multi(values: list[Any], separator: str = ";") -> str:
+    """A list of picklist values as the CRM writes a multi-select ('a;b')."""
+    return separator.join(str(v) for v in values)
+
+
 # -- matching ------------------------------------------------------------------------------------------------
 def match_key(value: Any) -> str | None:
     """Matching keys compare case- and space-insensitively ('  Ann@Example.COM ' == 'ann@example.com')."""

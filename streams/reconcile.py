@@ -454,7 +454,13 @@ class MappingBatch:
             return False
         if change.side == "crm":
             stamp = change.position.get("ts")
-            return bool(link.crm_modstamp and stamp and epoch(stamp) <= epoch(link.crm_modstamp))
+            if not (link.crm_modstamp and stamp):
+                return False
+            decided_ts, _, decided_id = link.crm_modstamp.partition("|")
+            # a CRM that stamps to the second (Oracle) shows two saves of one second with one time: a change of
+            # the same time is stale only if it is the very change decided last (a redelivery)
+            return epoch(stamp) < epoch(decided_ts) or (epoch(stamp) == epoch(decided_ts)
+                                                        and decided_id in ("", change.id))
         lsn, seq = change.position.get("lsn_int"), change.position.get("seq", 0)
         return (lsn is not None and link.campaign_lsn is not None
                 and (lsn, seq) <= (link.campaign_lsn, link.campaign_seq or 0))
@@ -463,7 +469,7 @@ class MappingBatch:
         if change.side == "crm":
             stamp = change.position.get("ts")
             if stamp:
-                link.crm_modstamp = stamp  # the CRM version (modification time) last decided
+                link.crm_modstamp = f"{stamp}|{change.id}"  # the CRM version last decided: its time and change
         elif change.position.get("lsn_int") is not None:
             link.campaign_lsn, link.campaign_seq = change.position["lsn_int"], change.position.get("seq", 0)
         link.dirty = True
@@ -820,7 +826,7 @@ class MappingBatch:
         command = ApplyCommand(
             id=f"{change.id}>{self.m.name}>{side}", side=side, target=target, object=obj, action=action,
             key=key, values=payload, cause=change.id, match=match, source_ts=change.source_ts, expect=expect,
-            base_version=link.crm_modstamp if side == "crm" else None)
+            base_version=(link.crm_modstamp or "").partition("|")[0] or None if side == "crm" else None)
         self.out.commands.append(command)
         if action == "upsert":
             self.emitted[(side, id(link))] = command

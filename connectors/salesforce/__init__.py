@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from crmsync.config import SalesforceAccount
+from connectors.salesforce.account import SalesforceAccount
 from crmsync.connectors import AccountBase, mappings_file
 
 
@@ -29,6 +29,7 @@ class SalesforceConnector:
         "LastActivityDate", "LastViewedDate", "LastReferencedDate", "MasterRecordId"})
     index_fields: ClassVar[tuple[str, ...]] = ("SystemModstamp", "LastModifiedDate")
     deleted_flag: ClassVar[str | None] = "IsDeleted"  # set on records queryAll returns from the recycle bin
+    multi_select_separator: ClassVar[str] = ";"
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
 
     def client(self, account_name: str, account: Any) -> Any:

@@ -24,7 +24,7 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed
 from simple_salesforce.login import SalesforceLogin, token_login
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from crmsync.config import SalesforceAccount
+from connectors.salesforce.account import SalesforceAccount
 
 log = logging.getLogger("crmsync.salesforce.auth")
 
@@ -83,19 +83,9 @@ def effective_login_url(account: SalesforceAccount) -> str:
     return url
 
 
-def _secrets(account: SalesforceAccount) -> list[str]:
-    values = [account.password.get_secret_value(), account.security_token.get_secret_value()]
-    if account.client_secret is not None:
-        values.append(account.client_secret.get_secret_value())
-    password_and_token = values[0] + values[1]
-    return sorted({v for v in [*values, password_and_token] if v}, key=len, reverse=True)
-
-
 def scrub(text: str, account: SalesforceAccount) -> str:
     """Remove every secret of `account` from `text` (longest first, so password+token goes as one)."""
-    for secret in _secrets(account):
-        text = text.replace(secret, "[redacted]")
-    return text
+    return account.scrub(text)
 
 
 def _is_transient(exc: BaseException) -> bool:

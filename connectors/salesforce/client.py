@@ -37,7 +37,8 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential,
                       wait_random)
 
-from crmsync.config import SalesforceAccount, Settings
+from connectors.salesforce.account import SalesforceAccount
+from crmsync.config import Settings
 from crmsync.connectors import ApiUsage
 from connectors.salesforce import auth
 
@@ -196,6 +197,14 @@ class SalesforceClient:
         found = self.api_usage()
         return ApiUsage(sum(self.calls.values()), (found[1] - found[0]) if found else None,
                         found[1] if found else None, "day")
+
+    def whoami(self) -> dict[str, str]:
+        org = self.call("query", lambda sf: sf.query("SELECT Name FROM Organization LIMIT 1"))["records"]
+        escaped = self.account.username.replace("\\", "\\\\").replace("'", "\\'")
+        user = self.call("query", lambda sf: sf.query(f"SELECT Name FROM User WHERE Username = '{escaped}'"))["records"]
+        return {"organization": org[0]["Name"] if org else "?",
+                "user": f"{user[0]['Name']} ({self.account.username})" if user else self.account.username,
+                "api_version": self.session.api_version}
 
     def close(self) -> None:
         self.http.close()

@@ -3,7 +3,7 @@
 Nothing new is recorded for this: the link comes from crmsync.sync_state, every step from the topics (each
 message carries its own times) and refusals from the rejects ledger. A trip is one decided change:
 
-    modified      the source's own modification time (SystemModstamp / commit time)   Change.source_ts
+    modified      the source's own modification time (CRM stamp / commit time)     Change.source_ts
     captured      read by the poller / change capture                                  Change.captured_ts
     published     appended to the change topic                                         message timestamp
     decided       the streams published the apply command                              its message timestamp

@@ -89,7 +89,7 @@ class Sampler:
         series, health = scrape_all(self.targets)
         snapshot = {"at": now, "groups": [asdict(g) for g in groups], "freshness": self._freshness(series),
                     "api": _api_budget(series), "capture": _labelled(series, "crmsync_capture_slot_lag_bytes"),
-                    "pollers": _labelled(series, "crmsync_salesforce_poller_cursor_age_seconds"), "targets": health}
+                    "pollers": _labelled(series, "crmsync_poller_cursor_age_seconds"), "targets": health}
         with self._lock:
             self.latest = snapshot
             self.history.append(_point(snapshot))

@@ -1,6 +1,6 @@
 """Filling the mirror tables (`wizard load`) and refreshing formula fields (`wizard refresh-formulas`).
 
-Why a separate formula refresh: Salesforce does not bump LastModifiedDate/SystemModstamp when only a formula's
+Why a separate formula refresh: a CRM (Salesforce) does not bump a record's modification stamps when only a formula's
 inputs elsewhere change (a parent record, today's date), so change polling never sees it. Re-reading just Id +
 formula fields per object is cheap, and the mirror is updated only where a value really differs.
 """

@@ -16,11 +16,11 @@ from typing import Any, Callable
 from psycopg import sql
 
 from crmsync import pg
-from crmsync.wizard.discovery import SALESFORCE_TYPES, Discovery, TableSpec, UnsafeName, check_api_name
+from crmsync.wizard.discovery import MIRROR_PG_TYPES, Discovery, TableSpec, UnsafeName, check_api_name
 
 Log = Callable[[str], None]
 log = logging.getLogger("crmsync.wizard")
-MIRROR_TYPES = {t for t in SALESFORCE_TYPES.values() if t}  # the only SQL types mirror DDL is made of
+MIRROR_TYPES = MIRROR_PG_TYPES  # the only SQL types mirror DDL is made of
 REMOVED_SUFFIX = "__removed"
 
 

@@ -114,7 +114,7 @@ class AutomaticIndex(_Strict):
 
     enabled: bool = True
     option: str | None = None  # default LASTIMPORT_<account>_<activity>
-    field: str | None = None  # default per CRM (Salesforce: SystemModstamp)
+    field: str | None = None  # default: the connector's first index field (its modification stamp)
 
 
 class CrmActivity(_Activity):

@@ -36,6 +36,7 @@ from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Change, Reject, changes_from_message
 from crmsync.infra import Endpoints
 from crmsync.observability import progress
+from crmsync.values import join_multi
 from crmsync.wizard.data import MIRROR_ORIGIN
 from crmsync.wizard.schema import mirrored_elements
 from services.crm_writer.service import CrmWriter
@@ -84,10 +85,10 @@ def to_mirror(field: dict[str, Any], value: Any) -> Any:
     return value
 
 
-def to_crm(field: dict[str, Any], value: Any) -> Any:
+def to_crm(field: dict[str, Any], value: Any, separator: str = ";") -> Any:
     """A mirror column value as the CRM takes it (['a', 'b'] → 'a;b')."""
     if field["sqlType"] == "text[]" and isinstance(value, list):
-        return ";".join(value)
+        return join_multi(value, separator)
     return value
 
 
@@ -225,7 +226,8 @@ class MirrorService:
     def _changed_fields(self, mirror: Mirror, change: Change) -> dict[str, Any]:
         before, after = change.before or {}, change.after or {}
         updateable = self._updateable_fields(mirror.obj)
-        return {f["name"]: to_crm(f, after.get(f["sqlName"])) for f in mirror.fields()
+        separator = self.connector.multi_select_separator
+        return {f["name"]: to_crm(f, after.get(f["sqlName"]), separator) for f in mirror.fields()
                 if f["sqlName"] in after and before.get(f["sqlName"]) != after.get(f["sqlName"])
                 and f["name"] in updateable}
 

@@ -239,6 +239,12 @@ class MemorySandboxKit:
         account = {"type": "memory", "org": org_name, "secret": SECRET}
         return RunningSandbox(None, f"memory://{org_name}", Path("/dev/null"), account, "")
 
+    def attach(self, url: str, ca_file: Path) -> RunningSandbox:
+        raise ValueError("an in-memory CRM cannot be attached to from another process")
+
+    def refused_contact_values(self) -> dict[str, Any]:
+        return {"email": "refused@invalid.example"}
+
 
 MAPPINGS = [{
     "name": "people", "account": "{account}", "crm_object": "Person", "campaign_table": "recipients",
@@ -257,6 +263,7 @@ class MemoryConnector:
     system_fields: ClassVar[frozenset[str]] = frozenset({"pid", "modified"})
     index_fields: ClassVar[tuple[str, ...]] = ("modified",)
     deleted_flag: ClassVar[str | None] = None
+    multi_select_separator: ClassVar[str] = ";"
     objects: ClassVar[dict[str, str]] = {"contacts": "Person"}
 
     def client(self, account_name: str, account: Any) -> MemoryClient:

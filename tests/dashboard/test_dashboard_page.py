@@ -52,8 +52,8 @@ def test_page_shows_lag_status_and_eta_that_the_broker_confirms(pipeline: Pipeli
     broker's, its lag in seconds is the age of the oldest waiting command, Burrow's rules call it STALL or STOP
     without any threshold, and there is no ETA; once the writer resumes the group is OK at lag 0."""
     browser.get(pipeline.dashboard.login_url)  # the printed link: token → session cookie
-    spec = group_of(pipeline, "writer-salesforce")
-    writer = pipeline.child("writer-salesforce")
+    spec = group_of(pipeline, "writer-crm")
+    writer = pipeline.child("writer-crm")
     writer.send_signal(signal.SIGSTOP)
     try:
         with pg.connect(pipeline.found.campaign_dsn, autocommit=True) as conn:
@@ -103,7 +103,7 @@ def test_page_freshness_and_api_budget_match_the_services_metrics(pipeline: Pipe
     time.sleep(2)  # nothing left in flight
 
     usage_before = _api_used(pipeline)
-    writers = {**metrics(pipeline, "writer-campaign"), **metrics(pipeline, "writer-salesforce")}
+    writers = {**metrics(pipeline, "writer-campaign"), **metrics(pipeline, "writer-crm")}
     scraped_at = time.time()
     page = page_after(browser, scraped_at + 0.5)
     usage_after = _api_used(pipeline)
@@ -111,7 +111,7 @@ def test_page_freshness_and_api_budget_match_the_services_metrics(pipeline: Pipe
     last = by_writer(writers, "crmsync_apply_freshness_last_seconds")
     counts = by_writer(writers, "crmsync_apply_freshness_seconds_count")
     for (writer, table), direction in ((("writer-campaign", "recipients"), "crm→campaign"),
-                                       (("writer-salesforce", "Contact"), "campaign→crm")):
+                                       (("writer-crm", "Contact"), "campaign→crm")):
         shown = float(page["freshness"][f"contacts {direction}"])
         assert abs(shown - last[(writer, table)]) <= 0.0006, (direction, shown, last[(writer, table)])
         assert int(page["freshness_count"][f"contacts {direction}"]) == int(counts[(writer, table)])
@@ -119,7 +119,7 @@ def test_page_freshness_and_api_budget_match_the_services_metrics(pipeline: Pipe
 
     used = float(page["api_used"]["salesforce"])
     assert usage_before <= used <= usage_after
-    limit = max(v for labels, v in samples(metrics(pipeline, "poller-salesforce"), "crmsync_crm_api_limit"))
+    limit = max(v for labels, v in samples(metrics(pipeline, "poller"), "crmsync_crm_api_limit"))
     assert float(page["api_remaining"]["salesforce"]) == limit - used
 
 
@@ -129,7 +129,7 @@ def by_writer(series: dict, name: str) -> dict[tuple[str, str], float]:
 
 def _api_used(pipeline: Pipeline) -> float:
     """The newest API usage the CRM reported to any of our services."""
-    return max(v for prefix in ("poller-salesforce", "writer-salesforce")
+    return max(v for prefix in ("poller", "writer-crm")
                for labels, v in samples(metrics(pipeline, prefix), "crmsync_crm_api_usage"))
 
 
@@ -194,7 +194,7 @@ def test_logs_are_json_carry_record_ids_and_no_secrets(pipeline: Pipeline):
              for line in path.read_text().splitlines() if line.startswith("{")]
     assert lines and all({"ts", "level", "logger", "msg", "service"} <= set(line) for line in lines)
     refusals = [line for line in lines if line.get("record_id") and str(refused) in line["record_id"]]
-    assert refusals and refusals[0]["service"] == "writer-salesforce", refusals
+    assert refusals and refusals[0]["service"] == "writer-crm", refusals
     account = pipeline.settings.accounts["salesforce"]
     secrets = [account.password.get_secret_value(), account.security_token.get_secret_value(),
                account.client_secret.get_secret_value()]
@@ -214,6 +214,6 @@ def test_page_lists_rejects_with_their_reasons(pipeline: Pipeline, browser):
     row = wait_for(lambda: browser.execute_script(f"""
         const cell = document.querySelector('[data-reject-code="{code}"]');
         return cell && [...cell.parentElement.children].map((c) => c.textContent);"""), 60, "the reject on the page")
-    assert row[0] == "writer-salesforce" and row[1] == "Contact"
+    assert row[0] == "writer-crm" and row[1] == "Contact"
     assert row[5] == rejects.without_values(reason, record)  # the record's own values are not shown
     assert int(browser.find_element(By.ID, "rejects-open").text) == open_rejects

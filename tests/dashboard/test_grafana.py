@@ -19,7 +19,8 @@ from crmsync.cli import app
 ROOT = Path(__file__).resolve().parents[2]
 # every module that defines metrics; each runs in some container (the dashboard exports the consumer lag)
 METRIC_MODULES = ("services.capture.service", "streams.app", "services.campaign_writer.service",
-                  "services.salesforce.poller", "services.salesforce.writer", "connectors.salesforce.client",
+                  "services.crm_poller.service", "services.crm_writer.service", "services.mirror.service",
+                  "connectors.salesforce.client",
                   "crmsync.rejects", "crmsync.observability", "crmsync.dashboard.sampler")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
             "summary": ("_sum", "_count", "")}
@@ -67,7 +68,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_exported():
     expected = {"crmsync_consumer_lag_messages", "crmsync_consumer_lag_seconds", "crmsync_consumer_group_status",
                 "crmsync_consumer_group_eta_seconds", "crmsync_apply_freshness_last_seconds",
                 "crmsync_crm_api_usage", "crmsync_crm_api_limit", "crmsync_capture_slot_lag_bytes",
-                "crmsync_salesforce_poller_cursor_age_seconds", "crmsync_streams_conflicts_total",
+                "crmsync_poller_cursor_age_seconds", "crmsync_streams_conflicts_total",
                 "crmsync_crm_api_retries_total", "crmsync_writer_rejects_total", "crmsync_rejects_retried_total"}
     assert expected <= queried, sorted(expected - queried)  # the views the issue asks for are all there
 

@@ -70,10 +70,10 @@ def test_freshness_is_labelled_with_the_mapping_and_direction():
     observability.know_mappings(settings)
     try:
         assert observability.mapping_labels("writer-campaign", "recipients") == ("contacts", "crm→campaign")
-        assert observability.mapping_labels("writer-salesforce", "Opportunity") == ("purchases", "campaign→crm")
-        assert observability.mapping_labels("writer-salesforce", "Lead") == ("Lead", "campaign→crm")  # unmapped
-        observability.observe_freshness("writer-salesforce", "Account", ["2000-01-01T00:00:00Z"])
-        labels = {"writer": "writer-salesforce", "table": "Account", "mapping": "accounts", "direction": "campaign→crm"}
+        assert observability.mapping_labels("writer-crm", "Opportunity") == ("purchases", "campaign→crm")
+        assert observability.mapping_labels("writer-crm", "Lead") == ("Lead", "campaign→crm")  # unmapped
+        observability.observe_freshness("writer-crm", "Account", ["2000-01-01T00:00:00Z"])
+        labels = {"writer": "writer-crm", "table": "Account", "mapping": "accounts", "direction": "campaign→crm"}
         assert REGISTRY.get_sample_value("crmsync_apply_freshness_last_seconds", labels) > 365 * 86400
     finally:
         observability.know_mappings(config.Settings())

@@ -22,7 +22,7 @@ def test_freshness_is_reported_per_mapping_and_direction():
         ("crmsync_apply_freshness_last_seconds", {"writer": "writer-campaign", "table": "recipients", "target": "a"}, 0.8),
         ("crmsync_apply_freshness_seconds_sum", {"writer": "writer-campaign", "table": "recipients", "target": "a"}, 6.0),
         ("crmsync_apply_freshness_seconds_count", {"writer": "writer-campaign", "table": "recipients", "target": "a"}, 4),
-        ("crmsync_apply_freshness_last_seconds", {"writer": "writer-salesforce", "table": "Contact", "target": "b"}, 1.5),
+        ("crmsync_apply_freshness_last_seconds", {"writer": "writer-crm", "table": "Contact", "target": "b"}, 1.5),
     )
     rows = {(r["mapping"], r["direction"]): r for r in sampler._freshness(scraped)}
     assert rows[("contacts", "crm→campaign")]["last_seconds"] == 0.8

@@ -10,7 +10,8 @@ from typing import Callable, Iterator
 import pytest
 
 from crmsync import kafka
-from crmsync.config import SalesforceAccount, Settings
+from connectors.salesforce.account import SalesforceAccount
+from crmsync.config import Settings
 from crmsync.envelope import Reject
 from crmsync.infra import Endpoints
 from connectors.salesforce.client import RetryPolicy, SalesforceClient

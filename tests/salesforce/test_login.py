@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from crmsync.config import SalesforceAccount
+from connectors.salesforce.account import SalesforceAccount
 from connectors.salesforce import auth
 from connectors.salesforce.auth import SalesforceLoginError
 from connectors.salesforce.client import SalesforceClient

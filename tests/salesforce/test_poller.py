@@ -151,8 +151,8 @@ def test_every_change_is_published_exactly_once(seeded_sandbox: RunningSandbox, 
         position = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
                                 (names.poller_checkpoint(name, "Contact"),)).fetchone()[0]
     state = CursorState.from_json(position["source"])
-    assert position["snapshot_done"] and state.cursor_ts == max((c.source_ts for c in changes),
-                                                                key=parse_modstamp)
+    assert position["snapshot_done"] and parse_modstamp(state.cursor_ts) == max(parse_modstamp(c.source_ts)
+                                                                                for c in changes)
     assert set(deleted) <= state.deleted
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
+from crmsync import names
 from crmsync.infra import Endpoints
 from tests.sandbox_salesforce.conftest import REPO
 
@@ -20,15 +21,16 @@ from .test_writer import produce, upsert_command
 
 SCRIPT = """
 import sys
-from crmsync import config
+from crmsync import config, process
 from crmsync.infra import Endpoints
-from services.salesforce.service import run_poller, run_writer
+from services.crm_poller.service import run as run_poller
+from services.crm_writer.service import run as run_writer
 settings = config.load(sys.argv[1])
 found = Endpoints(bootstrap_servers=sys.argv[3], campaign_dsn=sys.argv[4])
 if sys.argv[2] == "poller":
-    run_poller(settings, found, sys.argv[5], ["Lead"], 0.5)
+    run_poller(settings, found, sys.argv[5], ["Lead"], 0.5, stop=process.stop_on_signals())
 else:
-    run_writer(settings, found, sys.argv[5], objects=["Contact"])
+    run_writer(settings, found, sys.argv[5], stop=process.stop_on_signals(), objects=["Contact"])
 """
 
 
@@ -61,7 +63,7 @@ def test_poller_service_checkpoints_then_stops_on_sigterm(module_sandbox, campai
         assert process.poll() is None, (tmp_path / "poller.log").read_text()
         with psycopg.connect(campaign_endpoints.campaign_dsn) as conn:
             row = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
-                               (f"poller:salesforce:{name}:Lead",)).fetchone()
+                               (names.poller_checkpoint(name, "Lead"),)).fetchone()
         return bool(row and row[0]["snapshot_done"])
 
     wait_for(checkpointed, 60, "the poller's checkpoint")

@@ -174,7 +174,7 @@ def test_rejects_land_in_topic_and_table_while_the_rest_lands(module_sandbox, ca
     refused = [r for r in rejects if r.error_code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"]
     assert {ApplyCommand.from_json(json.dumps(r.record)).match["Campaign_Key__c"] for r in refused} == \
         {f"{marker}-{i:03d}" for i in bad}
-    assert all("invalid.example are rejected" in r.reason and r.stage == "writer-salesforce" for r in refused)
+    assert all("invalid.example are rejected" in r.reason and r.stage == "writer-crm" for r in refused)
     assert [r.error_code for r in rejects if r not in refused] == ["CRMSYNC_BAD_MESSAGE"]
 
     with psycopg.connect(campaign_endpoints.campaign_dsn) as conn:

@@ -9,7 +9,7 @@ import pytest
 from psycopg import sql
 
 from crmsync import config, drift, pg, topics
-from crmsync.wizard.discovery import UnsafeName, check_api_name
+from crmsync.connectors import UnsafeName, check_api_name
 from services.capture.service import CaptureService
 from tests.conftest import consume_changes
 

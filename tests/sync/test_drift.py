@@ -22,7 +22,7 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         wait_for(lambda: checker.compare(mapping).converged, 300, "the initial sync", every=1, supervisor=supervisor)
 
         # 1. commands lost with the broker: the CRM writer is held, the streams decide, the broker restarts empty
-        writer = next(c for label, c in supervisor.children.items() if label.startswith("writer-salesforce"))
+        writer = next(c for label, c in supervisor.children.items() if label.startswith("writer-crm"))
         writer.send_signal(signal.SIGSTOP)
         with pg.connect(found.campaign_dsn, autocommit=True) as conn:
             lost = [r[0] for r in conn.execute("SELECT id FROM recipients WHERE crm_id IS NOT NULL ORDER BY id LIMIT 10")]

@@ -38,7 +38,7 @@ def test_kill_9_each_service_in_turn_during_a_10000_record_sync(tmp_path: Path):
         supervisor, client = world.supervisor, world.client
         supervisor.start()
         killed = []
-        for spec in supervisor.specs:  # capture, streams, writer-campaign, poller, writer-salesforce, mirror
+        for spec in supervisor.specs:  # capture, streams, writer-campaign, poller, writer-crm, mirror
             deadline = time.monotonic() + 4
             while time.monotonic() < deadline:
                 supervisor.check()

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crmsync.cli import app
-from crmsync.config import SalesforceAccount
+from connectors.salesforce.account import SalesforceAccount
 from tests.sandbox_salesforce.conftest import RunningSandbox, launch
 
 SECRETS = {"CRMSYNC_SF_PASSWORD": f"Pw-{uuid.uuid4().hex[:12]}", "CRMSYNC_SF_SECURITY_TOKEN": f"Tk{uuid.uuid4().hex[:14]}",

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from crmsync import infra
+from crmsync import infra, names
 from tests.waiting import wait_for
 
 
@@ -32,14 +32,14 @@ def test_a_service_uses_an_account_from_the_store(cli, account, secrets, campaig
     env = {**os.environ, **cli.env, "KAFKA_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers}
     log = tmp_path / "poller.log"
     with open(log, "wb") as output:
-        poller = subprocess.Popen([sys.executable, "-m", "crmsync", "service", "poller-salesforce", "--account", name],
+        poller = subprocess.Popen([sys.executable, "-m", "crmsync", "service", "poller", "--account", name],
                                   env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         def checkpointed() -> bool:
             assert poller.poll() is None, log.read_text()[-3000:]
             with psycopg.connect(campaign_db[0]) as conn:
                 row = conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
-                                   (f"poller:salesforce:{name}:Contact",)).fetchone()
+                                   (names.poller_checkpoint(name, "Contact"),)).fetchone()
             return bool(row and row[0].get("snapshot_done"))
 
         wait_for(checkpointed, 120, "the poller's first read with the stored account")

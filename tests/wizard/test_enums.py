@@ -61,7 +61,7 @@ def test_stream_processors_translate_through_the_enumeration_maps(added, campaig
     changed while the stream processors run is picked up without a restart (max_age)."""
     from crmsync import config, pg
     from crmsync.defaults import default_mappings
-    from crmsync.envelope import Change
+    from crmsync.envelope import Change, crm_change
     from streams.reconcile import Reconciler
 
     dsn = campaign_db[0]
@@ -79,9 +79,8 @@ def test_stream_processors_translate_through_the_enumeration_maps(added, campaig
 
     def crm_account(crm_id: str, industry: str) -> Change:
         stamp = "2026-11-29T06:00:00.000Z"
-        return Change(id=f"crm:{crm_id}", side="crm", source="sf", object="Account", op="c", key={"Id": crm_id},
-                      after={"Id": crm_id, "Name": f"Org {crm_id}", "Industry": industry, "SystemModstamp": stamp},
-                      position={"modstamp": stamp, "id": crm_id}, source_ts=stamp)
+        return crm_change("sf", "Account", "c", crm_id, stamp, stamp,
+                          after={"Id": crm_id, "Name": f"Org {crm_id}", "Industry": industry, "SystemModstamp": stamp})
 
     with pg.connect(dsn) as conn:
         before = reconciler.process(conn, [crm_account("001A", "Banking")]).commands

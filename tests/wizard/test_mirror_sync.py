@@ -15,7 +15,7 @@ import pytest
 from crmsync import config, infra
 from services.capture.service import CaptureService
 from services.mirror.service import MirrorService
-from services.salesforce import poller
+from services.crm_poller import service as poller
 from connectors.salesforce.client import SalesforceClient
 from tests.waiting import wait_for
 

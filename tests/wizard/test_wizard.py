@@ -8,6 +8,7 @@ import yaml
 
 from crmsync.wizard import data
 from connectors.salesforce.client import SalesforceClient
+from connectors.salesforce.discovery import SalesforceDiscovery
 
 
 def columns(dsn: str, table: str) -> dict[str, str]:
@@ -107,7 +108,7 @@ def test_formula_refresh_updates_only_changed_formula_values(added, campaign_db,
                                     "ORDER BY id LIMIT 1")
     client = SalesforceClient("sf", account)
     client.collections_update("Contact", [{"id": contact_id, "Email": "someone@refreshed.example"}])
-    assert data.refresh_formulas(client, dsn, "sf", ["Contact"]) == {"Contact": 1}
+    assert data.refresh_formulas(SalesforceDiscovery(client), dsn, "sf", ["Contact"]) == {"Contact": 1}
     assert scalar(dsn, "SELECT email_domain__c FROM sfdc_sf.contact WHERE id = %s", contact_id) == "refreshed.example"
     assert scalar(dsn, "SELECT email FROM sfdc_sf.contact WHERE id = %s", contact_id) == email  # formulas only
     assert "Contact: 0 changed" in added("wizard", "refresh-formulas", "sf").text

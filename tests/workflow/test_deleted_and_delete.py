@@ -73,7 +73,7 @@ def test_import_deleted_inclusive_window_in_the_seed_date_forms(env: Env, client
     stamps = {(r["Id"], r["deletedDate"]) for r in result.activities[0].outputs.ok if r["Id"] in ids}
 
     def ours(seen: list) -> set:  # other modules' sandboxes hand out the same ids: match id and time
-        return {(c.key["Id"], c.position["modstamp"]) for c in seen if c.op == "d"} & stamps
+        return {(c.key["id"], c.position["modstamp"]) for c in seen if c.op == "d"} & stamps
 
     changes = consume_changes(env.endpoints.bootstrap_servers, [topics.changes("crm", ACCOUNT, "Contact")],
                               lambda seen: ours(seen) == stamps, timeout=30)

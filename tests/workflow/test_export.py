@@ -107,8 +107,8 @@ def test_export_with_reject_branch_rejection_file_and_ledger(env: Env, client) -
         rows = {int(r["id"]): r for r in csv.DictReader(handle)}
     assert set(rows) == {refused, nameless} and rows[refused]["errorSymbol"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
     ledger = env.rows("SELECT error_code, stage FROM crmsync.rejects ORDER BY error_code")
-    assert ledger == [("FIELD_CUSTOM_VALIDATION_EXCEPTION", "writer-salesforce"),
-                      ("REQUIRED_FIELD_MISSING", "writer-salesforce")]
+    assert ledger == [("FIELD_CUSTOM_VALIDATION_EXCEPTION", "writer-crm"),
+                      ("REQUIRED_FIELD_MISSING", "writer-crm")]
     assert list(contacts_by_key(client, [good, refused, nameless])) == [str(good)]
 
 

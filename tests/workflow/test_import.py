@@ -48,10 +48,10 @@ def test_import_contacts_reconciles_deduplicates_and_updates(env: Env, client) -
         return [c for c in found if c.after and str(c.after.get("LastName", "")).endswith(f" {tag}")]
 
     seen = consume_changes(env.endpoints.bootstrap_servers, [topic],
-                           lambda found: set(ids) <= {c.key["Id"] for c in ours(found)}, timeout=30)
+                           lambda found: set(ids) <= {c.key["id"] for c in ours(found)}, timeout=30)
     mine = ours(seen)
-    assert set(ids) <= {c.key["Id"] for c in mine}
-    assert all(c.op == "r" and c.id == f"crm:{ACCOUNT}:Contact:{c.key['Id']}:{c.after['SystemModstamp']}"
+    assert set(ids) <= {c.key["id"] for c in mine}
+    assert all(c.op == "r" and c.id == f"crm:{ACCOUNT}:Contact:{c.key['id']}:{c.after['SystemModstamp']}"
                for c in mine)
 
     again = env.run("01-import-contacts.yaml")  # a rerun changes nothing

@@ -19,21 +19,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-<<<<<<< HEAD
 from crmsync import filters, kafka, topics
 from crmsync.connectors import FieldSpec
 from crmsync.envelope import ApplyCommand, Change, crm_change
 from crmsync.values import canonical, iso_utc, parse_timestamp
 from crmsync.workflow import options
-=======
-from simple_salesforce.exceptions import SalesforceError
-
-from crmsync import kafka, topics
-from crmsync.envelope import ApplyCommand, Change
-from crmsync import filters
-from crmsync.workflow import options
-from crmsync.workflow.activities.crm_filter import soql_datetime, to_soql
->>>>>>> main
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
 from crmsync.workflow.model import CrmActivity
 
