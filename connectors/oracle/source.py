@@ -39,6 +39,7 @@ Cursor::
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Sequence
 
 from crmsync.connectors import FieldSpec, SourcePage
-from crmsync.envelope import Change
+from crmsync.envelope import Change, dumps
 from crmsync.values import iso_utc, parse_timestamp
 
 from .client import SORT_AND_FILTER_CODE
@@ -62,6 +63,7 @@ CURSOR_VERSION = 1
 DEFAULT_LOOKBACK_SECONDS = 300.0
 DEFAULT_FULL_WINDOW_EVERY_SECONDS = 300.0
 REQUIRED_FIELDS = ("Id", "ModifiedDate", "CreatedDate")
+DELETED = "deleted"  # the digest of a delete
 
 
 @dataclass
@@ -79,7 +81,7 @@ class SourceState:
     snapshot_done: bool = False
     deleted_since: datetime | None = None
     window_at: float = 0.0
-    seen: dict[str, datetime] = field(default_factory=dict)  # id -> stamp it was last published with
+    seen: dict[str, tuple[datetime, str]] = field(default_factory=dict)  # id -> (stamp, digest) last published
     deleted: set[str] = field(default_factory=set)
 
     @classmethod
@@ -88,28 +90,31 @@ class SourceState:
             return cls()
         if cursor.get("v") != CURSOR_VERSION:
             raise ValueError(f"Oracle change-source cursor has version {cursor.get('v')!r}; expected {CURSOR_VERSION}")
-        seen = {rid: _instant(stamp) for stamp, ids in (cursor.get("seen") or {}).items() for rid in ids}
+        seen = {rid: (_instant(stamp), digest) for stamp, ids in (cursor.get("seen") or {}).items()
+                for rid, digest in ids.items()}
         return cls(_instant(cursor.get("ts")), cursor.get("id"), bool(cursor.get("snapshot_done")),
                    _instant(cursor.get("deleted_since")), float(cursor.get("window_at") or 0.0), seen,
                    set(cursor.get("deleted") or ()))
 
     def to_cursor(self, lookback: timedelta) -> dict[str, Any]:
         self._prune(lookback)
-        by_stamp: dict[str, list[str]] = {}
-        for rid, stamp in self.seen.items():
-            by_stamp.setdefault(iso_utc(stamp), []).append(rid)
+        by_stamp: dict[str, dict[str, str]] = {}
+        for rid, (stamp, digest) in self.seen.items():
+            by_stamp.setdefault(iso_utc(stamp), {})[rid] = digest
         return {"v": CURSOR_VERSION, "ts": _iso(self.ts), "id": self.id, "snapshot_done": self.snapshot_done,
                 "deleted_since": _iso(self.deleted_since), "window_at": self.window_at,
-                "seen": {k: sorted(v) for k, v in sorted(by_stamp.items())},
+                "seen": {k: dict(sorted(v.items())) for k, v in sorted(by_stamp.items())},
                 "deleted": sorted(self.deleted & set(self.seen))}
 
     def advance(self, stamp: datetime, rid: str) -> None:
         if self.ts is None or (stamp, rid) > (self.ts, self.id or ""):
             self.ts, self.id = stamp, rid
 
-    def published(self, rid: str, stamp: datetime) -> bool:
+    def published(self, rid: str, stamp: datetime, digest: str) -> bool:
+        """True when this version was published: a later stamp, or the same stamp and the same content (OOD
+        stamps to the second, so two saves in one second differ by content only)."""
         known = self.seen.get(rid)
-        return known is not None and known >= stamp
+        return known is not None and (known[0] > stamp or known == (stamp, digest))
 
     def _prune(self, lookback: timedelta) -> None:
         """Forget what no later read can return at the same stamp again (older than both bounds' windows)."""
@@ -117,7 +122,7 @@ class SourceState:
         if not bounds:
             return
         oldest = min(bounds) - lookback
-        self.seen = {rid: s for rid, s in self.seen.items() if s >= oldest}
+        self.seen = {rid: s for rid, s in self.seen.items() if s[0] >= oldest}
         self.deleted &= set(self.seen)
 
 
@@ -165,7 +170,8 @@ class OracleChangeSource:
 
     def _consider(self, state: SourceState, row: Row, snapshot: bool, bound: datetime | None) -> Change | None:
         state.advance(row.stamp, row.id)
-        if state.published(row.id, row.stamp):
+        digest = content_digest(row.after)
+        if state.published(row.id, row.stamp, digest):
             return None
         if snapshot:
             op = "r"
@@ -176,23 +182,24 @@ class OracleChangeSource:
         else:
             created = parse_timestamp(row.after.get("CreatedDate"))
             op = "c" if bound is None or (created is not None and created >= bound) else "u"
-        state.seen[row.id] = row.stamp
+        state.seen[row.id] = (row.stamp, digest)
         state.deleted.discard(row.id)
-        return self._change(op, row.id, row.stamp, row.after)
+        return self._change(op, row.id, row.stamp, row.after, digest)
 
     def _consider_delete(self, state: SourceState, row: Row) -> Change | None:
         if state.deleted_since is None or row.stamp > state.deleted_since:
             state.deleted_since = row.stamp
-        if state.published(row.id, row.stamp):
+        if row.id in state.deleted and state.published(row.id, row.stamp, DELETED):
             return None
-        state.seen[row.id] = row.stamp
+        state.seen[row.id] = (row.stamp, DELETED)
         state.deleted.add(row.id)
-        return self._change("d", row.id, row.stamp, None)
+        return self._change("d", row.id, row.stamp, None, DELETED)
 
-    def _change(self, op: str, rid: str, stamp: datetime, after: dict[str, Any] | None) -> Change:
+    def _change(self, op: str, rid: str, stamp: datetime, after: dict[str, Any] | None, digest: str) -> Change:
         account, ts = self.connection.account_name, iso_utc(stamp)
-        return Change(id=f"crm:{account}:{self.obj}:{rid}:{ts}", side="crm", source=account, object=self.obj,
-                      op=op, key={"id": rid}, after=after, position={"ts": ts, "id": rid}, source_ts=ts)
+        return Change(id=change_id(account, self.obj, rid, ts, digest), side="crm", source=account,
+                      object=self.obj, op=op, key={"id": rid}, after=after,
+                      position={"ts": ts, "id": rid, "digest": digest}, source_ts=ts)
 
     # ---------------------------------------------------------------- modified records
 
@@ -323,6 +330,17 @@ class OracleChangeSource:
 
     def _datetime_fields(self) -> list[str]:
         return [name for name, f in self._described().items() if f.crm_type == "datetime" and not f.search_copy]
+
+
+def content_digest(after: dict[str, Any]) -> str:
+    """Eight hex digits of the record's canonical content: tells apart two versions saved in one second."""
+    return hashlib.sha256(dumps(dict(sorted(after.items())))).hexdigest()[:8]
+
+
+def change_id(account: str, obj: str, rid: str, ts: str, digest: str) -> str:
+    """`crm:<account>:<object>:<id>:<ts>/<digest>` (`/deleted` for a delete): the same version of a record always
+    gets the same id, whoever reads it (the change source, a workflow import)."""
+    return f"crm:{account}:{obj}:{rid}:{ts}/{digest}"
 
 
 def _from(rows: list[Row], bound: datetime | None) -> list[Row]:
