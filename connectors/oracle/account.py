@@ -12,7 +12,7 @@ time zone, which API reads changes, how fast.
 
 Invariants: `url` is https (OOD and its sandbox speak nothing else); `user_timezone`, when given, is an IANA
 name; the limits default to Oracle's documented ones (30 REST requests a minute per session, 50 ms between Web
-Services requests), raised only for a sandbox whose levers are opened wide.
+Services requests), changed only for a sandbox whose levers are changed too.
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ class OracleAccount(AccountBase):
     api: Literal["rest", "webservices"] = Field(
         "webservices", description="API the change source reads through (writes, queries and deleted items always "
                                    "use Web Services: batches of 20, search specifications, DeletedItemQueryPage)")
-    rest_requests_per_minute: int = Field(30, ge=1, description="OOD's REST rate limit per session")
+    rest_requests_per_window: int = Field(30, ge=1, description="OOD's REST rate limit per session and window")
+    rest_window_seconds: float = Field(60.0, gt=0, description="OOD's REST rate window: one minute (a sandbox "
+                                                               "may shorten it)")
     ws_min_interval_ms: int = Field(50, ge=0, description="OOD's minimum spacing of Web Services requests")
 
     @field_validator("url")
@@ -60,5 +62,6 @@ class OracleAccount(AccountBase):
     def client_config(self, user_timezone: str) -> OracleConfig:
         """The API client's configuration for this account, in the given user time zone."""
         return OracleConfig(base_url=self.url, username=self.username, password=self.password, ca_file=self.ca_file,
-                            user_timezone=user_timezone, rest_requests_per_window=self.rest_requests_per_minute,
+                            user_timezone=user_timezone, rest_requests_per_window=self.rest_requests_per_window,
+                            rest_window_seconds=self.rest_window_seconds,
                             ws_min_interval_seconds=self.ws_min_interval_ms / 1000)

@@ -44,7 +44,7 @@ def account_for(running: RunningOracle, **overrides: Any) -> OracleAccount:
     """The account reaching a sandbox, its pacing opened as wide as the sandbox's WIDE_OPEN levers."""
     values: dict[str, Any] = dict(url=running.base_url, username=running.credentials.username,
                                   password=running.credentials.password, ca_file=running.ca_path,
-                                  rest_requests_per_minute=1_000_000, ws_min_interval_ms=0)
+                                  rest_requests_per_window=1_000_000, ws_min_interval_ms=0)
     return OracleAccount(**{**values, **overrides})
 
 
