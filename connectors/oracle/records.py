@@ -84,15 +84,16 @@ class OracleRecordQuery:
                 if exc.code != SORT_AND_FILTER_CODE or start:
                     raise
                 self.sort_refused = True
-        records = list(web_services.query(obj, names, searchspec=spec, page_size=PAGE_SIZE))
-        for name, direction in reversed(sort):  # stable sorts, last key first; empty values last
+        with_keys = list(dict.fromkeys([*names, *(name for name, _ in sort)]))
+        records = list(web_services.query(obj, with_keys, searchspec=spec, page_size=PAGE_SIZE))
+        for name, direction in reversed(sort):  # stable sorts, last key first; empty values first, as OOD's
             records.sort(key=lambda r: self._sort_key(obj, name, r), reverse=direction == "DESC")
         for start in range(0, len(records), PAGE_SIZE):
             yield records[start:start + PAGE_SIZE]
 
     def _sort_key(self, obj: str, name: str, record: dict[str, str]) -> tuple[bool, Any]:
         value = from_ws(self.described(obj).get(name), record.get(name))
-        return (value is None, value if value is not None else "")
+        return (value is not None, value if value is not None else "")
 
     def _specs(self, condition: str, ids: Sequence[str] | None) -> list[str]:
         if ids is None:
