@@ -44,7 +44,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 from crmsync.connectors import FieldSpec, SourcePage
 from crmsync.envelope import Change, dumps

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import pytest
 
-from connectors.oracle import CONNECTOR
 from connectors.oracle.connection import OracleConnection
 from connectors.oracle.source import OracleChangeSource
 from crmsync.envelope import Change
