@@ -61,6 +61,11 @@ class OracleSinkOutcome(SinkOutcome):
     symbol: str = ""  # Siebel error symbol
     log_file: str = ""  # Oracle-side log file name
 
+    def reject_fields(self) -> dict[str, str | None]:
+        """The reject columns of Adobe's OOD connector (the workflow activity's reject rows and file)."""
+        return {"errorLogFilename": self.log_file or None, "errorCode": self.code, "errorSymbol": self.symbol or None,
+                "errorMessage": self.message}
+
 
 @dataclass
 class Planned:

@@ -10,7 +10,10 @@ broker acknowledged a page's changes):
    starts `lookback` earlier, to catch records committed late with an older ModifiedDate or passed over when
    a record saved in the very second of a page's end sorted before it.
 2. Nothing is published twice: the cursor remembers, for every record published within the lookback window,
-   the ModifiedDate it was published with (`seen`); a record comes out again only when its stamp moved.
+   the ModifiedDate it was published with and a digest of its content (`seen`); a record comes out again only
+   when its stamp moved -- or, as OOD stamps to the second, when a second save in the same second changed it.
+   Change ids are `crm:<account>:<object>:<id>:<ModifiedDate>/<digest>` (`/deleted` for a delete): one version
+   of a record always gets one id (`change_id`, `content_digest`), whoever reads it.
 3. Deletes from DeletedItemQueryPage (Web Services; `Type = <record type>`, `DeletedDate >= <bound>`, sorted by
    DeletedDate), paged the same way. The first read starts them at the server's clock, so 30 days of old
    deletes are not replayed.
@@ -34,8 +37,8 @@ Cursor::
 
     {"v": 1, "ts": "2024-11-03T09:10:00.000Z", "id": "1SBX-10007F",    # newest ModifiedDate read, its record
      "snapshot_done": true, "deleted_since": "2024-11-03T08:40:00.000Z", "window_at": 1730624400.0,
-     "seen": {"2024-11-03T09:10:00.000Z": ["1SBX-10007F"], ...},       # published within the lookback window
-     "deleted": ["1SBX-100080"]}                                       # ids last published as deletes
+     "seen": {"2024-11-03T09:10:00.000Z": {"1SBX-10007F": "3fa2c1d0"}, ...},  # published in the lookback window
+     "deleted": ["1SBX-100080"]}                                               # ids last published as deletes
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ from .client import SORT_AND_FILTER_CODE
 from .connection import OracleConnection, resource_of
 from .deleted import deleted_page
 from .errors import OracleApiError
-from .query import order_by, rest_term, ws_any_of, ws_term
+from .query import order_by, rest_all, rest_term, ws_any_of, ws_term
 from .types import OodField, field_spec, fields_of, from_rest, from_ws
 
 log = logging.getLogger("crmsync.oracle.source")
@@ -153,7 +156,8 @@ class OracleChangeSource:
         if state.deleted_since is None:
             state.deleted_since = self.connection.api.server_time()
         bound = state.ts - self.lookback if (state.ts and full_window and not snapshot) else state.ts
-        for rows in self._modified_pages(bound):
+        after_id = state.id if bound is not None and bound == state.ts else None
+        for rows in self._modified_pages(bound, after_id):
             changes = [c for row in rows if (c := self._consider(state, row, snapshot, bound)) is not None]
             yield SourcePage(changes, state.to_cursor(self.lookback))
         for rows in self._deleted_pages(state):
@@ -203,11 +207,12 @@ class OracleChangeSource:
 
     # ---------------------------------------------------------------- modified records
 
-    def _modified_pages(self, bound: datetime | None) -> Iterator[list[Row]]:
-        """Pages of rows with ModifiedDate >= bound (all rows when None), in (ModifiedDate, Id) order."""
+    def _modified_pages(self, bound: datetime | None, after_id: str | None) -> Iterator[list[Row]]:
+        """Pages of rows with ModifiedDate >= bound (all rows when None), in (ModifiedDate, Id) order; `after_id`
+        is the last Id read at `bound`, which lets a large tie at the cursor be skipped by Id."""
         if not self.sort_refused:
             try:
-                yield from self._keyset_pages(bound)
+                yield from self._keyset_pages(bound, after_id)
                 return
             except OracleApiError as exc:
                 if exc.code != SORT_AND_FILTER_CODE:
@@ -217,22 +222,43 @@ class OracleChangeSource:
                 self.sort_refused = True
         yield from self._pages_sorted_here(bound)
 
-    def _keyset_pages(self, bound: datetime | None) -> Iterator[list[Row]]:
-        offset, wanted = 0, bound
+    def _keyset_pages(self, bound: datetime | None, after_id: str | None) -> Iterator[list[Row]]:
+        offset, op, wanted, first = 0, ">=", bound, True
         while True:
-            rows, last_page = self._query(bound, offset, sort=True)
+            rows, last_page = self._query(bound, offset, sort=True, op=op)
             if inside := _from(rows, wanted):
                 yield inside
             if last_page or not rows:
                 return
             end = rows[-1].stamp
             ties = sum(1 for r in rows if r.stamp == end)
-            if end == bound:
+            if first and after_id is not None and end == bound and self._exact(bound):
+                # a tie at the cursor larger than a page: the rest of it by Id, then what follows it
+                yield from self._tie_pages(bound, max(after_id, rows[-1].id))
+                offset, op = 0, ">"
+            elif op == ">=" and end == bound:
                 offset += ties  # the whole page was one second: continue within it
-            elif self.api == "webservices" or self.connection.clock.reads_back(end):
-                bound, offset = end, ties
+            elif self._exact(end):
+                bound, offset, op = end, ties, ">="
             else:
                 offset += len(rows)  # OOD would read `end` an hour early (the repeated hour): keep the bound
+            first = False
+
+    def _tie_pages(self, stamp: datetime, after_id: str) -> Iterator[list[Row]]:
+        """The rows saved in the second `stamp` with an Id after `after_id`, in Id order."""
+        offset = 0
+        while True:
+            rows, last_page = self._query(stamp, offset, sort=True, op="=", after_id=after_id)
+            if rows:
+                yield rows
+            if last_page or not rows:
+                return
+            offset += len(rows)
+
+    def _exact(self, moment: datetime) -> bool:
+        """True when OOD reads the bound as this very instant (Web Services always; REST but in the repeated
+        hour, whose wall-clock times OOD reads as their first occurrence)."""
+        return self.api == "webservices" or self.connection.clock.reads_back(moment)
 
     def _pages_sorted_here(self, bound: datetime | None) -> Iterator[list[Row]]:
         """Filter-only queries read to the end and sorted here; a snapshot pages a sort-only query."""
@@ -249,18 +275,24 @@ class OracleChangeSource:
             for start in range(0, len(rows), self.page_size):
                 yield rows[start:start + self.page_size]
 
-    def _query(self, bound: datetime | None, offset: int, *, sort: bool) -> tuple[list[Row], bool]:
+    def _query(self, bound: datetime | None, offset: int, *, sort: bool, op: str = ">=",
+               after_id: str | None = None) -> tuple[list[Row], bool]:
+        """One page of `ModifiedDate <op> bound` (and `Id > after_id`), sorted by ModifiedDate, Id or not."""
         fields = self._read_fields()
         if self.api == "webservices":
-            filters = {"ModifiedDate": ws_term(">=", bound)} if bound else {}
+            filters = {"ModifiedDate": ws_term(op, bound)} if bound else {}
+            if after_id is not None:
+                filters["Id"] = ws_term(">", after_id)
             ordering = [("ModifiedDate", "ASC"), ("Id", "ASC")] if sort else []
             page = self.connection.api.web_services.query_page(self.obj, fields, filters=filters, sort=ordering,
                                                                start_row=offset, page_size=self.page_size)
             return [self._ws_row(record) for record in page.records], page.last_page
         api = self.connection.api
+        terms = [rest_term("ModifiedDate", op, bound, api.clock)] if bound else []
+        if after_id is not None:
+            terms.append(rest_term("Id", ">", after_id))
         found = api.query_page(self.resource, fields=fields, offset=offset, limit=self.page_size,
-                               q=rest_term("ModifiedDate", ">=", bound, api.clock) if bound else "",
-                               order_by=order_by("ModifiedDate", "Id") if sort else "")
+                               q=rest_all(*terms), order_by=order_by("ModifiedDate", "Id") if sort else "")
         return self._rest_rows(found.records), found.last_page
 
     def _ws_row(self, record: dict[str, str]) -> Row:

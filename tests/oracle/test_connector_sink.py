@@ -46,6 +46,8 @@ def test_a_batch_with_refused_records(own_oracle: RunningOracle, connect: Callab
     refused = outcomes[3]
     assert isinstance(refused, OracleSinkOutcome) and refused.code == "SBL-DAT-00225"
     assert "ContactType" in refused.message and refused.symbol and refused.log_file.endswith(".log")
+    assert refused.reject_fields() == {"errorLogFilename": refused.log_file, "errorCode": "SBL-DAT-00225",
+                                       "errorSymbol": "IDS_ERR_FS_BOUNDED_PICKLIST", "errorMessage": refused.message}
     assert outcomes[17].code and "50" in outcomes[17].message
     assert all(o.created and o.crm_id for n, o in enumerate(outcomes) if n not in (3, 17))
     assert current(connection, outcomes[0].crm_id, "JobTitle") == {"JobTitle": "Job 0"}

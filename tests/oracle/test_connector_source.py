@@ -100,9 +100,18 @@ def test_a_tie_larger_than_a_page_and_a_restart_from_every_cursor(own_oracle: Ru
         before = [c.id for p in pages[:handed_out + 1] for c in p.changes]
         assert sorted(before + [c.id for c in rest]) == sorted(c.id for c in published), f"restart after page {handed_out}"
 
+    # one more save in that second, after the snapshot: found by Id past the tie, without re-reading the tie
+    at(own_oracle, stamp)
+    create(fresh, "T250")
+    own_oracle.admin("clock", {"offset_seconds": 0})
+    queries = own_oracle.admin("stats")["requests"].get("WS ContactQueryPage", 0)
+    changes, cursor = drain(OracleChangeSource(fresh, "Contact"), pages[-1].cursor)
+    assert keyed(changes) == [("c", "T250")]
+    assert own_oracle.admin("stats")["requests"]["WS ContactQueryPage"] - queries <= 3, \
+        "first page, the rest of the tie by Id, what follows: not the 250 again"
+
     # the same tie in an incremental read: 60 more contacts in one second, read with a page of 25
     source = OracleChangeSource(fresh, "Contact", page_size=25)
-    cursor = pages[-1].cursor
     for batch in range(0, 60, 20):
         at(own_oracle, "2024-06-01T12:05:00Z")
         fresh.api.web_services.insert_or_update("Contact", [
