@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmsync import config, infra, logs, pg
+from crmsync import config, infra, kafka, logs, pg
 from crmsync.config import ConfigError, Settings
 
 app = typer.Typer(help="crmsync: two-way CRM ⇄ Campaign sync over Kafka.", no_args_is_help=True)
@@ -155,6 +155,7 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
     from crmsync.run import effective_settings
 
     current = effective_settings(settings(ctx), None)
+    kafka.tune_groups(current)
     observability.add_service_checks(readiness, name, current, found.bootstrap_servers, found.campaign_dsn, account)
     observability.know_mappings(current)
     if name == "capture":

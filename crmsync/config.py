@@ -29,6 +29,10 @@ class KafkaSettings(_Strict):
     bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; empty = embedded broker")
     partitions: int = Field(4, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1)
+    session_timeout_ms: int | None = Field(None, ge=100, description="consumer group session timeout; empty = "
+                                           "1 s on the embedded broker, 10 s (with static membership) otherwise")
+    static_membership: bool | None = Field(None, description="group.instance.id per replica (restarts keep their "
+                                           "partitions); empty = on for a configured broker, off for the embedded one")
 
 
 class CampaignSettings(_Strict):

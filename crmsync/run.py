@@ -21,11 +21,13 @@ from typing import Iterable
 import httpx
 import yaml
 
-from crmsync import infra, process
+from crmsync import infra, kafka, process
 from crmsync.config import Settings
 from crmsync.defaults import default_mappings
 
 SANDBOX_ACCOUNT = "salesforce"
+RESTART_DELAY = 0.2  # seconds before a dead service is started again (doubling while it keeps dying at once)
+HEALTHY_SECONDS = 10.0  # a service that ran this long before dying is restarted at once again
 
 
 @dataclass
@@ -152,6 +154,11 @@ def only_mappings(settings: Settings, names: Iterable[str], drop_references: boo
 def write_effective_config(effective: Settings, found: infra.Endpoints, path: Path) -> Path:
     """What every service process reads (`--config`), like a container's mounted crmsync.yaml."""
     data = _plain(effective)
+    if effective.uses_embedded_broker:  # the services see a configured address: keep the embedded broker's tuning
+        tuning = data["kafka"]
+        tuning["session_timeout_ms"] = tuning.get("session_timeout_ms") or kafka.EMBEDDED_TUNING.session_timeout_ms
+        if tuning.get("static_membership") is None:
+            tuning["static_membership"] = False
     data["kafka"]["bootstrap_servers"] = found.bootstrap_servers
     data["campaign"]["dsn"] = found.campaign_dsn
     data["state_dir"] = str(effective.state_dir.resolve())
@@ -172,6 +179,8 @@ class Supervisor:
         self.log_dir = log_dir
         self.children: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
+        self.failures: dict[str, int] = {}  # consecutive quick deaths: the restart delay doubles with each
+        self.started_at: dict[str, float] = {}
         self.next_start: dict[str, float] = {}
         self.workflows_stop = threading.Event()
         self.metrics_ports = {spec.label: _free_port() for spec in specs}  # /metrics, /healthz, /readyz of each
@@ -197,6 +206,7 @@ class Supervisor:
                              kwargs={"settings": settings, "endpoints": self.found}, name="workflows").start()
 
     def _spawn(self, spec: ServiceSpec) -> None:
+        self.started_at[spec.label] = time.monotonic()
         log_file = self.log_dir / f"{spec.label.replace(' ', '-')}.log"
         self.children[spec.label] = process.spawn_service(
             spec.name, self.found, config_file=self.config_file, log_file=log_file, args=spec.args,
@@ -211,8 +221,11 @@ class Supervisor:
                 continue
             now = time.monotonic()
             if spec.label not in self.next_start:
-                count = self.restarts.get(spec.label, 0)
-                self.next_start[spec.label] = now + min(30.0, 0.5 * 2 ** count)
+                if now - self.started_at.get(spec.label, now) >= HEALTHY_SECONDS:
+                    self.failures[spec.label] = 0  # it had been working: a new failure, not a crash loop
+                count = self.failures.get(spec.label, 0)
+                self.failures[spec.label] = count + 1
+                self.next_start[spec.label] = now + min(30.0, RESTART_DELAY * 2 ** count)
             if now >= self.next_start[spec.label]:
                 del self.next_start[spec.label]
                 self.restarts[spec.label] = self.restarts.get(spec.label, 0) + 1

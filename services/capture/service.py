@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from crmsync import kafka, pg, topics
 from crmsync.config import Settings
 from crmsync.envelope import Change
+from crmsync.observability import progress
 from services.capture.pgoutput import Decoder, Transaction, lsn_to_int
 
 log = logging.getLogger("crmsync.capture")
@@ -197,6 +198,7 @@ class CaptureService:
         self.prepare()
         log.info("capturing %s through slot %s", ", ".join(self.cfg.capture_tables), self.cfg.slot_name)
         while not self.stopping.is_set():
+            progress.tick()
             batch = self.poll_once()
             self._follow_new_mirrors()
             if batch.changes == 0 and batch.transactions == 0:
