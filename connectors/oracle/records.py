@@ -20,7 +20,7 @@ from crmsync.filters import FilterError, Node
 from crmsync.values import iso_utc, parse_timestamp
 
 from .client import SORT_AND_FILTER_CODE
-from .connection import OracleConnection, record_type_of, resource_of
+from .connection import OracleConnection, record_type_of
 from .deleted import deleted_page
 from .errors import OracleApiError
 from .query import ws_term
@@ -35,7 +35,6 @@ PAGE_SIZE = 100
 class OracleRecordQuery:
     def __init__(self, connection: OracleConnection) -> None:
         self.connection = connection
-        self._fields: dict[str, dict[str, OodField]] = {}
         self.sort_refused = False
 
     def records(self, obj: str, fields: Sequence[str], where: Node | None = None,
@@ -129,10 +128,7 @@ class OracleRecordQuery:
     # ---------------------------------------------------------------- metadata
 
     def described(self, obj: str) -> dict[str, OodField]:
-        if obj not in self._fields:
-            resource = resource_of(obj)
-            self._fields[obj] = fields_of(self.connection.api.describe(resource, parts=("attributes",))[resource])
-        return self._fields[obj]
+        return self.connection.fields(obj)
 
     def _name(self, obj: str, name: str, where: str) -> str:
         found = next((n for n in self.described(obj) if n.lower() == name.lower()), None)
@@ -158,8 +154,7 @@ class OracleDiscovery:
                        for name, meta in resources.items()), key=lambda t: t.name)
 
     def describe_table(self, name: str) -> TableSpec:
-        resource = resource_of(name)
-        described = self.connection.api.describe(resource, parts=("attributes",))[resource]
+        described = self.connection.describe(name)
         fields = fields_of(described)
         spec = TableSpec(name, str(described.get("title") or name), [])
         for f in fields.values():

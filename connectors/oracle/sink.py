@@ -37,10 +37,10 @@ from prometheus_client import Counter
 from crmsync.connectors import SinkOutcome
 from crmsync.envelope import ApplyCommand
 
-from .connection import OracleConnection, resource_of
+from .connection import OracleConnection
 from .errors import OracleApiError
 from .query import ws_any_of
-from .types import OodField, comparable, fields_of, to_ws
+from .types import OodField, comparable, to_ws
 from .webservices import Outcome
 
 log = logging.getLogger("crmsync.oracle.sink")
@@ -86,7 +86,6 @@ class OracleSink:
         self.connection = connection
         self.account_name = connection.account_name
         self.echo = echo
-        self._fields: dict[str, dict[str, OodField]] = {}
 
     def apply(self, commands: Sequence[ApplyCommand]) -> list[SinkOutcome]:
         outcomes: dict[int, SinkOutcome] = {}
@@ -223,16 +222,12 @@ class OracleSink:
                                  log_file=error.log_file)
 
     def _described(self, obj: str) -> dict[str, OodField]:
-        if obj not in self._fields:
-            resource = resource_of(obj)
-            try:
-                described = self.connection.api.describe(resource, parts=("attributes",))[resource]
-            except OracleApiError as exc:
-                if exc.retryable:
-                    raise
-                described = {}  # e.g. no such record type: the write itself is refused with OOD's reason
-            self._fields[obj] = fields_of(described)
-        return self._fields[obj]
+        try:
+            return self.connection.fields(obj)
+        except OracleApiError as exc:
+            if exc.retryable:
+                raise
+            return {}  # e.g. no such record type: the write itself is refused with OOD's reason
 
 
 def _rounds(plans: list[Planned]) -> list[list[Planned]]:

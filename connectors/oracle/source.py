@@ -58,7 +58,7 @@ from .connection import OracleConnection, resource_of
 from .deleted import deleted_page
 from .errors import OracleApiError
 from .query import order_by, rest_all, rest_term, ws_any_of, ws_term
-from .types import OodField, field_spec, fields_of, from_rest, from_ws
+from .types import OodField, field_spec, from_rest, from_ws
 
 log = logging.getLogger("crmsync.oracle.source")
 
@@ -142,7 +142,6 @@ class OracleChangeSource:
         self.page_size = page_size
         self.api = api or connection.account.api
         self.sort_refused = False  # the server answered SBL-ODS-00127: filter here, sort here
-        self._fields: dict[str, OodField] = {}
 
     # ---------------------------------------------------------------- the interface
 
@@ -348,14 +347,11 @@ class OracleChangeSource:
     # ---------------------------------------------------------------- metadata
 
     def _described(self) -> dict[str, OodField]:
-        if not self._fields:
-            resource = self.connection.api.describe(self.resource, parts=("attributes",))[self.resource]
-            found = fields_of(resource)
-            missing = [name for name in REQUIRED_FIELDS if name not in found]
-            if missing:
-                raise RuntimeError(f"{self.obj} has no {', '.join(missing)} field(s); the change source needs them")
-            self._fields = found
-        return self._fields
+        found = self.connection.fields(self.obj)
+        missing = [name for name in REQUIRED_FIELDS if name not in found]
+        if missing:
+            raise RuntimeError(f"{self.obj} has no {', '.join(missing)} field(s); the change source needs them")
+        return found
 
     def _read_fields(self) -> list[str]:
         return [name for name, f in self._described().items() if not f.search_copy]

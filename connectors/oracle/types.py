@@ -10,7 +10,8 @@ documents no REST picklist resource). OOD's own type names are kept for people (
 |-----------|----------|----------------------------|----------------------------------------------------------------|
 | string/id | text     | text                       | text; OOD does not tell an empty value from none: "" is None   |
 | picklist  | text     | text (+ enumeration)       | the language-independent code (LIC), the default mode          |
-| boolean   | boolean  | boolean                    | JSON true/false (REST), "true"/"false" (Web Services)          |
+| boolean   | boolean  | boolean                    | JSON true/false (REST), "true"/"false" (WS); a check box is    |
+|           |          |                            | never empty in OOD: no value reads as false                    |
 | integer   | integer  | integer                    | number / text                                                  |
 | number    | number   | numeric                    | number / text; kept exactly (numeric, not float, in the mirror)|
 | currency  | number   | numeric                    | as number                                                      |
@@ -24,7 +25,6 @@ values compare at the second.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Mapping
 
 from crmsync.connectors import Enumeration, FieldSpec
@@ -103,7 +103,7 @@ def enumeration(field: OodField, table: str) -> Enumeration:
 def from_rest(field: OodField | None, value: Any, clock: UserClock) -> Any:
     """A REST value in canonical form (datetimes: the user's wall clock to UTC)."""
     if value is None or value == "":
-        return None
+        return _empty(field)
     if field is not None and field.crm_type == "datetime" and isinstance(value, str):
         return iso_utc(clock.parse_rest(value))
     return _canonical(value, field)
@@ -112,7 +112,7 @@ def from_rest(field: OodField | None, value: Any, clock: UserClock) -> Any:
 def from_ws(field: OodField | None, text: Any) -> Any:
     """A Web Services value (always text; datetimes XSD UTC) in canonical form."""
     if text is None or text == "":
-        return None
+        return _empty(field)
     return _canonical(text, field)
 
 
@@ -139,12 +139,14 @@ def comparable(field: OodField | None, value: Any) -> Any:
     return value
 
 
+def _empty(field: OodField | None) -> Any:
+    """What an absent value means: None, except for a check box, which is unchecked (false)."""
+    return False if field is not None and field.crm_type == "boolean" else None
+
+
 def _canonical(value: Any, field: OodField | None) -> Any:
     try:
         return canonical(value, field.kind if field else None)
     except ValueError:
         return value  # OOD sent something its declared type does not allow: pass it on as sent
 
-
-def utc_text(moment: datetime) -> str:
-    return iso_utc(moment)

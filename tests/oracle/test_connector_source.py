@@ -59,6 +59,8 @@ def test_creates_updates_deletes_exactly_once(fresh: OracleConnection, api: str)
     assert first.position == {"ts": first.source_ts, "id": first.after["Id"], "digest": content_digest(first.after)}
     assert first.id == f"crm:ood:Contact:{first.after['Id']}:{first.source_ts}/{content_digest(first.after)}"
     assert first.source_ts.endswith(".000Z") and first.after["ModifiedDate"] == first.source_ts
+    assert first.after["NeverEmail"] is False and first.after["JobTitle"] is None, \
+        "an unchecked check box is false, an empty text None (on both APIs)"
 
     fresh.api.update("Contacts", ids[0], {"JobTitle": "Chief"})
     fresh.api.delete("Contacts", ids[1])
