@@ -21,6 +21,7 @@ from crmsync.connectors import AccountBase
 
 from .account import OracleAccount
 from .connection import OracleConnection
+from .errors import OracleApiError
 from .kit import OracleSandboxKit
 from .records import OracleDiscovery, OracleRecordQuery
 from .sink import OracleSink
@@ -34,7 +35,10 @@ class OracleConnector:
     default_external_id: ClassVar[str | None] = "ExternalSystemId"
     system_fields: ClassVar[frozenset[str]] = frozenset({
         "Id", "CreatedDate", "CreatedById", "ModifiedDate", "ModifiedById", "Owner", "OwnerId"})
-    index_fields: ClassVar[tuple[str, ...]] = ("LastUpdated", "ModifiedDate", "LastLoggedIn")  # the seed's order
+    # modification stamps, preferred first: the seed's OOD fields (LastUpdated, ModifiedDate, LastLoggedIn) with
+    # ModifiedDate first, because every standard record type has it (the change source reads it too)
+    index_fields: ClassVar[tuple[str, ...]] = ("ModifiedDate", "LastUpdated", "LastLoggedIn")
+    deleted_flag: ClassVar[str | None] = "IsDeleted"  # records(include_deleted=True): Deleted Items carry it true
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
 
     def client(self, account_name: str, account: AccountBase) -> OracleConnection:
@@ -45,7 +49,9 @@ class OracleConnector:
     def change_source(self, client: OracleConnection, obj: str, **options: Any) -> OracleChangeSource:
         return OracleChangeSource(client, obj, **options)
 
-    def sink(self, client: OracleConnection, **options: Any) -> OracleSink:
+    def sink(self, client: OracleConnection, *, assignment_rule: str | None = None, bulk: bool | None = None,
+             **options: Any) -> OracleSink:
+        """OOD's API has no assignment rules to choose, and every write is a batch: both options are ignored."""
         return OracleSink(client, **options)
 
     def discovery(self, client: OracleConnection) -> OracleDiscovery:
@@ -56,6 +62,12 @@ class OracleConnector:
 
     def sandbox(self) -> OracleSandboxKit:
         return OracleSandboxKit()
+
+    def api_error(self, exc: BaseException) -> tuple[str, str] | None:
+        """(OOD's error code, its message) when `exc` is OOD refusing a call; None for anything else."""
+        if isinstance(exc, OracleApiError):
+            return exc.code or (f"HTTP_{exc.status}" if exc.status else "OOD_ERROR"), exc.message
+        return None
 
     def default_mappings(self, account_name: str) -> list[dict[str, Any]]:
         mappings = yaml.safe_load((Path(__file__).parent / "default_mappings.yaml").read_text())

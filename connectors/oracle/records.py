@@ -8,7 +8,8 @@ cannot (no OR across fields, no `<>`, no null tests). Values come back canonical
 `order_by` sorts on OOD's side; a server that refuses to filter and sort at once (SBL-ODS-00127) is asked to
 filter only, and the records are sorted here. `include_deleted` adds the Deleted Items of the record type, which
 keep only the id, the name and the external id (OOD keeps no field values of a deleted record), so it cannot be
-combined with a filter. `deleted()` reads DeletedItemQueryPage; OOD keeps deleted items 30 days.
+combined with a filter; they carry `IsDeleted: true` (the connector's `deleted_flag`; asked for as a field, it is
+false on live records). `deleted()` reads DeletedItemQueryPage; OOD keeps deleted items 30 days.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .query import ws_term
 from .searchspec import any_of, render
 from .types import OodField, enumeration, field_spec, fields_of, from_ws
 
+DELETED_FLAG = "IsDeleted"  # not an OOD field: true on Deleted Items, false on live records when asked for
 RETENTION_DAYS = 30  # "Deleted items are purged after 30 days" (the sandbox's deleted_item_retention_days)
 IDS_PER_QUERY = 50
 PAGE_SIZE = 100
@@ -41,7 +43,8 @@ class OracleRecordQuery:
                 order_by: Sequence[tuple[str, bool]] = (), include_deleted: bool = False,
                 ids: Sequence[str] | None = None) -> Iterator[list[dict[str, Any]]]:
         described = self.described(obj)
-        names = list(dict.fromkeys(["Id", *(self._name(obj, f, "fields") for f in fields)]))
+        flagged = any(f == DELETED_FLAG for f in fields)
+        names = list(dict.fromkeys(["Id", *(self._name(obj, f, "fields") for f in fields if f != DELETED_FLAG)]))
         condition = render(where, described) if where is not None else ""
         sort = [(self._name(obj, f, "order_by"), "DESC" if descending else "ASC") for f, descending in order_by]
         if include_deleted and where is not None:
@@ -49,7 +52,7 @@ class OracleRecordQuery:
                                         "name and external id): drop the filter or include_deleted")
         for spec in self._specs(condition, ids):
             for page in self._pages(obj, names, spec, sort):
-                yield [self._converted(obj, names, record) for record in page]
+                yield [self._converted(obj, names, record, flagged) for record in page]
         if include_deleted:
             yield from self._deleted_records(obj, ids)
 
@@ -101,16 +104,18 @@ class OracleRecordQuery:
         chunks = [any_of("Id", unique[s:s + IDS_PER_QUERY]) for s in range(0, len(unique), IDS_PER_QUERY)]
         return [f"({condition}) AND ({chunk})" if condition else chunk for chunk in chunks]
 
-    def _converted(self, obj: str, names: list[str], record: dict[str, str]) -> dict[str, Any]:
+    def _converted(self, obj: str, names: list[str], record: dict[str, str], flagged: bool) -> dict[str, Any]:
         described = self.described(obj)
         out = {"id": record.get("Id")}
         out.update({name: from_ws(described.get(name), record.get(name)) for name in names})
+        if flagged:
+            out[DELETED_FLAG] = False
         return out
 
     def _deleted_records(self, obj: str, ids: Sequence[str] | None) -> Iterator[list[dict[str, Any]]]:
         wanted = set(ids) if ids is not None else None
         rows = [{"id": item.object_id, "Id": item.object_id, "ExternalSystemId": item.external_id or None,
-                 "DeletedDate": iso_utc(item.deleted_at), "IsDeleted": True}
+                 "DeletedDate": iso_utc(item.deleted_at), DELETED_FLAG: True}
                 for item in self._deleted_items({"Type": ws_term("=", obj)})
                 if wanted is None or item.object_id in wanted]
         for start in range(0, len(rows), PAGE_SIZE):

@@ -23,7 +23,15 @@ def test_registered_under_its_type() -> None:
     found = connectors.connector("oracle")
     assert found is CONNECTOR and found.type == "oracle" and found.default_external_id == "ExternalSystemId"
     assert found.objects == {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
-    assert found.index_fields == ("LastUpdated", "ModifiedDate", "LastLoggedIn")
+    assert found.index_fields == ("ModifiedDate", "LastUpdated", "LastLoggedIn") and found.deleted_flag == "IsDeleted"
+    assert found.api_error(ValueError("x")) is None
+
+
+def test_api_error_names_the_code(oracle: RunningOracle, connect: Callable[..., OracleConnection]) -> None:
+    with pytest.raises(Exception) as refused:
+        connect(oracle).api.get("Contacts", "1SBX-NOPE00")
+    code, message = CONNECTOR.api_error(refused.value)
+    assert code.startswith("SBL-") and message
 
 
 @pytest.mark.parametrize("change, words", [

@@ -181,9 +181,9 @@ def test_ids_fields_and_deleted_records(own_oracle: RunningOracle, query: Oracle
     with pytest.raises(ValueError, match="30 days"):
         query.deleted("Contact", (before - timedelta(days=31)).isoformat(), after.isoformat())
 
-    with_deleted = [r for page in query.records("Contact", ["ExternalSystemId"], ids=[gone, people["Q2"]],
-                                                include_deleted=True) for r in page]
-    assert sorted((r["id"], r["ExternalSystemId"], r.get("IsDeleted", False)) for r in with_deleted) == sorted([
+    with_deleted = [r for page in query.records("Contact", ["ExternalSystemId", "IsDeleted"],
+                                                ids=[gone, people["Q2"]], include_deleted=True) for r in page]
+    assert sorted((r["id"], r["ExternalSystemId"], r["IsDeleted"]) for r in with_deleted) == sorted([
         (gone, "Q-GONE", True), (people["Q2"], "Q2", False)])
     with pytest.raises(filters.FilterError, match="deleted records"):
         list(query.records("Contact", ["Id"], filters.parse(MARK), include_deleted=True))
