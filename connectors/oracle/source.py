@@ -6,17 +6,20 @@ broker acknowledged a page's changes):
 1. Records modified since the cursor, oldest first: `ModifiedDate >= <bound>` sorted by ModifiedDate, Id
    (REST `q`/`orderBy` or Web Services QueryPage, the account's `api`), 100 a page. The bound is inclusive and
    moves with the pages (keyset paging): each page starts at the last ModifiedDate read, skipping with `offset`
-   the records of that same second already read (ties of any size). Every `full_window_every` seconds a read
-   starts `lookback` earlier, to catch records committed late with an older ModifiedDate or passed over when
-   a record saved in the very second of a page's end sorted before it.
+   the records of that same second already read (ties of any size). A read starting at the cursor whose second
+   holds more than a page skips what it read there by Id (`ModifiedDate = <ts>; Id > <last id>`), then goes on
+   with `ModifiedDate > <ts>`. Every `full_window_every` seconds a read starts `lookback` earlier, to catch
+   records committed late with an older ModifiedDate or passed over when a record saved in the very second of a
+   page's end sorted before it.
 2. Nothing is published twice: the cursor remembers, for every record published within the lookback window,
    the ModifiedDate it was published with and a digest of its content (`seen`); a record comes out again only
    when its stamp moved -- or, as OOD stamps to the second, when a second save in the same second changed it.
    Change ids are `crm:<account>:<object>:<id>:<ModifiedDate>/<digest>` (`/deleted` for a delete): one version
    of a record always gets one id (`change_id`, `content_digest`), whoever reads it.
 3. Deletes from DeletedItemQueryPage (Web Services; `Type = <record type>`, `DeletedDate >= <bound>`, sorted by
-   DeletedDate), paged the same way. The first read starts them at the server's clock, so 30 days of old
-   deletes are not replayed.
+   DeletedDate), paged the same way, after the modified records. The first read starts them at the server's
+   clock, so 30 days of old deletes are not replayed (a delete in that very second is published: it may be of
+   a record the snapshot read).
 4. The first read (cursor None) is a snapshot (op 'r'), ended by a page with `snapshot_done`.
 
 Which op: 'r' in the snapshot; 'd' for a deleted item; 'c' for a record whose delete we published (it was
@@ -24,10 +27,13 @@ restored) or that was created inside the read's window; 'u' otherwise (the Sales
 
 Time (timezone.py): REST ModifiedDates are the user's wall-clock time. They are turned into UTC, and a value in
 the hour repeated when daylight-saving time ends -- which names two instants -- is settled by asking Web Services,
-which answer in UTC, for those records' datetimes (DeletedDates the same way, with one DeletedItemQueryPage
-comparing against the first reading). So positions are exact instants: nothing is lost or shifted across
-either transition. A bound inside the repeated hour is read by OOD as its first occurrence (an hour early), so
-the page after it continues by offset rather than by re-anchoring there.
+which answer in UTC, for those records' datetimes (DeletedDates the same way, deleted.py). So positions are
+exact instants: nothing is lost or shifted across either transition. A REST bound inside the repeated hour is
+read by OOD as its first occurrence (an hour early): the rows before the bound are dropped, and the page after
+it continues by offset rather than by re-anchoring there. Web Services bounds are XSD UTC: always exact.
+
+`after` holds every field of the record but the `CI_` search copies, in canonical form (types.py): the same
+whichever API read it.
 
 Sort or filter: a server that refuses to filter and sort in one query (SBL-ODS-00127; Adobe documents it for the
 v1.0 API) gets filter-only queries, read to the end and sorted here; a snapshot then pages a sort-only query

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from connectors.oracle import CONNECTOR
 from connectors.oracle.connection import OracleConnection
+from connectors.oracle.errors import SignInFailed
 from connectors.oracle.source import OracleChangeSource
 from crmsync import connectors
 from crmsync.config import Mapping
@@ -54,6 +55,13 @@ def test_password_is_a_secret() -> None:
                                                       "username": "CO/USER", "password": "hunter22"})
     assert "hunter22" not in repr(account) and "hunter22" not in account.model_dump_json()
     assert account.url == "https://pod.crmondemand.com" and account.api == "webservices"
+
+
+def test_a_wrong_password_fails_the_connection_without_showing_it(oracle: RunningOracle,
+                                                                  connect: Callable[..., OracleConnection]) -> None:
+    with pytest.raises(SignInFailed) as refused:
+        connect(oracle, password="wrong-Pa55word")
+    assert refused.value.status == 401 and "wrong-Pa55word" not in str(refused.value) + repr(refused.value)
 
 
 def test_time_zone_from_the_profile_and_usage(oracle: RunningOracle, connect: Callable[..., OracleConnection]) -> None:
