@@ -40,6 +40,14 @@ def dst(start_oracle: Callable[..., RunningOracle]) -> RunningOracle:
     return running
 
 
+@pytest.fixture(params=["rest", "webservices"])
+def reading(request: pytest.FixtureRequest, dst: RunningOracle,
+            connect: Callable[..., OracleConnection]) -> tuple[OracleConnection, Recorder]:
+    """A connection to a sandbox of the test's own and a recorder reading changes through one API."""
+    connection = connect(dst)
+    return connection, Recorder(OracleChangeSource(connection, "Contact", api=request.param))
+
+
 def write(connection: OracleConnection, sandbox: RunningOracle, at: str, key: str, **values: Any) -> None:
     """Save a contact (create or update, by its external id) while the sandbox clock reads `at` (UTC)."""
     sandbox.admin("clock", {"at": at})
@@ -52,12 +60,10 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@pytest.mark.parametrize("api", ["rest", "webservices"])
-def test_fall_back_nothing_lost_nothing_shifted(dst: RunningOracle, connect: Callable[..., OracleConnection],
-                                                api: str) -> None:
+def test_fall_back_nothing_lost_nothing_shifted(dst: RunningOracle,
+                                                reading: tuple[OracleConnection, Recorder]) -> None:
     """2024-11-03: 01:00-01:59 happens twice (PDT, then PST); B's and C's wall clocks read 01:20 and 01:10."""
-    connection = connect(dst)
-    recorder = Recorder(OracleChangeSource(connection, "Contact", api=api))
+    connection, recorder = reading
     write(connection, dst, "2024-11-03T07:50:00Z", "A")  # 00:50 PDT
     assert recorder.read() == [("r", "A", "2024-11-03T07:50:00.000Z")]
     write(connection, dst, "2024-11-03T08:20:00Z", "B", CustomDateTime0=utc("2024-11-03T09:30:00Z"))  # 01:20 PDT
@@ -79,18 +85,17 @@ def test_fall_back_nothing_lost_nothing_shifted(dst: RunningOracle, connect: Cal
     assert b.after["ModifiedDate"] == "2024-11-03T09:40:00.000Z" and b.after["CreatedDate"] == "2024-11-03T08:20:00.000Z"
     assert len({c.id for c in recorder.changes}) == len(recorder.changes) == 6
 
-    restarted = Recorder(OracleChangeSource(connection, "Contact", api=api, full_window_every_seconds=10 ** 9))
+    restarted = Recorder(OracleChangeSource(connection, "Contact", api=recorder.source.api,
+                                            full_window_every_seconds=10 ** 9))
     restarted.changes, restarted.cursor = list(recorder.changes), cursor_after_c
     assert [c[:2] for c in restarted.read()] == [("u", "B"), ("c", "D"), ("d", "C")], \
         "from the cursor of C (01:10 PST, which OOD would read as 01:10 PDT) nothing earlier comes again"
 
 
-@pytest.mark.parametrize("api", ["rest", "webservices"])
-def test_spring_forward_nothing_lost_nothing_shifted(dst: RunningOracle, connect: Callable[..., OracleConnection],
-                                                     api: str) -> None:
+def test_spring_forward_nothing_lost_nothing_shifted(dst: RunningOracle,
+                                                     reading: tuple[OracleConnection, Recorder]) -> None:
     """2024-03-10: 02:00-02:59 never happens; 01:59:59 PST is followed by 03:00:00 PDT."""
-    connection = connect(dst)
-    recorder = Recorder(OracleChangeSource(connection, "Contact", api=api))
+    connection, recorder = reading
     write(connection, dst, "2024-03-10T09:50:00Z", "F")  # 01:50 PST
     assert recorder.read() == [("r", "F", "2024-03-10T09:50:00.000Z")]
     write(connection, dst, "2024-03-10T09:59:59Z", "G")  # 01:59:59 PST, the last second before the gap
