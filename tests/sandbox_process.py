@@ -1,51 +1,24 @@
 """Start a sandbox as a subprocess, wait for its banner, stop it: shared by every sandbox's test fixtures.
 
-A sandbox prints `<Name> sandbox: https://host:port  (CA: path)` once its socket is bound; `spawn` waits for that
-line in the process's log (output appends to `log_path`, so a restart reads only what follows) and returns the
-match. `stop` terminates, then kills after 15 s. `started_sandboxes` backs the `start_sandbox` fixtures: every
-sandbox a test starts is stopped when the test ends.
+A sandbox prints `<Name> sandbox: https://host:port  (CA: path)` once its socket is bound; `spawn`
+(sandboxes/launch.py, also behind the connectors' sandbox kits) waits for that line in the process's log (output
+appends to `log_path`, so a restart reads only what follows) and returns the match. `stop` (crmsync/process.py)
+terminates, then kills after 15 s. `started_sandboxes` backs the `start_sandbox` fixtures: every sandbox a test
+starts is stopped when the test ends.
 """
 from __future__ import annotations
 
-import re
 import subprocess
-import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import requests
 
+from crmsync.process import stop
+from sandboxes.launch import spawn  # noqa: F401  (re-exported for the fixtures)
+
 T = TypeVar("T")
-
-
-def spawn(command: Sequence[str], *, cwd: Path, log_path: Path, banner: re.Pattern[str],
-          env: Mapping[str, str] | None = None, timeout: float = 120) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                   env=dict(env) if env is not None else None)
-    deadline = time.monotonic() + timeout
-    while True:
-        match = banner.search(log_path.read_bytes()[offset:].decode(errors="replace"))
-        if match:
-            return process, match
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            stop(process)
-            raise RuntimeError(f"sandbox did not start within {timeout} s:\n{log_path.read_text()}")
-        time.sleep(0.05)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 class _Stoppable(Protocol):

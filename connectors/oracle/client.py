@@ -27,11 +27,13 @@ Behaviour (REST API Developer's Guide pages cited in the methods):
 from __future__ import annotations
 
 import random
+import re
 import ssl
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
@@ -45,6 +47,7 @@ from .webservices import WebServices
 SORT_AND_FILTER_CODE = "SBL-ODS-00127"  # the sandbox's code for "a query can either filter or sort"
 _JSON = "application/vnd.oracle.adf.resource+json"
 _IDEMPOTENT = ("GET", "PATCH", "DELETE")
+_IANA_NAME = re.compile(r"([A-Za-z_]+(?:/[A-Za-z0-9_+\-]+)+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,34 @@ class OracleClient:
                      self.rest.pacer.rate_limited_count + self.ws_session.pacer.rate_limited_count,
                      self.rest.sign_ins + self.ws_session.sign_ins,
                      self.rest.pacer.waited + self.ws_session.pacer.waited, self.rest.pacer.budget())
+
+    def profile_timezone(self) -> str | None:
+        """The signed-in user's time zone as an IANA name, read from the User record's TimeZoneName (e.g.
+        "(GMT-08:00) America/Los_Angeles"); None when the profile does not show one in that form."""
+        user_id = self.connection.get("UserId")
+        if not user_id:
+            return None
+        shown = str(self.get("Users", user_id, fields=["TimeZoneName"]).get("TimeZoneName") or "")
+        found = _IANA_NAME.search(shown)
+        if not found:
+            return None
+        try:
+            ZoneInfo(found.group(1))
+        except (ZoneInfoNotFoundError, ValueError):
+            return None
+        return found.group(1)
+
+    def use_timezone(self, zone: str) -> None:
+        """Read and write datetimes in `zone` from now on (an IANA name, e.g. from `profile_timezone`)."""
+        self.config = self.config.model_copy(update={"user_timezone": zone})
+        self.clock = UserClock(zone)
+        self.web_services.clock = self.clock
+
+    def server_time(self) -> datetime:
+        """The server's clock now (the connection's ServerDate, the user's wall clock, as UTC): where a reader that
+        must not miss anything starts. A repeated wall-clock time reads as its first occurrence, i.e. earlier."""
+        response = self._request("GET", "/OnDemand/user/Rest/Connection")
+        return self.clock.parse_rest(response.json()["Connection"]["ServerDate"])
 
     def check_timezone(self) -> None:
         """Raise ValueError when `user_timezone` disagrees with the server: the connection's ServerDate is the
@@ -183,6 +214,17 @@ class OracleClient:
         params = {"fields": ",".join(parts)} if parts else {}
         path = self._path(f"{resource}/describe" if resource else "describe")
         return self._request("GET", path, params=params).json()["Resources"]
+
+    def resources(self, parts: Sequence[str] = ("links",)) -> dict[str, Any]:
+        """Every resource's metadata by resource name: the all-resources describe, paged over resources (its
+        default page is 2 resources, "Retrieving Metadata about Oracle CRM On Demand Resources", Ref30)."""
+        found: dict[str, Any] = {}
+        while True:
+            params = {"fields": ",".join(parts), "offset": len(found), "limit": 100}
+            body = self._request("GET", self._path("describe"), params=params).json()
+            found.update(body.get("Resources") or {})
+            if body.get("_contextInfo", {}).get("lastpage", True) or not body.get("Resources"):
+                return found
 
     # ---------------------------------------------------------------- transport
 

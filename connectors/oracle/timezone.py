@@ -60,6 +60,24 @@ class UserClock:
         month, day, year, hour, minute, second = map(int, match.groups())
         return self.to_utc(datetime(year, month, day, hour, minute, second))
 
+    def wall_of(self, text: str) -> datetime:
+        """The naive wall-clock time a REST ('2024-11-03T01:30:00Z') or v1.0 ('11/03/2024 01:30:00') value shows."""
+        if match := _REST.match(text.strip()):
+            return datetime(*map(int, match.groups()))
+        if match := _V1.match(text.strip()):
+            month, day, year, hour, minute, second = map(int, match.groups())
+            return datetime(year, month, day, hour, minute, second)
+        raise ValueError(f"{text!r} is not an OOD wall-clock datetime (YYYY-MM-DDTHH:MM:SSZ or MM/DD/YYYY hh:mm:ss)")
+
+    def second_reading(self, wall: datetime) -> datetime:
+        """The later of the two instants an ambiguous wall-clock time stands for (its second occurrence)."""
+        return wall.replace(tzinfo=self.zone, fold=1).astimezone(UTC)
+
+    def reads_back(self, moment: datetime) -> bool:
+        """True when the wall-clock form of `moment` reads back as `moment` itself (false only for instants in
+        the second occurrence of a repeated hour: the server reads their wall time as the first occurrence)."""
+        return self.to_utc(self.to_wall(moment)) == moment.astimezone(UTC).replace(microsecond=0)
+
     # ---------------------------------------------------------------- UTC -> wall clock
 
     def to_wall(self, moment: datetime) -> datetime:

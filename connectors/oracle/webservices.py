@@ -45,6 +45,8 @@ _RATE_TEXT = "maximum rate of requests was exceeded"
 _TRY_AGAIN = re.compile(r"try again in (\d+) ms")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _SESSION_CODES = ("SBL-ODU-01006", "SBL-ODU-01002")
+DELETED_ITEM_FIELDS = ("DeletedItemId", "DeletedById", "DeletedBy", "DeletedDate", "Name", "ObjectId", "Type",
+                       "ExternalSystemId")
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,9 @@ class DeletedItem:
     type: str
     name: str
     external_id: str
-    deleted_at: datetime  # UTC
+    deleted_at: datetime  # UTC (a repeated wall-clock time read as its first occurrence)
     deleted_by: str
+    deleted_text: str = ""  # DeletedDate as OOD wrote it: the user's wall clock, MM/DD/YYYY hh:mm:ss
 
 
 class WebServices:
@@ -138,21 +141,27 @@ class WebServices:
             outcomes += [Outcome(i, False, error=OracleApiError(f"record {i} has no {user_key}")) for i, _ in missing]
             keyed = [(i, r) for i, r in batch if r.get(user_key)]
             if keyed:
-                outcomes += self._write_splitting(record_type, keyed, user_key, echo)
+                outcomes += _splitting(keyed, lambda part: self._write_batch(record_type, part, user_key, echo))
         return sorted(outcomes, key=lambda o: o.index)
 
-    def _write_splitting(self, record_type: str, batch: list[tuple[int, Mapping[str, Any]]], user_key: str,
-                         echo: bool) -> list[Outcome]:
-        try:
-            return self._write_batch(record_type, batch, user_key, echo)
-        except OracleApiError as exc:
-            if not _data_error(exc):
-                raise
-            if len(batch) == 1:
-                return [Outcome(batch[0][0], False, error=exc)]
-        middle = len(batch) // 2
-        return (self._write_splitting(record_type, batch[:middle], user_key, echo) +
-                self._write_splitting(record_type, batch[middle:], user_key, echo))
+    def write(self, record_type: str, method: str, records: Sequence[Mapping[str, Any]], *,
+              echo: bool = True) -> list[Outcome]:
+        """`<Object>Insert`, `Update` or `Delete` of `records` (Update and Delete identify each record by its
+        Id) in batches of `ws_batch_size`, split until every record has its own Outcome, in input order."""
+        if method not in ("Insert", "Update", "Delete"):
+            raise ValueError(f"write() does Insert, Update or Delete, not {method!r}")
+        outcomes: list[Outcome] = []
+        indexed = list(enumerate(records))
+        for start in range(0, len(indexed), self.config.ws_batch_size):
+            batch = indexed[start:start + self.config.ws_batch_size]
+            outcomes += _splitting(batch, lambda part: self._plain_batch(record_type, method, part, echo))
+        return sorted(outcomes, key=lambda o: o.index)
+
+    def _plain_batch(self, record_type: str, method: str, batch: list[tuple[int, Mapping[str, Any]]],
+                     echo: bool) -> list[Outcome]:
+        body = "".join(f"<{record_type}>{self._fields(r)}</{record_type}>" for _, r in batch)
+        output = self._call(record_type, method, f"<ListOf{record_type}>{body}</ListOf{record_type}>" + _echo(echo))
+        return self._outcomes(record_type, batch, output)
 
     def _write_batch(self, record_type: str, batch: list[tuple[int, Mapping[str, Any]]], user_key: str,
                      echo: bool) -> list[Outcome]:
@@ -213,23 +222,29 @@ class WebServices:
             filters["Type"] = ws_term("=", record_type)
         if since is not None:
             filters["DeletedDate"] = ws_term(">=", since)
-        fields = ["DeletedItemId", "DeletedById", "DeletedBy", "DeletedDate", "Name", "ObjectId", "Type",
-                  "ExternalSystemId"]
-        start, size = 0, page_size or self.config.page_size
+        start = 0
         while True:
-            template = "".join(f"<{f}>{escape(filters.get(f, ''))}</{f}>" for f in fields)
-            output = self._call_deleted_items(f"<ListOfDeletedItem><DeletedItem>{template}</DeletedItem>"
-                                              f"</ListOfDeletedItem><PageSize>{size}</PageSize>"
-                                              f"<StartRowNum>{start}</StartRowNum>")
-            listing = _child(output, "ListOfDeletedItem")
-            rows = [_record(r) for r in (listing if listing is not None else [])]
-            for row in rows:
-                yield DeletedItem(row.get("DeletedItemId", ""), row.get("ObjectId", ""), row.get("Type", ""),
-                                  row.get("Name", ""), row.get("ExternalSystemId", ""),
-                                  self.clock.parse_v1(row["DeletedDate"]), row.get("DeletedBy", ""))
-            if (output.findtext("{*}LastPage") or "true").strip().lower() == "true" or not rows:
+            items, last_page = self.deleted_item_page(filters, start=start, page_size=page_size)
+            yield from items
+            if last_page or not items:
                 return
-            start += len(rows)
+            start += len(items)
+
+    def deleted_item_page(self, filters: Mapping[str, str], *, start: int = 0, page_size: int | None = None) \
+            -> tuple[list[DeletedItem], bool]:
+        """One page of DeletedItemQueryPage: `filters` {field: expression text} on the DeletedItem fields."""
+        template = "".join(f"<{_name(f)}>{escape(filters.get(f, ''))}</{f}>" for f in DELETED_ITEM_FIELDS)
+        size = page_size or self.config.page_size
+        output = self._call_deleted_items(f"<ListOfDeletedItem><DeletedItem>{template}</DeletedItem>"
+                                          f"</ListOfDeletedItem><PageSize>{size}</PageSize>"
+                                          f"<StartRowNum>{start}</StartRowNum>")
+        listing = _child(output, "ListOfDeletedItem")
+        rows = [_record(r) for r in (listing if listing is not None else [])]
+        items = [DeletedItem(row.get("DeletedItemId", ""), row.get("ObjectId", ""), row.get("Type", ""),
+                             row.get("Name", ""), row.get("ExternalSystemId", ""),
+                             self.clock.parse_v1(row["DeletedDate"]), row.get("DeletedBy", ""), row["DeletedDate"])
+                 for row in rows]
+        return items, (output.findtext("{*}LastPage") or "true").strip().lower() == "true"
 
     # ---------------------------------------------------------------- transport
 
@@ -317,6 +332,21 @@ def _fault(response: httpx.Response, scrub: Callable[[str], str]) -> OracleApiEr
     if code in _SESSION_CODES or "Session is not available" in message:
         return SessionExpired(message, **details)
     return OracleApiError(message, transient=text("faultcode").endswith("Server") and not symbol, **details)
+
+
+def _splitting(batch: list[tuple[int, Mapping[str, Any]]],
+               write: Callable[[list[tuple[int, Mapping[str, Any]]]], list[Outcome]]) -> list[Outcome]:
+    """Write a batch; when OOD refuses it for its data (all or nothing), write each half, down to single records,
+    so every record ends with its own outcome (Batch Processing, OnDemWebSvcs_BestPractices18)."""
+    try:
+        return write(batch)
+    except OracleApiError as exc:
+        if not _data_error(exc):
+            raise
+        if len(batch) == 1:
+            return [Outcome(batch[0][0], False, error=exc)]
+    middle = len(batch) // 2
+    return _splitting(batch[:middle], write) + _splitting(batch[middle:], write)
 
 
 def _data_error(error: OracleApiError) -> bool:
