@@ -8,6 +8,7 @@ not answer within `timeout` is stopped and reported with its log.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from crmsync.process import stop
+from crmsync.process import PARENT_ENV, stop
 
 BANNER = re.compile(r"sandbox: (https://\S+)\s+\(CA: (.+)\)")
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def launch(crm: str, state_dir: Path, args: Sequence[str] = (), *, log_file: Pat
     `log_file` (default `<state_dir>.log`)."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "sandboxes.cli", crm, "--port", "0", "--state", str(state_dir), *args]
+    command = [sys.executable, "-m", "crmsync", "sandbox", crm, "--port", "0", "--state", str(state_dir), *args]
     process, found = spawn(command, cwd=REPO, log_path=Path(log_file) if log_file else state_dir.with_suffix(".log"),
                            banner=BANNER, timeout=timeout)
     return Launched(process, found.group(1), Path(found.group(2).strip()))
@@ -45,9 +46,10 @@ def spawn(command: Sequence[str], *, cwd: Path, log_path: Path, banner: re.Patte
           env: Mapping[str, str] | None = None, timeout: float = 120) -> tuple[subprocess.Popen, re.Match[str]]:
     """Run `command` with its output appended to `log_path` and return once `banner` appears in what it wrote."""
     offset = log_path.stat().st_size if log_path.exists() else 0
+    environment = {**(env if env is not None else os.environ), PARENT_ENV: str(os.getpid())}  # dies with us
     with open(log_path, "ab") as log:
         process = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=dict(env) if env is not None else None)
+                                   stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:
         match = banner.search(log_path.read_bytes()[offset:].decode(errors="replace"))
@@ -59,3 +61,16 @@ def spawn(command: Sequence[str], *, cwd: Path, log_path: Path, banner: re.Patte
             stop(process)
             raise RuntimeError(f"sandbox did not start within {timeout} s:\n{log_path.read_text(errors='replace')}")
         time.sleep(0.05)
+
+
+def answers(url: str, ca_file: Path, timeout: float = 2.0) -> bool:
+    """Something answers HTTPS at `url`, with a certificate the local CA signed (any status counts)."""
+    import ssl
+
+    import httpx
+
+    try:
+        httpx.get(url, verify=ssl.create_default_context(cafile=str(ca_file)), timeout=timeout)
+    except (httpx.HTTPError, ssl.SSLError, OSError):
+        return False
+    return True

@@ -2,51 +2,25 @@
 the demo and the tests, with the account settings that reach it."""
 from __future__ import annotations
 
-import socket
-import ssl
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from crmsync import process
 from crmsync.connectors import RunningSandbox
-from crmsync.tls import ensure_ca
 from sandboxes.control import DEFAULT_ADMIN_TOKEN
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from sandboxes.launch import answers, launch
 
 
 class SalesforceSandboxKit:
-    def start(self, state_dir: Path, *, seed_contacts: int = 0, log_file: Path | None = None,
-              port: int | None = None) -> RunningSandbox:
-        """`crmsync sandbox salesforce` on a free port (state under `state_dir`/sandboxes), ready when this returns."""
-        sandboxes = state_dir / "sandboxes"
-        ca_file = ensure_ca(sandboxes).resolve()
-        port = port or _free_port()
-        command = [sys.executable, "-m", "crmsync", "sandbox", "salesforce", "--port", str(port),
-                   "--state", str(sandboxes / "salesforce"), "--seed-contacts", str(seed_contacts),
-                   "--pubsub-port", "0"]
-        child = process.spawn(command, log_file=log_file)
-        url = f"https://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if child.poll() is not None:
-                raise RuntimeError(f"the Salesforce sandbox exited with status {child.returncode} (log: {log_file})")
-            if _answers(url, ca_file, timeout=1):
-                return RunningSandbox(child, url, ca_file, self.account(url, ca_file), DEFAULT_ADMIN_TOKEN)
-            time.sleep(0.2)
-        process.stop(child)
-        raise RuntimeError(f"the Salesforce sandbox did not answer on {url} within 180 s (log: {log_file})")
+    def start(self, state_dir: Path, *, seed_contacts: int = 0, log_file: Path | None = None) -> RunningSandbox:
+        """`crmsync sandbox salesforce` (state under `state_dir`/sandboxes/salesforce, the CA one level up),
+        returned once it answers."""
+        started = launch("salesforce", state_dir / "sandboxes" / "salesforce",
+                         ["--seed-contacts", str(seed_contacts), "--pubsub-port", "0"], log_file=log_file)
+        return RunningSandbox(started.process, started.url, started.ca_file,
+                              self.account(started.url, started.ca_file), DEFAULT_ADMIN_TOKEN)
 
     def attach(self, url: str, ca_file: Path) -> RunningSandbox:
-        if not _answers(url, ca_file, timeout=2):
+        if not answers(f"{url}/services/data/", ca_file):
             raise ValueError(f"no Salesforce sandbox answers at {url}")
         return RunningSandbox(None, url, ca_file, self.account(url, ca_file), DEFAULT_ADMIN_TOKEN)
 
@@ -62,11 +36,3 @@ class SalesforceSandboxKit:
                 "security_token": creds.security_token, "client_id": creds.client_id,
                 "client_secret": creds.client_secret, "ca_file": str(ca_file), "auth": "oauth"}
 
-
-def _answers(url: str, ca_file: Path, timeout: float) -> bool:
-    """The sandbox answers its API over TLS verified against the local CA."""
-    try:
-        trust = ssl.create_default_context(cafile=str(ca_file))
-        return httpx.get(f"{url}/services/data/", verify=trust, timeout=timeout).status_code == 200
-    except (httpx.HTTPError, ssl.SSLError, OSError):
-        return False

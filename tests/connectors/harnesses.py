@@ -86,4 +86,10 @@ def _admin(running: RunningSandbox, path: str, body: dict[str, Any]) -> Any:
     return answer.json()
 
 
-HARNESSES: dict[str, Harness] = {"salesforce": SalesforceHarness(), "memory": MemoryHarness()}
+def _harnesses() -> dict[str, Harness]:
+    from tests.oracle.harness import OracleHarness
+
+    return {"salesforce": SalesforceHarness(), "memory": MemoryHarness(), "oracle": OracleHarness()}
+
+
+HARNESSES: dict[str, Harness] = _harnesses()
