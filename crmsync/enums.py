@@ -16,7 +16,7 @@ from typing import Any
 
 from crmsync import pg
 from crmsync.values import join_multi, split_multi
-from crmsync.wizard.schema import load_document
+from crmsync.mirrors.schema import load_document
 
 
 @dataclass

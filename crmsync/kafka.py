@@ -168,12 +168,14 @@ class DeliveryTracker:
             raise error
 
 
-def produce(p: Producer, tracker: DeliveryTracker, topic: str, value: bytes, key: bytes | None) -> None:
+def produce(p: Producer, tracker: DeliveryTracker, topic: str, value: bytes, key: bytes | None,
+            partition: int | None = None) -> None:
     """Queue one message, waiting for deliveries to drain while librdkafka's local queue is full (the one
     place that handles BufferError). Acknowledgements arrive through `tracker`; see `flush_all`."""
+    where = {} if partition is None else {"partition": partition}
     while True:
         try:
-            p.produce(topic, value=value, key=key, on_delivery=tracker)
+            p.produce(topic, value=value, key=key, on_delivery=tracker, **where)
             return
         except BufferError:
             p.poll(0.1)
@@ -211,12 +213,7 @@ def produce_batches(p: Producer, tracker: DeliveryTracker, topic: str, changes: 
         for start in range(0, len(members), per_message):
             chunk = members[start:start + per_message]
             payload = b'{"v":1,"changes":[' + b",".join(c.to_json() for c in chunk) + b"]}"
-            while True:
-                try:
-                    p.produce(topic, value=payload, partition=partition, on_delivery=tracker)
-                    break
-                except BufferError:
-                    p.poll(0.1)
+            produce(p, tracker, topic, payload, None, partition)
             messages += 1
     return messages
 

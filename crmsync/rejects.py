@@ -36,6 +36,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from crmsync import kafka, pg, topics
+from crmsync.retry import RetryPolicy  # noqa: F401 - the ledger's policy type
 from crmsync.envelope import ApplyCommand, Reject, dumps, record_key
 
 log = logging.getLogger("crmsync.rejects")
@@ -48,22 +49,8 @@ PARENT_NOT_FOUND = "PARENT_NOT_FOUND"
 WAITING_FOR_EARLIER = "WAITING_FOR_EARLIER"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When to retry: base·2^attempt seconds (capped), minus a random share so retries of many records spread."""
-
-    base_seconds: float = 2.0
-    max_seconds: float = 600.0
-    max_attempts: int = 8  # after this many requeues a failing record is abandoned (≈ 8.5 min with the defaults)
-    jitter: float = 0.5  # up to this fraction of the delay is taken off at random
-    retrying_timeout: float = 300.0  # a requeued command not settled by then is requeued again
-
-    def delay(self, attempt: int) -> float:
-        full = min(self.max_seconds, self.base_seconds * 2 ** max(attempt, 0))
-        return full * (1 - self.jitter * random.random())
-
-
-DEFAULT_POLICY = RetryPolicy()
+# a failing record is retried after ~2 s, 4 s, … up to 10 min; abandoned after 8 requeues (≈ 8.5 min in all)
+DEFAULT_POLICY = RetryPolicy(max_attempts=8, initial_wait=2.0, max_wait=600.0)
 
 
 @dataclass
@@ -168,16 +155,7 @@ def publish(producer: Producer, tracker: kafka.DeliveryTracker, reject: Reject) 
     """Put `reject` on its rejects topic (call `kafka.flush_all` before committing anything that depends on it)."""
     source = reject.record if isinstance(reject.record, dict) else {}
     key = record_key(source.get("key") or source.get("match") or {"id": reject.id})
-    _produce(producer, tracker, topics.rejects(reject.side, reject.target), key, reject.to_json())
-
-
-def _produce(producer: Producer, tracker: kafka.DeliveryTracker, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, on_delivery=tracker)
-            return
-        except BufferError:  # local queue full: let deliveries drain
-            producer.poll(0.1)
+    kafka.produce(producer, tracker, topics.rejects(reject.side, reject.target), reject.to_json(), key)
 
 
 def resolve(conn: psycopg.Connection, command_ids: Iterable[str]) -> int:
@@ -265,8 +243,8 @@ def requeue(conn: psycopg.Connection, producer: Producer, ids: Sequence[str] | N
                 continue
             command.attempt = row["attempts"] + 1
             topic = row["apply_topic"] or topics.apply(command.side, command.target, command.object)
-            _produce(producer, tracker, topic, record_key(command.match or command.key or {"id": command.id}),
-                     command.to_json())
+            kafka.produce(producer, tracker, topic, command.to_json(),
+                          record_key(command.match or command.key or {"id": command.id}))
             sent.append(row["id"])
         if sent:
             kafka.flush_all(producer, tracker)

@@ -11,12 +11,10 @@ two sandboxes starting at the same moment cannot each create a different CA in t
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import ipaddress
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -138,14 +136,10 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    with open(directory / ".ca.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _locked(directory: Path) -> Any:
+    from crmsync import private
+
+    return private.exclusive_lock(directory / ".ca.lock")
 
 
 def _now() -> dt.datetime:

@@ -29,7 +29,7 @@ from crmsync.enums import StoredEnumerations
 from crmsync.envelope import Change, Reject, changes_from_message, dumps, record_key
 from crmsync.infra import Endpoints
 from crmsync.observability import progress
-from streams.reconcile import Outcome, Reconciler, match_index_sql, save_conflicts
+from streams.reconcile import Decisions, Reconciler, match_index_sql, save_conflicts
 
 log = logging.getLogger("crmsync.streams")
 APP_ID = names.STREAMS_GROUP
@@ -89,7 +89,7 @@ class BatchHandler:
                                      enums=StoredEnumerations(found.campaign_dsn, max_age=ENUM_MAPS_MAX_AGE),
                                      crm_ready=CrmReadiness(self.conn, found.bootstrap_servers))
 
-    def handle(self, changes: list[Change]) -> Outcome:
+    def handle(self, changes: list[Change]) -> Decisions:
         """Decide `changes` in one transaction (the agent hands them over in slices of about
         MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages). A deadlock or
         serialization failure is retried here, from scratch: nothing is published before the database work is
@@ -107,7 +107,7 @@ class BatchHandler:
                 time.sleep(random.uniform(0.05, 0.25) * attempt)
         raise AssertionError("unreachable")
 
-    def _decide_and_publish(self, changes: list[Change]) -> Outcome:
+    def _decide_and_publish(self, changes: list[Change]) -> Decisions:
         with BATCH_SECONDS.labels(self.side).time(), self.conn.transaction():
             outcome = self.reconciler.process(self.conn, changes)
             found = [*self._duplicate_rejects(outcome), *self._invalid_value_rejects(outcome)]
@@ -131,7 +131,7 @@ class BatchHandler:
             CONFLICTS.labels(conflict.mapping).inc()
         return outcome
 
-    def _forget_deferred(self, changes: list[Change], outcome: Outcome) -> None:
+    def _forget_deferred(self, changes: list[Change], outcome: Decisions) -> None:
         """Changes that came back from deferred_changes and were decided now leave it."""
         if self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM crmsync.deferred_changes)").fetchone()[0]:
             return
@@ -139,7 +139,7 @@ class BatchHandler:
         self.conn.execute("DELETE FROM crmsync.deferred_changes WHERE id = ANY(%s)",
                           ([c.id for c in changes if c.id not in waiting],))
 
-    def _duplicate_rejects(self, outcome: Outcome) -> list[rejects.Entry]:
+    def _duplicate_rejects(self, outcome: Decisions) -> list[rejects.Entry]:
         """A new record that duplicates a linked one is not exported; it is reported, never dropped."""
         found = []
         for duplicate in outcome.duplicates:
@@ -155,7 +155,7 @@ class BatchHandler:
             found.append(rejects.Entry(reject, None, "pending", None))
         return found
 
-    def _invalid_value_rejects(self, outcome: Outcome) -> list[rejects.Entry]:
+    def _invalid_value_rejects(self, outcome: Decisions) -> list[rejects.Entry]:
         """A value that cannot have its field's kind was left out of the decision (the rest of the record
         was synced): reported with what to fix. Nothing to retry automatically — the fix is a new value."""
         found = []
@@ -175,7 +175,7 @@ class BatchHandler:
             found.append(rejects.Entry(reject, None, "abandoned", None))
         return found
 
-    def _defer(self, outcome: Outcome) -> None:
+    def _defer(self, outcome: Decisions) -> None:
         """Changes that must wait are parked in the database and re-published later (never dropped)."""
         if not outcome.deferred:
             return

@@ -21,7 +21,7 @@ Invariants:
   Campaign updates each touches its own columns). Commands a batch sends to one record on one side are merged
   into one: the newest value of each field, the oldest expectation.
 - Values are compared in canonical form by each field's declared kind (crmsync/values.py), never by shape. A
-  value that cannot have its field's kind is left out of the decision and reported (`Outcome.invalid`).
+  value that cannot have its field's kind is left out of the decision and reported (`Decisions.invalid`).
 - Update commands carry `expect`: the value each field held on that side when the decision was made (what
   the side holds once our earlier commands are applied: the agreed value). A writer applies a field only if
   the target still holds it (compare-and-set); a field a user changed meanwhile is left alone, and that edit
@@ -128,7 +128,7 @@ class InvalidValue:
 
 
 @dataclass
-class Outcome:
+class Decisions:
     """What one batch decided; the caller publishes `commands`, parks `deferred`, reports `duplicates` and
     `invalid`, then commits."""
 
@@ -175,11 +175,11 @@ class Reconciler:
                     if m.account.lower() == change.source.lower() and m.crm_object.lower() == change.object.lower()]
         return [m for m in self.settings.mappings if m.campaign_table == change.object]
 
-    def process(self, conn: psycopg.Connection, changes: list[Change]) -> Outcome:
+    def process(self, conn: psycopg.Connection, changes: list[Change]) -> Decisions:
         """Decide a batch (all from one side) inside the caller's open transaction."""
         if self.field_types is None or self.field_types.conn is not conn:
             self.field_types = FieldTypes(conn)
-        outcome = Outcome()
+        outcome = Decisions()
         by_mapping: dict[str, list[Change]] = {}
         echoes: dict[str, list[Change]] = {}
         for change in changes:
@@ -205,7 +205,7 @@ class Reconciler:
 class MappingBatch:
     """The decisions for one mapping and one batch of changes from one side."""
 
-    def __init__(self, reconciler: Reconciler, conn: psycopg.Connection, mapping: Mapping, outcome: Outcome) -> None:
+    def __init__(self, reconciler: Reconciler, conn: psycopg.Connection, mapping: Mapping, outcome: Decisions) -> None:
         self.r = reconciler
         self.conn = conn
         self.m = mapping

@@ -40,6 +40,7 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_a
 from connectors.salesforce.account import SalesforceAccount
 from crmsync.config import Settings
 from crmsync.connectors import ApiUsage
+from crmsync.retry import RetryPolicy
 from connectors.salesforce import auth
 
 log = logging.getLogger("crmsync.salesforce.client")
@@ -53,16 +54,6 @@ API_CALLS = Counter("crmsync_crm_api_calls_total", "CRM API requests sent (every
 API_USAGE = Gauge("crmsync_crm_api_usage", "Daily API requests used, as the CRM last reported", ["account"])
 API_LIMIT = Gauge("crmsync_crm_api_limit", "Daily API request limit, as the CRM last reported", ["account"])
 API_RETRIES = Counter("crmsync_crm_api_retries_total", "CRM API requests retried, by reason", ["account", "reason"])
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to insist on transient failures. The defaults ride out a minute or so of trouble."""
-
-    max_attempts: int = 8
-    initial_wait: float = 0.5
-    max_wait: float = 30.0
-    jitter: float = 0.5
 
 
 class _SessionRenewed(Exception):

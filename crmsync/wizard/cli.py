@@ -17,7 +17,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from crmsync.accounts_cli import context, fail, stored
-from crmsync.wizard import data, schema
+from crmsync.mirrors import data, schema
 from crmsync.wizard.discovery import UnsafeName, discovery_for
 
 log = logging.getLogger("crmsync.wizard")

@@ -63,7 +63,7 @@ SUPERSEDED = Counter("crmsync_writer_superseded_fields_total",
                      ["writer", "table"])
 BATCH_SECONDS = Histogram("crmsync_writer_batch_seconds", "Time to apply one batch, commit and publish its rejects",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-from crmsync.observability import freshness_histogram, freshness_last, progress  # noqa: E402 - shared by the writers
+from crmsync.observability import freshness_histogram, freshness_last, progress, source_age  # noqa: E402 - shared by the writers
 
 OnApplied = Callable[[ApplyCommand, "int | None", bool], None]
 
@@ -186,18 +186,6 @@ def _groups(plans: list[Planned]) -> list[tuple[tuple, list[int]]]:
 def _payload(plans: list[Planned]) -> str:
     """The statement's one parameter: its input rows as a JSON array, `n` = position in it."""
     return envelope.dumps([{"n": n, **plan.row} for n, plan in enumerate(plans)]).decode()
-
-
-def _source_age(command: ApplyCommand, now: datetime) -> float | None:
-    if not command.source_ts:
-        return None
-    try:
-        moment = datetime.fromisoformat(command.source_ts)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max((now - moment).total_seconds(), 0.0)
 
 
 class CampaignWriter:
@@ -502,7 +490,7 @@ class CampaignWriter:
             command = applied.command
             action = "delete" if command.action == "delete" else "insert" if applied.created else "update"
             actions[(command.object, action)] += 1
-            age = _source_age(command, now)
+            age = source_age(command.source_ts, now)
             if age is not None:
                 if command.object not in freshness:
                     freshness[command.object] = freshness_histogram(STAGE, command.object)

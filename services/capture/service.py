@@ -99,7 +99,7 @@ class CaptureService:
         """The wizard's mirror tables (re-read while running), so edits made to them in SQL reach the CRM."""
         if not self.cfg.mirror_tables:
             return []
-        from crmsync.wizard.schema import mirrored_objects
+        from crmsync.mirrors.schema import mirrored_objects
 
         return sorted(table for _, _, table in mirrored_objects(self.conn))
 
@@ -286,12 +286,7 @@ class CaptureService:
         return published
 
     def _produce(self, topic: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=self.tracker)
-                return
-            except BufferError:  # local queue full: let deliveries drain
-                self.producer.poll(0.1)
+        kafka.produce(self.producer, self.tracker, topic, value, key)
 
     # -- heartbeat and lag -------------------------------------------------------------------------------
     def _maybe_heartbeat(self) -> None:

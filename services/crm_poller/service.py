@@ -179,7 +179,7 @@ class Poller:
 
     def follow_mirrors(self) -> list[str]:
         """Also poll the objects the wizard mirrors for this account (a wizard run needs no restart)."""
-        from crmsync.wizard.schema import mirrored_objects
+        from crmsync.mirrors.schema import mirrored_objects
 
         names = {obj for _, obj, _ in mirrored_objects(self.conn, self.client.account_name)}
         added = sorted(n for n in names if n not in self.objects)

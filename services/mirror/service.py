@@ -37,8 +37,8 @@ from crmsync.envelope import ApplyCommand, Change, Reject, changes_from_message
 from crmsync.infra import Endpoints
 from crmsync.observability import progress
 from crmsync.values import join_multi
-from crmsync.wizard.data import MIRROR_ORIGIN
-from crmsync.wizard.schema import mirrored_elements
+from crmsync.mirrors.data import MIRROR_ORIGIN
+from crmsync.mirrors.schema import mirrored_elements
 from services.crm_writer.service import CrmWriter
 
 log = logging.getLogger("crmsync.mirror")
@@ -271,7 +271,7 @@ class MirrorService:
         if not self.formula_refresh_seconds or time.monotonic() - self._formulas_at < self.formula_refresh_seconds:
             return
         self._formulas_at = time.monotonic()
-        from crmsync.wizard.data import refresh_formulas
+        from crmsync.mirrors.data import refresh_formulas
 
         try:
             changed = refresh_formulas(self.discovery, self.endpoints.campaign_dsn, self.account)

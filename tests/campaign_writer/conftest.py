@@ -16,7 +16,7 @@ from crmsync.rejects import RetryPolicy
 from services.campaign_writer import service
 from services.campaign_writer.service import CampaignWriter, WriterOptions
 
-FAST_RETRY = RetryPolicy(base_seconds=0.2, max_seconds=1.0, max_attempts=8, retrying_timeout=30)
+FAST_RETRY = RetryPolicy(initial_wait=0.2, max_wait=1.0, max_attempts=8, retrying_timeout=30)
 FAST_OPTIONS = WriterOptions(retry_interval=0.2)
 _ids = itertools.count(1)
 

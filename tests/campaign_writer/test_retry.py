@@ -44,7 +44,7 @@ def test_child_waits_for_its_parent_and_lands_once_it_arrives(endpoints, campaig
 
 def test_a_failing_command_is_retried_with_backoff_then_abandoned(endpoints, campaign_db, commands):
     dsn, name = campaign_db
-    policy = RetryPolicy(base_seconds=0.1, max_seconds=0.3, max_attempts=3, retrying_timeout=30)
+    policy = RetryPolicy(initial_wait=0.1, max_wait=0.3, max_attempts=3, retrying_timeout=30)
     bad = commands.upsert("organisations", match=account("001X"), name="Bad", employees=-5)
     with RunningWriter(endpoints, dsn, name, ["organisations"], policy=policy):
         produce(endpoints.bootstrap_servers, [bad])

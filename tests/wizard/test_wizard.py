@@ -6,7 +6,7 @@ import psycopg
 import pytest
 import yaml
 
-from crmsync.wizard import data
+from crmsync.mirrors import data
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.discovery import SalesforceDiscovery
 

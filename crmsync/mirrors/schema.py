@@ -16,7 +16,7 @@ from typing import Any, Callable
 from psycopg import sql
 
 from crmsync import pg
-from crmsync.wizard.discovery import MIRROR_PG_TYPES, Discovery, TableSpec, UnsafeName, check_api_name
+from crmsync.connectors import MIRROR_PG_TYPES, Discovery, TableSpec, UnsafeName, check_api_name
 
 Log = Callable[[str], None]
 log = logging.getLogger("crmsync.wizard")

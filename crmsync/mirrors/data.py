@@ -11,8 +11,9 @@ from typing import Any, Iterable
 from psycopg import sql
 
 from crmsync import pg
-from crmsync.wizard.discovery import Discovery, FieldSpec, crm_value
-from crmsync.wizard.schema import load_document
+from crmsync.connectors import Discovery, FieldSpec
+from crmsync.values import split_multi
+from crmsync.mirrors.schema import load_document
 
 # Transactions that write mirror rows with the CRM's own values carry this origin tag, so the mirror service
 # does not send them back to the CRM as edits (services/mirror).
@@ -83,3 +84,13 @@ def refresh_formulas(discovery: Discovery, dsn: str, account: str,
             ).rowcount
     return changed
 
+
+def crm_value(field: FieldSpec, value: Any, separator: str = ";") -> Any:
+    """A CRM value in the form its mirror column takes (a multi-select 'a;b' -> ['a', 'b'])."""
+    if field.pg_type == "text[]" and isinstance(value, str):
+        return split_multi(value, separator)
+    if field.pg_type == "jsonb" and value is not None:
+        import json
+
+        return json.dumps(value)
+    return value
