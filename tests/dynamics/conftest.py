@@ -14,7 +14,7 @@ from tests.sandbox_dynamics.conftest import AppCertificate, RunningSandbox, laun
 def account_for(sandbox: RunningSandbox, method: str = "client_secret", **overrides: Any) -> DynamicsAccount:
     """An account that signs in to `sandbox` the way a user would configure it (authority = the sandbox)."""
     c = sandbox.credentials
-    values: dict[str, Any] = dict(environment_url=sandbox.base_url, tenant_id=c.tenant_id, client_id=c.client_id,
+    values: dict[str, Any] = dict(url=sandbox.base_url, tenant_id=c.tenant_id, client_id=c.client_id,
                                   authority=sandbox.base_url, ca_file=sandbox.ca_path)
     if method == "client_secret":
         values["client_secret"] = c.client_secret
