@@ -231,10 +231,11 @@ class DataverseClient:
         code = str(error.get("code") or response.status_code) if isinstance(error, dict) else str(response.status_code)
         message = str(error.get("message") if isinstance(error, dict) and error.get("message") else
                       response.reason_phrase)
-        return DataverseApiError(response.status_code, code, self._scrub(message), method, _display(url),
+        return DataverseApiError(response.status_code, code, self.scrub(message), method, _display(url),
                                  _retry_after(response))
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """`text` with the token and every configured secret replaced by [redacted]."""
         for secret in self.tokens.secrets():
             text = text.replace(secret, "[redacted]")
         return text
@@ -369,9 +370,9 @@ class DataverseClient:
     # ------------------------------------------------------------ metadata
 
     def entity(self, logical_name: str) -> dict[str, Any]:
-        """EntityDefinitions(LogicalName=...) with its Attributes and Keys."""
+        """EntityDefinitions(LogicalName=...) with its Attributes, Keys and ManyToOneRelationships (lookups)."""
         return self.request("GET", f"EntityDefinitions(LogicalName='{_escape(logical_name)}')",
-                            params={"$expand": "Attributes,Keys"}).json()
+                            params={"$expand": "Attributes,Keys,ManyToOneRelationships"}).json()
 
     def choice_columns(self, logical_name: str) -> list[dict[str, Any]]:
         """Attribute metadata of every choice column of a table (picklist, state, status, multi-select), each with
@@ -395,11 +396,16 @@ CHOICE_METADATA_TYPES = ("PicklistAttributeMetadata", "StateAttributeMetadata", 
                          "MultiSelectPicklistAttributeMetadata")
 
 
-def option_label(option: Mapping[str, Any]) -> str:
-    """An option's label in the user's language (UserLocalizedLabel), else its first localized label."""
-    label = option.get("Label") or {}
+def localized_label(label: Any) -> str:
+    """A metadata Label's text in the user's language (UserLocalizedLabel), else its first localized label."""
+    if not isinstance(label, Mapping):
+        return ""
     localized = label.get("UserLocalizedLabel") or next(iter(label.get("LocalizedLabels") or []), None) or {}
     return str(localized.get("Label") or "")
+
+
+def option_label(option: Mapping[str, Any]) -> str:
+    return localized_label(option.get("Label"))
 
 
 # ---------------------------------------------------------------- helpers

@@ -12,7 +12,8 @@ All endpoints live under /__sandbox/ and require `X-Sandbox-Admin: <admin token>
                                     "window_seconds": W, "max_concurrent_requests": C, "reset": true}
                                     (any subset; "reset" forgets the requests already counted)
   POST /__sandbox/clock             {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time
-  POST /__sandbox/change-tracking   {"expire_days": N}: ExpireChangeTrackingInDays
+  POST /__sandbox/change-tracking   {"expire_days": N, "tables": {"lead": false}}: ExpireChangeTrackingInDays,
+                                    and change tracking ("Track changes") switched per table (either key)
   POST /__sandbox/expire-tokens     {}: every access and refresh token issued so far stops working
 
 A fault is decided per Web API request after authentication and before anything else happens, so a faulted
@@ -32,6 +33,7 @@ from sandboxes.control import Faults, admin_endpoint
 
 from .context import Sandbox
 from .errors import DataverseError
+from .model import ENTITIES
 
 FAULT_KINDS = ("token_expiry", "throttle_429", "unavailable_503")
 _LIMIT_KEYS = {"requests_per_window": int, "execution_seconds_per_window": float, "window_seconds": int,
@@ -87,11 +89,21 @@ def clock(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def change_tracking(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
-    days = int(body["expire_days"])
-    if days <= 0:
-        raise ValueError("expire_days must be positive")
-    sandbox.settings.expire_change_tracking_days = days
-    return {"expire_days": days}
+    unknown = set(body) - {"expire_days", "tables"}
+    if unknown:
+        raise ValueError(f"unknown change-tracking settings: {sorted(unknown)}; known: expire_days, tables")
+    if "expire_days" in body:
+        days = int(body["expire_days"])
+        if days <= 0:
+            raise ValueError("expire_days must be positive")
+        sandbox.settings.expire_change_tracking_days = days
+    for table, enabled in dict(body.get("tables") or {}).items():
+        if table not in ENTITIES:
+            raise ValueError(f"no table {table!r}; tables: {', '.join(sorted(ENTITIES))}")
+        untracked = [t for t in sandbox.settings.untracked_tables if t != table]
+        sandbox.settings.untracked_tables = untracked if enabled else [*untracked, table]
+    return {"expire_days": sandbox.settings.expire_change_tracking_days,
+            "tables": {name: sandbox.tracks_changes(entity) for name, entity in ENTITIES.items()}}
 
 
 def expire_tokens(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:

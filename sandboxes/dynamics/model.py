@@ -298,6 +298,7 @@ OPPORTUNITY = _entity(Entity("opportunity", "opportunities", "Opportunity", "Opp
     Attribute("estimatedvalue", "Money", "Est. Revenue", min_value=0, max_value=100_000_000_000_000),
     Attribute("estimatedclosedate", "DateTime", "Est. Close Date", date_only=True),
     Attribute("closeprobability", "Integer", "Probability", min_value=0, max_value=100),
+    Attribute("stepname", "String", "Pipeline Phase", 200),
     Attribute("opportunityratingcode", "Picklist", "Rating",
               option_set=_local("opportunity", "opportunityratingcode", "Hot", "Warm", "Cold")),
     Attribute("purchasetimeframe", "Picklist", "Purchase Timeframe", option_set=PURCHASE_TIMEFRAME),
