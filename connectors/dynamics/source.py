@@ -25,8 +25,9 @@ The neutral change: key {"id": <GUID>}; position {"ts": modifiedon (ISO 8601 UTC
 `after` = the row's columns by logical name (values.py). Which op:
 
 - 'r' the first full read (and a full read after an expired delta link);
-- 'c' a row created since the read the cursor came from (createdon at or after the window start: the delta
-  token's time, or the modifiedon cursor);
+- 'c' a row created since the read the cursor came from: createdon later than the window start (the delta
+  token's time, or the modifiedon cursor). Dataverse's times are whole seconds, so a row created within the
+  start's own second may have existed at that read: it is 'u', like any other row;
 - 'u' any other row;
 - 'd' a `$deletedEntity` entry. It carries no time: its position ts is the time of the delta token the read
   started from (deterministic for the cursor, and never after the deletion) and its version that token's
@@ -130,8 +131,9 @@ class DynamicsChangeSource:
 
     def _tracked(self, cursor: "TrackingCursor", retried: bool = False) -> Iterator[SourcePage]:
         reading_all = cursor.delta is None  # the first read, or a full read after an expired link
-        pages = self.client.change_pages(self.table.entity_set, select=self._select(),
-                                         link=cursor.next or cursor.delta, page_size=self.options.page_size)
+        link = cursor.next or (_with_select(cursor.delta, self._select()) if cursor.delta else None)
+        pages = self.client.change_pages(self.table.entity_set, select=self._select(), link=link,
+                                         page_size=self.options.page_size)
         try:
             for page in pages:
                 window = cursor.window_start()
@@ -213,7 +215,7 @@ class DynamicsChangeSource:
         stamp = _iso(after.get("modifiedon"))
         if op is None:
             created = parse_timestamp(after.get("createdon"))
-            op = "c" if window is not None and created is not None and created >= window else "u"
+            op = "c" if window is not None and created is not None and created > window else "u"
         return Change(id=f"crm:{self.account}:{self.obj}:{rid}:{version}", side="crm", source=self.account,
                       object=self.obj, op=op, key={"id": rid}, after=after,
                       position={"ts": stamp, "id": rid, "version": version}, source_ts=stamp)
@@ -327,6 +329,15 @@ class ModifiedCursor:
             return
         horizon = _epoch(self.ts) - lookback.total_seconds()
         self.seen = {rid: entry for rid, entry in self.seen.items() if _epoch(entry[1]) >= horizon}
+
+
+def _with_select(link: str, select: list[str]) -> str:
+    """The delta link asking for the table's columns as they are now (a column added since is read from the next
+    delta on); everything else in the link, the token above all, stays as Dataverse wrote it."""
+    parts = urlsplit(link)
+    kept = [p for p in parts.query.split("&") if p and not p.startswith(("$select=", "%24select="))]
+    query = "&".join([f"$select={','.join(select)}", *kept])
+    return parts._replace(query=query).geturl()
 
 
 def _check_version(data: dict[str, Any]) -> None:
