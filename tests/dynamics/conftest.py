@@ -1,6 +1,6 @@
-"""Fixtures for the Dataverse API client and the Dynamics connector tests: real HTTPS Dynamics sandbox subprocesses
-(tests/sandbox_dynamics/conftest.py) — one for a module, or fresh ones for a test (`start_sandbox`) — and accounts and
-connector clients that point at them. No mocks anywhere."""
+"""Fixtures for the Dataverse API client and the Dynamics connector tests: real HTTPS Dynamics sandbox
+subprocesses (tests/sandbox_dynamics/conftest.py) — one for a module, or fresh ones for a test (`start_sandbox`) —
+and accounts and connector clients that point at them. No mocks anywhere."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator
