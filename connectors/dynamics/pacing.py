@@ -6,7 +6,8 @@ execution time (1,200 s); past either limit it answers 429 with `Retry-After`
 windows over this client's own requests and lets a request go only while both stay under `headroom` of the
 limits. Other clients of the same user spend the same budget: every response reports what is left of it
 (`x-ms-ratelimit-burst-remaining-xrm-requests`, `x-ms-ratelimit-time-remaining-xrm-requests`), and when that drops
-into the reserve the headroom leaves, the pacer slows down in proportion to how deep into the reserve it is.
+into the reserve the headroom leaves, the pacer spaces requests at the steady pace (window / limit: 50 ms for
+the documented limits), stretched up to twenty-fold as the reserve runs out.
 
 A 429 that still happens (a burst elsewhere, a server restarted with fresh limits) is not the pacer's business:
 the client waits `Retry-After` and retries. Clock and sleep are parameters, so tests can drive the pacer.
@@ -20,7 +21,9 @@ from typing import Callable
 
 from .auth import ServiceProtection
 
-MAX_RESERVE_PAUSE_SHARE = 0.1  # a pause for the shared reserve never exceeds this share of the window
+MARGIN_SHARE, MAX_MARGIN_SECONDS = 0.05, 1.0  # a request stays in our window this much longer than in the
+#                                              server's (it reaches the server later than we sent it)
+MIN_RESERVE_SHARE = 0.05  # in the reserve, requests are spaced at most 1 / this times the steady pace
 
 
 class Pacer:
@@ -29,6 +32,7 @@ class Pacer:
         self.limits = limits
         self.request_budget = max(1, int(limits.requests_per_window * limits.headroom))
         self.seconds_budget = limits.execution_seconds_per_window * limits.headroom
+        self.margin = min(MAX_MARGIN_SECONDS, limits.window_seconds * MARGIN_SHARE)
         self.clock, self.sleep = clock, sleep
         self._sent: deque[float] = deque()  # when each request in the window was sent
         self._spent: deque[tuple[float, float]] = deque()  # (finished at, execution seconds)
@@ -62,7 +66,7 @@ class Pacer:
 
     def _wait_for(self, now: float) -> float:
         self._prune(now)
-        window = self.limits.window_seconds
+        window = self.limits.window_seconds + self.margin
         waits = [0.0]
         if len(self._sent) >= self.request_budget:
             waits.append(self._sent[0] + window - now)
@@ -71,19 +75,21 @@ class Pacer:
         return max(waits)
 
     def _prune(self, now: float) -> None:
-        horizon = now - self.limits.window_seconds
+        horizon = now - self.limits.window_seconds - self.margin
         while self._sent and self._sent[0] <= horizon:
             self._sent.popleft()
         while self._spent and self._spent[0][0] <= horizon:
             self._spent.popleft()
 
     def _reserve_pause(self, remaining: float | None, limit: float, budget: float) -> float:
-        """Seconds to pause when the server's remaining budget is inside the reserve (limit - budget)."""
+        """Seconds to pause when the server's remaining budget is inside the reserve (limit - budget): the steady
+        pace (window / requests allowed), stretched up to 20 times as the reserve runs out."""
         reserve = limit - budget
         if remaining is None or reserve <= 0 or remaining >= reserve:
             return 0.0
         depth = (reserve - remaining) / reserve  # 0 at the reserve's edge, 1 when nothing is left
-        return depth * self.limits.window_seconds * MAX_RESERVE_PAUSE_SHARE
+        pace = self.limits.window_seconds / self.limits.requests_per_window
+        return pace / max(1.0 - depth, MIN_RESERVE_SHARE)
 
     def _pause(self, seconds: float) -> None:
         self.waited += seconds
