@@ -48,10 +48,10 @@ def entity_definition(entity: Entity, tracked: bool = True) -> dict[str, Any]:
         "CollectionSchemaName": entity.label_plural, "PrimaryIdAttribute": entity.primary_id,
         "PrimaryNameAttribute": entity.primary_name, "ObjectTypeCode": entity.object_type_code,
         "OwnershipType": entity.ownership, "IsCustomEntity": False, "IsActivity": False, "IsIntersect": False,
-        "IsManaged": True, "IsValidForAdvancedFind": True, "IsLogicalEntity": False,
+        "IsManaged": True, "IsValidForAdvancedFind": entity.advanced_find, "IsLogicalEntity": False,
         "ChangeTrackingEnabled": tracked,
         "CanChangeTrackingBeEnabled": _managed(True, "canchangetrackingbeenabled"),
-        "IsAuditEnabled": _managed(True, "canmodifyauditsettings"),
+        "IsAuditEnabled": _managed(entity.audited, "canmodifyauditsettings"),
         "DisplayName": label(entity.label), "DisplayCollectionName": label(entity.label_plural),
         "Description": label(f"{entity.label} records"),
     }

@@ -324,7 +324,7 @@ def delete(call: Call, entity: Entity, key: str) -> Response:
         if if_match.strip() != f'W/"{row.get("versionnumber")}"':
             raise DataverseError(412, CONCURRENCY_VERSION_MISMATCH, "The version of the existing record doesn't "
                                  "match the RowVersion property provided.")
-    call.sandbox.store.delete(entity, existing)
+    call.sandbox.store.delete(entity, existing, user_id=call.user_id)
     call.sandbox.stats.record_write(entity.entity_set, "delete")
     return respond(204)
 

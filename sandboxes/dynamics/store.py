@@ -234,11 +234,17 @@ class Store:
             raise self._integrity(entity, exc, record_id) from None
         return int(row["versionnumber"])
 
-    def delete(self, entity: Entity, record_id: str) -> bool:
+    def delete(self, entity: Entity, record_id: str, *, user_id: str) -> bool:
+        """Remove a record; remember it for change tracking and, for an audited table, in the audit log."""
         cur = self.conn.execute(f"DELETE FROM {_q(entity.name)} WHERE {_q(entity.primary_id)} = ?", (record_id,))
         if cur.rowcount:
+            stamp = format_datetime(self.now())
             self.conn.execute("INSERT INTO _deleted (entity, id, versionnumber, deletedon) VALUES (?, ?, ?, ?)",
-                              (entity.name, record_id, self.next_version(), format_datetime(self.now())))
+                              (entity.name, record_id, self.next_version(), stamp))
+            if entity.audited:
+                self.insert(ENTITIES["audit"], {"operation": 3, "action": 3, "objecttypecode": entity.name,
+                                                "objectid": record_id, "objectid__type": entity.name,
+                                                "userid": user_id}, user_id=user_id)
         return cur.rowcount > 0
 
     def insert_many(self, entity: Entity, rows: Sequence[Mapping[str, Any]], *, user_id: str,
