@@ -76,9 +76,9 @@ def connect() -> Iterator[Callable[..., DynamicsClient]]:
     yield from tracked(connector_client, lambda client: client.close())
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def dynamics(sandbox: RunningSandbox) -> Iterator[DynamicsClient]:
-    """A connector client on the module's sandbox."""
+    """A connector client on the module's sandbox (shared by its tests: its table catalog is read once)."""
     client = connector_client(sandbox)
     yield client
     client.close()
