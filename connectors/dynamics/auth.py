@@ -69,8 +69,9 @@ class DynamicsAccount(AccountBase):
     is a PEM file (`certificate_path`, with the key in it or in `key_path`) or PEM text (`certificate`, public, and
     `private_key`, secret: PEM or base64 of the PEM as Campaign's "Private Key (Base64 encoded)" field takes it);
     `thumbprint` (optional) is checked against the certificate: the SHA-1 thumbprint in hex as Entra shows it, or
-    base64 as the app manifest's customKeyIdentifier holds it."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    base64 as the app manifest's customKeyIdentifier holds it. Validation errors never repeat the input (it may
+    hold secrets)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     type: Literal["dynamics"] = "dynamics"
     url: str  # the environment URL, https://<org>.crm.dynamics.com
