@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv browser clean
+.PHONY: demo test bench venv browser clean compose-env
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/crmsync demo
+
+# docker compose's .env (0600): fresh secrets; docker-compose.yml refuses to start without it
+compose-env: $(STAMP)
+	$(BIN)/crmsync compose-env
 
 # headless Chromium + chromedriver for the dashboard tests (tests/dashboard), from Debian; idempotent
 browser:

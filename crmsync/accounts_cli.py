@@ -68,7 +68,10 @@ def add(ctx: typer.Context, name: str = typer.Argument(..., help="internal name,
                                          ca_file=ca_file, auth=auth))
     except accounts.AccountError as exc:
         fail(f"account {name!r} is not valid:\n{exc}", 2)
-    accounts.save(dsn, settings.state_dir, name, account)
+    try:
+        accounts.save(dsn, settings.state_dir, name, account)
+    except accounts.AccountError as exc:
+        fail(f"account {name!r} is not valid:\n{exc}", 2)
     Console().print(f"account {name!r} saved (not configured: run `crmsync wizard {name}`)", highlight=False)
 
 
@@ -79,7 +82,11 @@ def list_accounts(ctx: typer.Context) -> None:
     table = Table(title="external accounts")
     for column in ("name", "type", "source", "username", "login url", "status"):
         table.add_column(column, overflow="fold")
-    for a in accounts.all_accounts(dsn, settings):
+    try:
+        found = accounts.all_accounts(dsn, settings)
+    except accounts.AccountError as exc:
+        fail(str(exc), 2)
+    for a in found:
         table.add_row(a.name, a.account.type, a.source, a.account.username, a.account.login_url,
                       "configured" if a.configured else "not configured")
     Console().print(table)

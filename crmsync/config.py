@@ -1,20 +1,26 @@
 """crmsync configuration: one YAML file (`crmsync.yaml`), validated by pydantic, with environment overrides.
 
-Precedence, highest first: environment (`KAFKA_BOOTSTRAP_SERVERS`, `CAMPAIGN_DSN`, `CRMSYNC_STATE_DIR`),
+Precedence, highest first: environment (`KAFKA_BOOTSTRAP_SERVERS` and the other `KAFKA_*` of KAFKA_ENVIRONMENT,
+`CAMPAIGN_DSN`, `CRMSYNC_STATE_DIR`),
 then the file, then the embedded defaults (a broker and a PostgreSQL that crmsync starts itself).
 A bad file is reported as ``<file>: <key.path>: <what is expected>`` so the user knows what to fix.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 DEFAULT_CONFIG_FILE = "crmsync.yaml"
 DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
+# Validation context of a file read before the account store was: a mapping may name an account that is not in
+# the file (`crmsync account add`); Settings.check_accounts() is the check once the store's accounts are in.
+ACCOUNTS_FROM_STORE = "accounts_from_store"
 
 
 class ConfigError(Exception):
@@ -26,9 +32,43 @@ class _Strict(BaseModel):
 
 
 class KafkaSettings(_Strict):
+    """The broker and how to talk to it. A real Kafka should not be PLAINTEXT: `security_protocol: SASL_SSL`
+    with a SASL mechanism and credentials, the broker's certificate checked against `ssl_ca_location` (or the
+    system's CAs) — verification cannot be turned off. Every client crmsync makes gets these (crmsync/kafka.py)."""
+
     bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; empty = embedded broker")
     partitions: int = Field(4, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1)
+    session_timeout_ms: int | None = Field(None, ge=100, description="consumer group session timeout; empty = "
+                                           "1 s on the embedded broker, 10 s (with static membership) otherwise")
+    static_membership: bool | None = Field(None, description="group.instance.id per replica (restarts keep their "
+                                           "partitions); empty = on for a configured broker, off for the embedded one")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = Field(None, description="CA certificates (PEM) the broker's certificate must chain to")
+    ssl_certificate_location: Path | None = Field(None, description="client certificate (PEM), for brokers that want one")
+    ssl_key_location: Path | None = Field(None, description="its private key (PEM)")
+    ssl_key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> "KafkaSettings":
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
+                             "sasl_password")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError("sasl_* settings need security_protocol SASL_SSL (or SASL_PLAINTEXT)")
+        if self.security_protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+            raise ValueError("SASL PLAIN without TLS sends the password in clear text: use security_protocol SASL_SSL")
+        ssl_files = (self.ssl_ca_location, self.ssl_certificate_location, self.ssl_key_location, self.ssl_key_password)
+        if not tls and any(ssl_files):
+            raise ValueError("ssl_* settings need security_protocol SSL or SASL_SSL")
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together")
+        return self
 
 
 class CampaignSettings(_Strict):
@@ -148,17 +188,25 @@ class Settings(_Strict):
     workflows: list[Path] = Field(default_factory=list, description="workflow files `crmsync run` schedules")
 
     @model_validator(mode="after")
-    def _mappings_are_consistent(self) -> "Settings":
+    def _mappings_are_consistent(self, info: ValidationInfo) -> "Settings":
         names = [m.name for m in self.mappings]
+        store_comes_later = bool((info.context or {}).get(ACCOUNTS_FROM_STORE))
         for mapping in self.mappings:
             if names.count(mapping.name) > 1:
                 raise ValueError(f"mapping name {mapping.name!r} is used twice")
-            if mapping.account not in self.accounts:
+            if mapping.account not in self.accounts and not store_comes_later:
                 raise ValueError(f"mapping {mapping.name!r} uses account {mapping.account!r}, which is not under accounts:")
             for field in mapping.fields:
                 if field.reference and field.reference not in names:
                     raise ValueError(f"mapping {mapping.name!r} field {field.crm!r} references unknown mapping {field.reference!r}")
         return self
+
+    def check_accounts(self) -> None:
+        """Every mapping's account exists (in crmsync.yaml or, once merged in, the account store)."""
+        for mapping in self.mappings:
+            if mapping.account not in self.accounts:
+                raise ConfigError(f"mapping {mapping.name!r} uses account {mapping.account!r}, which is neither under "
+                                  "accounts: in crmsync.yaml nor in the account store (see `crmsync account list`)")
 
     def mapping(self, name: str) -> Mapping:
         for mapping in self.mappings:
@@ -173,6 +221,9 @@ class Settings(_Strict):
     @property
     def uses_embedded_postgres(self) -> bool:
         return not self.campaign.dsn
+
+
+_SECRET_NAME = re.compile(r"(?i)password|secret|token|credential|dsn|key$")  # never echo what such a key holds
 
 
 def explain_validation_error(source: str, error: ValidationError, *, union: str, tags: tuple[str, ...],
@@ -199,8 +250,9 @@ def explain_validation_error(source: str, error: ValidationError, *, union: str,
         elif item["type"] == "union_tag_invalid":
             message = f"unknown {kind} type {item['ctx']['tag']!r} (one of: {', '.join(tags)})"
         got = item.get("input")
-        quiet = (not show_input or item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid")
-                 or isinstance(got, dict))
+        secret = any(_SECRET_NAME.search(part) for part in loc)
+        quiet = (not show_input or secret or isinstance(got, dict)
+                 or item["type"] in ("missing", "extra_forbidden", "value_error", "union_tag_invalid"))
         lines.append(f"{source}: {path}: {message}" + ("" if quiet else f" (got {got!r})"))
     return "\n".join(lines)
 
@@ -229,9 +281,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return read_yaml_mapping(path, "a mapping of settings")
 
 
+# Kafka settings a container takes from its environment (KAFKA_<NAME>), e.g. from docker compose's env file
+KAFKA_ENVIRONMENT = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+                     "ssl_ca_location")
+
+
 def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        data.setdefault("kafka", {})["bootstrap_servers"] = environ["KAFKA_BOOTSTRAP_SERVERS"]
+    for name in KAFKA_ENVIRONMENT:
+        if environ.get(f"KAFKA_{name.upper()}"):
+            data.setdefault("kafka", {})[name] = environ[f"KAFKA_{name.upper()}"]
     if environ.get("CAMPAIGN_DSN"):
         data.setdefault("campaign", {})["dsn"] = environ["CAMPAIGN_DSN"]
     if environ.get("CRMSYNC_STATE_DIR"):
@@ -240,7 +298,8 @@ def _apply_environment(data: dict[str, Any], environ: dict[str, str]) -> dict[st
 
 
 def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Load settings from `path` (default: $CRMSYNC_CONFIG or ./crmsync.yaml if present) plus the environment."""
+    """Load settings from `path` (default: $CRMSYNC_CONFIG or ./crmsync.yaml if present) plus the environment.
+    Mappings may name accounts of the account store: `crmsync.accounts.with_store` adds them and checks."""
     environ = dict(os.environ if environ is None else environ)
     explicit = path is not None or bool(environ.get("CRMSYNC_CONFIG"))
     file = Path(path or environ.get("CRMSYNC_CONFIG") or DEFAULT_CONFIG_FILE)
@@ -252,7 +311,7 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
         data = {}
     data = _apply_environment(data, environ)
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(data, context={ACCOUNTS_FROM_STORE: True})
     except ValidationError as exc:
         source = str(file) if file.exists() else "environment"
         raise ConfigError(_format_validation_error(source, exc)) from None

@@ -4,17 +4,22 @@ The Salesforce sandbox is seeded with 1,000 contacts, the Campaign database with
 share an email with a contact; then every service runs and a status table shows records each way, lag,
 conflicts and rejects until Ctrl-C. `--scenario basic --exit` plays scripted edits (crmsync/scenario.py) and
 exits 0 only when both sides converged.
+
+What the demo starts, it stops — on exit, Ctrl-C, SIGTERM or SIGHUP: the services, the sandbox, the
+dashboard, and the embedded broker and PostgreSQL when it started them itself (when they were running
+already, they are left running and the demo says so).
 """
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from crmsync import lag, pg, topics
+from crmsync import infra, lag, pg, process, topics
 from crmsync.campaign.seed import seed
 from crmsync.config import Settings
 from crmsync.infra import Endpoints
@@ -30,12 +35,6 @@ class DemoRun:
     sandbox: Sandbox
     supervisor: Supervisor
 
-    def stop(self) -> None:
-        from crmsync import process
-
-        self.supervisor.stop()
-        process.stop(self.sandbox.process)
-
 
 def _shared_emails(settings: Settings, count: int) -> list[str]:
     from crmsync.drift import clients_for
@@ -46,13 +45,31 @@ def _shared_emails(settings: Settings, count: int) -> list[str]:
     return [row["Email"] for page in rows for row in page]
 
 
-def start(settings: Settings, found: Endpoints, *, contacts: int, recipients: int, shared: int,
+def keep_or_stop_infrastructure(settings: Settings, found: Endpoints, running: ExitStack, console: Console) -> None:
+    """The embedded servers this demo started are stopped when it ends; those it found running are left."""
+    embedded = [name for name, external in (("broker", settings.kafka.bootstrap_servers),
+                                            ("postgres", settings.campaign.dsn)) if not external]
+    found_running = [name for name in embedded if name not in found.started]
+    if found_running:
+        console.print(f"using the embedded {' and '.join(found_running)} already running: left running when the demo "
+                      "ends (`crmsync infra down` stops them)", highlight=False)
+    if found.started:
+        def stop() -> None:
+            stopped = [name for name, was in infra.down(settings, only=found.started).items() if was]
+            console.print(f"stopped the embedded {' and '.join(stopped) or 'servers'} this demo started", highlight=False)
+
+        running.callback(stop)
+
+
+def start(settings: Settings, found: Endpoints, running: ExitStack, *, contacts: int, recipients: int, shared: int,
           console: Console) -> DemoRun:
-    """Sandbox (seeded), Campaign (seeded, with shared emails), then every service under a supervisor."""
+    """Sandbox (seeded), Campaign (seeded, with shared emails), then every service under a supervisor; each
+    is stopped by `running` when the demo ends."""
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"starting the Salesforce sandbox ({contacts:,} contacts) …")
     sandbox = start_sandbox(settings.state_dir, seed_contacts=contacts, log_file=log_dir / "sandbox-salesforce.log")
+    running.callback(process.stop, sandbox.process)
     effective = effective_settings(settings, sandbox)
     with pg.connect(found.campaign_dsn) as conn:
         empty = conn.execute("SELECT count(*) FROM recipients").fetchone()[0] == 0
@@ -62,6 +79,7 @@ def start(settings: Settings, found: Endpoints, *, contacts: int, recipients: in
         seed(found.campaign_dsn, recipients, shared_emails=emails)
     config_file = write_effective_config(effective, found, settings.state_dir / "run" / "crmsync.yaml")
     supervisor = Supervisor(plan(effective), found, config_file, log_dir)
+    running.callback(supervisor.stop)
     supervisor.start()
     console.print(f"services started: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir})")
     return DemoRun(effective, found, sandbox, supervisor)
@@ -88,8 +106,10 @@ def status(run: DemoRun) -> dict:
             "conflicts": conflicts, "rejects": rejects, "links": links}
 
 
-def status_table(numbers: dict, started: float) -> Table:
-    table = Table(title=f"crmsync demo — Salesforce sandbox ⇄ Campaign ({time.monotonic() - started:,.0f}s; Ctrl-C stops)")
+def status_table(numbers: dict, started: float, dashboard_url: str | None = None) -> Table:
+    table = Table(title=f"crmsync demo — Salesforce sandbox ⇄ Campaign ({time.monotonic() - started:,.0f}s; Ctrl-C stops)",
+                  caption=f"lag dashboard: {dashboard_url} (open the link with its token printed above)"
+                  if dashboard_url else None)
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("records applied CRM → Campaign", f"{numbers['crm_to_campaign']:,}")
@@ -104,10 +124,10 @@ def status_table(numbers: dict, started: float) -> Table:
     return table
 
 
-def watch(run: DemoRun, console: Console, until: float | None = None) -> None:
+def watch(run: DemoRun, console: Console, until: float | None = None, dashboard_url: str | None = None) -> None:
     started = time.monotonic()
-    with Live(status_table(status(run), started), console=console, refresh_per_second=2) as live:
+    with Live(status_table(status(run), started, dashboard_url), console=console, refresh_per_second=2) as live:
         while until is None or time.monotonic() < until:
             time.sleep(1)
             run.supervisor.check()
-            live.update(status_table(status(run), started))
+            live.update(status_table(status(run), started, dashboard_url))

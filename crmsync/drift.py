@@ -9,6 +9,9 @@ missed event, a hard delete in the CRM — and the repair does not need to know 
 - a Campaign row with no CRM counterpart, or whose values differ           → its current state as op 'r'
 - a link whose CRM record is gone (hard delete, emptied recycle bin)       → a CRM delete ('d')
 - a link whose Campaign row is gone                                         → a Campaign delete ('d')
+
+Records with an open reject (`crmsync rejects list`) are left out, on both sides of their pair: the ledger
+retries them, and a record the other side refused must not look "gone" (that would publish a delete).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from crmsync import kafka, pg, topics
@@ -37,7 +41,8 @@ class MappingReport:
     gone_from_crm: list[str] = field(default_factory=list)
     gone_from_campaign: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)  # unlinked Campaign rows sharing a linked row's key
-    rejected: int = 0  # records left out of the comparison: an open reject explains why they differ
+    rejected: int = 0  # records left out of the comparison: an open reject (on either side of a pair, or of an
+    # unlinked record) explains why they differ, and repairing them could undo or delete a live record
     crm_rows: dict[str, dict] = field(default_factory=dict, repr=False)
     campaign_rows_by_key: dict[int, dict] = field(default_factory=dict, repr=False)
 
@@ -75,10 +80,6 @@ class DriftChecker:
             report.campaign_rows_by_key = self._campaign_rows(conn, mapping)
             rejected_crm, rejected_keys = self._open_rejects(conn, mapping)
         report.crm_rows = self._crm_rows(mapping)
-        for crm_id in rejected_crm & set(report.crm_rows):
-            del report.crm_rows[crm_id]
-        for key in rejected_keys & set(report.campaign_rows_by_key):
-            del report.campaign_rows_by_key[key]
         report.rejected = len(rejected_crm) + len(rejected_keys)
         report.crm_records, report.campaign_rows = len(report.crm_rows), len(report.campaign_rows_by_key)
         linked_crm, linked_keys = set(), set()
@@ -92,6 +93,8 @@ class DriftChecker:
                 continue
             linked_crm.add(crm_id)
             linked_keys.add(key)
+            if crm_id in rejected_crm or key in rejected_keys:
+                continue  # an open reject on either side explains the difference; "repairing" it could delete
             crm_row, campaign_row = report.crm_rows.get(crm_id), report.campaign_rows_by_key.get(key)
             if crm_row is None and campaign_row is not None:
                 report.gone_from_crm.append(crm_id)
@@ -101,8 +104,10 @@ class DriftChecker:
                 fields = self._differing(mapping, crm_row, campaign_row, parents, kinds)
                 if fields:
                     report.differing.append((crm_id, key, fields))
-        report.missing_in_campaign = sorted(set(report.crm_rows) - linked_crm) if mapping.direction != "export" else []
-        unlinked = sorted(set(report.campaign_rows_by_key) - linked_keys) if mapping.direction != "import" else []
+        report.missing_in_campaign = (sorted(set(report.crm_rows) - linked_crm - rejected_crm)
+                                      if mapping.direction != "export" else [])
+        unlinked = (sorted(set(report.campaign_rows_by_key) - linked_keys - rejected_keys)
+                    if mapping.direction != "import" else [])
         known = self._match_keys(mapping, [report.campaign_rows_by_key[k] for k in linked_keys
                                            if k in report.campaign_rows_by_key])
         for key in unlinked:  # a second row for a person already linked is a duplicate, not missing
@@ -151,12 +156,7 @@ class DriftChecker:
         return rows
 
     def _campaign_rows(self, conn: psycopg.Connection, mapping: Mapping) -> dict[int, dict]:
-        has_deleted = conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = 'deleted'",
-            (mapping.campaign_table,)).fetchone()
-        where = " WHERE NOT deleted" if has_deleted else ""
-        rows = conn.cursor(row_factory=dict_row).execute(f"SELECT * FROM {mapping.campaign_table}{where}").fetchall()
-        return {row["id"]: {k: pg.json_ready(v) for k, v in row.items()} for row in rows}
+        return campaign_rows(conn, mapping.campaign_table)
 
     def _parent_crm_ids(self, conn: psycopg.Connection, mapping: Mapping) -> dict[str, dict[int, str]]:
         parents = {f.reference for f in mapping.fields if f.reference}
@@ -218,6 +218,19 @@ class DriftChecker:
                 producer.produce(topic, value=change.to_json(), key=change.kafka_key(), on_delivery=tracker)
         kafka.flush_all(producer, tracker)
         return len(crm_changes) + len(campaign_changes)
+
+
+def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:
+    """Every row of a Campaign table ("table" or "schema.table") by key, as change capture describes rows;
+    rows marked deleted are left out."""
+    schema, _, name = table.rpartition(".")
+    has_deleted = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = coalesce(%s, current_schema()) "
+        "AND table_name = %s AND column_name = 'deleted'", (schema or None, name)).fetchone()
+    statement = sql.SQL("SELECT * FROM {}{}").format(pg.table_identifier(table),
+                                                     sql.SQL(" WHERE NOT deleted" if has_deleted else ""))
+    rows = conn.cursor(row_factory=dict_row).execute(statement).fetchall()
+    return {row["id"]: {k: pg.json_ready(v) for k, v in row.items()} for row in rows}
 
 
 def clients_for(settings: Settings) -> dict[str, Any]:

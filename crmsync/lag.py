@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from crmsync import topics
+from crmsync import kafka, topics
 from crmsync.config import Settings
 
 STREAMS_GROUP = "crmsync-streams"
@@ -38,8 +38,8 @@ def end_offsets(bootstrap_servers: str, partitions: list[TopicPartition], timeou
     Read from the log itself rather than trusted from the high watermark: the embedded broker (Tansu 0.6)
     reports the watermark as the *base* offset of the last record batch + 1, which undercounts by up to a
     batch. So we seek just before the reported watermark and read what follows."""
-    reader = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmsync-lag-probe",
-                       "enable.auto.commit": False, "enable.partition.eof": True})
+    reader = Consumer(kafka.client_config(bootstrap_servers, {
+        "group.id": "crmsync-lag-probe", "enable.auto.commit": False, "enable.partition.eof": True}))
     ends: dict[tuple[str, int], int] = {}
     try:
         starts = []
@@ -66,7 +66,7 @@ def end_offsets(bootstrap_servers: str, partitions: list[TopicPartition], timeou
 
 def group_lag(bootstrap_servers: str, group: str, topic_names: list[str], timeout: float = 5.0) -> list[PartitionLag]:
     """Per-partition lag of `group` on `topic_names` (topics that do not exist yet are skipped)."""
-    probe = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    probe = Consumer(kafka.client_config(bootstrap_servers, {"group.id": group, "enable.auto.commit": False}))
     try:
         metadata = probe.list_topics(timeout=timeout)
         partitions = [TopicPartition(t, p) for t in topic_names if t in metadata.topics
@@ -117,7 +117,7 @@ def consumer_groups(settings: Settings) -> list[GroupSpec]:
 def admin(bootstrap_servers: str) -> AdminClient:
     """One admin client per cluster for the life of the process: they are thread-safe, and creating one per
     probe costs a connection and a log line every few seconds."""
-    return AdminClient({"bootstrap.servers": bootstrap_servers})
+    return AdminClient(kafka.client_config(bootstrap_servers))
 
 
 def group_state(bootstrap_servers: str, group: str, timeout: float = 5.0) -> str:
@@ -138,8 +138,8 @@ def first_unconsumed_timestamps(bootstrap_servers: str, lags: list[PartitionLag]
     wanted = [l for l in lags if l.lag > 0]
     if not wanted:
         return {}
-    reader = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmsync-lag-probe",
-                       "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    reader = Consumer(kafka.client_config(bootstrap_servers, {
+        "group.id": "crmsync-lag-probe", "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
     found: dict[tuple[str, int], float] = {}
     try:
         reader.assign([TopicPartition(l.topic, l.partition, max(l.committed, 0)) for l in wanted])

@@ -91,6 +91,42 @@ def observe_freshness(writer: str, table: str, source_timestamps: Iterable[str |
     freshness_last(writer, table).set(min(ages))
 
 
+class Progress:
+    """Whether this process is doing its work: ready means working, not merely started. A service's main loop
+    calls `tick()` every round (idle rounds included); a consumer also calls `joined()` when its group assigned
+    it partitions (an empty assignment counts: more workers than partitions). Until then /readyz says why not."""
+
+    def __init__(self) -> None:
+        self.joined_at: float | None = None
+        self.ticked_at: float | None = None
+        self.consumer = False
+
+    def expect_group(self) -> None:
+        self.consumer = True
+
+    def joined(self, *_: object) -> None:
+        self.joined_at = time.monotonic()
+        self.tick()
+
+    def left(self, *_: object) -> None:
+        self.joined_at = None
+
+    def tick(self) -> None:
+        self.ticked_at = time.monotonic()
+
+    def check(self, max_idle: float = 15.0) -> None:
+        if self.consumer and self.joined_at is None:
+            raise RuntimeError("not in its consumer group yet (waiting for partitions)")
+        if self.ticked_at is None:
+            raise RuntimeError("starting")
+        idle = time.monotonic() - self.ticked_at
+        if idle > max_idle:
+            raise RuntimeError(f"its work loop has not run for {idle:.0f} s")
+
+
+progress = Progress()  # this process's
+
+
 @dataclass
 class Readiness:
     """Named readiness checks, each run at most every `cache_seconds`."""
@@ -99,9 +135,13 @@ class Readiness:
     checks: dict[str, Check] = field(default_factory=dict)
     _results: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _uncached: set[str] = field(default_factory=set)
 
-    def add(self, name: str, check: Check) -> None:
+    def add(self, name: str, check: Check, *, cached: bool = True) -> None:
+        """`cached=False` for checks that cost nothing (they then answer the moment things change)."""
         self.checks[name] = check
+        if not cached:
+            self._uncached.add(name)
 
     def evaluate(self) -> dict[str, str]:
         """check name → "ok" or the reason it fails."""
@@ -110,7 +150,7 @@ class Readiness:
 
     def _run(self, name: str, check: Check) -> str:
         checked_at, problem = self._results.get(name, (0.0, "not checked"))
-        if time.monotonic() - checked_at >= self.cache_seconds:
+        if name in self._uncached or time.monotonic() - checked_at >= self.cache_seconds:
             try:
                 check()
                 problem = None
@@ -203,11 +243,12 @@ def group_check(bootstrap_servers: str, group: str) -> Check:
 
 def add_service_checks(readiness: Readiness, service: str, settings: "Settings", bootstrap_servers: str, dsn: str,
                        account: str | None = None) -> None:
-    """What `service` needs to do its work: the broker, the database, and — for consumers — its group."""
+    """What `service` needs to do its work: the broker, the database — and that it is working: its loop runs
+    and, for a consumer, its group has given it its partitions (`progress`)."""
     from crmsync.lag import consumer_groups
 
     readiness.add("broker", broker_check(bootstrap_servers))
     readiness.add("database", database_check(dsn))
-    for spec in consumer_groups(settings):
-        if spec.service == service and (account is None or spec.account in (None, account)):
-            readiness.add(f"consumer_group {spec.group}", group_check(bootstrap_servers, spec.group))
+    if service == "mirror" or any(spec.service == service for spec in consumer_groups(settings)):
+        progress.expect_group()
+    readiness.add("working", progress.check, cached=False)

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
@@ -28,6 +29,24 @@ _MIGRATION_LOCK = 7_400_551  # arbitrary advisory-lock id owned by crmsync
 def connect(dsn: str, *, autocommit: bool = False, application: str = "crmsync", **kwargs: Any) -> psycopg.Connection:
     """Open a connection that names itself in pg_stat_activity."""
     return psycopg.connect(dsn, autocommit=autocommit, application_name=application, **kwargs)
+
+
+def masked_dsn(dsn: str) -> str:
+    """`dsn` fit for printing: its password (URL user-info, `?password=` or `password=`) shown as ********."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(a DSN that does not parse)"
+    if "password" not in parts:
+        return dsn
+    return psycopg.conninfo.make_conninfo(**{**parts, "password": "********"})
+
+
+def table_identifier(name: str) -> sql.Identifier:
+    """A table named in configuration or a stored document ("table" or "schema.table"), quoted for SQL: the
+    name is never spliced into a statement, whatever characters it holds."""
+    schema, _, table = name.rpartition(".")
+    return sql.Identifier(schema, table) if schema else sql.Identifier(table)
 
 
 def tag_origin(conn: psycopg.Connection, writer: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -115,6 +116,44 @@ def record_id(reject: Reject) -> str:
     source = reject.record if isinstance(reject.record, dict) else {}
     identity = source.get("key") or source.get("match") or {}
     return ",".join(f"{name}={value}" for name, value in sorted(identity.items())) or reject.id
+
+
+# -- showing ------------------------------------------------------------------------------------------------------
+HIDDEN_VALUE = "[value]"
+_RECORD_PARTS = ("values", "match", "key", "after", "before")  # where a command or change carries field values
+_IDENTIFIER = re.compile(r"(?i)^(id|.*_id|.*Id|.*_key(__c)?)$")  # ids and keys identify, they are kept
+_DATABASE_VALUES = [  # PostgreSQL's DETAIL lines quote whole rows and key values
+    (re.compile(r"(Failing row contains )\((?:[^()]|\([^()]*\))*\)"), r"\g<1>(" + HIDDEN_VALUE + ")"),
+    (re.compile(r"(Key \([^)]*\)=)\(.*?\)(?= |$|\.)", re.S), r"\g<1>(" + HIDDEN_VALUE + ")"),
+]
+
+
+def without_values(text: str, record: Any) -> str:
+    """`text` (a reject reason) with the record's field values — personal data, often — replaced by [value].
+    Identifiers stay (they are how one finds the record); so do field names and error codes."""
+    for pattern, replacement in _DATABASE_VALUES:
+        text = pattern.sub(replacement, text)
+    for value in sorted(set(_field_values(record)), key=len, reverse=True):  # longest first: "a b" before "a"
+        text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", HIDDEN_VALUE, text)
+    return text
+
+
+def _field_values(record: Any, depth: int = 0) -> Iterable[str]:
+    if not isinstance(record, dict) or depth > 3:
+        return
+    for part in _RECORD_PARTS:
+        for name, value in (record.get(part) or {}).items() if isinstance(record.get(part), dict) else ():
+            if not _IDENTIFIER.match(str(name)):
+                yield from _leaves(value)
+    yield from _field_values(record.get("change"), depth + 1)
+
+
+def _leaves(value: Any) -> Iterable[str]:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    elif value is not None and not isinstance(value, (bool, dict)) and len(str(value)) >= 2:
+        yield str(value)
 
 
 def _row(entry: Entry) -> tuple:

@@ -3,10 +3,12 @@
 With nothing configured, crmsync runs on its embedded defaults: broker and PostgreSQL (crmsync.infra), the
 local Salesforce sandbox as the CRM account, and the shipped mappings. The effective configuration is written
 to `<state>/run/crmsync.yaml` (mode 0600) and every service process reads it, exactly as a container would
-read its own mounted crmsync.yaml. A service that dies is restarted with backoff; Ctrl-C stops them all.
+read its own mounted crmsync.yaml. A service that dies is restarted with backoff; Ctrl-C, SIGTERM and SIGHUP
+stop them all, and they die with this process if it is killed (crmsync/process.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -21,11 +23,13 @@ from typing import Iterable
 import httpx
 import yaml
 
-from crmsync import infra, process
+from crmsync import infra, kafka, process
 from crmsync.config import Settings
 from crmsync.defaults import default_mappings
 
 SANDBOX_ACCOUNT = "salesforce"
+RESTART_DELAY = 0.2  # seconds before a dead service is started again (doubling while it keeps dying at once)
+HEALTHY_SECONDS = 10.0  # a service that ran this long before dying is restarted at once again
 
 
 @dataclass
@@ -56,7 +60,7 @@ def _free_port() -> int:
 
 @dataclass
 class Sandbox:
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None: found running (started by another crmsync process), not ours to stop
     url: str
     ca_file: Path
 
@@ -88,8 +92,7 @@ def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None =
     port = port or _free_port()
     command = [sys.executable, "-m", "crmsync", "sandbox", "salesforce", "--port", str(port),
                "--state", str(sandboxes / "salesforce"), "--seed-contacts", str(seed_contacts)]
-    output = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    child = subprocess.Popen(command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True)
+    child = process.spawn(command, log_file=log_file)
     url = f"https://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -97,12 +100,28 @@ def start_sandbox(state_dir: Path, *, seed_contacts: int = 0, port: int | None =
             raise RuntimeError(f"the Salesforce sandbox exited with status {child.returncode} (log: {log_file})")
         try:
             if httpx.get(f"{url}/services/data/", verify=_trusting(ca_file), timeout=1).status_code == 200:
+                _sandbox_file(state_dir).write_text(json.dumps({"pid": child.pid, "url": url, "ca_file": str(ca_file)}))
                 return Sandbox(child, url, ca_file)
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     process.stop(child)
     raise RuntimeError(f"the Salesforce sandbox did not answer on {url} within 180 s (log: {log_file})")
+
+
+def _sandbox_file(state_dir: Path) -> Path:
+    return state_dir / "sandboxes" / "salesforce.running.json"
+
+
+def running_sandbox(state_dir: Path) -> Sandbox | None:
+    """The sandbox that `crmsync run` or the demo of this state directory started, if it still answers (over
+    TLS, verified against the local CA): `crmsync reconcile` uses it as the CRM when no account is configured."""
+    try:
+        info = json.loads(_sandbox_file(state_dir).read_text())
+        answered = httpx.get(f"{info['url']}/services/data/", verify=_trusting(Path(info["ca_file"])), timeout=2)
+    except (OSError, ValueError, KeyError, httpx.HTTPError, ssl.SSLError):
+        return None
+    return Sandbox(None, info["url"], Path(info["ca_file"])) if answered.status_code == 200 else None
 
 
 def sandbox_account(sandbox: Sandbox) -> dict:
@@ -118,6 +137,7 @@ def _plain(settings: Settings) -> dict:
     data = settings.model_dump(mode="json")
     for name, account in settings.accounts.items():
         data["accounts"][name].update({k: v.get_secret_value() for k, v in account if hasattr(v, "get_secret_value")})
+    data["kafka"].update({k: v.get_secret_value() for k, v in settings.kafka if hasattr(v, "get_secret_value")})
     return data
 
 
@@ -149,9 +169,19 @@ def only_mappings(settings: Settings, names: Iterable[str], drop_references: boo
     return Settings.model_validate(data)
 
 
-def write_effective_config(effective: Settings, found: infra.Endpoints, path: Path) -> Path:
-    """What every service process reads (`--config`), like a container's mounted crmsync.yaml."""
+def write_effective_config(effective: Settings, found: infra.Endpoints, path: Path,
+                           leave_out: Iterable[str] = ()) -> Path:
+    """What every service process reads (`--config`), like a container's mounted crmsync.yaml. The accounts
+    named in `leave_out` (those of the account store) are not written: each service reads them from the store,
+    so their secrets never sit decrypted in a file."""
     data = _plain(effective)
+    if effective.uses_embedded_broker:  # the services see a configured address: keep the embedded broker's tuning
+        tuning = data["kafka"]
+        tuning["session_timeout_ms"] = tuning.get("session_timeout_ms") or kafka.EMBEDDED_TUNING.session_timeout_ms
+        if tuning.get("static_membership") is None:
+            tuning["static_membership"] = False
+    for name in leave_out:
+        data["accounts"].pop(name, None)
     data["kafka"]["bootstrap_servers"] = found.bootstrap_servers
     data["campaign"]["dsn"] = found.campaign_dsn
     data["state_dir"] = str(effective.state_dir.resolve())
@@ -172,6 +202,8 @@ class Supervisor:
         self.log_dir = log_dir
         self.children: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
+        self.failures: dict[str, int] = {}  # consecutive quick deaths: the restart delay doubles with each
+        self.started_at: dict[str, float] = {}
         self.next_start: dict[str, float] = {}
         self.workflows_stop = threading.Event()
         self.metrics_ports = {spec.label: _free_port() for spec in specs}  # /metrics, /healthz, /readyz of each
@@ -197,6 +229,7 @@ class Supervisor:
                              kwargs={"settings": settings, "endpoints": self.found}, name="workflows").start()
 
     def _spawn(self, spec: ServiceSpec) -> None:
+        self.started_at[spec.label] = time.monotonic()
         log_file = self.log_dir / f"{spec.label.replace(' ', '-')}.log"
         self.children[spec.label] = process.spawn_service(
             spec.name, self.found, config_file=self.config_file, log_file=log_file, args=spec.args,
@@ -211,8 +244,11 @@ class Supervisor:
                 continue
             now = time.monotonic()
             if spec.label not in self.next_start:
-                count = self.restarts.get(spec.label, 0)
-                self.next_start[spec.label] = now + min(30.0, 0.5 * 2 ** count)
+                if now - self.started_at.get(spec.label, now) >= HEALTHY_SECONDS:
+                    self.failures[spec.label] = 0  # it had been working: a new failure, not a crash loop
+                count = self.failures.get(spec.label, 0)
+                self.failures[spec.label] = count + 1
+                self.next_start[spec.label] = now + min(30.0, RESTART_DELAY * 2 ** count)
             if now >= self.next_start[spec.label]:
                 del self.next_start[spec.label]
                 self.restarts[spec.label] = self.restarts.get(spec.label, 0) + 1
@@ -221,6 +257,6 @@ class Supervisor:
         return restarted
 
     def stop(self) -> None:
+        """Stop every service at once (each has a few seconds to finish its batch, then it is killed)."""
         self.workflows_stop.set()
-        for child in self.children.values():
-            process.stop(child)
+        process.stop_all(self.children.values())

@@ -28,6 +28,7 @@ from crmsync.config import Mapping, Settings
 from crmsync.enums import StoredEnumerations
 from crmsync.envelope import Change, Reject, changes_from_message, dumps, record_key
 from crmsync.infra import Endpoints
+from crmsync.observability import progress
 from streams.reconcile import Outcome, Reconciler, match_index_sql, save_conflicts
 
 log = logging.getLogger("crmsync.streams")
@@ -243,7 +244,7 @@ def apply_topics(settings: Settings) -> list[str]:
     return sorted(names)
 
 
-def _low_latency_fetches(wait_ms: int = 20) -> None:
+def _low_latency_fetches(wait_ms: int = 20, group_instance_id: str | None = None) -> None:
     """faust-streaming builds its aiokafka consumer with fetch_max_wait_ms=1500 hard-coded, so with light
     traffic every batch waited up to 1.5 s in the broker (measured: p95 1.2 s of the stream stage). The broker
     answers as soon as data is there; we only shorten how long it may hold an empty fetch."""
@@ -257,20 +258,24 @@ def _low_latency_fetches(wait_ms: int = 20) -> None:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["fetch_max_wait_ms"] = wait_ms
+            if group_instance_id and kwargs.get("group_id"):  # static membership (kafka.GroupTuning)
+                kwargs.setdefault("group_instance_id", group_instance_id)
             super().__init__(*args, **kwargs)
 
     aiokafka.AIOKafkaConsumer = LowLatencyConsumer
 
 
 def build_app(settings: Settings, found: Endpoints) -> faust.App:
-    _low_latency_fetches()
+    tuning = kafka.group_tuning()
+    _low_latency_fetches(group_instance_id=tuning.config(APP_ID).get("group.instance.id"))
     kafka.ensure_topics(found.bootstrap_servers,
                         [*change_topics(settings, "crm"), *change_topics(settings, "campaign"), *apply_topics(settings)],
                         settings.kafka.partitions, settings.kafka.replication_factor)
     app = faust.App(
         APP_ID, broker=f"kafka://{found.bootstrap_servers}", value_serializer="raw", key_serializer="raw",
         store="memory://", web_enabled=False, topic_partitions=settings.kafka.partitions,
-        broker_session_timeout=6, broker_heartbeat_interval=1.5, consumer_auto_offset_reset="earliest",
+        broker_session_timeout=tuning.session_timeout_ms / 1000, broker_heartbeat_interval=tuning.heartbeat_interval_ms / 1000,
+        consumer_auto_offset_reset="earliest",
         broker_commit_every=1000, broker_commit_interval=1.0, topic_allow_declare=False,
     )
     handlers: dict[str, BatchHandler] = {}
@@ -298,6 +303,18 @@ def build_app(settings: Settings, found: Endpoints) -> faust.App:
                         os._exit(70)
 
         app.agent(source, name=f"{side}-changes")(agent)
+
+    @app.on_partitions_assigned.connect
+    async def joined(app: Any, assigned: Any = None, **_: Any) -> None:
+        progress.joined()
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app: Any, revoked: Any = None, **_: Any) -> None:
+        progress.left()
+
+    @app.timer(interval=1.0)
+    async def alive() -> None:
+        progress.tick()  # the event loop runs (a batch in the worker thread does not stop it)
 
     @app.timer(interval=2.0)
     async def republish_deferred() -> None:

@@ -237,10 +237,14 @@ class MappingBatch:
             self._new_record(change)
         elif change.op == "d":
             self._deleted(change, link)
-        elif not self._is_stale(change, link):
-            self._merge(change, link)
-        else:
+        elif self._is_stale(change, link):
             self.out.skipped += 1
+        elif link.deleted and change.op != "c":
+            self._note_position(change, link)  # deleted on one side, kept on the other by the policy: an
+            self.out.skipped += 1              # echo or an edit of what was kept does not bring it back
+        else:
+            self._revive(change, link)
+            self._merge(change, link)
 
     def _in_order(self, changes: list[Change]) -> list[Change]:
         """The batch's changes, each once, in source order (per record that is the order they happened in; a
@@ -588,6 +592,15 @@ class MappingBatch:
         if to_crm or self.m.crm_external_id:
             self._send(link, "crm", to_crm, change, bases=crm_values, link_only=True)
 
+    def _revive(self, change: Change, link: Link) -> None:
+        """A record created again where it had been deleted (a CRM undelete): the link lives again, and a
+        Campaign row the delete had only marked is unmarked."""
+        if not link.deleted:
+            return
+        link.deleted, link.dirty = False, True
+        if change.side == "crm" and self.m.delete == "mark" and link.campaign_key is not None:
+            self._emit(link, "campaign", "upsert", {"deleted": False}, change, raw=True)
+
     def _merge(self, change: Change, link: Link) -> None:
         side, other = change.side, _other(change.side)
         values = self._values(change)
@@ -595,7 +608,6 @@ class MappingBatch:
         if side == "campaign" and self._waits_for_parent(link, values, before):
             self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
             return  # decided when it comes back: nothing of it is taken in before then
-        link.deleted = False if change.op != "r" else link.deleted
         change_ts = self._change_ts(change)
         to_other: dict[str, Any] = {}
         back_to_side: dict[str, Any] = {}

@@ -33,8 +33,10 @@ class World:
 
 
 @contextmanager
-def contacts_pipeline(state: Path, *, contacts: int, recipients: int, shared: int) -> Iterator[World]:
-    """Seeded and configured; the caller starts `world.supervisor`. Everything is stopped on the way out."""
+def contacts_pipeline(state: Path, *, contacts: int, recipients: int, shared: int,
+                      **mapping: Any) -> Iterator[World]:
+    """Seeded and configured; the caller starts `world.supervisor`. Everything is stopped on the way out.
+    `mapping` overrides settings of the contacts mapping (e.g. crm_external_id=None)."""
     base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
     found = infra.up(base)
     pg.migrate(found.campaign_dsn)
@@ -42,6 +44,8 @@ def contacts_pipeline(state: Path, *, contacts: int, recipients: int, shared: in
     supervisor = None
     try:
         effective = only_mappings(effective_settings(base, sandbox), ["contacts"])
+        if mapping:
+            effective = effective.model_copy(update={"mappings": [effective.mappings[0].model_copy(update=mapping)]})
         client = clients_for(effective)["salesforce"]
         seed(found.campaign_dsn, recipients, shared_emails=[r["Email"] for page in client.query_all_pages(
             f"SELECT Email FROM Contact ORDER BY Id LIMIT {shared}") for r in page])

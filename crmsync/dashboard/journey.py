@@ -23,14 +23,15 @@ from typing import Any, Iterator
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg.rows import dict_row
 
-from crmsync import lag, pg, topics
+from crmsync import kafka, lag, pg, rejects, topics
 from crmsync.config import Mapping, Settings
 from crmsync.envelope import ApplyCommand, Change, changes_from_message
 
 
 def lookup(settings: Settings, bootstrap_servers: str, dsn: str, record_id: str,
-           limit: int = 100_000) -> dict[str, Any]:
-    """The journey of `record_id`; {"found": False} when no synced record has that id."""
+           limit: int = 100_000, show_values: bool = False) -> dict[str, Any]:
+    """The journey of `record_id`; {"found": False} when no synced record has that id. Reject reasons without
+    the record's values unless `show_values`."""
     link = _link(dsn, record_id)
     if link is None:
         return {"id": record_id, "found": False}
@@ -44,7 +45,7 @@ def lookup(settings: Settings, bootstrap_servers: str, dsn: str, record_id: str,
     causes = {c.id for side in changes.values() for c, _ in side}
     mine = [(c, at) for c, at in commands if c.cause in causes]
     trips = [_trip(command, at, changes) for command, at in sorted(mine, key=lambda item: item[1])]
-    _add_rejects(dsn, trips)
+    _add_rejects(dsn, trips, show_values)
     decided = {t["change_id"] for t in trips}
     quiet = [{"side": c.side, "change_id": c.id, "op": c.op, "origin": c.origin, "modified": c.source_ts,
               "published": _iso(at)} for side in changes.values() for c, at in side if c.id not in decided]
@@ -75,8 +76,8 @@ def _is_record(change: Change, link: dict[str, Any]) -> bool:
 
 def _messages(bootstrap_servers: str, topic_names: list[str], limit: int) -> Iterator[tuple[bytes, float]]:
     """(value, timestamp in epoch seconds) of the newest `limit` messages of each topic, in partition order."""
-    reader = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmsync-journey",
-                       "enable.auto.commit": False, "enable.partition.eof": True})
+    reader = Consumer(kafka.client_config(bootstrap_servers, {
+        "group.id": "crmsync-journey", "enable.auto.commit": False, "enable.partition.eof": True}))
     try:
         metadata = reader.list_topics(timeout=5)
         partitions = [TopicPartition(t, p) for t in topic_names if t in metadata.topics
@@ -136,13 +137,17 @@ def _trip(command: ApplyCommand, decided_at: float, changes: dict[str, list[tupl
             "seconds": _span(stages), "reject": None}
 
 
-def _add_rejects(dsn: str, trips: list[dict[str, Any]]) -> None:
+def _add_rejects(dsn: str, trips: list[dict[str, Any]], show_values: bool) -> None:
     if not trips:
         return
     with pg.connect(dsn, autocommit=True, application="crmsync-dashboard") as conn:
         rows = conn.cursor(row_factory=dict_row).execute(
-            "SELECT command_id, status, error_code, reason, attempts FROM crmsync.rejects WHERE command_id = ANY(%s)",
-            ([t["command_id"] for t in trips],)).fetchall()
+            "SELECT command_id, status, error_code, reason, attempts, record FROM crmsync.rejects "
+            "WHERE command_id = ANY(%s)", ([t["command_id"] for t in trips],)).fetchall()
+    for row in rows:
+        record = row.pop("record")
+        if not show_values:
+            row["reason"] = rejects.without_values(row["reason"] or "", record)
     by_command = {row.pop("command_id"): row for row in rows}
     for trip in trips:
         trip["reject"] = by_command.get(trip["command_id"])

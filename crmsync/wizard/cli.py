@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from crmsync.accounts_cli import context, fail, stored
 from crmsync.wizard import data, schema
-from crmsync.wizard.discovery import discovery_for
+from crmsync.wizard.discovery import UnsafeName, discovery_for
 
 log = logging.getLogger("crmsync.wizard")
 
@@ -102,7 +102,10 @@ def run(ctx: typer.Context, account: str,
         style = "yellow" if line.startswith("warning") else None
         console.print(f"[{time.monotonic() - started:6.1f}s] {line}", style=style, highlight=False, markup=False)
 
-    document = schema.generate(discovery, dsn, account, chosen, say)
+    try:
+        document = schema.generate(discovery, dsn, account, chosen, say)
+    except UnsafeName as exc:
+        fail(f"{exc}; nothing was generated", 2)
     console.print(f"{len(document['elements'])} table(s) in {document['mirrorSchema']}, "
                   f"{len(document['enumerations'])} enumeration(s); account {account!r} is configured. "
                   f"Next: `crmsync wizard load {account}`, `crmsync enums sync {account}`.", highlight=False)

@@ -6,9 +6,29 @@ formula refresh work from the neutral `TableSpec`/`FieldSpec` below and never se
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 from crmsync.connectors import Discovery, Enumeration, FieldSpec, TableInfo, TableSpec  # noqa: F401 - re-exported
+
+# What a CRM API name can be (Salesforce: "letters, numbers, and underscores … must begin with a letter",
+# https://help.salesforce.com/s/articleView?id=sf.custom_field_attributes.htm; Dynamics' logical names and
+# Oracle's integration tags fit too). Names from a describe go into queries and mirror DDL: anything else is
+# refused rather than trusted.
+API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,254}")
+
+
+class UnsafeName(ValueError):
+    """A describe named a table or field with something no CRM API name can be."""
+
+
+def check_api_name(name: str, kind: str, table: str | None = None) -> str:
+    """`name` when it is a possible CRM API name; else UnsafeName saying which and why it is refused."""
+    if not isinstance(name, str) or not API_NAME.fullmatch(name):
+        where = f" of {table!r}" if table else ""
+        raise UnsafeName(f"the CRM described {kind} {name!r}{where}, which is not a CRM API name (letters, digits "
+                         "and underscores, starting with a letter); crmsync does not put it into SQL or queries")
+    return name
 
 # CRM type -> PostgreSQL type (as format_type() prints it, so drift detection can compare). None = skipped.
 SALESFORCE_TYPES: dict[str, str | None] = {
@@ -34,9 +54,10 @@ class SalesforceDiscovery:
                        if o.get("queryable") and o.get("retrieveable", True)), key=lambda t: t.name)
 
     def describe_table(self, name: str) -> TableSpec:
-        described = self.client.describe(name)
-        spec = TableSpec(described["name"], described["label"], [])
+        described = self.client.describe(check_api_name(name, "table"))
+        spec = TableSpec(check_api_name(described["name"], "table"), described["label"], [])
         for f in described["fields"]:
+            check_api_name(f["name"], "field", spec.name)
             pg_type = SALESFORCE_TYPES.get(f["type"])
             if pg_type is None:
                 spec.skipped.append((f["name"], f["type"]))

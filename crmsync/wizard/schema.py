@@ -8,6 +8,7 @@ happens in one transaction: a failure leaves the previous schema and mirror unto
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict
 from typing import Any, Callable
@@ -15,9 +16,11 @@ from typing import Any, Callable
 from psycopg import sql
 
 from crmsync import pg
-from crmsync.wizard.discovery import Discovery, TableSpec
+from crmsync.wizard.discovery import SALESFORCE_TYPES, Discovery, TableSpec, UnsafeName, check_api_name
 
 Log = Callable[[str], None]
+log = logging.getLogger("crmsync.wizard")
+MIRROR_TYPES = {t for t in SALESFORCE_TYPES.values() if t}  # the only SQL types mirror DDL is made of
 REMOVED_SUFFIX = "__removed"
 
 
@@ -96,18 +99,31 @@ def load_document(dsn: str, account: str) -> dict[str, Any] | None:
 
 def mirrored_elements(conn: Any, account: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(account, element) of every mirror table the wizard generated: what the poller, change capture and the
-    mirror service follow, re-read while they run so a wizard run needs no restart."""
+    mirror service follow, re-read while they run so a wizard run needs no restart. Documents are data in
+    the database: an element whose object or field names no CRM API name can be is left out (logged)."""
     rows = conn.execute("SELECT account, document FROM crmsync.crm_schemas WHERE %(a)s::text IS NULL "
                         "OR account = %(a)s ORDER BY account", {"a": account}).fetchall()
-    return [(name, element) for name, document in rows for element in document["elements"]]
+    return [(name, element) for name, document in rows for element in document["elements"]
+            if _safe(name, element["name"], *(f["name"] for f in element["fields"]))]
 
 
 def mirrored_objects(conn: Any, account: str | None = None) -> list[tuple[str, str, str]]:
     """(account, CRM object, mirror table) of every mirror, without reading whole documents: the poller and
-    change capture ask every few seconds."""
-    return conn.execute("""SELECT s.account, e->>'name', e->>'sqlTable' FROM crmsync.crm_schemas s,
-                                  jsonb_array_elements(s.document->'elements') e
-                           WHERE %(a)s::text IS NULL OR s.account = %(a)s ORDER BY 1, 2""", {"a": account}).fetchall()
+    change capture ask every few seconds. Unsafe object names are left out, as in mirrored_elements."""
+    found = conn.execute("""SELECT s.account, e->>'name', e->>'sqlTable' FROM crmsync.crm_schemas s,
+                                   jsonb_array_elements(s.document->'elements') e
+                            WHERE %(a)s::text IS NULL OR s.account = %(a)s ORDER BY 1, 2""", {"a": account}).fetchall()
+    return [row for row in found if _safe(row[0], row[1])]
+
+
+def _safe(account: str, *names: str) -> bool:
+    try:
+        for name in names:
+            check_api_name(name, "name")
+    except UnsafeName as exc:
+        log.error("account %s: a mirror in crmsync.crm_schemas is left out: %s", account, exc)
+        return False
+    return True
 
 
 def _columns(conn: Any, schema: str, table: str) -> dict[str, str]:
@@ -134,10 +150,15 @@ def _using(column: str, old: str, new: str) -> sql.Composed:
 
 
 def migrate_table(conn: Any, account: str, schema: str, element: dict[str, Any]) -> list[str]:
-    """Create the mirror table, or bring it to the element's fields: add, retype, keep removed ones renamed."""
+    """Create the mirror table, or bring it to the element's fields: add, retype, keep removed ones renamed.
+    Names are quoted identifiers; column types are spliced, so only the type table's own types are accepted."""
     name = element["sqlTable"].split(".", 1)[1]
     table = sql.Identifier(schema, name)
     wanted = {f["sqlName"]: f for f in element["fields"]}
+    for f in wanted.values():
+        if f["sqlType"] not in MIRROR_TYPES:
+            raise UnsafeName(f"field {f['name']!r} of {element['name']!r} has SQL type {f['sqlType']!r}, which is "
+                             f"not one crmsync generates ({', '.join(sorted(MIRROR_TYPES))})")
     present = _columns(conn, schema, name)
     lines: list[str] = []
     if not present:

@@ -63,7 +63,7 @@ SUPERSEDED = Counter("crmsync_writer_superseded_fields_total",
                      ["writer", "table"])
 BATCH_SECONDS = Histogram("crmsync_writer_batch_seconds", "Time to apply one batch, commit and publish its rejects",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-from crmsync.observability import freshness_histogram, freshness_last  # noqa: E402 - shared by the writers
+from crmsync.observability import freshness_histogram, freshness_last, progress  # noqa: E402 - shared by the writers
 
 OnApplied = Callable[[ApplyCommand, "int | None", bool], None]
 
@@ -543,9 +543,10 @@ class CampaignWriter:
                         # a smaller prefetch than librdkafka's 64 MB default keeps the writer's memory flat
                         consumer = kafka.consumer(self.bootstrap_servers, self.group_id,
                                                   **{"queued.max.messages.kbytes": 16384})
-                        consumer.subscribe(self.apply_topics)
+                        kafka.subscribe(consumer, self.apply_topics)
                     messages = kafka.without_errors(
                         consumer.consume(self.options.batch_size, self.options.poll_timeout), log)
+                    progress.tick()
                     if messages:
                         self.process_messages(messages)
                         consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from prometheus_client import Counter, Gauge, Histogram
@@ -29,6 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from crmsync import kafka, pg, topics
 from crmsync.config import Settings
 from crmsync.envelope import Change
+from crmsync.observability import progress
 from services.capture.pgoutput import Decoder, Transaction, lsn_to_int
 
 log = logging.getLogger("crmsync.capture")
@@ -79,14 +81,19 @@ class CaptureService:
 
     # -- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Check the tables, then create or align the publication and the slot (idempotent)."""
+        """Check the tables, then create or align the publication and the slot (idempotent). The first start
+        creates the slot together with the snapshot (see `snapshot`)."""
         tables = [*self.cfg.capture_tables]
         self._align_publication([*tables, *self._mirror_tables()])
-        if not self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.cfg.slot_name,)).fetchone():
+        slot_exists = bool(self.conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                                             (self.cfg.slot_name,)).fetchone())
+        if self.cfg.snapshot == "initial" and not self._snapshot_done():
+            if slot_exists:  # a snapshot that did not finish: nothing was streamed from this slot yet
+                self.conn.execute("SELECT pg_drop_replication_slot(%s)", (self.cfg.slot_name,))
+            self.snapshot(tables)  # mirror tables are not snapshotted: the CRM is their source
+        elif not slot_exists:
             self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.cfg.slot_name,))
             log.info("created replication slot %s", self.cfg.slot_name)
-        if self.cfg.snapshot == "initial" and not self._snapshot_done():
-            self.snapshot(tables)  # mirror tables are not snapshotted: the CRM is their source
 
     def _mirror_tables(self) -> list[str]:
         """The wizard's mirror tables (re-read while running), so edits made to them in SQL reach the CRM."""
@@ -99,10 +106,10 @@ class CaptureService:
     def _align_publication(self, tables: list[str]) -> None:
         for table in [*tables, HEARTBEAT_TABLE]:
             self._check_table(table)
-        published = ", ".join(f'"{s}"."{n}"' for s, n in map(_qualified, [*tables, HEARTBEAT_TABLE]))
+        published = sql.SQL(", ").join(sql.Identifier(*_qualified(t)) for t in [*tables, HEARTBEAT_TABLE])
         exists = self.conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.cfg.publication,)).fetchone()
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
-        self.conn.execute(verb.format(f'"{self.cfg.publication}"', published))
+        self.conn.execute(sql.SQL(verb).format(sql.Identifier(self.cfg.publication), published))
         kafka.ensure_topics(self.bootstrap_servers,
                             [*(self._topic(t) for t in tables), topics.heartbeat("campaign", self.cfg.name)],
                             self.settings.kafka.partitions, self.settings.kafka.replication_factor)
@@ -128,17 +135,33 @@ class CaptureService:
                                       (self._snapshot_marker(),)).fetchone())
 
     def snapshot(self, tables: list[str]) -> int:
-        """Publish every existing row as a read ('r'), after the slot exists, so nothing committed before the
-        slot is missed (Debezium's "snapshot, then stream"). Rows changed during the snapshot also arrive as
-        streamed changes afterwards, which are newer and win. The done-marker is written after the broker
-        acknowledged the whole snapshot: a crash during it repeats it (duplicates, never gaps)."""
+        """Create the slot and publish every existing row as a read ('r') from the snapshot the slot exports
+        (Debezium's "snapshot, then stream", without its gap): CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')
+        on a replication connection returns the slot's consistent point and a snapshot holding exactly the
+        transactions committed before it; the slot streams exactly those committed after. So every row is
+        published once, by the snapshot or by the stream. Snapshot rows are positioned just before the consistent
+        point (seq -1), every streamed change after it. The done-marker is written after the broker acknowledged
+        the whole snapshot: a crash during it drops the slot and repeats both (duplicates, never gaps)."""
         published = 0
-        with pg.connect(self.dsn, application="crmsync-capture-snapshot") as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.execute("SET LOCAL TimeZone = 'UTC'")
-            lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-            for table in tables:
-                published += self._snapshot_table(conn, table, lsn)
+        try:
+            replication = pg.connect(self.dsn, autocommit=True, replication="database",
+                                     application="crmsync-capture-slot")
+        except psycopg.OperationalError as exc:
+            raise CaptureConfigError(
+                f"the first snapshot needs a replication connection to the Campaign database, which was refused "
+                f"({str(exc).strip()}). Give the user the REPLICATION attribute and allow it in pg_hba.conf "
+                "(`host replication <user> <address> scram-sha-256`), or set campaign.snapshot: never") from None
+        with replication:  # the exported snapshot lives as long as this connection runs no other command
+            _, lsn, exported, _ = replication.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput "
+                                                              "(SNAPSHOT 'export')").format(
+                sql.Identifier(self.cfg.slot_name))).fetchone()
+            log.info("created replication slot %s at %s with its snapshot", self.cfg.slot_name, lsn)
+            with pg.connect(self.dsn, application="crmsync-capture-snapshot") as conn:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
+                conn.execute("SET LOCAL TimeZone = 'UTC'")
+                for table in tables:
+                    published += self._snapshot_table(conn, table, lsn)
         kafka.flush_all(self.producer, self.tracker)
         self.conn.execute("INSERT INTO crmsync.checkpoints (name, position) VALUES (%s, %s) ON CONFLICT (name) "
                           "DO UPDATE SET position = excluded.position, updated_at = now()",
@@ -148,9 +171,9 @@ class CaptureService:
 
     def _snapshot_table(self, conn: psycopg.Connection, table: str, lsn: str) -> int:
         schema, name = _qualified(table)
-        order = ", ".join(f'"{c}"' for c in self.primary_keys[f"{schema}.{name}"])
-        cursor = conn.cursor(name=f"snapshot_{name}", row_factory=dict_row)
-        cursor.execute(f'SELECT * FROM "{schema}"."{name}" ORDER BY {order}')
+        order = sql.SQL(", ").join(map(sql.Identifier, self.primary_keys[f"{schema}.{name}"]))
+        cursor = conn.cursor(name="crmsync_snapshot", row_factory=dict_row)
+        cursor.execute(sql.SQL("SELECT * FROM {} ORDER BY {}").format(sql.Identifier(schema, name), order))
         count, lsn_int = 0, lsn_to_int(lsn)
         while rows := cursor.fetchmany(5000):
             changes = []
@@ -160,7 +183,7 @@ class CaptureService:
                     id=f"campaign:{self.cfg.name}:snapshot:{lsn}:{name}:{count}", side="campaign",
                     source=self.cfg.name, object=topics.campaign_object(schema, name), op="r",
                     key={c: values[c] for c in self.primary_keys[f"{schema}.{name}"]}, after=values,
-                    position={"lsn": lsn, "lsn_int": lsn_int, "seq": 0, "snapshot": True},
+                    position={"lsn": lsn, "lsn_int": lsn_int, "seq": -1, "snapshot": True},  # before the stream
                     source_ts=values.get("updated_at")))
                 count += 1
             kafka.produce_batches(self.producer, self.tracker, self._topic(table), changes)
@@ -187,7 +210,7 @@ class CaptureService:
                 f"table {table!r} has no primary key, so its changes cannot be keyed or ordered per record. "
                 f"Add one (ALTER TABLE {table} ADD PRIMARY KEY (...)) or remove it from campaign.capture_tables.")
         if identity != "f":  # full old rows: deletes carry the record, updates fill unchanged TOAST values
-            self.conn.execute(f'ALTER TABLE "{schema}"."{name}" REPLICA IDENTITY FULL')
+            self.conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(schema, name)))
 
     def _topic(self, table: str) -> str:
         return topics.changes("campaign", self.cfg.name, topics.campaign_object(*_qualified(table)))
@@ -197,6 +220,7 @@ class CaptureService:
         self.prepare()
         log.info("capturing %s through slot %s", ", ".join(self.cfg.capture_tables), self.cfg.slot_name)
         while not self.stopping.is_set():
+            progress.tick()
             batch = self.poll_once()
             self._follow_new_mirrors()
             if batch.changes == 0 and batch.transactions == 0:
@@ -210,7 +234,8 @@ class CaptureService:
         rows = self.conn.execute(
             "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_binary_changes("
             "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
-            (self.cfg.slot_name, self.cfg.batch_changes, self.cfg.publication)).fetchall()
+            (self.cfg.slot_name, self.cfg.batch_changes,
+             sql.Identifier(self.cfg.publication).as_string(self.conn))).fetchall()  # pgoutput parses a name list
         batch = Batch()
         if not rows:
             return batch
@@ -275,8 +300,8 @@ class CaptureService:
         if now - self.last_beat < self.cfg.heartbeat_seconds:
             return
         self.last_beat = now
-        self.conn.execute(f"INSERT INTO {HEARTBEAT_TABLE} (id, beat_at) VALUES (1, now()) "
-                          "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at")
+        self.conn.execute(sql.SQL("INSERT INTO {} (id, beat_at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET "
+                                  "beat_at = excluded.beat_at").format(sql.Identifier(*_qualified(HEARTBEAT_TABLE))))
         self._record_lag()
 
     def slot_status(self) -> dict[str, Any]:

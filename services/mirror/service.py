@@ -35,6 +35,7 @@ from crmsync import envelope, kafka, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Change, Reject, changes_from_message
 from crmsync.infra import Endpoints
+from crmsync.observability import progress
 from crmsync.wizard.data import MIRROR_ORIGIN
 from crmsync.wizard.schema import mirrored_elements
 from services.salesforce.client import SalesforceClient, account_settings
@@ -132,17 +133,19 @@ class MirrorService:
                                 self.settings.kafka.partitions, self.settings.kafka.replication_factor)
             if self.consumer is None:
                 self.consumer = kafka.consumer(self.endpoints.bootstrap_servers, f"crmsync-mirror-{self.account}")
-            self.consumer.subscribe(sorted(by_topic))
+            kafka.subscribe(self.consumer, sorted(by_topic))
             log.info("mirroring %s of %s", ", ".join(sorted({m.obj for m in mirrors})), self.account)
         return changed
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            progress.tick()
             if time.monotonic() - self._schema_at >= self.schema_reload_seconds:
                 self.reload_schema()
             if self.consumer is None:
-                stop.wait(self.schema_reload_seconds)
+                progress.joined()  # nothing mirrored yet: no group to be in, idle is working
+                stop.wait(min(self.schema_reload_seconds, 5.0))
                 continue
             self.run_once()
             self._maybe_refresh_formulas()

@@ -56,6 +56,7 @@ from crmsync.config import Settings
 from crmsync.envelope import Change
 from crmsync.field_types import store_crm_fields
 from crmsync.infra import Endpoints
+from crmsync.observability import progress
 from services.salesforce.client import SalesforceClient, account_settings, retry_reason
 from services.salesforce.soql import soql_datetime
 from services.salesforce.types import kind_of
@@ -389,6 +390,7 @@ def run(settings: Settings, endpoints: Endpoints, account_name: str, objects: It
     try:
         while not stop.is_set():
             started = time.monotonic()
+            progress.tick()
             try:
                 added = poller.follow_mirrors()
                 if added:

@@ -42,7 +42,7 @@ from crmsync.envelope import ApplyCommand, Reject
 from crmsync.field_types import FieldTypes
 from crmsync.infra import Endpoints
 from crmsync.values import canonical
-from crmsync.observability import observe_freshness
+from crmsync.observability import observe_freshness, progress
 from services.salesforce import soql
 from services.salesforce.client import (COLLECTION_LIMIT, Bulk2Result, SalesforceClient, account_settings,
                                         csv_value, error_code, error_message, retry_reason)
@@ -144,10 +144,10 @@ class SalesforceWriter:
         consumer = kafka.consumer(self.bootstrap_servers, self.group_id,
                                   **{"topic.metadata.refresh.interval.ms": 10000})
         if self.objects is not None:
-            consumer.subscribe([topics.apply("crm", self.account_name, o) for o in self.objects])
+            kafka.subscribe(consumer, [topics.apply("crm", self.account_name, o) for o in self.objects])
         else:  # every object of this account, including topics created later
             prefix = topics.apply("crm", self.account_name, "x")[:-1]
-            consumer.subscribe([f"^{re.escape(prefix)}[a-z0-9_-]+$"])
+            kafka.subscribe(consumer, [f"^{re.escape(prefix)}[a-z0-9_-]+$"])
         return consumer
 
     def connect(self, timeout: float = 30) -> None:
@@ -196,6 +196,7 @@ class SalesforceWriter:
         while not stop.is_set():
             try:
                 self.run_once()
+                progress.tick()
                 self.retry_loop.maybe_tick()
                 backoff = 1.0
             except Exception:

@@ -39,6 +39,11 @@ class Pipeline(World):
     def log_dir(self) -> Path:
         return self.state / "logs"
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """What an API client sends: the dashboard's access token as a bearer token."""
+        return {"Authorization": f"Bearer {self.dashboard.token}"}
+
     def child(self, prefix: str):
         return next(c for label, c in self.supervisor.children.items() if label.startswith(prefix))
 

@@ -103,13 +103,15 @@ def test_ports_match_between_compose_prometheus_and_the_services(compose):
     board = compose["dashboard"]
     port = int(board["command"][board["command"].index("--port") + 1])
     assert jobs["crmsync-dashboard"]["static_configs"][0]["targets"] == [f"dashboard:{port}"]
-    assert board["ports"] == [f"{port}:{port}"]
+    assert board["ports"] == [f"127.0.0.1:{port}:{port}"]  # published on loopback only
     targets = dict(item.split("=", 1) for item in board["environment"]["CRMSYNC_METRICS_TARGETS"].split(","))
     assert set(targets) == set(workers)
     for name, url in targets.items():
         parsed = urlparse(url)
         assert parsed.hostname == name and parsed.port == discovery["port"] and parsed.path == "/metrics"
-    for service in crmsync_containers(compose).values():  # the health check asks the port the service serves
+    long_running = {name: s for name, s in crmsync_containers(compose).items() if s.get("restart")}
+    assert set(crmsync_containers(compose)) - set(long_running) == {"kafka-tls"}  # one-shot: makes certificates
+    for service in long_running.values():  # the health check asks the port the service serves
         probe = " ".join(service["healthcheck"]["test"])
         expected = port if service is board else discovery["port"]
         assert f"127.0.0.1:{expected}/readyz" in probe

@@ -131,3 +131,28 @@ def _catching(function, *args):
         return function(*args)
     except Exception as exc:  # noqa: BLE001 - reported by the test
         return exc
+
+
+def test_an_echo_after_a_delete_does_not_bring_the_record_back(decide):
+    """A recipient deleted in Campaign (`mark`: the CRM contact stays) while our write to that contact was in
+    flight: the write's echo used to mark the link alive again, and drift repair then found a linked record
+    gone from Campaign."""
+    key = linked(decide, "003W", "wu@example.com")
+    v0 = _row(key, "wu@example.com", crm_id="003W")
+    decide([campaign("u", key, "2026-01-04T10:00:00Z", {**v0, "city": "Oslo"}, before=v0)])  # sent to the CRM
+    decide([campaign("d", key, "2026-01-04T10:00:01Z", None, before={**v0, "city": "Oslo"})])
+    echo = decide([crm("u", "003W", "2026-01-04T10:00:02.000+0000", FirstName="Di", LastName="Ho",
+                       Email="wu@example.com", MailingCity="Oslo")])
+    later_edit = decide([crm("u", "003W", "2026-01-04T10:05:00.000+0000", FirstName="Di", LastName="Ho",
+                             Email="wu@example.com", MailingCity="Bergen")])
+    assert echo.commands == [] and later_edit.commands == []
+    with pg.connect(decide.dsn) as conn:
+        assert conn.execute("SELECT deleted FROM crmsync.sync_state WHERE crm_id = '003W'").fetchone()[0] is True
+
+
+def test_a_crm_undelete_unmarks_the_recipient(decide):
+    key = linked(decide, "003U", "uma@example.com")
+    decide([crm("d", "003U", "2026-01-04T11:00:00.000+0000")])  # `mark`: the recipient is flagged deleted
+    back = decide([crm("c", "003U", "2026-01-04T11:01:00.000+0000", FirstName="Di", LastName="Ho",
+                       Email="uma@example.com", Title="Back")])
+    assert [(c.key, c.values) for c in back.commands] == [({"id": key}, {"deleted": False, "job_title": "Back"})]

@@ -71,7 +71,9 @@ def cli(campaign_db: tuple[str, str], tmp_path: Path) -> Cli:
     state = tmp_path / "state"
     state.mkdir()
     return Cli({"CAMPAIGN_DSN": campaign_db[0], "CRMSYNC_STATE_DIR": str(state), "CRMSYNC_CONFIG": str(config_file),
-                "CRMSYNC_SECRET_KEY": "", "COLUMNS": "200"})
+                "CRMSYNC_SECRET_KEY": "", "CRMSYNC_SECRET_KEY_FILE": "",
+                "XDG_CONFIG_HOME": str(tmp_path / "config"),  # where the accounts' key is made: this test's own
+                "COLUMNS": "200"})
 
 
 @pytest.fixture

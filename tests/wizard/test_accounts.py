@@ -29,7 +29,7 @@ def test_secrets_are_encrypted_masked_and_never_printed_or_logged(added, campaig
     assert "configured" in added("account", "list").text.replace("not configured", "")
     with psycopg.connect(campaign_db[0]) as conn:
         stored = conn.execute("SELECT settings::text || secrets FROM crmsync.external_accounts").fetchone()[0]
-    key_file = Path(added.env["CRMSYNC_STATE_DIR"]) / "secret.key"
+    key_file = Path(added.env["XDG_CONFIG_HOME"]) / "crmsync" / "secret.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     everything = "\n".join(added.outputs) + caplog.text + stored
     for secret in secrets.values():

@@ -121,3 +121,16 @@ def test_one_run_of_a_workflow_at_a_time(env: Env) -> None:
         with pytest.raises(engine.WorkflowBusy, match="already running"):
             env.run(workflow)
     assert env.run(workflow).ok  # the holder's connection closed: the lock went with it
+
+
+def test_enrich_quotes_the_column_it_matches_on(env: Env, tmp_path: Path) -> None:
+    """A column whose name needs quoting (mixed case, a dash) is matched as itself, never spliced into SQL."""
+    tag = uuid.uuid4().hex[:6]
+    env.execute('ALTER TABLE recipients ADD COLUMN "Work-Mail" text')
+    (key,) = env.rows('INSERT INTO recipients (email, "Work-Mail") VALUES (%s, %s) RETURNING id',
+                      (f"home.{tag}@x.org", f"Work.{tag}@X.org"))[0]
+    for exact, offered in ((False, f"  work.{tag}@x.ORG "), (True, f"Work.{tag}@X.org")):
+        enrich = {"name": "link", "type": "enrich", "table": "recipients", "key_column": "found",
+                  "keys": [{"source": "mail", "target": "Work-Mail", "exact": exact}]}
+        out = run_with_rows(env, tmp_path, [{"mail": offered}], enrich)
+        assert out["link"].outputs.note == "1 of 1 linked to recipients", exact

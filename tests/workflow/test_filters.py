@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from crmsync import filters, model
+from crmsync import filters
+from crmsync.workflow import model
 from crmsync.workflow.activities.crm_filter import escape_string, to_soql
 
 from .conftest import Env

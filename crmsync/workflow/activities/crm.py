@@ -21,7 +21,8 @@ from simple_salesforce.exceptions import SalesforceError
 
 from crmsync import kafka, topics
 from crmsync.envelope import ApplyCommand, Change
-from crmsync import filters, options
+from crmsync import filters
+from crmsync.workflow import options
 from crmsync.workflow.activities.crm_filter import soql_datetime, to_soql
 from crmsync.workflow.engine import ActivityError, Outputs, Progress, RunContext, Row
 from crmsync.workflow.model import CrmActivity
