@@ -69,9 +69,17 @@ class DynamicsConnector:
                                          "opportunities": "opportunity"}
 
     def client(self, account_name: str, account: AccountBase) -> DynamicsClient:
+        """A signed-in client: the token is obtained and WhoAmI answered, so a wrong secret, an unknown app or an
+        unreachable environment is said here (without the secret), not at the first read."""
         if not isinstance(account, DynamicsAccount):
             account = DynamicsAccount.model_validate(account.model_dump())
-        return DynamicsClient(account, account_name)
+        client = DynamicsClient(account, account_name)
+        try:
+            client.who_am_i()
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     def change_source(self, client: Any, obj: str, **options: Any) -> DynamicsChangeSource:
         return DynamicsChangeSource(client, _catalog(client), obj, SourceOptions(**options))

@@ -34,6 +34,9 @@ The neutral change: key {"id": <GUID>}; position {"ts": modifiedon (ISO 8601 UTC
   version + 1 (above every version published before it, below any version the id could get later); its id is
   `crm:<account>:<table>:<GUID>:<that version>`.
 
+The end of the first full read is a page of its own, without changes, with `snapshot_done` set: its cursor is the
+first that says the snapshot is done, so a restart from any earlier cursor still ends with that signal.
+
 Invariants: a page's cursor covers exactly the changes of that page and every earlier one; change ids depend
 only on the data, never on when it was read.
 """
@@ -139,10 +142,13 @@ class DynamicsChangeSource:
                 window = cursor.window_start()
                 changes = [self._row_change(row, "r" if reading_all else None, window) for row in page.rows]
                 changes += [self._delete_change(rid, cursor, page.server_time) for rid in page.deleted_ids]
-                snapshot_done = page.delta_link is not None and not cursor.snapshot_done
-                cursor = cursor.advanced(page.next_link, page.delta_link)
+                finishing_snapshot = page.delta_link is not None and not cursor.snapshot_done
+                cursor = cursor.advanced(page.next_link, page.delta_link, done=not finishing_snapshot)
                 self._count(changes)
-                yield SourcePage(changes, cursor.dump(), snapshot_done=snapshot_done)
+                yield SourcePage(changes, cursor.dump())
+                if finishing_snapshot:  # the end of the first full read: a page of its own
+                    cursor = cursor.advanced(None, cursor.delta, done=True)
+                    yield SourcePage([], cursor.dump(), snapshot_done=True)
         except DataverseApiError as exc:
             if retried or not _expired(exc):
                 raise
@@ -183,14 +189,15 @@ class DynamicsChangeSource:
                     changes.append(self._row_change(row, "r" if snapshot else cursor.op_for(rid), window))
                     cursor.remember(rid, version, row["modifiedon"])
             last = len(rows) < self.options.page_size
-            if last:
-                cursor.snapshot_done = True
-                if full_window:
-                    self._last_full_window = time.monotonic()
+            if last and full_window:
+                self._last_full_window = time.monotonic()
             cursor.prune(lookback)
             self._count(changes)
-            yield SourcePage(changes, cursor.dump(), snapshot_done=last and snapshot)
+            yield SourcePage(changes, cursor.dump())
             if last:
+                if snapshot:  # the end of the first full read: a page of its own
+                    cursor.snapshot_done = True
+                    yield SourcePage([], cursor.dump(), snapshot_done=True)
                 return
 
     def _keyset_page(self, after: tuple[str, str | None] | None) -> list[dict[str, Any]]:
@@ -247,9 +254,9 @@ class TrackingCursor:
         return {"v": CURSOR_VERSION, "mode": "tracking", "delta": self.delta, "next": self.next,
                 "snapshot_done": self.snapshot_done}
 
-    def advanced(self, next_link: str | None, delta_link: str | None) -> "TrackingCursor":
+    def advanced(self, next_link: str | None, delta_link: str | None, done: bool = True) -> "TrackingCursor":
         if delta_link is not None:
-            return TrackingCursor(delta_link, None, True)
+            return TrackingCursor(delta_link, None, self.snapshot_done or done)
         return TrackingCursor(self.delta, next_link, self.snapshot_done)
 
     def restarted(self) -> "TrackingCursor":

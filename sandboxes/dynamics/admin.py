@@ -11,7 +11,9 @@ All endpoints live under /__sandbox/ and require `X-Sandbox-Admin: <admin token>
   POST /__sandbox/limits            {"requests_per_window": N, "execution_seconds_per_window": S,
                                     "window_seconds": W, "max_concurrent_requests": C, "reset": true}
                                     (any subset; "reset" forgets the requests already counted)
-  POST /__sandbox/clock             {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time
+  POST /__sandbox/clock             {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time;
+                                    {"frozen": true}: hold it where it is (every write meanwhile gets the same
+                                    createdon/modifiedon), {"frozen": false}: let it run again
   POST /__sandbox/change-tracking   {"expire_days": N, "tables": {"lead": false}}: ExpireChangeTrackingInDays,
                                     and change tracking ("Track changes") switched per table (either key)
   POST /__sandbox/expire-tokens     {}: every access and refresh token issued so far stops working
@@ -84,8 +86,17 @@ def limits(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def clock(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
-    sandbox.store.clock_offset = timedelta(seconds=float(body["offset_seconds"]))
-    return {"offset_seconds": sandbox.store.clock_offset.total_seconds(), "now": sandbox.store.now().isoformat()}
+    unknown = set(body) - {"offset_seconds", "frozen"}
+    if unknown:
+        raise ValueError(f"unknown clock settings: {sorted(unknown)}; known: offset_seconds, frozen")
+    store = sandbox.store
+    if "offset_seconds" in body:
+        store.clock_offset = timedelta(seconds=float(body["offset_seconds"]))
+    if "frozen" in body:
+        store.frozen_at = None
+        store.frozen_at = store.now() if body["frozen"] else None
+    return {"offset_seconds": store.clock_offset.total_seconds(), "frozen": store.frozen_at is not None,
+            "now": store.now().isoformat()}
 
 
 def change_tracking(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:

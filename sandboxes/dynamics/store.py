@@ -55,7 +55,8 @@ def columns_of(entity: Entity) -> list[str]:
 
 
 class Store:
-    """The organization's data. `now()` is the sandbox clock: real UTC time plus an admin-settable offset."""
+    """The organization's data. `now()` is the sandbox clock: real UTC time plus an admin-settable offset, or a
+    moment the admin API holds it at."""
 
     def __init__(self, state_dir: Path, settings: OrgSettings) -> None:
         self.settings = settings
@@ -64,6 +65,7 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.clock_offset = timedelta(0)
+        self.frozen_at: datetime | None = None  # admin: the clock held at this moment (writes share their times)
         self._depth = 0
         self._columns = {name: columns_of(entity) for name, entity in ENTITIES.items()}
         self._migrate()
@@ -125,7 +127,7 @@ class Store:
     # ------------------------------------------------------------ small utilities
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + self.clock_offset
+        return self.frozen_at or datetime.now(timezone.utc) + self.clock_offset
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM _meta WHERE key = ?", (key,)).fetchone()
