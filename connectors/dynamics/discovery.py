@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from crmsync.connectors import Enumeration, TableInfo, TableSpec
 
-from .client import DataverseClient
+from .client import DataverseClient, localized_label
 from .schema import Catalog
 from .source import enumeration_name, field_specs
 from .values import read_value
@@ -27,8 +27,6 @@ class DynamicsDiscovery:
         self.client, self.catalog, self.page_size = client, catalog, page_size
 
     def list_tables(self) -> list[TableInfo]:
-        from .client import localized_label
-
         found = [TableInfo(e["LogicalName"], localized_label(e.get("DisplayName")) or e["LogicalName"])
                  for e in self.catalog.list() if e.get("IsValidForAdvancedFind", True)]
         return sorted(found, key=lambda t: t.name)

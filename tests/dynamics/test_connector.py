@@ -74,6 +74,14 @@ def test_certificate_as_inline_text_with_its_thumbprint(sandbox: RunningSandbox,
     assert "PRIVATE KEY" not in str(refused.value)
 
 
+def test_a_wrong_secret_is_refused_at_sign_in_without_showing_it(sandbox: RunningSandbox) -> None:
+    wrong = "wrong-secret-3f9a1c"
+    with pytest.raises(DynamicsAuthError) as refused:
+        CONNECTOR.client(ACCOUNT_NAME, account_for(sandbox, client_secret=wrong))
+    assert refused.value.code == 7000215 and "AADSTS7000215" in str(refused.value)
+    assert wrong not in str(refused.value) and wrong not in repr(refused.value)
+
+
 def test_the_sandbox_kit_starts_a_sandbox_the_account_reaches(tmp_path: Path) -> None:
     running = CONNECTOR.sandbox().start(tmp_path / "kit", seed_contacts=10, log_file=tmp_path / "kit.log")
     try:

@@ -50,10 +50,13 @@ def test_snapshot_then_creates_updates_deletes_exactly_once(start_sandbox: Calla
                                                             connect: Callable[..., DynamicsClient]) -> None:
     sandbox = start_sandbox(seed_contacts=0)
     client = connect(sandbox)
-    ids = client.create_multiple("accounts", "account", [{"name": f"Tied {i}"} for i in range(23)])  # one second
+    sandbox.admin("clock", {"frozen": True})  # every write gets the same createdon and modifiedon
+    ids = client.create_multiple("accounts", "account", [{"name": f"Tied {i}"} for i in range(23)])
+    sandbox.admin("clock", {"frozen": False})
     snapshot = read_all(client, "account", None, page_size=5)
     assert [(len(p.changes), p.snapshot_done) for p in snapshot] == [(5, False)] * 4 + [(3, False), (0, True)]
     first = by_id(changes_of(snapshot))
+    assert len({c.position["ts"] for c in first.values()}) == 1  # all 23 share one modification time
     assert {c.key["id"] for c in first.values()} == set(ids) and {c.op for c in first.values()} == {"r"}
     sample = next(iter(first.values()))
     assert sample.position["ts"].endswith("Z") and sample.source_ts == sample.position["ts"]
@@ -110,17 +113,22 @@ def test_modifiedon_and_id_for_a_table_without_change_tracking(start_sandbox: Ca
     sandbox.admin("change-tracking", {"tables": {"lead": False}})
     client = connect(sandbox)
     assert client.catalog.table("lead").change_tracking is False
+    sandbox.admin("clock", {"frozen": True})  # tied modification times across every page boundary
     ids = client.create_multiple("leads", "lead", [{"subject": f"Lead {i}", "lastname": f"L{i}"} for i in range(17)])
+    sandbox.admin("clock", {"frozen": False})
     options = dict(page_size=4, full_window_every_seconds=3600)
     snapshot = read_all(client, "lead", None, **options)
     assert snapshot[-1].cursor["mode"] == "modifiedon" and snapshot[-1].snapshot_done
     assert {c.key["id"] for c in changes_of(snapshot)} == set(ids) and len(changes_of(snapshot)) == 17
-    assert {c.op for c in changes_of(snapshot)} == {"r"}
+    assert {c.op for c in changes_of(snapshot)} == {"r"} and len({c.position["ts"] for c in changes_of(snapshot)}) == 1
     assert_restartable(client, "lead", None, snapshot, **options)
 
     cursor = snapshot[-1].cursor
-    client.update_multiple("leads", "lead", [{"leadid": i, "companyname": "Updated"} for i in ids[:6]])  # one second
+    time.sleep(1.1)  # the creates below are later than the cursor's second
+    sandbox.admin("clock", {"frozen": True})
+    client.update_multiple("leads", "lead", [{"leadid": i, "companyname": "Updated"} for i in ids[:6]])
     created = client.create_multiple("leads", "lead", [{"subject": "Later", "lastname": f"N{i}"} for i in range(5)])
+    sandbox.admin("clock", {"frozen": False})
     source = CONNECTOR.change_source(client, "lead", **options)
     delta = list(source.read(cursor))
     changes = by_id(changes_of(delta))
