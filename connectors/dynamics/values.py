@@ -36,8 +36,12 @@ class ValueProblem(ValueError):
 
 def record_of(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     """The row's mirrored columns under their logical names, in the forms described above."""
-    return {column.name: read_value(column, row[column.web_name]) for column in table.mirrored()
-            if column.web_name in row}
+    record = {}
+    for name, web_name, multiselect in table.readers:
+        if web_name in row:
+            value = row[web_name]
+            record[name] = multiselect_values(value) if multiselect and value is not None else value
+    return record
 
 
 def read_value(column: Column, value: Any) -> Any:

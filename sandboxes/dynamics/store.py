@@ -174,7 +174,8 @@ class Store:
 
     def find_by_key(self, entity: Entity, key: Mapping[str, Any]) -> str | None:
         """The id of the record whose alternate-key columns equal `key` (case-insensitively), or None."""
-        where = " AND ".join(f"lower({_q(name)}) = lower(?)" for name in key)
+        # "IS NOT NULL" lets SQLite use the partial unique index of the key (ak_<entity>_<key>)
+        where = " AND ".join(f"lower({_q(name)}) = lower(?) AND {_q(name)} IS NOT NULL" for name in key)
         row = self.conn.execute(f"SELECT {_q(entity.primary_id)} FROM {_q(entity.name)} WHERE {where}",
                                 [str(v) for v in key.values()]).fetchone()
         return row[0] if row else None
