@@ -153,6 +153,9 @@ class DynamicsSink:
         except UnknownTable as exc:
             return SinkOutcome(command, False, code="CRMSYNC_UNKNOWN_OBJECT", message=str(exc))
         record_id = _record_id(command)
+        if record_id is not None and not _is_guid(record_id):
+            return SinkOutcome(command, False, code="CRMSYNC_NO_KEY",
+                               message=f"{record_id!r} is not a Dataverse record id (a GUID)")
         if command.action == "delete":
             if not record_id:
                 return SinkOutcome(command, False, code="CRMSYNC_NO_KEY",
@@ -167,7 +170,8 @@ class DynamicsSink:
         except ValueProblem as exc:
             return SinkOutcome(command, False, crm_id=record_id, code="CRMSYNC_INVALID_VALUE", message=str(exc))
         plan.body.update(key or {})
-        plan.expect = {k: v for k, v in (command.expect or {}).items() if k in plan.written}
+        if plan.kind != "create":  # a record that cannot be found beforehand has nothing to compare with
+            plan.expect = {k: v for k, v in (command.expect or {}).items() if k in plan.written}
         return plan
 
     def _key(self, table: Table, command: ApplyCommand) -> dict[str, str] | None:
@@ -437,6 +441,14 @@ class DynamicsSink:
 # ---------------------------------------------------------------- helpers
 
 _UNRESOLVED = "\u0000lookup:"  # body placeholder for a polymorphic lookup whose table is not known yet
+
+
+def _is_guid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _record_id(command: ApplyCommand) -> str | None:

@@ -111,6 +111,9 @@ class DynamicsChangeSource:
 
     def read(self, cursor: dict[str, Any] | None) -> Iterator[SourcePage]:
         self.table = self.catalog.table(self.obj)  # columns added since are read from now on
+        if "modifiedon" not in self.table.columns:
+            raise ValueError(f"{self.obj} has no modifiedon column: its changes cannot be ordered, so crmsync "
+                             "cannot sync it")
         mode = self._mode(cursor)
         if mode == "tracking":
             yield from self._tracked(TrackingCursor.load(cursor))
@@ -132,7 +135,7 @@ class DynamicsChangeSource:
 
     # ---------------------------------------------------------------- change tracking
 
-    def _tracked(self, cursor: "TrackingCursor", retried: bool = False) -> Iterator[SourcePage]:
+    def _tracked(self, cursor: "TrackingCursor", attempt: int = 0) -> Iterator[SourcePage]:
         reading_all = cursor.delta is None  # the first read, or a full read after an expired link
         link = cursor.next or (_with_select(cursor.delta, self._select()) if cursor.delta else None)
         pages = self.client.change_pages(self.table.entity_set, select=self._select(), link=link,
@@ -150,18 +153,18 @@ class DynamicsChangeSource:
                     cursor = cursor.advanced(None, cursor.delta, done=True)
                     yield SourcePage([], cursor.dump(), snapshot_done=True)
         except DataverseApiError as exc:
-            if retried or not _expired(exc):
+            if attempt >= 2 or not _expired(exc) or (cursor.delta is None and cursor.next is None):
                 raise
             if cursor.next:  # a link inside a read: read it again from its start
                 log.warning("%s.%s: Dataverse refused the link to the next page (%s); reading again from the start "
                             "of this read (its changes come again with the same ids)", self.account, self.obj,
                             exc.message)
-                yield from self._tracked(cursor.restarted(), retried=True)
+                yield from self._tracked(cursor.restarted(), attempt + 1)
                 return
             log.warning("%s.%s: the delta link expired (%s); reading every row again", self.account, self.obj,
                         exc.message)
             RESYNCS.labels(self.account, self.obj).inc()
-            yield from self._tracked(cursor.full_read(), retried=True)
+            yield from self._tracked(cursor.full_read(), attempt + 1)
 
     def _delete_change(self, rid: str, cursor: "TrackingCursor", server_time: datetime | None) -> Change:
         version, moment = cursor.token()

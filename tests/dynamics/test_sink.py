@@ -91,11 +91,13 @@ def test_mixed_work_goes_in_one_batch_parents_first(start_sandbox: Callable[...,
         command("account", {"name": f"{tag} new"}, campaign_key=f"{tag}-acc"),
         command("account", {"telephone1": "42"}, key=existing),
         command("contact", {"lastname": "x", "parentcustomerid": str(uuid.uuid4())}, campaign_key=f"{tag}-c3"),
+        command("contact", {"lastname": "x"}, key=f"{existing})/../accounts({existing}"),  # not an id
     ]
     sandbox.admin("reset-stats", {})
     outcomes = sink.apply(work)
-    assert [o.ok for o in outcomes] == [True] * 5 + [False]
+    assert [o.ok for o in outcomes] == [True] * 5 + [False, False]
     assert outcomes[5].code == "CRMSYNC_INVALID_VALUE" and "no account or contact record" in outcomes[5].message
+    assert outcomes[6].code == "CRMSYNC_NO_KEY" and "not a Dataverse record id" in outcomes[6].message
     calls = requests(sandbox)
     assert calls["POST $batch"] == 1 and not any("Multiple" in k for k in calls)
     deal = client.retrieve("opportunities", str(outcomes[0].crm_id), select=["_parentaccountid_value"])
