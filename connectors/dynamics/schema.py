@@ -205,14 +205,14 @@ class Catalog:
         return [e for e in body.get("value", []) if e.get("EntitySetName")]
 
     def _logical_name(self, name: str) -> str:
-        if self._sets is None:
-            self._sets = {e["EntitySetName"]: e["LogicalName"] for e in self.list()}
-        if name in self._sets.values():
-            return name
-        if name in self._sets:
-            return self._sets[name]
-        if name.lower() in self._sets.values():
-            return name.lower()
+        for fresh in (self._sets is None, True):  # a table made since the list was read: read it again, once
+            if fresh:
+                self._sets = {e["EntitySetName"]: e["LogicalName"] for e in self.list()}
+            assert self._sets is not None
+            if name in self._sets.values() or name.lower() in self._sets.values():
+                return name.lower()
+            if name in self._sets:
+                return self._sets[name]
         raise UnknownTable(f"no table {name!r} in {self.client.account.url} (tables are named by logical name, "
                            f"e.g. contact, or entity set, e.g. contacts)")
 
