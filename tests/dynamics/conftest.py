@@ -58,7 +58,7 @@ def admin_reset(sandbox: RunningSandbox) -> Iterator[RunningSandbox]:
     yield sandbox
     sandbox.admin("faults", {})
     sandbox.admin("limits", {"requests_per_window": 6000, "reset": True})
-    sandbox.admin("clock", {"offset_seconds": 0})
+    sandbox.admin("clock", {"offset_seconds": 0, "frozen": False})
     sandbox.admin("change-tracking", {"expire_days": 7})
 
 
