@@ -209,7 +209,7 @@ class DynamicsQuery:
         """Pages of {"id": <GUID>, <field>: value...}. `include_deleted` changes nothing: Dataverse keeps no deleted
         rows that a query could return (see deleted())."""
         table = self.catalog.table(obj)
-        columns = [self._column(table, name, "fields") for name in fields]
+        columns = [self._column(table, name, "fields") for name in fields if name != "id"]
         select = list(dict.fromkeys([table.primary_id] + [c.web_name for c in columns]))
         orderby = [f"{self._column(table, name, 'order_by').web_name} {'desc' if descending else 'asc'}"
                    for name, descending in order_by]

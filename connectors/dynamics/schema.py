@@ -150,6 +150,8 @@ class Table:
     keys: tuple[tuple[str, ...], ...]  # alternate keys' columns
 
     def column(self, name: str) -> Column:
+        """A column by logical name (any case); "id", as neutral changes name it, is the primary id."""
+        name = self.primary_id if name == "id" else name
         found = self.columns.get(name) or self.columns.get(name.lower())
         if found is None:
             raise KeyError(f"{name!r} is not a column of {self.name} (columns are named by their logical name, "

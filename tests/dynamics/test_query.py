@@ -138,6 +138,9 @@ def test_fields_ids_and_order(dynamics: DynamicsClient, people: dict[str, Any]) 
     assert rows[1] == {"id": ids["A"], "firstname": "Ann", "crmsync_interests": ["1", "3"],
                        "parentcustomerid": people["company"]}
     assert [r for page in query.records("contact", ["firstname"], ids=[]) for r in page] == []
+    by_id = parse({"field": "id", "op": "=", "value": ids["D"]})  # "id", as neutral changes name it
+    assert [r for page in query.records("contact", ["id", "lastname"], by_id) for r in page] == \
+        [{"id": ids["D"], "lastname": f"{people['tag']} D"}]
     with pytest.raises(ValueError, match="not a GUID"):
         list(query.records("contact", ["firstname"], ids=["x' or 1 eq 1"]))
     with pytest.raises(ValueError, match="fields: 'nosuch' is not a column"):
