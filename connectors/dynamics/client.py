@@ -8,14 +8,18 @@ token after a 401, counting requests and reading the remaining service-protectio
 secrets. Helpers cover what a sync needs:
 
   query / query_pages      `$select $filter $orderby $expand`, `Prefer: odata.maxpagesize`, following nextLinks
-  changes                  change tracking: (rows, deleted ids, new delta link), all pages
+  change_pages / changes   change tracking: page by page (rows, deleted ids, next or delta link), or all at once
   create / update / upsert / delete   by id or alternate key, with If-Match / If-None-Match
   create_multiple / update_multiple / upsert_multiple   the bulk actions
   batch                    `$batch` with change sets; one outcome per operation, in order
   entity / option_sets     EntityDefinitions metadata with choices
 
+Every request first waits for the pacer (pacing.py), so steady work stays under the service-protection limits;
+`usage()` reports the calls made and the budget the server says is left.
+
 Invariants: https only (the environment URL is validated by DynamicsAccount), TLS verification with the CA file
-passed explicitly, absolute nextLinks/deltaLinks are followed only when they point at the same environment.
+passed explicitly, absolute nextLinks/deltaLinks are followed only when they point at the same environment, JSON
+bodies carry Decimal values digit for digit (money keeps its precision).
 """
 from __future__ import annotations
 
@@ -26,12 +30,18 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import httpx
 
+from crmsync.connectors import ApiUsage
+
 from .auth import DynamicsAccount, TokenProvider
+from .pacing import Pacer
 
 log = logging.getLogger("crmsync.dynamics.client")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -56,6 +66,16 @@ class Budget:
     """The service-protection budget the last response reported (None until a response said)."""
     remaining_requests: int | None = None
     remaining_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of a change-tracking read: rows and deleted ids, then where to go on (one of the two links)."""
+    rows: list[dict[str, Any]]  # new or updated rows
+    deleted_ids: list[str]
+    next_link: str | None  # more pages of this read
+    delta_link: str | None  # the read is complete: store this, pass it to the next read
+    server_time: datetime | None = None  # the response's Date header
 
 
 @dataclass(frozen=True)
@@ -105,17 +125,25 @@ class Outcome:
 
 
 class DataverseClient:
-    def __init__(self, account: DynamicsAccount, *, tokens: TokenProvider | None = None,
+    def __init__(self, account: DynamicsAccount, *, account_name: str = "", tokens: TokenProvider | None = None,
                  http: httpx.Client | None = None, max_attempts: int = 6, max_retry_after: float = 300.0,
-                 backoff_seconds: float = 0.5) -> None:
+                 backoff_seconds: float = 0.5, pacer: Pacer | None = None) -> None:
         self.account = account
+        self.account_name = account_name
         self.http = http or httpx.Client(verify=account.verify(), timeout=account.timeout_seconds)
         self.tokens = tokens or TokenProvider(account, self.http)
         self.max_attempts, self.max_retry_after, self.backoff = max_attempts, max_retry_after, backoff_seconds
-        self.service_root = f"{account.environment_url}/api/data/v{account.api_version}"
+        self.pacer = pacer or Pacer(account.service_protection)
+        self.service_root = f"{account.url}/api/data/v{account.api_version}"
         self.requests_sent = 0
         self.retries = 0
         self.budget = Budget()
+
+    def usage(self) -> ApiUsage:
+        """Calls this client made and the service-protection budget the last response reported (per user)."""
+        limits = self.account.service_protection
+        return ApiUsage(calls=self.requests_sent, remaining=self.budget.remaining_requests,
+                        limit=limits.requests_per_window, window=f"{limits.window_seconds / 60:g} minutes")
 
     def close(self) -> None:
         self.http.close()
@@ -134,15 +162,19 @@ class DataverseClient:
         url = self._url(path)
         reauthenticated = False
         for attempt in range(1, self.max_attempts + 1):
+            self.pacer.acquire()
+            started = time.monotonic()
             try:
                 response = self._send(method, url, params, json_body, headers, content)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
+                self.pacer.record(time.monotonic() - started, None, None)
                 if attempt == self.max_attempts:
                     raise DataverseApiError(0, type(exc).__name__, "the Web API did not answer", method,
                                             _display(url)) from None
                 self._pause(self._backoff(attempt), f"{type(exc).__name__}", method, url)
                 continue
             self._note_budget(response)
+            self.pacer.record(time.monotonic() - started, self.budget.remaining_requests, self.budget.remaining_seconds)
             if response.status_code == 401 and not reauthenticated:
                 reauthenticated = True
                 self.tokens.invalidate()
@@ -162,16 +194,16 @@ class DataverseClient:
         sent = {"Authorization": f"Bearer {self.tokens.token()}", "Accept": "application/json",
                 "OData-MaxVersion": "4.0", "OData-Version": "4.0", **(headers or {})}
         if json_body is not None:
-            content = json.dumps(json_body).encode()
+            content = encode_json(json_body).encode()
             sent.setdefault("Content-Type", "application/json")
         self.requests_sent += 1
         return self.http.request(method, url, params=params, content=content, headers=sent)
 
     def _url(self, path: str) -> str:
         if path.startswith("https://"):
-            if not path.startswith(self.account.environment_url + "/"):
+            if not path.startswith(self.account.url + "/"):
                 raise ValueError(f"refusing to send the token to {urlsplit(path).netloc}: links must point at "
-                                 f"{self.account.environment_url}")
+                                 f"{self.account.url}")
             return path
         return f"{self.service_root}/{path.lstrip('/')}"
 
@@ -199,10 +231,11 @@ class DataverseClient:
         code = str(error.get("code") or response.status_code) if isinstance(error, dict) else str(response.status_code)
         message = str(error.get("message") if isinstance(error, dict) and error.get("message") else
                       response.reason_phrase)
-        return DataverseApiError(response.status_code, code, self._scrub(message), method, _display(url),
+        return DataverseApiError(response.status_code, code, self.scrub(message), method, _display(url),
                                  _retry_after(response))
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """`text` with the token and every configured secret replaced by [redacted]."""
         for secret in self.tokens.secrets():
             text = text.replace(secret, "[redacted]")
         return text
@@ -228,30 +261,47 @@ class DataverseClient:
         for page in self.query_pages(entity_set, **options):
             yield from page
 
-    def changes(self, entity_set: str, *, select: Sequence[str] = (), delta_link: str | None = None,
-                page_size: int = 5000) -> Changes:
-        """All changes since `delta_link` (everything, the first time): new/updated rows, deleted ids, next link.
+    def change_pages(self, entity_set: str, *, select: Sequence[str] = (), link: str | None = None,
+                     page_size: int = 5000) -> Iterator[ChangePage]:
+        """A change-tracking read page by page: from `link` (a stored delta link, or a next link to resume a read
+        that was cut short), or everything with a first delta link at the end when `link` is None.
 
-        Raises DataverseApiError (400) when the delta link has expired; start again without one then."""
+        Raises DataverseApiError (400) when the link has expired; start again without one then."""
         headers = {"Prefer": f"odata.track-changes,{_prefer(page_size, None)}"}
-        if delta_link:
-            body = self.request("GET", delta_link, headers=headers).json()
+        if link:
+            response = self.request("GET", link, headers=headers)
         else:
-            body = self.request("GET", entity_set, params=_options(select, None, (), None), headers=headers).json()
-        rows, deleted = [], []
+            response = self.request("GET", entity_set, params=_options(select, None, (), None), headers=headers)
         while True:
+            body = response.json()
+            rows, deleted = [], []
             for item in body.get("value", []):
                 if item.get("reason") == "deleted" or str(item.get("@odata.context", "")).endswith("$deletedEntity"):
                     deleted.append(str(item["id"]))
                 else:
                     rows.append(item)
-            if not body.get("@odata.nextLink"):
-                break
-            body = self.request("GET", body["@odata.nextLink"], headers=headers).json()
-        if "@odata.deltaLink" not in body:
-            raise DataverseApiError(200, "no_delta_link", "the last page carried no @odata.deltaLink; is change "
-                                    f"tracking enabled for {entity_set}?", "GET", entity_set)
-        return Changes(rows, deleted, body["@odata.deltaLink"])
+            next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
+            if next_link is None and delta_link is None:
+                raise DataverseApiError(200, "no_delta_link", "the last page carried no @odata.deltaLink; is change "
+                                        f"tracking enabled for {entity_set}?", "GET", entity_set)
+            yield ChangePage(rows, deleted, next_link, delta_link, _server_time(response))
+            if next_link is None:
+                return
+            response = self.request("GET", next_link, headers=headers)
+
+    def changes(self, entity_set: str, *, select: Sequence[str] = (), delta_link: str | None = None,
+                page_size: int = 5000) -> Changes:
+        """All changes since `delta_link` (everything, the first time): new/updated rows, deleted ids, next link.
+
+        Raises DataverseApiError (400) when the delta link has expired; start again without one then."""
+        rows: list[dict[str, Any]] = []
+        deleted: list[str] = []
+        for page in self.change_pages(entity_set, select=select, link=delta_link, page_size=page_size):
+            rows += page.rows
+            deleted += page.deleted_ids
+            if page.delta_link:
+                return Changes(rows, deleted, page.delta_link)
+        raise AssertionError("unreachable")  # change_pages ends with a delta link or raises
 
     def retrieve(self, entity_set: str, key: Key, select: Sequence[str] = ()) -> dict[str, Any] | None:
         try:
@@ -320,24 +370,42 @@ class DataverseClient:
     # ------------------------------------------------------------ metadata
 
     def entity(self, logical_name: str) -> dict[str, Any]:
-        """EntityDefinitions(LogicalName=...) with its Attributes and Keys."""
+        """EntityDefinitions(LogicalName=...) with its Attributes, Keys and ManyToOneRelationships (lookups)."""
         return self.request("GET", f"EntityDefinitions(LogicalName='{_escape(logical_name)}')",
-                            params={"$expand": "Attributes,Keys"}).json()
+                            params={"$expand": "Attributes,Keys,ManyToOneRelationships"}).json()
 
-    def option_sets(self, logical_name: str) -> dict[str, dict[int, str]]:
-        """Choice columns of a table (picklist, state, status, multi-select) as {column: {value: label}}."""
-        out: dict[str, dict[int, str]] = {}
-        for cast in ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata",
-                     "MultiSelectPicklistAttributeMetadata"):
+    def choice_columns(self, logical_name: str) -> list[dict[str, Any]]:
+        """Attribute metadata of every choice column of a table (picklist, state, status, multi-select), each with
+        its expanded `OptionSet` (Name, IsGlobal, Options)."""
+        found: list[dict[str, Any]] = []
+        for cast in CHOICE_METADATA_TYPES:
             body = self.request("GET", f"EntityDefinitions(LogicalName='{_escape(logical_name)}')/Attributes/"
                                        f"Microsoft.Dynamics.CRM.{cast}",
                                 params={"$select": "LogicalName", "$expand": "OptionSet"}).json()
-            for attribute in body.get("value", []):
-                options = (attribute.get("OptionSet") or {}).get("Options", [])
-                out[attribute["LogicalName"]] = {
-                    int(o["Value"]): ((o.get("Label") or {}).get("UserLocalizedLabel") or {}).get("Label", "")
-                    for o in options}
-        return out
+            found += body.get("value", [])
+        return found
+
+    def option_sets(self, logical_name: str) -> dict[str, dict[int, str]]:
+        """Choice columns of a table (picklist, state, status, multi-select) as {column: {value: label}}."""
+        return {attribute["LogicalName"]: {int(o["Value"]): option_label(o)
+                                           for o in (attribute.get("OptionSet") or {}).get("Options", [])}
+                for attribute in self.choice_columns(logical_name)}
+
+
+CHOICE_METADATA_TYPES = ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata",
+                         "MultiSelectPicklistAttributeMetadata")
+
+
+def localized_label(label: Any) -> str:
+    """A metadata Label's text in the user's language (UserLocalizedLabel), else its first localized label."""
+    if not isinstance(label, Mapping):
+        return ""
+    localized = label.get("UserLocalizedLabel") or next(iter(label.get("LocalizedLabels") or []), None) or {}
+    return str(localized.get("Label") or "")
+
+
+def option_label(option: Mapping[str, Any]) -> str:
+    return localized_label(option.get("Label"))
 
 
 # ---------------------------------------------------------------- helpers
@@ -353,6 +421,27 @@ def format_key(key: Key) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("'", "''")
+
+
+def encode_json(body: Any) -> str:
+    """JSON text for a request body; Decimal values become JSON numbers with exactly their digits (json.dumps
+    would refuse them, float() would round them). The placeholder carries a random marker, so no string value
+    can pass for one."""
+    marker = f"decimal-{uuid.uuid4().hex}:"
+
+    def placeholder(value: Any) -> str:
+        if isinstance(value, Decimal) and value.is_finite():
+            return f"{marker}{value}"
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    text = json.dumps(body, default=placeholder)
+    return re.sub(f'"{marker}(-?[0-9.]+(?:E[+-]?[0-9]+)?)"', r"\1", text) if marker in text else text
+
+
+def _server_time(response: httpx.Response) -> datetime | None:
+    try:
+        return parsedate_to_datetime(response.headers["date"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _options(select: Sequence[str], filter: str | None, orderby: Sequence[str], expand: str | None) \
@@ -422,7 +511,7 @@ def _encode_operation(op: Operation, service_root: str, content_id: str | None) 
     lines += ["", f"{op.method} {quote(url, safe=_URL_SAFE)} HTTP/1.1"]
     lines += [f"{k}: {v}" for k, v in op.headers.items()]
     if op.body is not None:
-        lines += ["Content-Type: application/json; type=entry", "", json.dumps(op.body)]
+        lines += ["Content-Type: application/json; type=entry", "", encode_json(op.body)]
     else:
         lines += [""]
     return "\r\n".join(lines) + "\r\n"

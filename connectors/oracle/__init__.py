@@ -39,6 +39,7 @@ class OracleConnector:
     # ModifiedDate first, because every standard record type has it (the change source reads it too)
     index_fields: ClassVar[tuple[str, ...]] = ("ModifiedDate", "LastUpdated", "LastLoggedIn")
     deleted_flag: ClassVar[str | None] = "IsDeleted"  # records(include_deleted=True): Deleted Items carry it true
+    multi_select_separator: ClassVar[str] = ";"  # multi-select picklist values as one string, "a;b"
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
 
     def client(self, account_name: str, account: AccountBase) -> OracleConnection:

@@ -11,8 +11,11 @@ All endpoints live under /__sandbox/ and require `X-Sandbox-Admin: <admin token>
   POST /__sandbox/limits            {"requests_per_window": N, "execution_seconds_per_window": S,
                                     "window_seconds": W, "max_concurrent_requests": C, "reset": true}
                                     (any subset; "reset" forgets the requests already counted)
-  POST /__sandbox/clock             {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time
-  POST /__sandbox/change-tracking   {"expire_days": N}: ExpireChangeTrackingInDays
+  POST /__sandbox/clock             {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time;
+                                    {"frozen": true}: hold it where it is (every write meanwhile gets the same
+                                    createdon/modifiedon), {"frozen": false}: let it run again
+  POST /__sandbox/change-tracking   {"expire_days": N, "tables": {"lead": false}}: ExpireChangeTrackingInDays,
+                                    and change tracking ("Track changes") switched per table (either key)
   POST /__sandbox/expire-tokens     {}: every access and refresh token issued so far stops working
 
 A fault is decided per Web API request after authentication and before anything else happens, so a faulted
@@ -32,6 +35,7 @@ from sandboxes.control import Faults, admin_endpoint
 
 from .context import Sandbox
 from .errors import DataverseError
+from .model import ENTITIES
 
 FAULT_KINDS = ("token_expiry", "throttle_429", "unavailable_503")
 _LIMIT_KEYS = {"requests_per_window": int, "execution_seconds_per_window": float, "window_seconds": int,
@@ -82,16 +86,35 @@ def limits(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def clock(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
-    sandbox.store.clock_offset = timedelta(seconds=float(body["offset_seconds"]))
-    return {"offset_seconds": sandbox.store.clock_offset.total_seconds(), "now": sandbox.store.now().isoformat()}
+    unknown = set(body) - {"offset_seconds", "frozen"}
+    if unknown:
+        raise ValueError(f"unknown clock settings: {sorted(unknown)}; known: offset_seconds, frozen")
+    store = sandbox.store
+    if "offset_seconds" in body:
+        store.clock_offset = timedelta(seconds=float(body["offset_seconds"]))
+    if "frozen" in body:
+        store.frozen_at = None
+        store.frozen_at = store.now() if body["frozen"] else None
+    return {"offset_seconds": store.clock_offset.total_seconds(), "frozen": store.frozen_at is not None,
+            "now": store.now().isoformat()}
 
 
 def change_tracking(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
-    days = int(body["expire_days"])
-    if days <= 0:
-        raise ValueError("expire_days must be positive")
-    sandbox.settings.expire_change_tracking_days = days
-    return {"expire_days": days}
+    unknown = set(body) - {"expire_days", "tables"}
+    if unknown:
+        raise ValueError(f"unknown change-tracking settings: {sorted(unknown)}; known: expire_days, tables")
+    if "expire_days" in body:
+        days = int(body["expire_days"])
+        if days <= 0:
+            raise ValueError("expire_days must be positive")
+        sandbox.settings.expire_change_tracking_days = days
+    for table, enabled in dict(body.get("tables") or {}).items():
+        if table not in ENTITIES:
+            raise ValueError(f"no table {table!r}; tables: {', '.join(sorted(ENTITIES))}")
+        untracked = [t for t in sandbox.settings.untracked_tables if t != table]
+        sandbox.settings.untracked_tables = untracked if enabled else [*untracked, table]
+    return {"expire_days": sandbox.settings.expire_change_tracking_days,
+            "tables": {name: sandbox.tracks_changes(entity) for name, entity in ENTITIES.items()}}
 
 
 def expire_tokens(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:

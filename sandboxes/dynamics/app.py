@@ -95,6 +95,10 @@ def _route(call: Call, segments: list[str]) -> Response:
     entity = BY_ENTITY_SET.get(set_name)
     if entity is None:
         raise no_resource(head)
+    if entity.read_only and method != "GET":
+        verb = {"POST": "Create", "PATCH": "Update", "PUT": "Update", "DELETE": "Delete"}.get(method, method)
+        raise DataverseError(405, METHOD_NOT_ALLOWED, f"The '{verb}' method does not support entities of type "
+                                                      f"'{entity.name}'.")
     if not key:
         return _collection(call, entity, rest)
     if not key.endswith(")"):

@@ -24,6 +24,7 @@ from .store import Store
 
 if TYPE_CHECKING:  # imported for annotations only; these modules import this one
     from .admin import Faults, Stats
+    from .model import Entity
     from .entra import Entra
     from .protection import Protection
 
@@ -43,6 +44,10 @@ class Sandbox:
     stats: "Stats"
     protection: "Protection"
     dispatch: Callable[["Call"], Response] = field(repr=False)  # app.dispatch; $batch re-enters it
+
+    def tracks_changes(self, entity: "Entity") -> bool:
+        """ChangeTrackingEnabled: the table supports it and nobody switched it off (settings, admin API)."""
+        return entity.change_tracking and entity.name not in self.settings.untracked_tables
 
 
 @dataclass

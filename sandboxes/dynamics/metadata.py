@@ -40,7 +40,7 @@ def _managed(value: Any, name: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- building definitions
 
-def entity_definition(entity: Entity) -> dict[str, Any]:
+def entity_definition(entity: Entity, tracked: bool = True) -> dict[str, Any]:
     return {
         "MetadataId": metadata_id("entity", entity.name), "LogicalName": entity.name,
         "SchemaName": entity.name.capitalize() if entity.name != "systemuser" else "SystemUser",
@@ -48,10 +48,10 @@ def entity_definition(entity: Entity) -> dict[str, Any]:
         "CollectionSchemaName": entity.label_plural, "PrimaryIdAttribute": entity.primary_id,
         "PrimaryNameAttribute": entity.primary_name, "ObjectTypeCode": entity.object_type_code,
         "OwnershipType": entity.ownership, "IsCustomEntity": False, "IsActivity": False, "IsIntersect": False,
-        "IsManaged": True, "IsValidForAdvancedFind": True, "IsLogicalEntity": False,
-        "ChangeTrackingEnabled": entity.change_tracking,
+        "IsManaged": True, "IsValidForAdvancedFind": entity.advanced_find, "IsLogicalEntity": False,
+        "ChangeTrackingEnabled": tracked,
         "CanChangeTrackingBeEnabled": _managed(True, "canchangetrackingbeenabled"),
-        "IsAuditEnabled": _managed(True, "canmodifyauditsettings"),
+        "IsAuditEnabled": _managed(entity.audited, "canmodifyauditsettings"),
         "DisplayName": label(entity.label), "DisplayCollectionName": label(entity.label_plural),
         "Description": label(f"{entity.label} records"),
     }
@@ -164,12 +164,12 @@ def _relationships(entity: Entity, many_to_one: bool) -> list[dict[str, Any]]:
 def entity_definitions(call: Call, rest: list[str]) -> Response:
     """/EntityDefinitions[(<key>)[/Attributes[(<key>)][/<cast>] | /Keys[(<key>)] | /<relationships>]]."""
     if not rest:
-        items = [entity_definition(e) for e in ENTITIES.values()]
+        items = [entity_definition(e, call.sandbox.tracks_changes(e)) for e in ENTITIES.values()]
         items = [_with_expansions(call, ENTITIES[i["LogicalName"]], i) for i in _filtered(call, items)]
         return _collection(call, "EntityDefinitions", items)
     entity = _entity_from_key(rest[0])
     if len(rest) == 1:
-        item = _with_expansions(call, entity, entity_definition(entity))
+        item = _with_expansions(call, entity, entity_definition(entity, call.sandbox.tracks_changes(entity)))
         return _single(call, f"EntityDefinitions({_selected(call)})", item)
     navigation, key = _segment(rest[1])
     if navigation == "Attributes":

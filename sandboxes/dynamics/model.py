@@ -14,6 +14,11 @@ second column `<name>__type`.
 
 Deliberate choice (docs/dynamics.md): `industrycode` uses a *global* choice shared by account and lead, so both
 kinds of option set (global and local) exist in the sandbox.
+
+The audit log (`audit`, entity set `audits`, read-only) holds one row per deletion of an audited table (operation
+3 Delete, objecttypecode, objectid, userid, createdon): where Dataverse keeps deletions by date
+(learn.microsoft.com/power-apps/developer/data-platform/auditing/retrieve-audit-data). Creates and updates are not
+audited by the sandbox.
 """
 from __future__ import annotations
 
@@ -109,7 +114,8 @@ class Attribute:
 
     @property
     def polymorphic(self) -> bool:
-        return self.type in ("Owner", "Customer")
+        """Points at records of several tables (Owner, Customer, or a lookup such as the audit's objectid)."""
+        return self.type in ("Owner", "Customer") or len(self.targets) > 1
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,9 @@ class Entity:
     keys: tuple[AlternateKey, ...] = ()
     change_tracking: bool = True
     ownership: str = "UserOwned"
+    audited: bool = True  # IsAuditEnabled: deletions are written to the audit log
+    read_only: bool = False  # the Web API only reads it (the audit log)
+    advanced_find: bool = True  # IsValidForAdvancedFind
     derived: dict[str, tuple[str, ...]] = field(default_factory=dict)  # e.g. fullname <- firstname, lastname
 
     def attribute(self, name: str) -> Attribute | None:
@@ -298,6 +307,7 @@ OPPORTUNITY = _entity(Entity("opportunity", "opportunities", "Opportunity", "Opp
     Attribute("estimatedvalue", "Money", "Est. Revenue", min_value=0, max_value=100_000_000_000_000),
     Attribute("estimatedclosedate", "DateTime", "Est. Close Date", date_only=True),
     Attribute("closeprobability", "Integer", "Probability", min_value=0, max_value=100),
+    Attribute("stepname", "String", "Pipeline Phase", 200),
     Attribute("opportunityratingcode", "Picklist", "Rating",
               option_set=_local("opportunity", "opportunityratingcode", "Hot", "Warm", "Cold")),
     Attribute("purchasetimeframe", "Picklist", "Purchase Timeframe", option_set=PURCHASE_TIMEFRAME),
@@ -348,5 +358,21 @@ SYSTEMUSER = _entity(Entity("systemuser", "systemusers", "User", "Users", "syste
     Attribute("versionnumber", "BigInt", "Version Number", create=False, update=False),
 ])
 
-ENTITIES: dict[str, Entity] = {e.name: e for e in (ACCOUNT, CONTACT, LEAD, OPPORTUNITY, SYSTEMUSER)}
+AUDITED = ("account", "contact", "lead", "opportunity")
+AUDIT_OPERATIONS = _local("audit", "operation", "Create", "Update", "Delete", "Access", "Upsert", "Merge")
+AUDIT = _entity(Entity("audit", "audits", "Auditing", "Auditing", "auditid", "objecttypecode", 4567,
+                       change_tracking=False, ownership="None", audited=False, read_only=True, advanced_find=False), [
+    Attribute("auditid", "Uniqueidentifier", "Record Id", create=False, update=False),
+    Attribute("operation", "Picklist", "Operation", create=False, update=False, option_set=AUDIT_OPERATIONS),
+    Attribute("action", "Picklist", "Event", create=False, update=False, option_set=_local(
+        "audit", "action", "Create", "Update", "Delete", start=1)),
+    Attribute("objecttypecode", "EntityName", "Entity", create=False, update=False),
+    Attribute("objectid", "Lookup", "Record", create=False, update=False, targets=AUDITED),
+    Attribute("userid", "Lookup", "Changed By", create=False, update=False, targets=("systemuser",)),
+    Attribute("createdon", "DateTime", "Changed Date", create=False, update=False),
+    Attribute("versionnumber", "BigInt", "Version Number", create=False, update=False),
+])
+SYSTEMUSER.audited = False
+
+ENTITIES: dict[str, Entity] = {e.name: e for e in (ACCOUNT, CONTACT, LEAD, OPPORTUNITY, SYSTEMUSER, AUDIT)}
 BY_ENTITY_SET: dict[str, Entity] = {e.entity_set: e for e in ENTITIES.values()}

@@ -6,7 +6,8 @@ EntityDefinitions). The grammar is the one the Web API documents
 (learn.microsoft.com/power-apps/developer/data-platform/webapi/query/filter-rows):
 
   * comparison `eq ne gt ge lt le`, logical `and or not`, parentheses
-  * `contains(p,'x')`, `startswith`, `endswith`
+  * `contains(p,'x')`, `startswith`, `endswith`, with Dataverse's wildcards in the text (% _ [set] [^set], as
+    T-SQL LIKE: "Use wildcard characters" in filter-rows; `[%]` matches a literal %)
   * literals: 'text' (a quote doubled inside: 'O''Brien'), integers and decimals, true/false, null, unquoted GUIDs,
     unquoted dates (2024-05-01) and date-times (2024-05-01T10:20:30Z, fractions and offsets allowed), enum literals
     (Microsoft.Dynamics.CRM.OwnershipTypes'UserOwned')
@@ -375,13 +376,15 @@ class SqlFilter:
         return handler(self, self.column(name.value), node)
 
     def like(self, node: Call) -> str:
+        """contains/startswith/endswith with Dataverse's wildcards inside the text (% _ [set] [^set], T-SQL LIKE
+        semantics; `[%]` matches a literal %), case-insensitive: run as SQLite GLOB over lower-cased text."""
         if len(node.args) != 2 or not isinstance(node.args[0], Prop) or not isinstance(node.args[1], Literal):
             raise bad_request(f"{node.name}() takes a property and a string.", INVALID_PROPERTY)
         attr = self.column(node.args[0].path)
-        text = str(node.args[1].value).lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = {"contains": f"%{text}%", "startswith": f"{text}%", "endswith": f"%{text}"}[node.name]
+        text = like_to_glob(str(node.args[1].value).lower())
+        pattern = {"contains": f"*{text}*", "startswith": f"{text}*", "endswith": f"*{text}"}[node.name]
         self.params.append(pattern)
-        return f"(lower(\"{attr.name}\") LIKE ? ESCAPE '\\')"
+        return f"(lower(\"{attr.name}\") GLOB ?)"
 
     # ---- query function helpers
 
@@ -406,6 +409,28 @@ class SqlFilter:
 
     def moment(self, attr: Attribute, value: datetime) -> str:
         return value.date().isoformat() if attr.date_only else format_datetime(value)
+
+
+def like_to_glob(pattern: str) -> str:
+    """A T-SQL LIKE pattern (% any run, _ one character, [abc] / [a-c] / [^a] sets, an unclosed [ literal) as a
+    SQLite GLOB pattern, whose own wildcards * and ? are bracketed to stay literal."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        close = pattern.find("]", i + 2) if char == "[" else -1
+        if char == "%":
+            out.append("*")
+        elif char == "_":
+            out.append("?")
+        elif char == "[" and close != -1:
+            out.append(pattern[i:close + 1])
+            i = close
+        elif char in "*?[":
+            out.append(f"[{char}]")
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def _kind_of(value: Any) -> str:

@@ -47,7 +47,7 @@ def query(call: Call, entity: Entity) -> Response:
             if option in call.query:
                 raise bad_request(f'The "{option}" query parameter isn\'t supported when Change Tracking is '
                                   "enabled.", INVALID_PROPERTY)
-        if not entity.change_tracking:
+        if not call.sandbox.tracks_changes(entity):
             raise bad_request(f"Change tracking isn't enabled for the {entity.name} table.", INVALID_PROPERTY)
     select = _checked_select(entity, call.query.get("$select"))
     cookie = decode_cookie(call.query["$skiptoken"]) if "$skiptoken" in call.query else None
@@ -324,7 +324,7 @@ def delete(call: Call, entity: Entity, key: str) -> Response:
         if if_match.strip() != f'W/"{row.get("versionnumber")}"':
             raise DataverseError(412, CONCURRENCY_VERSION_MISMATCH, "The version of the existing record doesn't "
                                  "match the RowVersion property provided.")
-    call.sandbox.store.delete(entity, existing)
+    call.sandbox.store.delete(entity, existing, user_id=call.user_id)
     call.sandbox.stats.record_write(entity.entity_set, "delete")
     return respond(204)
 

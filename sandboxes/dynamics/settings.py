@@ -8,7 +8,8 @@ at runtime (limits, ExpireChangeTrackingInDays) without persisting.
 Defaults follow the documented Dataverse values:
   * service protection: 6,000 requests and 1,200 s of combined execution time per user in a 300 s sliding
     window, 52 concurrent requests (learn.microsoft.com/power-apps/developer/data-platform/api-limits)
-  * ExpireChangeTrackingInDays = 7 (Organization table column of that name)
+  * ExpireChangeTrackingInDays = 7 (Organization table column of that name); change tracking on for every table
+    except those listed in `untracked_tables` (a table property a maker switches, "Track changes")
   * access tokens live 60-90 minutes at Entra; the sandbox issues 3,599 s tokens like the client-credentials
     example response (learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow)
 """
@@ -56,6 +57,7 @@ class OrgSettings:
     access_token_lifetime_seconds: int = 3599
     refresh_token_lifetime_seconds: int = 90 * 86400  # Entra's default refresh-token lifetime: 90 days
     expire_change_tracking_days: int = 7
+    untracked_tables: list[str] = field(default_factory=list)  # tables whose "Track changes" is off
     max_page_size: int = 5000
     requests_per_window: int = 6000
     execution_seconds_per_window: float = 1200.0

@@ -55,7 +55,8 @@ def columns_of(entity: Entity) -> list[str]:
 
 
 class Store:
-    """The organization's data. `now()` is the sandbox clock: real UTC time plus an admin-settable offset."""
+    """The organization's data. `now()` is the sandbox clock: real UTC time plus an admin-settable offset, or a
+    moment the admin API holds it at."""
 
     def __init__(self, state_dir: Path, settings: OrgSettings) -> None:
         self.settings = settings
@@ -64,6 +65,7 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.clock_offset = timedelta(0)
+        self.frozen_at: datetime | None = None  # admin: the clock held at this moment (writes share their times)
         self._depth = 0
         self._columns = {name: columns_of(entity) for name, entity in ENTITIES.items()}
         self._migrate()
@@ -125,7 +127,7 @@ class Store:
     # ------------------------------------------------------------ small utilities
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + self.clock_offset
+        return self.frozen_at or datetime.now(timezone.utc) + self.clock_offset
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM _meta WHERE key = ?", (key,)).fetchone()
@@ -172,7 +174,8 @@ class Store:
 
     def find_by_key(self, entity: Entity, key: Mapping[str, Any]) -> str | None:
         """The id of the record whose alternate-key columns equal `key` (case-insensitively), or None."""
-        where = " AND ".join(f"lower({_q(name)}) = lower(?)" for name in key)
+        # "IS NOT NULL" lets SQLite use the partial unique index of the key (ak_<entity>_<key>)
+        where = " AND ".join(f"lower({_q(name)}) = lower(?) AND {_q(name)} IS NOT NULL" for name in key)
         row = self.conn.execute(f"SELECT {_q(entity.primary_id)} FROM {_q(entity.name)} WHERE {where}",
                                 [str(v) for v in key.values()]).fetchone()
         return row[0] if row else None
@@ -234,11 +237,17 @@ class Store:
             raise self._integrity(entity, exc, record_id) from None
         return int(row["versionnumber"])
 
-    def delete(self, entity: Entity, record_id: str) -> bool:
+    def delete(self, entity: Entity, record_id: str, *, user_id: str) -> bool:
+        """Remove a record; remember it for change tracking and, for an audited table, in the audit log."""
         cur = self.conn.execute(f"DELETE FROM {_q(entity.name)} WHERE {_q(entity.primary_id)} = ?", (record_id,))
         if cur.rowcount:
+            stamp = format_datetime(self.now())
             self.conn.execute("INSERT INTO _deleted (entity, id, versionnumber, deletedon) VALUES (?, ?, ?, ?)",
-                              (entity.name, record_id, self.next_version(), format_datetime(self.now())))
+                              (entity.name, record_id, self.next_version(), stamp))
+            if entity.audited:
+                self.insert(ENTITIES["audit"], {"operation": 3, "action": 3, "objecttypecode": entity.name,
+                                                "objectid": record_id, "objectid__type": entity.name,
+                                                "userid": user_id}, user_id=user_id)
         return cur.rowcount > 0
 
     def insert_many(self, entity: Entity, rows: Sequence[Mapping[str, Any]], *, user_id: str,

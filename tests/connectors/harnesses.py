@@ -37,19 +37,19 @@ class SalesforceHarness:
     def tied_writes(self, running: RunningSandbox) -> Iterator[None]:
         """The sandbox stamps writes with a clock that never goes backwards: set an hour back, every write
         reuses the last stamp (what a bulk job does in a real org)."""
-        _admin(running, "clock", {"offset_seconds": -3600})
+        sandbox_admin(running, "clock", {"offset_seconds": -3600})
         try:
             yield
         finally:
-            _admin(running, "clock", {"offset_seconds": 0})
+            sandbox_admin(running, "clock", {"offset_seconds": 0})
 
     @contextmanager
     def rate_limited(self, running: RunningSandbox) -> Iterator[None]:
-        _admin(running, "faults", {"request_limit_exceeded": 0.25, "seed": 5})
+        sandbox_admin(running, "faults", {"request_limit_exceeded": 0.25, "seed": 5})
         try:
             yield
         finally:
-            _admin(running, "faults", {})
+            sandbox_admin(running, "faults", {})
 
     def refused_contact_values(self) -> dict[str, Any]:
         return {"Email": "refused@invalid.example"}  # the sandbox's validation rule (FIELD_CUSTOM_VALIDATION_...)
@@ -75,7 +75,7 @@ class MemoryHarness:
         return {"mail": "refused@invalid.example"}
 
 
-def _admin(running: RunningSandbox, path: str, body: dict[str, Any]) -> Any:
+def sandbox_admin(running: RunningSandbox, path: str, body: dict[str, Any]) -> Any:
     import ssl
 
     import httpx
@@ -87,9 +87,11 @@ def _admin(running: RunningSandbox, path: str, body: dict[str, Any]) -> Any:
 
 
 def _harnesses() -> dict[str, Harness]:
+    from tests.dynamics.harness import DynamicsHarness
     from tests.oracle.harness import OracleHarness
 
-    return {"salesforce": SalesforceHarness(), "memory": MemoryHarness(), "oracle": OracleHarness()}
+    return {"salesforce": SalesforceHarness(), "memory": MemoryHarness(), "oracle": OracleHarness(),
+            "dynamics": DynamicsHarness()}
 
 
 HARNESSES: dict[str, Harness] = _harnesses()

@@ -7,8 +7,9 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from connectors.dynamics.auth import DynamicsAccount, DynamicsAuthError, TokenProvider
+from connectors.dynamics.auth import DynamicsAccount, DynamicsAuthError, ServiceProtection, TokenProvider
 from connectors.dynamics.client import ChangeSet, DataverseApiError, DataverseClient, Operation, format_key
+from connectors.dynamics.pacing import Pacer
 from tests.sandbox_dynamics.conftest import RunningSandbox
 
 from .conftest import account_for
@@ -31,7 +32,7 @@ def test_password_tokens_refresh_with_the_refresh_token(sandbox: RunningSandbox)
 
 def test_account_validation_and_auth_errors(sandbox: RunningSandbox) -> None:
     with pytest.raises(ValidationError, match="https"):
-        account_for(sandbox, environment_url="http://127.0.0.1:1")
+        account_for(sandbox, url="http://127.0.0.1:1")
     with pytest.raises(ValidationError, match="exactly one way"):
         account_for(sandbox, username="someone")
     account = account_for(sandbox, client_secret="wrong-secret-value")
@@ -154,7 +155,8 @@ def test_a_401_gets_one_new_token(client: DataverseClient, admin_reset: RunningS
 def test_service_protection_429_surfaces_after_the_last_attempt(sandbox: RunningSandbox,
                                                                  admin_reset: RunningSandbox) -> None:
     admin_reset.admin("limits", {"requests_per_window": 2, "reset": True})
-    with DataverseClient(account_for(sandbox), max_attempts=2, max_retry_after=0.1) as client:
+    unpaced = Pacer(ServiceProtection(headroom=1.0))  # no reserve: the server's 429 is what this test is about
+    with DataverseClient(account_for(sandbox), max_attempts=2, max_retry_after=0.1, pacer=unpaced) as client:
         client.who_am_i()
         client.who_am_i()
         with pytest.raises(DataverseApiError) as throttled:
@@ -170,7 +172,7 @@ def test_links_to_other_hosts_are_refused(client: DataverseClient) -> None:
 
 
 def test_account_is_plain_data() -> None:
-    account = DynamicsAccount(environment_url="https://org.crm.dynamics.com/", tenant_id="t", client_id="c",
+    account = DynamicsAccount(url="https://org.crm.dynamics.com/", tenant_id="t", client_id="c",
                               client_secret="s")
-    assert account.environment_url == "https://org.crm.dynamics.com" and account.scope.endswith("/.default")
+    assert account.url == "https://org.crm.dynamics.com" and account.scope.endswith("/.default")
     assert account.token_endpoint == "https://login.microsoftonline.com/t/oauth2/v2.0/token"

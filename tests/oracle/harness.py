@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from crmsync.connectors import RunningSandbox
+from tests.connectors.harnesses import sandbox_admin as _admin
 
 
 class OracleHarness:
@@ -37,13 +38,3 @@ class OracleHarness:
     def refused_contact_values(self) -> dict[str, Any]:
         return {"ContactType": "Not a contact type"}  # SBL-DAT-00225: not a value of the bounded picklist
 
-
-def _admin(running: RunningSandbox, path: str, body: dict[str, Any]) -> Any:
-    import ssl
-
-    import httpx
-
-    answer = httpx.post(f"{running.url}/__sandbox/{path}", json=body, headers={"X-Sandbox-Admin": running.admin_token},
-                        verify=ssl.create_default_context(cafile=str(running.ca_file)), timeout=30)
-    answer.raise_for_status()
-    return answer.json()

@@ -152,5 +152,5 @@ def admin_reset(sandbox: RunningSandbox) -> Iterator[RunningSandbox]:
     sandbox.admin("faults", {})
     sandbox.admin("limits", {"requests_per_window": 6000, "execution_seconds_per_window": 1200,
                              "window_seconds": 300, "max_concurrent_requests": 52, "reset": True})
-    sandbox.admin("clock", {"offset_seconds": 0})
+    sandbox.admin("clock", {"offset_seconds": 0, "frozen": False})
     sandbox.admin("change-tracking", {"expire_days": 7})

@@ -431,3 +431,48 @@ def test_seeding_100k_contacts_takes_under_a_minute(start_sandbox) -> None:
     page = sandbox.api_session(Prefer="odata.maxpagesize=5000").get(f"{sandbox.api}/contacts?$select=fullname",
                                                                      timeout=60)
     assert len(page.json()["value"]) == 5000 and "@odata.nextLink" in page.json()
+
+
+def test_wildcards_audit_log_tracking_switch_and_held_clock(sandbox: RunningSandbox,
+                                                           admin_reset: RunningSandbox) -> None:
+    session, api, tag = sandbox.api_session(), sandbox.api, uuid.uuid4().hex[:6]
+    for name in (f"{tag} 50%_off", f"{tag} 5000ff", f"{tag} [x]"):
+        _create(session, sandbox, "accounts", {"name": name})
+
+    def names(condition: str) -> list[str]:
+        rows = session.get(f"{api}/accounts", params={"$select": "name", "$filter": condition}, timeout=30)
+        assert rows.status_code == 200, rows.text
+        return sorted(r["name"][len(tag) + 1:] for r in rows.json()["value"])
+
+    assert names(f"startswith(name,'{tag} 50%')") == ["50%_off", "5000ff"]  # % is a wildcard
+    assert names(f"startswith(name,'{tag} 50[%]')") == ["50%_off"]  # [%] is a literal %
+    assert names(f"contains(name,'{tag} 5_0')") == ["5000ff"]
+    assert names(f"endswith(name,'[[]x]')") == ["[x]"]
+
+    gone = _create(session, sandbox, "contacts", {"lastname": "Audited"})
+    assert session.delete(f"{api}/contacts({gone})", timeout=30).status_code == 204
+    audit = session.get(f"{api}/audits", params={"$filter": f"_objectid_value eq {gone} and operation eq 3",
+                                                 "$select": "objecttypecode,createdon"}, timeout=30).json()
+    assert [(a["objecttypecode"], a["createdon"][-1]) for a in audit["value"]] == [("contact", "Z")]
+    refused = session.post(f"{api}/audits", json={"objecttypecode": "contact"}, timeout=30)
+    assert refused.status_code == 405 and refused.json()["error"]["code"] == "0x80060374"
+
+    sandbox.admin("change-tracking", {"tables": {"lead": False}})
+    try:
+        lead = session.get(f"{api}/EntityDefinitions(LogicalName='lead')?$select=ChangeTrackingEnabled",
+                           timeout=30).json()
+        tracked = session.get(f"{api}/leads", headers={"Prefer": "odata.track-changes"}, timeout=30)
+        assert lead["ChangeTrackingEnabled"] is False and tracked.status_code == 400
+    finally:
+        sandbox.admin("change-tracking", {"tables": {"lead": True}})
+
+    held = sandbox.admin("clock", {"frozen": True})
+    try:
+        first = _create(session, sandbox, "leads", {"subject": "Held", "lastname": "A"})
+        time.sleep(1.1)
+        second = _create(session, sandbox, "leads", {"subject": "Held", "lastname": "B"})
+        stamps = {session.get(f"{api}/leads({i})?$select=modifiedon", timeout=30).json()["modifiedon"]
+                  for i in (first, second)}
+        assert held["frozen"] and len(stamps) == 1
+    finally:
+        sandbox.admin("clock", {"frozen": False})
