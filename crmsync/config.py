@@ -116,8 +116,9 @@ def _validated_accounts(value: Any) -> Any:
     for name, data in value.items():
         kind = data.get("type") if isinstance(data, dict) else getattr(data, "type", None)
         if kind not in known:
-            what = "missing 'type:'" if kind is None else f"unknown account type {kind!r}"
-            raise ValueError(f"accounts.{name}.type: {what} (one of: {', '.join(known)})")
+            where, what = ((f"accounts.{name}", "missing 'type:'") if kind is None
+                           else (f"accounts.{name}.type", f"unknown account type {kind!r}"))
+            raise ValueError(f"{where}: {what} (one of: {', '.join(known)})")
     models = [connectors.connector(t).account_model for t in known]
     account = models[0] if len(models) == 1 else Annotated[Union[tuple(models)], Field(discriminator="type")]
     return TypeAdapter(dict[str, account]).validate_python(value)

@@ -35,6 +35,20 @@ class DynamicsClient(DataverseClient):
         super().__init__(account, account_name=account_name, **options)
         self.catalog = Catalog(self)
 
+    def whoami(self) -> dict[str, str]:
+        """WhoAmI, then the organization's and the user's names (ids when the names cannot be read)."""
+        me = self.who_am_i()
+        organization, user = me.get("OrganizationId", "?"), me.get("UserId", "?")
+        try:
+            organization = self.request("GET", f"organizations({organization})?$select=name").json()["name"]
+        except (DataverseApiError, KeyError):
+            pass
+        try:
+            user = self.request("GET", f"systemusers({user})?$select=fullname").json()["fullname"]
+        except (DataverseApiError, KeyError):
+            pass
+        return {"organization": str(organization), "user": str(user), "api_version": self.account.api_version}
+
 
 def _catalog(client: DataverseClient) -> Catalog:
     return getattr(client, "catalog", None) or Catalog(client)

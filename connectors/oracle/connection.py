@@ -115,5 +115,12 @@ class OracleConnection:
         return ApiUsage(calls=used.rest_requests + used.ws_requests, remaining=used.rest_window.remaining,
                         limit=used.rest_window.limit, window="minute")
 
+    def whoami(self) -> dict[str, str]:
+        """The company, the user and the API version of the signed-in REST session (its Connection resource)."""
+        connection = self.api.connection
+        return {"organization": str(connection.get("CompanyName") or "?"),
+                "user": str(connection.get("UserLoginId") or connection.get("UserId") or "?"),
+                "api_version": str(connection.get("apiVersion") or "?")}
+
     def close(self) -> None:
         self.api.close()

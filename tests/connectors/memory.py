@@ -95,6 +95,9 @@ class MemoryClient:
     def usage(self) -> ApiUsage:
         return ApiUsage(self.org.calls, None, None, "day")
 
+    def whoami(self) -> dict[str, str]:
+        return {"organization": self.account.org, "user": self.account_name, "api_version": "1"}
+
     def close(self) -> None:
         pass
 

@@ -17,7 +17,7 @@ import pytest
 
 from crmsync import pg
 from crmsync.config import Settings
-from crmsync.connectors import SourcePage
+from crmsync.connectors import Client, SourcePage
 from crmsync.envelope import ApplyCommand, Change
 from crmsync.infra import Endpoints
 from services.campaign_writer.service import CampaignWriter
@@ -62,6 +62,9 @@ def created_ids(crm: Crm, outcomes: list) -> list[str]:
 def test_login_works_and_a_wrong_secret_is_refused_without_showing_it(crm: Crm) -> None:
     tables = {t.name for t in crm.connector.discovery(crm.client).list_tables()}
     assert crm.contacts in tables
+    assert isinstance(crm.client, Client)
+    me = crm.client.whoami()  # what `crmsync account test` shows
+    assert me["organization"] and me["user"] and me["api_version"], me
     usage = crm.client.usage()
     assert usage.calls >= 0 and usage.window
     wrong = "wrong-" + uuid.uuid4().hex

@@ -5,7 +5,7 @@ from __future__ import annotations
 from connectors.dynamics import CONNECTOR
 from connectors.dynamics.connector import DynamicsClient
 from connectors.dynamics.schema import table_from_metadata
-from crmsync.wizard.schema import build_document
+from crmsync.mirrors.schema import build_document
 
 
 def test_tables_typed_fields_and_choices(dynamics: DynamicsClient) -> None:
