@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from prometheus_client import Counter, Gauge, Histogram
 
-from crmsync import kafka, pg, topics
+from crmsync import kafka, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.envelope import Change
 from crmsync.observability import progress
@@ -35,6 +35,7 @@ from services.capture.pgoutput import Decoder, Transaction, lsn_to_int
 
 log = logging.getLogger("crmsync.capture")
 ORIGIN_PREFIX = "crmsync.origin"
+STAGE = "capture"
 HEARTBEAT_TABLE = "crmsync.heartbeat"
 MIRROR_CHECK_SECONDS = 5.0  # how often the wizard's mirror tables are looked up again
 
@@ -151,6 +152,7 @@ class CaptureService:
                 f"the first snapshot needs a replication connection to the Campaign database, which was refused "
                 f"({str(exc).strip()}). Give the user the REPLICATION attribute and allow it in pg_hba.conf "
                 "(`host replication <user> <address> scram-sha-256`), or set campaign.snapshot: never") from None
+        refused: list = []
         with replication:  # the exported snapshot lives as long as this connection runs no other command
             _, lsn, exported, _ = replication.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput "
                                                               "(SNAPSHOT 'export')").format(
@@ -161,15 +163,16 @@ class CaptureService:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
                 conn.execute("SET LOCAL TimeZone = 'UTC'")
                 for table in tables:
-                    published += self._snapshot_table(conn, table, lsn)
+                    published += self._snapshot_table(conn, table, lsn, refused)
         kafka.flush_all(self.producer, self.tracker)
+        rejects.record_oversized(self.conn, self.producer, self.tracker, STAGE, refused)
         self.conn.execute("INSERT INTO crmsync.checkpoints (name, position) VALUES (%s, %s) ON CONFLICT (name) "
                           "DO UPDATE SET position = excluded.position, updated_at = now()",
                           (self._snapshot_marker(), Jsonb({"lsn": lsn, "rows": published})))
         log.info("snapshot of %s: %d rows published", ", ".join(tables), published)
         return published
 
-    def _snapshot_table(self, conn: psycopg.Connection, table: str, lsn: str) -> int:
+    def _snapshot_table(self, conn: psycopg.Connection, table: str, lsn: str, refused: list) -> int:
         schema, name = _qualified(table)
         order = sql.SQL(", ").join(map(sql.Identifier, self.primary_keys[f"{schema}.{name}"]))
         cursor = conn.cursor(name="crmsync_snapshot", row_factory=dict_row)
@@ -186,7 +189,7 @@ class CaptureService:
                     position={"lsn": lsn, "lsn_int": lsn_int, "seq": -1, "snapshot": True},  # before the stream
                     source_ts=values.get("updated_at")))
                 count += 1
-            kafka.produce_batches(self.producer, self.tracker, self._topic(table), changes)
+            refused += kafka.produce_changes(self.producer, self.tracker, self._topic(table), changes)
         cursor.close()
         return count
 
@@ -240,12 +243,14 @@ class CaptureService:
         if not rows:
             return batch
         commit_times = []
+        refused: list = []
         for txn in self.decoder.transactions(rows):
             batch.transactions += 1
-            batch.changes += self._publish(txn)
+            batch.changes += self._publish(txn, refused)
             batch.last_commit_lsn = txn.commit_lsn
             commit_times.append(txn.commit_ts)
         kafka.flush_all(self.producer, self.tracker)
+        rejects.record_oversized(self.conn, self.producer, self.tracker, STAGE, refused)  # before the slot moves
         acked = datetime.now(timezone.utc)
         for committed in commit_times:
             latency = (acked - committed).total_seconds()
@@ -257,7 +262,7 @@ class CaptureService:
             self._record_lag()
         return batch
 
-    def _publish(self, txn: Transaction) -> int:
+    def _publish(self, txn: Transaction, refused: list) -> int:
         origin = txn.messages.get(ORIGIN_PREFIX)
         commit_ts = txn.commit_ts.isoformat().replace("+00:00", "Z") if txn.commit_ts else None
         published = 0
@@ -278,15 +283,26 @@ class CaptureService:
                 source_ts=commit_ts, origin=origin,
             )
             topic = topics.heartbeat("campaign", self.cfg.name) if heartbeat else self._topic(qualified)
-            self._produce(topic, event.kafka_key(), event.to_json())
+            if not self._produce(topic, event, refused):
+                continue
             CHANGES.labels(relation.name, change.op).inc()
             published += 1
         if txn.commit_ts:
             LAST_COMMIT.labels(self.cfg.slot_name).set(txn.commit_ts.timestamp())
         return published
 
-    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
-        kafka.produce(self.producer, self.tracker, topic, value, key)
+    def _produce(self, topic: str, event: Change, refused: list) -> bool:
+        """Queue one change. One over the message limit must never stop the stream: without its before-image if
+        that makes it fit (an update that shortens a huge value, the delete of a huge row: the key still says
+        which record), else into `refused` (the rejects ledger)."""
+        try:
+            kafka.produce(self.producer, self.tracker, topic, event.to_json(), event.kafka_key())
+            return True
+        except kafka.MessageTooLarge as why:
+            if event.before is None:
+                refused.append((event, why))
+                return False
+            return self._produce(topic, replace(event, before=None), refused)
 
     # -- heartbeat and lag -------------------------------------------------------------------------------
     def _maybe_heartbeat(self) -> None:
