@@ -40,6 +40,7 @@ from psycopg.rows import dict_row
 
 from psycopg import sql
 
+from crmsync.catalog import Catalog
 from crmsync.config import FieldMap, Mapping, Settings
 from crmsync.envelope import ApplyCommand, Change, dumps
 from crmsync.field_types import FieldTypes
@@ -68,6 +69,7 @@ class Link:
     campaign_seq: int | None = None
     deleted: bool = False
     dirty: bool = False
+    inserting: bool = False  # its Campaign row is created with a key allocated here: the writer links it
 
 
 STATE_FIELDS = ("crm_id", "campaign_key", "match_key", "agreed", "field_meta", "pending", "crm_modstamp",
@@ -167,6 +169,15 @@ class Reconciler:
         self.enums = enums or IdentityEnumerations()
         self.crm_ready = crm_ready or (lambda mapping: True)
         self.field_types = field_types
+        self.key_sequences: dict[str, str | None] = {}  # Campaign table -> the sequence of its primary key
+
+    def key_sequence(self, conn: psycopg.Connection, table: str) -> str | None:
+        """The sequence that numbers `table`'s rows (serial or identity key), or None: then a record the CRM
+        creates gets its key from the writer's insert, and is linked when change capture shows it back."""
+        if table not in self.key_sequences:
+            found = Catalog(conn).table(table)
+            self.key_sequences[table] = found.key_sequence if found is not None else None
+        return self.key_sequences[table]
 
     # -- routing ------------------------------------------------------------------------------------------
     def mappings_for(self, change: Change) -> list[Mapping]:
@@ -214,6 +225,7 @@ class MappingBatch:
         self.links_by_key: dict[int, Link] = {}
         self.fields_by_column = {f.campaign: f for f in mapping.fields}
         self.emitted: dict[tuple[str, int], ApplyCommand] = {}  # (side, id(link)) -> this batch's upsert command
+        self.fresh_keys: list[int] = []  # Campaign keys allocated for this batch's new CRM records
         self._kinds: dict[str, Kind | None] = {}
 
     # -- batch flow ---------------------------------------------------------------------------------------
@@ -224,6 +236,7 @@ class MappingBatch:
         self._load_links(changes, side)
         if side == "crm":
             self._prefetch_matches(changes)
+            self._allocate_keys(changes)
         for change in changes:
             self._decide_change(change)
         self._save_links()
@@ -376,8 +389,8 @@ class MappingBatch:
                       if link.dirty}.values())
         new = [_state_row(link) for link in links if link.id is None]
         changed = [_state_row(link) for link in links if link.id is not None]
-        linked = sorted({(link.crm_id, link.campaign_key) for link in links
-                         if link.crm_id and link.campaign_key is not None})
+        linked = sorted({(link.crm_id, link.campaign_key) for link in links  # (a row being created is linked
+                         if link.crm_id and link.campaign_key is not None and not link.inserting})  # by the writer)
         if new:
             self.conn.execute(
                 f"""INSERT INTO crmsync.sync_state (mapping, {STATE_COLUMNS})
@@ -485,7 +498,9 @@ class MappingBatch:
             existing = getattr(self, "linked_rows", {}).get(change.key["id"]) or self._match_campaign_row(key)
             if existing is not None:
                 return self._link_existing(change, values, existing, key)
-            link = self._remember(Link(mapping=self.m.name, crm_id=change.key["id"], match_key=key, dirty=True))
+            fresh = self.fresh_keys.pop() if self.fresh_keys else None
+            link = self._remember(Link(mapping=self.m.name, crm_id=change.key["id"], campaign_key=fresh,
+                                       match_key=key, dirty=True, inserting=fresh is not None))
             self._accept_all(link, values, "crm", self._change_ts(change))
             self._note_position(change, link)
             self._send(link, "campaign", values, change, create=True)
@@ -559,6 +574,20 @@ class MappingBatch:
         row = change.after or change.before or {}
         external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
         return self.links_by_crm.get(change.key["id"]) or (self.links_by_key.get(external) if external else None)
+
+    def _allocate_keys(self, changes: list[Change]) -> None:
+        """Campaign keys for the batch's CRM records that may be new to Campaign, in one statement (nextval in
+        this transaction): the writer inserts each row with its key, so the link is complete now and the sync
+        state is written once per new record. A key not used (the record matched a row) is a gap, as sequences
+        have anyway."""
+        if self.m.direction == "export":
+            return
+        sequence = self.r.key_sequence(self.conn, self.m.campaign_table)
+        wanted = sum(1 for c in changes if c.op != "d" and self._find_link_quietly(c) is None
+                     and c.key["id"] not in self.linked_rows)
+        if sequence and wanted:
+            self.fresh_keys = [k for (k,) in self.conn.execute(
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", (sequence, wanted))]
 
     def _match_campaign_row(self, key: str | None) -> dict | None:
         """An existing, unlinked Campaign row with the same matching key (e.g. the same email); each row is
@@ -784,7 +813,8 @@ class MappingBatch:
             bases = bases if link.crm_id else None  # a CRM record we create has nothing to compare with yet
         else:
             bases = {} if create else bases  # a new Campaign row: each field must be empty if the row is there
-        self._emit(link, side, "upsert", values, change, expect=self._expectations(side, values, bases))
+        action = "create" if create and side == "campaign" and link.inserting else "upsert"
+        self._emit(link, side, action, values, change, expect=self._expectations(side, values, bases))
 
     def _expectations(self, side: str, values: dict, bases: dict | None) -> dict[str, Any] | None:
         """What each field must still hold on `side` for this write to apply (compare-and-set), named and
@@ -828,7 +858,7 @@ class MappingBatch:
             key=key, values=payload, cause=change.id, match=match, source_ts=change.source_ts, expect=expect,
             base_version=(link.crm_modstamp or "").partition("|")[0] or None if side == "crm" else None)
         self.out.commands.append(command)
-        if action == "upsert":
+        if action in ("upsert", "create"):
             self.emitted[(side, id(link))] = command
         else:
             self.emitted.pop((side, id(link)), None)

@@ -25,6 +25,9 @@ Command semantics (what the stream processors send):
                                           DO UPDATE, writing the CRM ids on insert, + identity link ('sync');
                                           with `expect`: UPDATE the linked row (compare-and-set), else INSERT
     upsert, key + match                   UPDATE row n, set its crm_account/crm_id, + identity link ('match')
+    create, key + match                   INSERT row n (its key allocated by the streams) with its CRM link,
+                                          + identity link ('sync'); a replay finds row n and UPDATEs it with
+                                          compare-and-set (the insert expected every field empty)
     delete, key and/or match              DELETE by key (else by CRM link) and its identity links; a missing
                                           row is a success
     value {"$ref": {"table", "crm_account", "crm_id"}}
@@ -50,7 +53,7 @@ class Planned:
     """A command ready to run: its shape (which statement) and its row in that statement's input array."""
 
     command: ApplyCommand
-    kind: str  # update | upsert | link | delete
+    kind: str  # update | upsert | link | create | delete
     table: str
     record_key: str  # the record it addresses: commands with the same record_key keep their order
     identities: tuple[str, ...]  # every way it names its row (key and CRM link): one per statement
@@ -103,8 +106,9 @@ class Planner:
             return invalid("undefined_table", f"table {command.object!r} does not exist in the Campaign database")
         if table.primary_key is None:
             return invalid("CRMSYNC_BAD_TABLE", f"table {command.object!r} has no single-column primary key")
-        if command.action not in ("upsert", "delete"):
-            return invalid("CRMSYNC_BAD_COMMAND", f"action must be 'upsert' or 'delete', got {command.action!r}")
+        if command.action not in ("upsert", "create", "delete"):
+            return invalid("CRMSYNC_BAD_COMMAND", f"action must be 'upsert', 'create' or 'delete', got "
+                                                  f"{command.action!r}")
         key, problem = _key(table, command)
         link, problem = (None, problem) if problem else _link(table, command)
         if problem:
@@ -112,6 +116,8 @@ class Planner:
         if key is None and link is None:
             return invalid("CRMSYNC_BAD_COMMAND", "a command needs a key ({'id': n}) or a match on the CRM link "
                                                   "(crm_account, crm_object, crm_id)")
+        if command.action == "create" and (key is None or link is None):
+            return invalid("CRMSYNC_BAD_COMMAND", "a create needs the new row's key and its CRM link (match)")
         row: dict[str, Any] = {}
         identities = []
         if key is not None:
@@ -133,7 +139,8 @@ class Planner:
                 self.catalog.forget(table.name)
                 return self.plan(command)
             return invalid("undefined_column" if "does not exist" in problem else "CRMSYNC_BAD_COMMAND", problem)
-        kind = "link" if key is not None and link else "update" if key is not None else "upsert"
+        kind = ("create" if command.action == "create" else "link" if key is not None and link
+                else "update" if key is not None else "upsert")
         return Planned(command, kind, table.name, rkey, tuple(identities), (kind, table.name, columns), row)
 
     def _values(self, table: Table, values: dict[str, Any], row: dict[str, Any],
@@ -185,9 +192,12 @@ class Planner:
             by_key, by_link = shape[2], shape[3]
             return _delete_sql(table, self._input(table, by_key, by_link, ()), by_key, by_link)
         columns = shape[2]
-        source = self._input(table, kind in ("update", "link"), kind in ("upsert", "link"), columns)
+        source = self._input(table, kind in ("update", "link", "create"), kind in ("upsert", "link", "create"),
+                             columns)
         names = [c for c, _, _ in columns]
         checks = [_equal_as_column(table, c, i) if checked else None for i, (c, _, checked) in enumerate(columns)]
+        if kind == "create":
+            return _create_sql(table, source, names, checks)
         if kind == "upsert":
             if any(checks):
                 return _checked_upsert_sql(table, source, names, checks)
@@ -372,6 +382,32 @@ def _checked_upsert_sql(table: Table, source: sql.Composed, names: list[str], ch
         old=_row([sql.SQL("t.{}").format(c) for c in _ids(names)]), new=_row(guarded),
         cols=sql.SQL(", ").join(_ids(["crm_account", "crm_id"] + names)),
         vals=sql.SQL(", ").join([sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]),
+        none=_NO_SUPERSEDED, link=_link_found(table))
+
+
+def _create_sql(table: Table, source: sql.Composed, names: list[str], checks: list[Check]) -> sql.Composed:
+    """key + match of a row that does not exist yet: insert it with its key and CRM link. A replay (the row is
+    there) updates it column by column with compare-and-set, like any update of a linked row."""
+    pk = sql.Identifier(table.primary_key)
+    targets = _ids(["crm_account", "crm_id"] + names)
+    guarded = [sql.SQL("i.a"), sql.SQL("i.x"), *_guarded(names, checks)]
+    return sql.SQL(
+        "WITH {source}, "
+        "existing AS (SELECT i.n, t.{pk} AS k, {superseded} AS superseded FROM input i JOIN {t} t ON t.{pk} = i.k), "
+        "up AS (UPDATE {t} AS t SET {sets} FROM input i JOIN existing e ON e.n = i.n WHERE t.{pk} = i.k "
+        "AND {old} IS DISTINCT FROM {new}), "
+        "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i "
+        "WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.n = i.n) ORDER BY i.n "
+        "ON CONFLICT DO NOTHING RETURNING t.{pk} AS k), "
+        "found AS (SELECT i.n, i.a, i.o, i.x, COALESCE(e.k, ins.k) AS k, ins.k IS NOT NULL AS created, "
+        "COALESCE(e.superseded, {none}) AS superseded FROM input i LEFT JOIN existing e ON e.n = i.n "
+        "LEFT JOIN ins ON ins.k = i.k), "
+        "{link} SELECT n, k, created, superseded FROM found WHERE k IS NOT NULL ORDER BY n").format(
+        source=source, t=table.ident, pk=pk, superseded=_superseded(names, checks),
+        sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in zip(targets, guarded)),
+        old=_row([sql.SQL("t.{}").format(c) for c in targets]), new=_row(guarded),
+        cols=sql.SQL(", ").join(_ids([table.primary_key, "crm_account", "crm_id"] + names)),
+        vals=sql.SQL(", ").join([sql.SQL("i.k"), sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]),
         none=_NO_SUPERSEDED, link=_link_found(table))
 
 

@@ -5,8 +5,13 @@ Per batch (up to 2,000 commands from ``topics.apply('campaign', <campaign>, <tab
 1. Plan every command (services/campaign_writer/plan.py): check table, columns, key and match against the real
    schema; a command that cannot run becomes a reject right away. Parent tables go first (a stable sort, so
    the commands of one record keep their order).
-2. One transaction, which starts with ``pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')``
-   so change capture tags everything it writes as the sync's own (echo suppression).
+2. One transaction, marked as the sync's own in two ways. The session carries a replication origin
+   (crmsync/pg.py `WriterOrigin`, PostgreSQL ≥ 16), and change capture asks pgoutput for `origin = none`: the
+   writer's rows are never decoded, published or decided again. Only a batch that may insert a row whose key
+   the streams do not know yet (a keyless upsert by CRM link: a table without a key sequence) stays visible,
+   because the streams learn that key from capture. And the transaction starts with
+   ``pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')``, so whatever capture does see of it
+   is tagged as the sync's own (echo suppression; all there is on PostgreSQL < 16).
 3. Fast path: chunks of commands, each chunk pipelined as a few prepared ``executemany`` calls inside a
    savepoint. If PostgreSQL refuses one command, that chunk is redone with a savepoint per command, so the bad
    command becomes a reject (error_code = SQLSTATE name, reason = PostgreSQL's message and the column) and the
@@ -222,6 +227,7 @@ class CampaignWriter:
     def _connect(self) -> psycopg.Connection:
         conn = pg.connect(self.dsn, autocommit=True, application=f"crmsync-{STAGE}")
         conn.prepare_threshold = 0  # every statement shape is prepared once and reused for the whole run
+        self.origin = pg.WriterOrigin(conn)
         self.catalog = Catalog(conn)
         self.planner = Planner(self.catalog)
         return conn
@@ -238,6 +244,7 @@ class CampaignWriter:
         if not commands and not extra_rejects:
             return BatchResult()
         items = [self._plan(c) for c in self._parents_first(commands)]
+        self.origin.mark(invisible=not any(isinstance(i, Planned) and i.kind == "upsert" for i in items))
         with self.conn.transaction():
             pg.tag_origin(self.conn, STAGE)
             queues = self._load_queues(items)

@@ -6,9 +6,12 @@ every event of every transaction up to that commit. A crash (even kill -9) betwe
 advance re-publishes those transactions on restart: consumers drop the duplicates by the event id / position
 (commit LSN + sequence in the transaction), which is the same for the re-published copy. Nothing is lost.
 
-Echo tag: a crmsync writer emits `pg_logical_emit_message(true, 'crmsync.origin', '<writer>')` inside its
-transaction; every change of that transaction is published with `origin` set, so the streams can recognise
-their own writes without guessing.
+Own writes: the Campaign writer's sessions carry a replication origin, and on PostgreSQL ≥ 16 the slot is read
+with pgoutput's `origin = none`, so those transactions are never decoded or published (unless
+`campaign.capture_replicated` asks for changes that arrive through logical replication, which carry an origin
+too). Whatever of crmsync's writes is decoded still says so: a writer emits
+`pg_logical_emit_message(true, 'crmsync.origin', '<writer>')` inside its transaction, and every change of that
+transaction is published with `origin` set, so the streams recognise their own writes without guessing.
 """
 from __future__ import annotations
 
@@ -79,6 +82,8 @@ class CaptureService:
         self.published: set[str] = set()  # tables in the publication
         self.tables_checked_at = 0.0
         self.commit_to_ack: deque[float] = deque(maxlen=200_000)  # recent latencies, for benchmarks
+        skip_origins = self.conn.info.server_version >= pg.ORIGIN_FILTERING_VERSION and not self.cfg.capture_replicated
+        self.origin_option = ", 'origin', 'none'" if skip_origins else ""  # crmsync's writers are never decoded
 
     # -- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -236,7 +241,7 @@ class CaptureService:
         """Read up to batch_changes changes, publish them, wait for the acks, then advance the slot."""
         rows = self.conn.execute(
             "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_binary_changes("
-            "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+            f"%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true'{self.origin_option})",
             (self.cfg.slot_name, self.cfg.batch_changes,
              sql.Identifier(self.cfg.publication).as_string(self.conn))).fetchall()  # pgoutput parses a name list
         batch = Batch()
