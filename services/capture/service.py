@@ -239,6 +239,7 @@ class CaptureService:
 
     def poll_once(self) -> Batch:
         """Read up to batch_changes changes, publish them, wait for the acks, then advance the slot."""
+        scanned = self.conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]  # the peek reads past it
         rows = self.conn.execute(
             "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_binary_changes("
             f"%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true'{self.origin_option})",
@@ -246,6 +247,7 @@ class CaptureService:
              sql.Identifier(self.cfg.publication).as_string(self.conn))).fetchall()  # pgoutput parses a name list
         batch = Batch()
         if not rows:
+            self._skip_filtered(scanned)
             return batch
         commit_times = []
         refused: list = []
@@ -266,6 +268,17 @@ class CaptureService:
                               (self.cfg.slot_name, batch.last_commit_lsn))
             self._record_lag()
         return batch
+
+    def _skip_filtered(self, scanned: str) -> None:
+        """Move the slot past WAL whose every transaction was left out (crmsync's own writes: origin = none).
+        Nothing else moves it then, and a peek decodes everything from the slot's position again: during a
+        backfill, every poll re-read the whole backfill (measured: 2/3 of PostgreSQL's time). Safe: the peek
+        examined every transaction committed up to `scanned` and returned none of them; one committing later
+        has a later commit record and still comes. Done once 64 KB piled up, not on every quiet poll."""
+        self.conn.execute(
+            "SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND pg_wal_lsn_diff(%s::pg_lsn, confirmed_flush_lsn) > 65536",
+            (scanned, self.cfg.slot_name, scanned))
 
     def _publish(self, txn: Transaction, refused: list) -> int:
         origin = txn.messages.get(ORIGIN_PREFIX)
