@@ -56,6 +56,7 @@ DECIDED = Counter("crmsync_streams_changes_total", "Changes decided by the strea
 COMMANDS = Counter("crmsync_streams_commands_total", "Apply commands emitted", ["side", "object"])
 CONFLICTS = Counter("crmsync_streams_conflicts_total", "Conflicts recorded", ["mapping"])
 BATCH_SECONDS = Histogram("crmsync_streams_batch_seconds", "Time to decide and publish one batch", ["side"])
+FAST = Counter("crmsync_streams_fast_path_total", "Changes decided by the fast path (streams/fast.py)", ["side", "case"])
 RETRIED = Counter("crmsync_streams_batch_retries_total", "Batches decided again after a deadlock or serialization "
                   "failure", ["side", "error"])
 
@@ -140,6 +141,8 @@ class BatchHandler:
             kafka.flush_all(self.producer, self.tracker)
         DECIDED.labels(self.side, "applied").inc(len(outcome.commands))
         DECIDED.labels(self.side, "skipped").inc(outcome.skipped)
+        for case, count in outcome.fast.items():
+            FAST.labels(self.side, case).inc(count)
         for conflict in outcome.conflicts:
             CONFLICTS.labels(conflict.mapping).inc()
         return outcome
