@@ -84,6 +84,8 @@ class CaptureService:
         self.commit_to_ack: deque[float] = deque(maxlen=200_000)  # recent latencies, for benchmarks
         skip_origins = self.conn.info.server_version >= pg.ORIGIN_FILTERING_VERSION and not self.cfg.capture_replicated
         self.origin_option = ", 'origin', 'none'" if skip_origins else ""  # crmsync's writers are never decoded
+        self.restart_points = self.conn.info.server_version >= 160000
+        self.peek_seconds = 0.0  # what the last peek took
 
     # -- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -233,18 +235,28 @@ class CaptureService:
             self._follow_new_mirrors()
             if batch.changes == 0 and batch.transactions == 0:
                 self._maybe_heartbeat()
-                self.stopping.wait(self.cfg.poll_interval_seconds)
+                self.stopping.wait(self._quiet_wait())
         self.producer.flush(10)
         self.conn.close()
+
+    def _quiet_wait(self) -> float:
+        """How long to wait after a peek that found nothing: the poll interval, or longer when that peek was
+        expensive. Every peek decodes the WAL since the slot's restart point, and while crmsync's own writers
+        fill the WAL (a backfill: never published, origin = none) a peek every 50 ms kept a PostgreSQL backend
+        busy decoding the same WAL over and over. Waiting four times what the peek took bounds that to a
+        fifth of one backend, and adds at most 0.5 s to a person's change made during a backfill."""
+        return max(self.cfg.poll_interval_seconds, min(0.5, 4 * self.peek_seconds))
 
     def poll_once(self) -> Batch:
         """Read up to batch_changes changes, publish them, wait for the acks, then advance the slot."""
         scanned = self.conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]  # the peek reads past it
+        started = time.monotonic()
         rows = self.conn.execute(
             "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_binary_changes("
             f"%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true'{self.origin_option})",
             (self.cfg.slot_name, self.cfg.batch_changes,
              sql.Identifier(self.cfg.publication).as_string(self.conn))).fetchall()  # pgoutput parses a name list
+        self.peek_seconds = time.monotonic() - started
         batch = Batch()
         if not rows:
             self._skip_filtered(scanned)
@@ -266,6 +278,7 @@ class CaptureService:
         if batch.last_commit_lsn:
             self.conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
                               (self.cfg.slot_name, batch.last_commit_lsn))
+            self._restart_point()
             self._record_lag()
         return batch
 
@@ -275,10 +288,26 @@ class CaptureService:
         backfill, every poll re-read the whole backfill (measured: 2/3 of PostgreSQL's time). Safe: the peek
         examined every transaction committed up to `scanned` and returned none of them; one committing later
         has a later commit record and still comes. Done once 64 KB piled up, not on every quiet poll."""
-        self.conn.execute(
+        moved = self.conn.execute(
             "SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
             "WHERE slot_name = %s AND pg_wal_lsn_diff(%s::pg_lsn, confirmed_flush_lsn) > 65536",
-            (scanned, self.cfg.slot_name, scanned))
+            (scanned, self.cfg.slot_name, scanned)).fetchone()
+        if moved:
+            self._restart_point()
+
+    def _restart_point(self) -> None:
+        """Give decoding a point to restart from near the slot's position (a running-transactions record: ~100
+        bytes of WAL) each time the slot moved. A peek decodes from the slot's restart point, which PostgreSQL
+        moves only past such a record — logged every 15 s otherwise, so each peek of a busy database (every
+        50 ms) re-decoded up to 15 s of WAL. Needs PostgreSQL ≥ 16 and a superuser (or EXECUTE on
+        pg_log_standby_snapshot); without, the 15-second records do it, slower."""
+        if not self.restart_points:
+            return
+        try:
+            self.conn.execute("SELECT pg_log_standby_snapshot()")
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
+            log.info("cannot log restart points for the slot (%s); decoding restarts further back", exc)
+            self.restart_points = False
 
     def _publish(self, txn: Transaction, refused: list) -> int:
         origin = txn.messages.get(ORIGIN_PREFIX)
