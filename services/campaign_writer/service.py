@@ -342,28 +342,56 @@ class CampaignWriter:
         rows: list[tuple | None] = [None] * len(plans)
         try:
             with self.conn.transaction():
-                failure: psycopg.Error | None = None
-                with self.conn.pipeline() as pipeline:
-                    cursors = []
-                    for _shape, members in _groups(plans):
-                        group = [plans[i] for i in members]
-                        cursor = self.conn.cursor()
-                        cursor.execute(self.planner.sql(group[0]), (_payload(group),))
-                        cursors.append((cursor, members))
-                    try:
-                        pipeline.sync()  # one round trip for the whole chunk
-                    except psycopg.Error as exc:  # raised after the block, which then closes cleanly
-                        failure = exc
-                if failure is not None:
-                    raise failure
-                for cursor, members in cursors:
-                    for row in cursor.fetchall():
-                        rows[members[row[0]]] = row[1:4]
+                waiting: list[tuple[list[Planned], list[int]]] = []  # groups for the next pipeline
+                for _shape, members in _groups(plans):
+                    group = [plans[i] for i in members]
+                    if group[0].kind == "create":
+                        self._pipelined(waiting, rows)  # the groups before it first (COPY cannot be pipelined)
+                        waiting = []
+                        self._created(group, members, rows)
+                    else:
+                        waiting.append((group, members))
+                self._pipelined(waiting, rows)
         except psycopg.Error as exc:
             if _systemic(exc):
                 raise
             return None
         return rows
+
+    def _pipelined(self, groups: list[tuple[list[Planned], list[int]]], rows: list[tuple | None]) -> None:
+        """One statement per group, all sent in one pipeline (one round trip)."""
+        if not groups:
+            return
+        failure: psycopg.Error | None = None
+        with self.conn.pipeline() as pipeline:
+            cursors = []
+            for group, members in groups:
+                cursor = self.conn.cursor()
+                cursor.execute(self.planner.sql(group[0]), (_payload(group),))
+                cursors.append((cursor, members))
+            try:
+                pipeline.sync()
+            except psycopg.Error as exc:  # raised after the block, which then closes cleanly
+                failure = exc
+        if failure is not None:
+            raise failure
+        for cursor, members in cursors:
+            for row in cursor.fetchall():
+                rows[members[row[0]]] = row[1:4]
+
+    def _created(self, group: list[Planned], members: list[int], rows: list[tuple | None]) -> None:
+        """A group of creates: first insert the rows that are not there (all of them, in a backfill: a plain
+        INSERT, twice as fast as the create statement), then the rest (a replay) by the create statement. (COPY
+        into a staging table was measured too, and was slower: docs/benchmarks.md.)"""
+        with self.conn.cursor() as cursor:
+            inserted = cursor.execute(self.planner.inserting(group[0]), (_payload(group),)).fetchall()
+            for row in inserted:
+                rows[members[row[0]]] = row[1:4]
+            done = {row[0] for row in inserted}
+            rest = [n for n in range(len(group)) if n not in done]
+            if rest:
+                for row in cursor.execute(self.planner.sql(group[0]), (_payload([group[n] for n in rest]),)):
+                    rows[members[rest[row[0]]]] = row[1:4]
 
     def _apply_one_by_one(self, chunk: list[Planned | Invalid], queues: RecordQueues) -> list[Outcome]:
         outcomes = []
