@@ -508,6 +508,62 @@ def crm_write(root: Path, n: int, console: Console) -> dict:
 
 
 # -- 2. the backfills ------------------------------------------------------------------------------------------------
+class Timeline:
+    """Once a second: how far each stage got (change messages published, decided by the streams; apply commands
+    published, applied by the writer; linked rows). Where a backfill waits shows as the stage whose count
+    trails the one before it."""
+
+    def __init__(self, w: World, linked: Callable[[], int]) -> None:
+        s = w.settings
+        self.w, self.linked = w, linked
+        self.changes = sorted({topics.changes("crm", m.account, m.crm_object) for m in s.mappings}
+                              | {topics.changes("campaign", s.campaign.name, m.campaign_table) for m in s.mappings})
+        self.to_campaign = sorted({topics.apply("campaign", s.campaign.name, m.campaign_table) for m in s.mappings})
+        self.to_crm = sorted({topics.apply("crm", m.account, m.crm_object) for m in s.mappings})
+        self.rows: list[dict] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.perf_counter()
+
+    def start(self) -> "Timeline":
+        self.thread.start()
+        return self
+
+    def stop(self) -> list[dict]:
+        self.stopping.set()
+        self.thread.join()
+        return self.rows
+
+    def _run(self) -> None:
+        bootstrap, campaign = self.w.found.bootstrap_servers, self.w.settings.campaign.name
+        while not self.stopping.wait(1.0):
+            try:
+                published, behind = lag.total(lag.group_lag(bootstrap, STREAMS_GROUP, self.changes))
+                commands, writer_behind = lag.total(lag.group_lag(bootstrap, f"crmsync-writer-campaign-{campaign}",
+                                                                  self.to_campaign))
+                crm_commands, crm_behind = lag.total(lag.group_lag(bootstrap, f"crmsync-writer-crm-{SANDBOX_ACCOUNT}",
+                                                                   self.to_crm))
+                self.rows.append({"t": round(time.perf_counter() - self.started, 1), "changes": published,
+                                  "decided": published - behind, "commands": commands + crm_commands,
+                                  "applied": commands - writer_behind + crm_commands - crm_behind,
+                                  "linked": self.linked()})
+            except Exception:  # noqa: BLE001 - a missed sample is not worth a failed benchmark
+                continue
+
+
+def print_timeline(rows: list[dict], console: Console, every: float = 5.0) -> None:
+    table = Table(title="Where the backfill was (cumulative counts)")
+    for column in ("seconds", "changes published", "decided (streams)", "commands", "applied (writers)", "linked"):
+        table.add_column(column, justify="right")
+    shown = -every
+    for row in rows:
+        if row["t"] - shown >= every or row is rows[-1]:
+            shown = row["t"]
+            table.add_row(f"{row['t']:.0f}", *(f"{row[k]:,}" for k in ("changes", "decided", "commands", "applied",
+                                                                         "linked")))
+    console.print(table)
+
+
 def digest(w: World) -> str:
     """One hash of every synced row of Campaign: two runs that end in the same state give the same digest."""
     found = hashlib.sha256()
@@ -535,6 +591,9 @@ def import_backfill(root: Path, name: str, n: int, console: Console, *, workers:
         expected = n + max(1, n // 5)
         before = w.sandbox.stats()
         monitor = Monitor(w).start()
+        timeline = Timeline(w, lambda: w.scalar(
+            "SELECT (SELECT count(*) FROM recipients WHERE crm_id IS NOT NULL) + "
+            "(SELECT count(*) FROM organisations WHERE crm_id IS NOT NULL)")).start()
         started = time.perf_counter()
         w.supervisor.start()
         console.print(f"[{name}] services started ({workers} worker(s)); waiting for {expected:,} linked rows …")
@@ -551,7 +610,7 @@ def import_backfill(root: Path, name: str, n: int, console: Console, *, workers:
         seconds = time.perf_counter() - started
         monitor.stop()
         after = w.sandbox.stats()
-        result = {"direction": "CRM → Campaign", "n": n, "records": expected, "linked": linked, "seconds": seconds,
+        result = {"timeline": timeline.stop(), "direction": "CRM → Campaign", "n": n, "records": expected, "linked": linked, "seconds": seconds,
                   "rate": _rate(linked, seconds), "workers": workers, "marks": marks, "cpu": monitor.cpu_seconds(),
                   "peak_rss": monitor.peak, "restarts": dict(w.supervisor.restarts),
                   "requests": requests_total(after) - requests_total(before),
@@ -573,6 +632,8 @@ def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False) 
         expected = sum(wanted.values())
         before = w.sandbox.stats()
         monitor = Monitor(w).start()
+        timeline = Timeline(w, lambda: w.scalar("SELECT count(*) FROM crmsync.sync_state WHERE crm_id IS NOT NULL "
+                                                 "AND campaign_key IS NOT NULL")).start()
         started = time.perf_counter()
         w.supervisor.start()
         console.print(f"[export] services started; waiting for {expected:,} CRM records …")
@@ -585,7 +646,7 @@ def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False) 
         monitor.stop()
         after = w.sandbox.stats()
         total = sum(arrived.values())
-    return {"direction": "Campaign → CRM", "n": n, "records": expected, "linked": total, "seconds": seconds,
+    return {"timeline": timeline.stop(), "direction": "Campaign → CRM", "n": n, "records": expected, "linked": total, "seconds": seconds,
             "rate": _rate(total, seconds), "workers": 1, "cpu": monitor.cpu_seconds(), "peak_rss": monitor.peak,
             "restarts": dict(w.supervisor.restarts), "arrived": arrived,
             "requests": requests_total(after) - requests_total(before), "by_endpoint": requests_delta(before, after),
@@ -835,6 +896,9 @@ def report(results: dict, console: Console) -> None:
                           f"{slowest['stage']} {slowest['rate']:,.0f}/s" if slowest else "–", f"{ratio:.0%}",
                           goals, _cpu_list(b["cpu"], 9) + (f"; restarts {b['restarts']}" if b["restarts"] else ""))
         console.print(table)
+    for key in ("import", "export"):
+        if results.get(key, {}).get("timeline"):
+            print_timeline(results[key]["timeline"], console)
     if "workers" in results:
         runs = results["workers"]
         table = Table(title="Scale-out: CRM → Campaign backfill with 1 and 2 workers (streams and writers)")
