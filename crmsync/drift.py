@@ -130,12 +130,13 @@ class DriftChecker:
         crm_ids, keys = set(), set()
         for (record,) in rows:
             record = record.get("change", record) or {}
+            crm_side = record.get("side") == "crm"  # a key {"id"} is a CRM id there, a Campaign key elsewhere
             for part in (record.get("key") or {}, record.get("match") or {}):
-                if part.get("Id"):
-                    crm_ids.add(part["Id"])
                 if part.get("crm_id"):
                     crm_ids.add(part["crm_id"])
-                if str(part.get("id", "")).isdigit():
+                if crm_side and part.get("id"):
+                    crm_ids.add(str(part["id"]))
+                elif str(part.get("id", "")).isdigit():
                     keys.add(int(part["id"]))
                 external = part.get(mapping.crm_external_id) if mapping.crm_external_id else None
                 if str(external or "").isdigit():
