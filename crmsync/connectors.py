@@ -196,6 +196,8 @@ class SinkOutcome:
     code: str | None = None  # the CRM's error code when refused
     message: str = ""
     superseded: list[str] = field(default_factory=list)  # fields left alone (compare-and-set)
+    refused_fields: dict[str, str] = field(default_factory=dict)  # field -> why the CRM cannot take its value;
+    # the command's other fields were written (ok=True): the writer rejects just these, with the reasons
 
 
 class Sink(Protocol):
