@@ -5,13 +5,16 @@ Per batch (up to 2,000 commands from ``topics.apply('campaign', <campaign>, <tab
 1. Plan every command (services/campaign_writer/plan.py): check table, columns, key and match against the real
    schema; a command that cannot run becomes a reject right away. Parent tables go first (a stable sort, so
    the commands of one record keep their order).
-2. One transaction, marked as the sync's own in two ways. The session carries a replication origin
-   (crmsync/pg.py `WriterOrigin`, PostgreSQL ≥ 16), and change capture asks pgoutput for `origin = none`: the
-   writer's rows are never decoded, published or decided again. Only a batch that may insert a row whose key
-   the streams do not know yet (a keyless upsert by CRM link: a table without a key sequence) stays visible,
-   because the streams learn that key from capture. And the transaction starts with
-   ``pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')``, so whatever capture does see of it
-   is tagged as the sync's own (echo suppression; all there is on PostgreSQL < 16).
+2. One transaction per run of commands that agree on the mapping per table (`_echo_groups`: one unless two
+   mappings — two CRMs — write one table in one batch), marked as the sync's own. It starts with
+   ``pg_logical_emit_message(true, 'crmsync.origin', <echo tag>)``: change capture tags everything it writes as
+   the sync's own, and the tag names, per table, the mapping the rows were written for
+   (crmsync.envelope.echo_tag), so the streams skip them for that mapping and decide them for a sibling mapping.
+   Where that cannot matter the transaction is not even decoded: the session carries a replication origin
+   (crmsync/pg.py `WriterOrigin`, PostgreSQL ≥ 16) and change capture asks pgoutput for `origin = none`. That
+   holds for a run whose tables no other mapping syncs (`sibling_tables`, from the loaded configuration) and
+   which inserts no row whose key the streams do not know yet (a keyless upsert by CRM link: a table without a
+   key sequence; the streams learn that key from capture).
 3. Fast path: chunks of commands, each chunk pipelined as a few prepared ``executemany`` calls inside a
    savepoint. If PostgreSQL refuses one command, that chunk is redone with a savepoint per command, so the bad
    command becomes a reject (error_code = SQLSTATE name, reason = PostgreSQL's message and the column) and the
@@ -35,7 +38,7 @@ import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import psycopg
 import psycopg.errors
@@ -168,6 +171,20 @@ def _systemic(exc: psycopg.Error) -> bool:
     return state is None or state[:2] in SYSTEMIC_SQLSTATE_CLASSES
 
 
+def _echo_groups(items: list[Planned | Invalid]) -> list[tuple[list[Planned | Invalid], dict[str, str | None]]]:
+    """Consecutive runs of `items` in which each table is written for one mapping only, with that mapping per
+    table: each run is one transaction whose echo tag says, per table, which mapping its rows are echoes for
+    (crmsync.envelope.echo_tag). One run unless two mappings (two CRMs) write the same table in one batch."""
+    runs: list[tuple[list[Planned | Invalid], dict[str, str | None]]] = []
+    for item in items:
+        table, mapping = item.command.object, item.command.mapping
+        if not runs or runs[-1][1].get(table, mapping) != mapping:
+            runs.append(([], {}))
+        runs[-1][0].append(item)
+        runs[-1][1][table] = mapping
+    return runs
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -199,8 +216,10 @@ class CampaignWriter:
 
     def __init__(self, dsn: str, bootstrap_servers: str, campaign_name: str, *, tables: Sequence[str] = (),
                  policy: RetryPolicy = rejects.DEFAULT_POLICY, options: WriterOptions | None = None,
-                 on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1) -> None:
+                 on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1,
+                 sibling_tables: Collection[str] = ()) -> None:
         self.dsn = dsn
+        self.sibling_tables = frozenset(sibling_tables)  # synced by several mappings: their writes stay decoded
         self.bootstrap_servers = bootstrap_servers
         self.name = campaign_name
         self.tables = list(tables)
@@ -244,14 +263,19 @@ class CampaignWriter:
         if not commands and not extra_rejects:
             return BatchResult()
         items = [self._plan(c) for c in self._parents_first(commands)]
-        self.origin.mark(invisible=not any(isinstance(i, Planned) and i.kind == "upsert" for i in items))
-        with self.conn.transaction():
-            pg.tag_origin(self.conn, STAGE)
-            queues = self._load_queues(items)
-            outcomes: list[Outcome] = []
-            for chunk in _chunks(items, self.options.chunk_size):
-                outcomes += self._apply_chunk(chunk, queues)
-            result = self._settle(outcomes, queues, extra_rejects)
+        result = BatchResult()
+        for group, mappings_by_table in _echo_groups(items):
+            self.origin.mark(invisible=self._invisible(group, mappings_by_table))
+            with self.conn.transaction():
+                pg.tag_origin(self.conn, envelope.echo_tag(STAGE, mappings_by_table))
+                queues = self._load_queues(group)
+                outcomes: list[Outcome] = []
+                for chunk in _chunks(group, self.options.chunk_size):
+                    outcomes += self._apply_chunk(chunk, queues)
+                settled = self._settle(outcomes, queues, extra_rejects)
+            extra_rejects = ()
+            for name in ("applied", "rejects", "waiting", "duplicates"):
+                getattr(result, name).extend(getattr(settled, name))
         for reject in [*result.rejects, *result.waiting]:
             rejects.publish(self.producer, self.tracker, reject)
         kafka.flush_all(self.producer, self.tracker)
@@ -261,6 +285,13 @@ class CampaignWriter:
             for applied in result.applied:
                 self.on_applied(applied.command, applied.campaign_key, applied.created)
         return result
+
+    def _invisible(self, group: list[Planned | Invalid], mappings_by_table: dict[str, str | None]) -> bool:
+        """Whether capture may skip this transaction entirely (origin = none): no sibling mapping must see its
+        rows, and it inserts no row the streams only learn the key of from capture."""
+        if not self.sibling_tables.isdisjoint(mappings_by_table):
+            return False
+        return not any(isinstance(item, Planned) and item.kind == "upsert" for item in group)
 
     def _parents_first(self, commands: Sequence[ApplyCommand]) -> list[ApplyCommand]:
         """Stable sort by table depth: a batch creating a parent and its child works whatever the topic order."""
@@ -635,8 +666,16 @@ def run(settings: Settings, endpoints: Endpoints, tables: list[str], *, stop: th
     writer = CampaignWriter(endpoints.campaign_dsn, endpoints.bootstrap_servers, settings.campaign.name,
                             tables=tables, policy=policy, options=options, on_applied=on_applied,
                             partitions=settings.kafka.partitions,
-                            replication_factor=settings.kafka.replication_factor)
+                            replication_factor=settings.kafka.replication_factor,
+                            sibling_tables=sibling_tables(settings))
     writer.run(stop)
+
+
+def sibling_tables(settings: Settings) -> set[str]:
+    """Campaign tables that more than one mapping syncs (two CRMs, or two objects of one): a write for one of
+    them is news for the others, so it must stay visible to change capture."""
+    counts = Tally(m.campaign_table for m in settings.mappings)
+    return {table for table, count in counts.items() if count > 1}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
