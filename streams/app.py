@@ -8,10 +8,15 @@ commands are produced and acknowledged by the broker *before* that transaction c
 are committed only after both sides' transactions committed. A crash at any point replays the batch, which
 re-decides the same commands (or finds them decided: stale changes are skipped).
 
-Why not faust agents (this used to be a faust-streaming app): a faust agent costs Python work per event (its
-stream, its acking, aiokafka's decoding) — measured ~3,700 events/s per worker, below every other stage — while
-librdkafka fetches and decompresses in C and hands over a whole take in one call. And faust cannot frame a
-consumer of its own: with no agents its timers never start (it waits for an assignment that never comes). See
+faust-streaming hosts the worker (the design card's stream processor): `crmsync service streams` runs a faust
+worker — process lifecycle, signals, logging, timers — whose app starts the hot path as a service of its own
+(`HotPath`: StreamsWorker's take-decide-commit loop in a thread) and republishes deferred changes on a faust
+timer. The hot path does not go through faust agents: an agent costs Python work per event (its stream, its
+acking, aiokafka's decoding) — measured ~3,700 events/s per worker, below every other stage — while librdkafka
+fetches and decompresses in C and hands over a whole take in one call. The faust app opens no Kafka client of
+its own (`HostApp`: `producer_only`, producer off): it joins no consumer group, so it cannot mix its assignor
+into `crmsync-streams`; its timers and services start at once instead of waiting for a table recovery that never
+comes; and all Kafka traffic goes through crmsync/kafka.py with the configured security settings. See
 docs/architecture.md and docs/benchmarks.md.
 
 Scaling out = more partitions and more `crmsync service streams` workers in the same consumer group (or
@@ -21,20 +26,26 @@ of one record meet only in the database, where the rows are locked in a stable o
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
+import faust
+from faust.app.base import BootStrategy
+import mode
 import psycopg
 import psycopg.errors
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Histogram
 
-from crmsync import kafka, lag, names, pg, process, rejects, topics
+from crmsync import kafka, lag, names, pg, rejects, topics
 from crmsync.config import Mapping, Settings
 from crmsync.enums import StoredEnumerations
 from crmsync.envelope import Change, Reject, changes_from_message, dumps, record_key
@@ -283,7 +294,8 @@ def _side_of(topic: str) -> str:
 
 
 class StreamsWorker:
-    """One worker process: one consumer, one BatchHandler per side, deciding the sides of a take in parallel."""
+    """The hot path of one worker process: one consumer, one BatchHandler per side, deciding the sides of a take
+    in parallel. Runs in HotPath's thread until `stop` is set."""
 
     def __init__(self, settings: Settings, found: Endpoints, stop: threading.Event) -> None:
         self.settings = settings
@@ -295,7 +307,6 @@ class StreamsWorker:
         self.handlers = {side: BatchHandler(settings, found, side) for side in ("crm", "campaign")}
         self.sides = ThreadPoolExecutor(2, thread_name_prefix="streams")
         self.consumer: Consumer | None = None
-        self.republished_at = 0.0
 
     def run(self) -> None:
         """Take, decide, commit — until `stop`; a failed take is taken again from the committed offsets."""
@@ -304,7 +315,6 @@ class StreamsWorker:
             while not self.stop.is_set():
                 try:
                     self.run_once()
-                    self._republish_deferred()
                     backoff = 1.0
                 except Exception:
                     log.exception("a take of changes failed; it is taken again from the committed offsets")
@@ -350,11 +360,6 @@ class StreamsWorker:
         if unreadable:
             handler.record_unreadable(unreadable)
 
-    def _republish_deferred(self) -> None:
-        if time.monotonic() - self.republished_at >= REPUBLISH_EVERY:
-            self.republished_at = time.monotonic()
-            self.handlers["campaign"].republish_due()
-
     def _rewind(self) -> None:
         if self.consumer is not None:
             try:
@@ -387,8 +392,73 @@ def ensure_match_indexes(settings: Settings, dsn: str) -> None:
                 conn.execute(match_index_sql(mapping.campaign_table, key.campaign))
 
 
+class HotPath(mode.Service):
+    """The streams' hot path as a service of the faust app: StreamsWorker's loop in a thread of its own, started
+    with the app and stopped with it (a stop finishes the take in hand, then commits its offsets). If the loop
+    ends without being asked to, the process exits, so its supervisor starts it again."""
+
+    def __init__(self, make_worker: Callable[[threading.Event], StreamsWorker], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.make_worker = make_worker
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    async def on_start(self) -> None:
+        worker = await asyncio.get_running_loop().run_in_executor(None, self.make_worker, self.stopping)
+        self.thread = threading.Thread(target=self._run, args=(worker,), name="streams-hot-path", daemon=True)
+        self.thread.start()
+
+    def _run(self, worker: StreamsWorker) -> None:
+        try:
+            worker.run()
+        except BaseException:  # noqa: BLE001 - logged; the process ends below so it is restarted
+            log.exception("the streams hot path failed")
+        if not self.stopping.is_set():
+            os._exit(70)
+
+    async def on_stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.thread.join)
+
+
+class _NoKafkaOfItsOwn(BootStrategy):
+    """The host app starts no aiokafka client: all Kafka traffic is the hot path's (crmsync/kafka.py, which
+    carries the configured TLS/SASL settings)."""
+
+    enable_kafka = False
+    enable_kafka_producer = False
+    enable_kafka_consumer = False
+
+
+class HostApp(faust.App):
+    BootStrategy = _NoKafkaOfItsOwn
+
+
+def build_app(settings: Settings, found: Endpoints) -> faust.App:
+    """The faust app hosting one streams worker: the hot path (HotPath) and the deferred-change timer."""
+    app = HostApp(APP_ID, broker=f"kafka://{found.bootstrap_servers}", producer_only=True, web_enabled=False,
+                  datadir=str(Path(settings.state_dir) / "streams"))
+    app.add_dependency(HotPath(lambda stop: StreamsWorker(settings, found, stop), loop=app.loop, beacon=app.beacon))
+    republishing = ThreadPoolExecutor(1, thread_name_prefix="streams-deferred")
+    republisher: list[BatchHandler] = []  # its own connection: the hot path's are busy in their threads
+
+    def republish_due() -> int:
+        if not republisher:
+            republisher.append(BatchHandler(settings, found, "campaign"))
+        return republisher[0].republish_due()
+
+    @app.timer(interval=REPUBLISH_EVERY)
+    async def republish_deferred() -> None:
+        await asyncio.get_running_loop().run_in_executor(republishing, republish_due)
+
+    return app
+
+
 def run(settings: Settings, found: Endpoints, log_level: str = "info") -> None:
-    """The service: migrate, then decide until SIGTERM/SIGINT/SIGHUP, finishing the take in hand."""
+    """The service: migrate, then a faust worker decides until SIGTERM/SIGINT, finishing the take in hand."""
+    from faust.worker import Worker
+
     pg.migrate(found.campaign_dsn)
     ensure_match_indexes(settings, found.campaign_dsn)
-    StreamsWorker(settings, found, process.stop_on_signals()).run()
+    Worker(build_app(settings, found), loglevel=log_level, quiet=True).execute_from_commandline()

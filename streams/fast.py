@@ -88,7 +88,7 @@ class FastPath:
             id=f"{change.id}>{m.name}>campaign", side="campaign", target=b.r.campaign_name, object=m.campaign_table,
             action="create", key={"id": campaign_key}, values=payload, cause=change.id, source_ts=change.source_ts,
             match={"crm_account": m.account, "crm_object": m.crm_object, "crm_id": link.crm_id},
-            expect=expect or None, created_ts=b.now)
+            expect=expect or None, created_ts=b.now, mapping=m.name)
         b.out.commands.append(command)
         b.emitted[("campaign", id(link))] = command
         return True
