@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import time
 from collections import Counter
 from dataclasses import replace
 from itertools import combinations

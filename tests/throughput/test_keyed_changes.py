@@ -9,19 +9,18 @@ fields and `"v": 1` (never a `{"changes": [...]}` batch), and all records must b
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 
 import pytest
 from confluent_kafka import Consumer
 
-from crmsync import config, pg, topics
+from crmsync import pg, topics
 from crmsync.infra import Endpoints
-from services.capture.service import CaptureService
 from services.crm_poller import service as poller
 from tests.salesforce.conftest import make_client, settings_for, unique_name
 from tests.sandbox_salesforce.conftest import launch
+from tests.throughput.conftest import running_capture
 from tests.waiting import wait_for
 
 ENVELOPE_FIELDS = {"id", "side", "source", "object", "op", "key", "after", "position", "source_ts", "captured_ts",
@@ -65,12 +64,7 @@ def test_capture_publishes_one_keyed_change_per_message_snapshot_included(endpoi
     with pg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO recipients (email) SELECT 'r' || n || '@example.com' FROM generate_series(1, %s) n",
                      (RECORDS,))
-    settings = config.Settings.model_validate({"campaign": {
-        "name": name, "slot_name": f"slot_{name}", "publication": f"pub_{name}", "capture_tables": ["recipients"]}})
-    service = CaptureService(settings, endpoints.bootstrap_servers, dsn)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
+    with running_capture(endpoints.bootstrap_servers, dsn, name) as service:
         wait_for(lambda: service._snapshot_done(), 60, "the snapshot's done-marker")
         with pg.connect(dsn, autocommit=True) as conn:
             new = conn.execute("INSERT INTO recipients (email) VALUES ('new@example.com') RETURNING id").fetchone()[0]
@@ -78,9 +72,6 @@ def test_capture_publishes_one_keyed_change_per_message_snapshot_included(endpoi
             gone = conn.execute("DELETE FROM recipients WHERE email = 'r1@example.com' RETURNING id").fetchone()[0]
         messages = read_topic(endpoints.bootstrap_servers, topics.changes("campaign", name, "recipients"),
                               RECORDS + 3)
-    finally:
-        service.stop()
-        thread.join(30)
     changes = checked(messages, "campaign", name, "recipients")
     snapshot = [c for c in changes if c["op"] == "r"]
     assert len(snapshot) == RECORDS and len({c["key"]["id"] for c in snapshot}) == RECORDS

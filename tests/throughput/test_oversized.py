@@ -8,18 +8,17 @@ characters per record); the poller's snapshot finishes and its checkpoint moves 
 ordinary edit that must arrive."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from crmsync import config, names, pg, rejects, topics
+from crmsync import names, pg, rejects, topics
 from crmsync.infra import Endpoints
-from services.capture.service import CaptureService
 from services.crm_poller import service as poller
 from tests.conftest import consume_changes
 from tests.salesforce.conftest import make_client, settings_for, unique_name
 from tests.sandbox_salesforce.conftest import launch
+from tests.throughput.conftest import running_capture
 from tests.waiting import wait_for
 
 BIG = 1_100_000
@@ -38,12 +37,7 @@ def test_capture_rejects_a_change_over_the_message_limit_and_goes_on(endpoints: 
         in_snapshot = conn.execute("INSERT INTO recipients (email, street) VALUES ('snap@example.com', %s) "
                                    "RETURNING id", ("S" * BIG,)).fetchone()[0]
         plain = conn.execute("INSERT INTO recipients (email) VALUES ('plain@example.com') RETURNING id").fetchone()[0]
-    settings = config.Settings.model_validate({"campaign": {
-        "name": name, "slot_name": f"slot_{name}", "publication": f"pub_{name}", "capture_tables": ["recipients"]}})
-    service = CaptureService(settings, endpoints.bootstrap_servers, dsn)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
+    with running_capture(endpoints.bootstrap_servers, dsn, name) as service:
         wait_for(lambda: service._snapshot_done(), 60, "the snapshot's done-marker")
         with pg.connect(dsn, autocommit=True) as conn:
             streamed = conn.execute("INSERT INTO recipients (email, street) VALUES ('big@example.com', %s) "
@@ -55,9 +49,6 @@ def test_capture_rejects_a_change_over_the_message_limit_and_goes_on(endpoints: 
                                lambda s: sum(c.op == "u" for c in s) >= 2 and any(c.op == "r" for c in s), timeout=60)
         wait_for(lambda: len(_too_large(dsn, "capture")) >= 2, 30, "both rejects")
         status = service.slot_status()
-    finally:
-        service.stop()
-        thread.join(30)
     assert {(c.op, c.key["id"]) for c in seen} == {("r", plain), ("u", plain), ("u", streamed)}
     assert [c.after["street"] for c in seen if c.key["id"] == streamed] == ["short"]
     found = _too_large(dsn, "capture")
