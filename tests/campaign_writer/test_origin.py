@@ -1,7 +1,8 @@
 """The sync's own writes: change capture never decodes the Campaign writer's transactions (their session carries
 a replication origin and the slot asks pgoutput for `origin = none`, PostgreSQL ≥ 16), and whatever it does see
 of them — a keyless insert, whose key the streams learn from capture; a database configured to capture
-replicated rows — is tagged origin='writer-campaign'. A person's edit is captured untagged."""
+replicated rows; a table another mapping also syncs (a second CRM must see the write) — is tagged
+origin='writer-campaign'. A person's edit is captured untagged."""
 from __future__ import annotations
 
 import threading
@@ -67,7 +68,7 @@ def test_keyed_writes_are_never_decoded(endpoints, campaign_db, commands, writer
     assert {(c.op, c.key["id"], c.origin) for c in seen} == {("u", ann, None)}
 
 
-@pytest.mark.parametrize("why", ["keyless insert", "capture_replicated"])
+@pytest.mark.parametrize("why", ["keyless insert", "capture_replicated", "sibling mapping"])
 def test_what_capture_sees_of_the_writer_is_tagged(endpoints, campaign_db, commands, writer, why):
     dsn, name = campaign_db
     capture, thread = _capturing(endpoints, campaign_db, capture_replicated=why == "capture_replicated")
@@ -78,7 +79,8 @@ def test_what_capture_sees_of_the_writer_is_tagged(endpoints, campaign_db, comma
             wanted = {("c", ann, "writer-campaign"), ("u", ann, None)}
             with pg.connect(dsn, autocommit=True) as conn:
                 conn.execute("UPDATE recipients SET city = 'Lyon' WHERE id = %s", (ann,))
-        else:
+        else:  # "sibling mapping": recipients synced with two CRMs, so transactions writing them stay visible
+            writer.sibling_tables = frozenset({"recipients"} if why == "sibling mapping" else ())
             ann = _write(writer, commands, dsn)
             bob = rows(dsn, "SELECT last_value FROM recipients_id_seq")[0][0]
             org = rows(dsn, "SELECT id FROM organisations WHERE crm_id = '001A'")[0][0]
