@@ -610,7 +610,8 @@ def import_backfill(root: Path, name: str, n: int, console: Console, *, workers:
         seconds = time.perf_counter() - started
         monitor.stop()
         after = w.sandbox.stats()
-        result = {"timeline": timeline.stop(), "direction": "CRM → Campaign", "n": n, "records": expected, "linked": linked, "seconds": seconds,
+        result = {"timeline": timeline.stop(), "direction": "CRM → Campaign", "n": n, "records": expected,
+                  "linked": linked, "seconds": seconds,
                   "rate": _rate(linked, seconds), "workers": workers, "marks": marks, "cpu": monitor.cpu_seconds(),
                   "peak_rss": monitor.peak, "restarts": dict(w.supervisor.restarts),
                   "requests": requests_total(after) - requests_total(before),
@@ -644,9 +645,11 @@ def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False) 
             arrived = {obj: w.soql_count("", obj) for obj in wanted}
         seconds = time.perf_counter() - started
         monitor.stop()
+        timeline.stop()  # before the broker goes down
         after = w.sandbox.stats()
         total = sum(arrived.values())
-    return {"timeline": timeline.stop(), "direction": "Campaign → CRM", "n": n, "records": expected, "linked": total, "seconds": seconds,
+    return {"timeline": timeline.rows, "direction": "Campaign → CRM", "n": n, "records": expected, "linked": total,
+            "seconds": seconds,
             "rate": _rate(total, seconds), "workers": 1, "cpu": monitor.cpu_seconds(), "peak_rss": monitor.peak,
             "restarts": dict(w.supervisor.restarts), "arrived": arrived,
             "requests": requests_total(after) - requests_total(before), "by_endpoint": requests_delta(before, after),

@@ -461,4 +461,6 @@ def run(settings: Settings, found: Endpoints, log_level: str = "info") -> None:
 
     pg.migrate(found.campaign_dsn)
     ensure_match_indexes(settings, found.campaign_dsn)
-    Worker(build_app(settings, found), loglevel=log_level, quiet=True).execute_from_commandline()
+    # override_logging=False: the service keeps crmsync's JSON log lines (crmsync/logs.py), faust's included
+    worker = Worker(build_app(settings, found), loglevel=log_level, quiet=True, override_logging=False)
+    worker.execute_from_commandline()
