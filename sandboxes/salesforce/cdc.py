@@ -135,12 +135,22 @@ class ChangeLog:
         if self._tx is not None:
             yield
             return
-        self._tx = _Transaction(origin, user_id)
+        self._tx = tx = _Transaction(origin, user_id)
         try:
             yield
         finally:
             self._tx = None
+            self._commit(tx)
             self.head = self.last_replay_id()
+
+    def _commit(self, tx: _Transaction) -> None:
+        """The transaction's commitTimestamp is when it commits: never before the SystemModstamp of a record it
+        wrote (the store's write clock), even while the sandbox clock is held back."""
+        if not tx.commit_number:
+            return
+        committed = epoch_millis(self.store.clock())
+        if committed > tx.commit_ts:
+            self.conn.execute("UPDATE _cdc_events SET commit_ts = ? WHERE tx_key = ?", (committed, tx.key))
 
     def record(self, obj: ObjectDef, change_type: str, record_id: str, old: Mapping[str, Any] | None,
                new: Mapping[str, Any] | None) -> None:
@@ -178,7 +188,7 @@ class ChangeLog:
         tx = self._tx
         assert tx is not None and change_type in CHANGE_TYPES
         if not tx.commit_number:
-            tx.commit_ts = epoch_millis(self.store.now())
+            tx.commit_ts = epoch_millis(self.store.clock())
             tx.commit_number = _COMMIT_BASE + self._next_commit()
         count = self.conn.execute("SELECT count(*) FROM _cdc_events WHERE tx_key = ?", (tx.key,)).fetchone()[0]
         if not force and count >= self.overflow_limit:
