@@ -119,11 +119,16 @@ class SalesforceClient:
         self.account = account
         self.policy = policy or RetryPolicy()
         self.http = http or auth.http_session(account)
+        # our API client id: Salesforce writes it into the changeOrigin of the change events our writes cause
+        self.http.headers["Sforce-Call-Options"] = f"client={account.api_client}"
         self.session = auth.login(account, self.http)
         self.sf: Salesforce = auth.connect(account, self.session, self.http)
         self.calls: Tally[str] = Tally()  # per kind, every attempt (what the API limit counts)
         self.retries: Tally[str] = Tally()  # per reason
         self.logins = 1
+        self._org_id: str | None = None
+        self._daily_limit: int | None = None
+        self._daily_remaining: int | None = None
 
     # -- the one retry policy ------------------------------------------------------------------------------
     def call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
@@ -184,10 +189,38 @@ class SalesforceClient:
         return (usage.used, usage.total) if usage is not None else None
 
     def usage(self) -> ApiUsage:
-        """crmsync.connectors.Client: calls this process made, and the org's daily budget as last reported."""
+        """crmsync.connectors.Client: calls this process made, and the org's daily budget as last reported (the
+        `Sforce-Limit-Info` of the last answer; before any, `/limits` is read once)."""
         found = self.api_usage()
-        return ApiUsage(sum(self.calls.values()), (found[1] - found[0]) if found else None,
-                        found[1] if found else None, "day")
+        if found is None and self._daily_limit is None:
+            self._read_limits()
+        if found is None:
+            return ApiUsage(sum(self.calls.values()), self._daily_remaining, self._daily_limit, "day")
+        return ApiUsage(sum(self.calls.values()), found[1] - found[0], found[1], "day")
+
+    def _read_limits(self) -> None:
+        """`/limits` → DailyApiRequests (Max, Remaining): the org's daily API budget."""
+        daily = self.call("limits", lambda sf: sf.restful("limits"))["DailyApiRequests"]
+        self._daily_limit, self._daily_remaining = int(daily["Max"]), int(daily["Remaining"])
+
+    def org_id(self) -> str:
+        """The org's id (the Pub/Sub API's `tenantid`), read once."""
+        if self._org_id is None:
+            rows = self.call("query", lambda sf: sf.query("SELECT Id FROM Organization LIMIT 1"))["records"]
+            if not rows:
+                raise RuntimeError(f"Salesforce answered no Organization row for {self.account_name}")
+            self._org_id = rows[0]["Id"]
+        return self._org_id
+
+    def tooling_query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record of a Tooling API query (`tooling/query`), e.g. PlatformEventChannelMember."""
+        page = self.call("tooling_query", lambda sf: sf.restful("tooling/query", params={"q": soql}))
+        records = list(page["records"])
+        while not page.get("done", True) and page.get("nextRecordsUrl"):
+            url = page["nextRecordsUrl"]
+            page = self.call("tooling_query", lambda sf: sf.query_more(url, identifier_is_url=True))
+            records += page["records"]
+        return [{k: v for k, v in r.items() if k != "attributes"} for r in records]
 
     def whoami(self) -> dict[str, str]:
         org = self.call("query", lambda sf: sf.query("SELECT Name FROM Organization LIMIT 1"))["records"]
