@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from confluent_kafka import Message
@@ -178,6 +178,9 @@ class MirrorService:
     def apply_crm_changes(self, mirror: Mirror, changes: list[Change]) -> None:
         latest: dict[str, Change] = {}
         for change in changes:  # a burst collapses to each record's newest state
+            earlier = latest.get(change.key["id"])
+            if change.partial and earlier is not None and earlier.after is not None:  # only the fields it touched
+                change = replace(change, after={**earlier.after, **(change.after or {})}, partial=earlier.partial)
             latest[change.key["id"]] = change
         deletes = sorted(i for i, c in latest.items() if c.op == "d")
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
