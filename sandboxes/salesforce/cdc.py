@@ -14,8 +14,10 @@ How events are made:
   `transactionKey`, `commitTimestamp`, `commitNumber` and `changeOrigin`, and number `sequenceNumber` 1, 2, 3…
   in the order the records changed. When the same change hits several records of one object in a transaction
   (a mass delete, the same values written), the events merge into one with several `recordIds`, as documented.
-* Past `overflow_limit` events (100,000, Salesforce's) a transaction emits one GAP_OVERFLOW event per object
-  instead of further change events.
+* Past `overflow_limit` changes (100,000, Salesforce's) a transaction emits one GAP_OVERFLOW event per object
+  instead of further change events. As "Overflow Events" counts them: a create, delete or undelete is one change
+  per record, an update one per changed field per record; the change that reaches the limit still has its event
+  (the docs do not say which side of the limit it falls on).
 * Writes outside an API call (admin undelete) form their own transaction with an empty changeOrigin; the
   `--seed-contacts` bulk seeding produces no events (it stands for data that predates CDC).
 * Only objects selected for CDC produce events (default Contact, Account, Opportunity, Lead; `--cdc-objects`,
@@ -58,6 +60,7 @@ class _Transaction:
     commit_number: int = 0
     last: tuple[int, tuple[Any, ...]] | None = None  # (replay id, merge signature) of the latest event
     overflowed: set[str] = field(default_factory=set)
+    changes: int = 0  # toward the overflow threshold (a rolled-back record's changes still count: rare, harmless)
 
 
 class ChangeLog:
@@ -191,11 +194,13 @@ class ChangeLog:
             tx.commit_ts = epoch_millis(self.store.clock())
             tx.commit_number = _COMMIT_BASE + self._next_commit()
         count = self.conn.execute("SELECT count(*) FROM _cdc_events WHERE tx_key = ?", (tx.key,)).fetchone()[0]
-        if not force and count >= self.overflow_limit:
+        if not force and tx.changes >= self.overflow_limit:
             if obj.name in tx.overflowed:
                 return tx.last[0] if tx.last else 0
             tx.overflowed.add(obj.name)
             change_type, record_ids, changed, nulled, values = "GAP_OVERFLOW", [], [], [], {}
+        elif not force:
+            tx.changes += len(record_ids) * (len(changed) if change_type == "UPDATE" else 1)
         signature = (obj.name, change_type, tuple(changed), json.dumps(values, sort_keys=True, default=str))
         if tx.last is not None and tx.last[1] == signature and change_type not in ("GAP_OVERFLOW",):
             merged = self._merge(tx.last[0], record_ids)
