@@ -10,17 +10,17 @@ https://developer.salesforce.com/docs/platform/pub-sub-api/guide/.)
 How a read works (`CdcSource.read(cursor)`, the crmsync.connectors.PushSource contract):
 
 1. The subscription is (re)opened when there is none or the cursor is not where this source left off (a restart,
-   or the poller reloading its stored cursor after a failure): after the cursor's replay id (CUSTOM), or at the
-   tip (LATEST) when there is none — then everything committed since the cursor's `since` is read once with a
-   SystemModstamp query (the polling source, source.py), because events from before the tip are not replayed.
-2. A first read (no cursor) opens the subscription at the tip *first*, then takes the polling source's snapshot
-   (op 'r'): whatever commits during the snapshot arrives as events afterwards, nothing falls between the two.
-3. Events are turned into neutral changes page by page, one FetchResponse at a time; after the page is handed
+   or the poller reloading its stored cursor after a failure): after the cursor's replay id (CUSTOM); without one,
+   at the tip (LATEST) — then the polling source (source.py) reads, from the cursor's polling state, what the tip
+   does not replay: the first snapshot (op 'r') when nothing was read yet, else everything modified since.
+   Subscribing comes first, so whatever commits during that read arrives as events afterwards.
+2. Events are turned into neutral changes page by page, one FetchResponse at a time; after the page is handed
    out (the poller publishes it, waits for the broker's acknowledgement and stores the cursor), exactly as many
    events are asked for again (`FetchRequest.num_requested`): at most `fetch_size` events are ever in flight.
    Keepalives carry no events and move nothing.
-4. A read returns once the stream has been quiet for `settle_seconds` (`open_seconds` right after opening), or
-   after `max_read_seconds` so the poller can serve its other objects.
+3. A read returns once the stream has been quiet for `settle_seconds` (`open_seconds` right after subscribing), or
+   after `max_read_seconds` so the poller can serve its other objects. A read abandoned half-way (the poller
+   failed to publish) closes the subscription: the next read resubscribes from the stored cursor.
 
 Events → changes (one change per record id; key {"id"}, position {"ts": commitTimestamp, "id", "replay"}, id
 `crm:<account>:<object>:<id>:<commit stamp>/<replay id>`, so a redelivered event has the same change id):
@@ -45,11 +45,13 @@ editing with the integration user's login — is an edit), so the origin never m
 
 Cursor (stored by the poller in crmsync.checkpoints)::
 
-    {"v": 1, "mode": "cdc", "snapshot_done": true, "snapshot": null,
+    {"v": 1, "mode": "cdc", "snapshot_done": true,
      "replay_id": "<hex of the last event handed out>" | null,
-     "since": "2024-05-01T10:20:30.000+0000"}      # everything committed before it was delivered
+     "since": "2024-05-01T10:20:30.000+0000",   # that event's commitTimestamp: a refused replay id fills from here
+     "poll": <the polling source's cursor> | null}   # while no event was handed out yet
 
-`snapshot` holds the polling source's cursor while the first full read runs.
+A polling cursor of the same object (the mode was switched on) is taken as `poll`; source.py takes a cdc cursor
+the other way round.
 """
 from __future__ import annotations
 
