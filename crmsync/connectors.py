@@ -197,10 +197,13 @@ class PushSource(ChangeSource, Protocol):
       if the CRM pushes them within that moment), and never blocks much longer than that;
     - reading while nothing arrived costs no API call (the poller reads push sources whenever `wakeup` fires and
       on its timer, without pacing them);
-    - `wakeup(event)`: the source sets `event` whenever changes are waiting to be read;
+    - `wakeup(event)`: the source sets `event` whenever changes are waiting to be read, and `pending()` says
+      whether some are (or the subscription needs attention): the poller reads only those;
     - `close()` ends the subscription."""
 
     def wakeup(self, event: threading.Event) -> None: ...
+
+    def pending(self) -> bool: ...
 
     def close(self) -> None: ...
 

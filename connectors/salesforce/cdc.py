@@ -189,7 +189,7 @@ class CdcCursor:
 class CdcSource:
     """The changes of one sObject selected for Change Data Capture (crmsync.connectors.PushSource)."""
 
-    def __init__(self, client: SalesforceClient, obj: str, *, fetch_size: int = 100, settle_seconds: float = 0.3,
+    def __init__(self, client: SalesforceClient, obj: str, *, fetch_size: int = 100, settle_seconds: float = 0.05,
                  open_seconds: float = 2.0, max_read_seconds: float = 5.0,
                  lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS, **polling: Any) -> None:
         self.client = client
@@ -230,6 +230,10 @@ class CdcSource:
         self._wake = event
         if self._subscription is not None:
             self._subscription.wake = event
+
+    def pending(self) -> bool:
+        """Events (or a failure) are waiting, or there is no subscription yet."""
+        return self._subscription is None or self._subscription.pending()
 
     def close(self) -> None:
         self._close_subscription()

@@ -98,23 +98,36 @@ class Schema:
 
 @dataclass
 class ChangeEvent:
-    """One change event, decoded: the header's values, and the body's fields by their event names (compound
-    fields as 'Name.LastName' / 'MailingAddress.City'), raw Avro values."""
+    """One change event, decoded: its `ChangeEventHeader` as Avro gives it (entityName, changeType, recordIds,
+    changeOrigin, commitTimestamp in epoch ms, …), the body's fields by their event names (compound fields as
+    'Name.LastName' / 'MailingAddress.City', raw Avro values), and the header's field lists as names."""
 
     replay_id: bytes
     schema_id: str
-    entity: str
-    change_type: str
-    record_ids: list[str]
-    origin: str
-    transaction_key: str
-    sequence: int
-    commit_timestamp: int  # epoch milliseconds
-    commit_number: int
-    commit_user: str
+    header: dict[str, Any]
     values: dict[str, Any] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)
     nulled: list[str] = field(default_factory=list)
+
+    @property
+    def entity(self) -> str:
+        return self.header["entityName"]
+
+    @property
+    def change_type(self) -> str:
+        return self.header["changeType"]
+
+    @property
+    def record_ids(self) -> list[str]:
+        return list(self.header["recordIds"])
+
+    @property
+    def origin(self) -> str:
+        return self.header.get("changeOrigin") or ""
+
+    @property
+    def commit_timestamp(self) -> int:
+        return int(self.header["commitTimestamp"])
 
 
 def _nested_record(avro_type: Any) -> dict[str, Any] | None:
@@ -194,14 +207,9 @@ class PubSub:
         schema = self.schema(consumer.event.schema_id)
         record = schema.decode(consumer.event.payload)
         header = record["ChangeEventHeader"]
-        return ChangeEvent(
-            replay_id=bytes(consumer.replay_id), schema_id=schema.schema_id, entity=header["entityName"],
-            change_type=header["changeType"], record_ids=list(header["recordIds"]),
-            origin=header.get("changeOrigin") or "", transaction_key=header.get("transactionKey") or "",
-            sequence=int(header.get("sequenceNumber") or 0), commit_timestamp=int(header["commitTimestamp"]),
-            commit_number=int(header.get("commitNumber") or 0), commit_user=header.get("commitUser") or "",
-            values=flatten(record), changed=schema.field_names(header.get("changedFields") or []),
-            nulled=schema.field_names(header.get("nulledFields") or []))
+        return ChangeEvent(bytes(consumer.replay_id), schema.schema_id, header, flatten(record),
+                           schema.field_names(header.get("changedFields") or []),
+                           schema.field_names(header.get("nulledFields") or []))
 
     def subscribe(self, topic: str, replay_id: bytes | None, fetch_size: int,
                   wake: threading.Event | None = None) -> "Subscription":

@@ -223,7 +223,7 @@ class Poller:
         for name, obj_poller in list(self.objects.items()):
             if stop.is_set():
                 break
-            if time.monotonic() >= obj_poller.next_due or (woken and obj_poller.pushed):
+            if time.monotonic() >= obj_poller.next_due or (woken and obj_poller.pushed and obj_poller.source.pending()):
                 self._read(name, obj_poller)
         self._export_pace()
         next_due = min((p.next_due for p in self.objects.values()), default=time.monotonic() + self.interval)

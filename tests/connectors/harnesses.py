@@ -57,7 +57,7 @@ class SalesforceHarness:
         return {"Email": "refused@invalid.example"}  # the sandbox's validation rule (FIELD_CUSTOM_VALIDATION_...)
 
     def source_options(self, mode: str) -> dict[str, Any]:
-        """cdc: a read ends after a quiet second (the default 0.3 s is for a poller, which reads again anyway)."""
+        """cdc: a read ends after a quiet second (the default 0.05 s is for a poller, which is woken when events arrive)."""
         return {"settle_seconds": 1.0} if mode == "cdc" else {}
 
 

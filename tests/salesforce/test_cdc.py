@@ -194,3 +194,27 @@ def test_flow_control_and_no_api_call_while_idle(module_sandbox: RunningSandbox)
         cursor = pages[-1].cursor if pages else cursor
     assert sum(client.calls.values()) == calls
     src.close()
+
+
+def test_crmsync_run_reads_the_selected_objects_through_cdc_unless_turned_off(tmp_path) -> None:
+    """What `crmsync run` starts with nothing configured: the local sandbox's account (its kit names the Pub/Sub
+    listener) and the shipped mappings; the poller's change source for each mapped object is the cdc one, and
+    `cdc: false` on the account makes it poll."""
+    from connectors.salesforce.source import SalesforceSource
+    from crmsync import config, connectors, process
+    from crmsync.run import effective_settings, start_sandbox
+
+    sandbox = start_sandbox(tmp_path, log_file=tmp_path / "sandbox.log")
+    try:
+        settings = effective_settings(config.load(environ={"CRMSYNC_STATE_DIR": str(tmp_path)}), sandbox)
+        [(name, account)] = settings.accounts.items()
+        connector = connectors.for_account(account)
+        objects = sorted({m.crm_object for m in settings.mappings})
+        assert objects == ["Account", "Contact", "Opportunity"]
+        client = connector.client(name, account)
+        assert all(isinstance(connector.change_source(client, obj), CdcSource) for obj in objects)
+        off = account.model_copy(update={"cdc": False})
+        polled = connector.client(name, off)
+        assert all(type(connector.change_source(polled, obj)) is SalesforceSource for obj in objects)
+    finally:
+        process.stop(sandbox.process)
