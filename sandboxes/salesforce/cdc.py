@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
+from .encoding import parse_datetime
 from .events import CHANGE_TYPES, EventLayout, StoredEvent, epoch_millis
 from .model import Model, ObjectDef
 
@@ -61,6 +62,7 @@ class _Transaction:
     last: tuple[int, tuple[Any, ...]] | None = None  # (replay id, merge signature) of the latest event
     overflowed: set[str] = field(default_factory=set)
     changes: int = 0  # toward the overflow threshold (a rolled-back record's changes still count: rare, harmless)
+    first_commit_ts: int = 0  # the commit_ts the first event was written with
 
 
 class ChangeLog:
@@ -147,13 +149,10 @@ class ChangeLog:
             self.head = self.last_replay_id()
 
     def _commit(self, tx: _Transaction) -> None:
-        """The transaction's commitTimestamp is when it commits: never before the SystemModstamp of a record it
-        wrote (the store's write clock), even while the sandbox clock is held back."""
-        if not tx.commit_number:
-            return
-        committed = epoch_millis(self.store.clock())
-        if committed > tx.commit_ts:
-            self.conn.execute("UPDATE _cdc_events SET commit_ts = ? WHERE tx_key = ?", (committed, tx.key))
+        """Every event of the transaction carries its commitTimestamp: the newest SystemModstamp it wrote (in
+        Salesforce's own examples commitTimestamp equals the records' LastModifiedDate)."""
+        if tx.commit_number and tx.commit_ts > tx.first_commit_ts:
+            self.conn.execute("UPDATE _cdc_events SET commit_ts = ? WHERE tx_key = ?", (tx.commit_ts, tx.key))
 
     def record(self, obj: ObjectDef, change_type: str, record_id: str, old: Mapping[str, Any] | None,
                new: Mapping[str, Any] | None) -> None:
@@ -169,7 +168,9 @@ class ChangeLog:
         if change_type == "UPDATE" and not changed:
             return
         nulled = [name for name in changed if values.get(name) is None]
-        self._emit(obj, layout, change_type, [record_id], changed, nulled, values)
+        stamp = (new or {}).get("SystemModstamp")  # a delete: the write clock (its stamp was the newest)
+        self._emit(obj, layout, change_type, [record_id], changed, nulled, values,
+                   stamp=epoch_millis(parse_datetime(stamp)) if stamp else None)
 
     def inject_gap(self, object_name: str, change_type: str, record_ids: list[str], user_id: str) -> StoredEvent:
         """Admin lever: emit a GAP_* (or GAP_OVERFLOW) event, header only, as its own transaction."""
@@ -187,12 +188,15 @@ class ChangeLog:
         return event
 
     def _emit(self, obj: ObjectDef, layout: EventLayout, change_type: str, record_ids: list[str],
-              changed: list[str], nulled: list[str], values: dict[str, Any], force: bool = False) -> int:
+              changed: list[str], nulled: list[str], values: dict[str, Any], force: bool = False,
+              stamp: int | None = None) -> int:
         tx = self._tx
         assert tx is not None and change_type in CHANGE_TYPES
         if not tx.commit_number:
-            tx.commit_ts = epoch_millis(self.store.clock())
+            tx.commit_ts = tx.first_commit_ts = stamp or epoch_millis(self.store.clock())
             tx.commit_number = _COMMIT_BASE + self._next_commit()
+        elif stamp and stamp > tx.commit_ts:
+            tx.commit_ts = stamp
         count = self.conn.execute("SELECT count(*) FROM _cdc_events WHERE tx_key = ?", (tx.key,)).fetchone()[0]
         if not force and tx.changes >= self.overflow_limit:
             if obj.name in tx.overflowed:

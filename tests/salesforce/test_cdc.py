@@ -13,6 +13,7 @@ from connectors.salesforce.cdc import CdcSource, choose_mode
 from connectors.salesforce.client import SalesforceClient
 from crmsync.connectors import SourcePage
 from crmsync.envelope import Change
+from crmsync.values import parse_timestamp
 from tests.sandbox_salesforce.conftest import RunningSandbox
 
 from .conftest import FAST_RETRIES, account_for, make_client
@@ -95,6 +96,8 @@ def test_events_become_neutral_changes(module_sandbox: RunningSandbox, started) 
     assert (update.op, update.partial, update.origin) == ("u", True, "crmsync")
     assert set(update.after) == {"Id", "Title", "MailingCity", "LastModifiedDate"}  # changed fields only
     assert update.after["Title"] == "CMO" and update.after["MailingCity"] is None  # nulledFields: None
+    # commitTimestamp is the transaction's LastModifiedDate, as in Salesforce's examples
+    assert parse_timestamp(update.position["ts"]) == parse_timestamp(update.after["LastModifiedDate"])
     assert (other.op, other.origin, set(other.after)) == ("u", None, {"Id", "Department", "LastModifiedDate"})
     for change in (create, update, other):
         replay = change.position["replay"]
