@@ -193,7 +193,10 @@ class SalesforceClient:
         `Sforce-Limit-Info` of the last answer; before any, `/limits` is read once)."""
         found = self.api_usage()
         if found is None and self._daily_limit is None:
-            self._read_limits()
+            try:
+                self._read_limits()
+            except (SalesforceError, requests.RequestException, KeyError) as exc:  # asked again next time
+                log.warning("cannot read the daily API limit of %s: %s", self.account_name, exc)
         if found is None:
             return ApiUsage(sum(self.calls.values()), self._daily_remaining, self._daily_limit, "day")
         return ApiUsage(sum(self.calls.values()), found[1] - found[0], found[1], "day")

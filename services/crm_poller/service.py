@@ -246,6 +246,8 @@ class Poller:
             if not first_read:  # a snapshot is paid once; the budget paces what recurs
                 self.pacer.record_other(spent)
             obj_poller.next_due = time.monotonic() + self.interval
+            if obj_poller.source.pending():  # the read ended with more waiting (it reads at most a few seconds)
+                self.wake.set()
         elif first_read:
             obj_poller.next_due = time.monotonic() + self.interval
         else:
@@ -268,19 +270,22 @@ class Poller:
             INTERVAL.labels(account, name).set(self.pacer.interval(name))
 
     def serve(self, stop: threading.Event) -> None:
-        """Read objects as they fall due until `stop` is set; the wizard's new mirrors are picked up once a
-        cycle. A failed read is logged and retried later (the checkpoint only covers what the broker acked)."""
+        """Read objects as they fall due until `stop` is set; the wizard's new mirrors are looked up every
+        `interval`. A failed read is logged and retried later (the checkpoint only covers what the broker acked)."""
+        mirrors_due = 0.0
         while not stop.is_set():
             progress.tick()
-            try:
-                added = self.follow_mirrors()
-                if added:
-                    log.info("%s: now also reading %s (mirrored by the wizard)", self.client.account_name,
-                             ", ".join(added))
-            except Exception:
-                log.exception("could not look up the mirrored objects of %s", self.client.account_name)
+            if time.monotonic() >= mirrors_due:
+                mirrors_due = time.monotonic() + self.interval
+                try:
+                    added = self.follow_mirrors()
+                    if added:
+                        log.info("%s: now also reading %s (mirrored by the wizard)", self.client.account_name,
+                                 ", ".join(added))
+                except Exception:
+                    log.exception("could not look up the mirrored objects of %s", self.client.account_name)
             wait = self.cycle(stop)
-            self.wake.wait(min(wait, 1.0))  # at least once a second: `stop` and new mirrors
+            self.wake.wait(min(wait, 1.0))  # at least once a second: `stop`
 
     def follow_mirrors(self) -> list[str]:
         """Also poll the objects the wizard mirrors for this account (a wizard run needs no restart)."""
