@@ -387,3 +387,12 @@ def types() -> list[str]:
 
 def for_account(account: AccountBase) -> Connector:
     return connector(account.type)
+
+
+def close_clients(clients: dict[str, Client]) -> None:
+    """Close every client (logging its CRM session off); a failure only leaves a session to time out."""
+    for client in clients.values():
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
