@@ -421,3 +421,12 @@ def for_account(account: AccountBase) -> Connector:
 def source_modes(found: Connector) -> tuple[str, ...]:
     """The change-source modes a connector offers (`Connector.source_modes`; empty: just its one source)."""
     return tuple(getattr(found, "source_modes", ()))
+
+
+def close_clients(clients: dict[str, Client]) -> None:
+    """Close every client (logging its CRM session off); a failure only leaves a session to time out."""
+    for client in clients.values():
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass

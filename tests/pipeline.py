@@ -79,6 +79,11 @@ class CrmWorld:
         checker = DriftChecker(self.settings, self.found, self.clients)
         return all(checker.compare(m).converged for m in self.settings.mappings)
 
+    def summaries(self) -> list[str]:
+        """Each mapping's drift report, for an assertion message."""
+        checker = DriftChecker(self.settings, self.found, self.clients)
+        return [checker.compare(m).summary() for m in self.settings.mappings]
+
 
 def contacts_mapping(crm: str, name: str) -> Mapping:
     """`crm`'s shipped contacts mapping, called `name`, without references to the mappings left out."""

@@ -99,6 +99,7 @@ class MirrorService:
         self.settings, self.endpoints, self.account = settings, endpoints, account
         self.connector = connectors.for_account(settings.accounts[account])
         self.client = client or self.connector.client(account, settings.accounts[account])
+        self.owns_client = client is None  # then closed with the service (its CRM session logged off)
         self.discovery = self.connector.discovery(self.client)
         self.writer = CrmWriter(self.connector, self.connector.sink(self.client), account, endpoints.bootstrap_servers,
                                 endpoints.campaign_dsn, objects=[])
@@ -289,6 +290,8 @@ class MirrorService:
             self.consumer.close()
         self.writer.close()
         self.conn.close()
+        if self.owns_client:
+            self.client.close()
 
 
 def _upsert_sql(table: sql.Identifier, columns: Iterable[str], version: str | None) -> sql.Composed:
