@@ -155,7 +155,15 @@ def pubsub_for(client: SalesforceClient) -> PubSub:
                 raise ValueError(f"account {client.account_name}: no Pub/Sub API endpoint is known for "
                                  f"{client.account.login_url}; set pubsub_endpoint (host:port) or cdc: false")
             found = _pubsubs[client] = PubSub(client, target)
+            client.when_closed(lambda: _close_pubsub(client))
         return found
+
+
+def _close_pubsub(client: SalesforceClient) -> None:
+    with _lock:
+        found = _pubsubs.pop(client, None)
+    if found is not None:
+        found.close()
 
 
 # -- the cursor ----------------------------------------------------------------------------------------------

@@ -129,6 +129,7 @@ class SalesforceClient:
         self._org_id: str | None = None
         self._daily_limit: int | None = None
         self._daily_remaining: int | None = None
+        self._closers: list[Callable[[], None]] = []  # what else holds a connection of this login (Pub/Sub)
 
     # -- the one retry policy ------------------------------------------------------------------------------
     def call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
@@ -233,7 +234,17 @@ class SalesforceClient:
                 "user": f"{user[0]['Name']} ({self.account.username})" if user else self.account.username,
                 "api_version": self.session.api_version}
 
+    def when_closed(self, closer: Callable[[], None]) -> None:
+        """Run `closer` when this client is closed (e.g. the Pub/Sub channel its change sources share)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
+        for closer in self._closers:
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing is best effort; the HTTP session is closed regardless
+                log.debug("closing %s's connections", self.account_name, exc_info=True)
+        self._closers.clear()
         self.http.close()
 
     # -- reads ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from connectors.salesforce.cdc import CdcSource, choose_mode
+from connectors.salesforce.cdc import CdcSource, choose_mode, pubsub_for
 from connectors.salesforce.client import SalesforceClient
 from crmsync.connectors import SourcePage
 from crmsync.envelope import Change
@@ -197,6 +197,23 @@ def test_flow_control_and_no_api_call_while_idle(module_sandbox: RunningSandbox)
         cursor = pages[-1].cursor if pages else cursor
     assert sum(client.calls.values()) == calls
     src.close()
+
+
+def test_closing_the_client_closes_its_pubsub_channel(module_sandbox: RunningSandbox) -> None:
+    """Services close their clients when they stop (CRM sessions logged off): the gRPC channel the client's change
+    sources shared goes with it, and a client made afterwards for the same account gets a channel of its own."""
+    client = cdc_client(module_sandbox, f"close{uuid.uuid4().hex[:6]}")
+    src = source(client)
+    read(src, None)  # subscribed
+    pubsub = pubsub_for(client)
+    assert pubsub.topic("/data/ContactChangeEvent").can_subscribe
+    src.close()
+    client.close()
+    with pytest.raises(ValueError, match="closed channel"):
+        pubsub.topic("/data/ContactChangeEvent")
+    again = cdc_client(module_sandbox, client.account_name)
+    assert pubsub_for(again) is not pubsub and pubsub_for(again).topic("/data/ContactChangeEvent").can_subscribe
+    again.close()
 
 
 def test_crmsync_run_reads_the_selected_objects_through_cdc_unless_turned_off(tmp_path) -> None:
