@@ -41,6 +41,9 @@ from .query import ws_any_of, ws_term
 from .timezone import UserClock
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+# Rate refusals a request waits out before giving up: processes sharing the user's stateless session take turns
+# in its 20 requests a second, so refusals come in runs (each answer says how many ms to wait)
+RATE_REFUSALS = 200
 # WS-Security 1.0 (OASIS): the namespace OOD reads as a stateless request (Enabling Support for Stateless Requests)
 WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
 PASSWORD_TEXT = ("http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
@@ -282,7 +285,7 @@ class WebServices:
         first element of the response Body."""
         envelope = (f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{SOAP_ENV}">'
                     f"{self._header()}<soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>").encode()
-        attempt = refusals = 0
+        attempt = expiries = rate_refusals = 0
         while True:
             session = {} if self.config.ws_stateless else self.session.cookie()
             headers = {**session, "Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
@@ -298,12 +301,15 @@ class WebServices:
             except httpx.HTTPError as exc:
                 self.session.pacer.release()
                 error = TransportError(self.session.scrub(f"{type(exc).__name__}: {exc}"), transient=True)
-            if isinstance(error, (SessionExpired, RateLimited)) and refusals < self.config.max_retries + 3:
-                refusals += 1
-                if isinstance(error, SessionExpired):
-                    self.session.forget()
-                else:
-                    self.session.pacer.rate_limited(error.retry_after)
+            if isinstance(error, SessionExpired) and expiries < self.config.max_retries + 3:
+                expiries += 1
+                self.session.forget()
+                continue
+            if isinstance(error, RateLimited) and rate_refusals < RATE_REFUSALS:
+                # a refused request did nothing: wait as told, plus a little so processes sharing the stateless
+                # session do not all come back at the same instant
+                rate_refusals += 1
+                self.session.pacer.rate_limited((error.retry_after or 0.05) + random.random() * 0.05 * rate_refusals)
                 continue
             if not error.retryable or attempt >= self.config.max_retries:
                 raise error
