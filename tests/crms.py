@@ -52,6 +52,11 @@ class CrmUnderTest:
     client: Client
     profile: Profile
 
+    def field(self, campaign_column: str) -> str:
+        """The CRM field the connector's shipped contacts mapping puts a recipients column in."""
+        mapping = next(m for m in self.connector.default_mappings("any") if m["campaign_table"] == "recipients")
+        return next(f["crm"] for f in mapping["fields"] if f["campaign"] == campaign_column)
+
     def account_add_args(self, name: str) -> tuple[list[str], dict[str, str]]:
         """`crmsync account add NAME …` arguments for this sandbox, and the environment carrying its secrets."""
         model = self.connector.account_model
