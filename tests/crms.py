@@ -24,6 +24,7 @@ class Profile:
     picklist_value: tuple[str, str]  # (value as the API writes it, its label) of that picklist
     multi_select: tuple[str, str] | None  # (contact field, its enumeration) when the CRM has one
     skipped: tuple[str, str] | None = None  # (field, CRM type) the wizard cannot mirror, when the CRM has one
+    refuses_malformed_ids: bool = True  # a delete by an id no record can have is refused (False: "already gone")
 
     def key_of(self, table: str) -> str:
         return self.key.format(table=table)
@@ -37,7 +38,8 @@ PROFILES: dict[str, Profile] = {
                         ("account", "industrycode", "industrycode"), ("16", "Financial"),
                         ("crmsync_interests", "contact_crmsync_interests")),
     "oracle": Profile(("Account", "Contact"), "Id", "ContactLastName", "ContactEmail",
-                      ("Contact", "ContactType", "Contact_ContactType"), ("Customer", "Customer"), None),
+                      ("Contact", "ContactType", "Contact_ContactType"), ("Customer", "Customer"), None,
+                      refuses_malformed_ids=False),  # OOD row ids have no fixed form: a delete of one not there is done
 }
 
 
