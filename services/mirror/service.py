@@ -107,7 +107,7 @@ class MirrorService:
         self.owns_client = client is None  # then closed with the service (its CRM session logged off)
         self.discovery = self.connector.discovery(self.client)
         self.writer = CrmWriter(self.connector, self.connector.sink(self.client), account, endpoints.bootstrap_servers,
-                                endpoints.campaign_dsn, objects=[])
+                                endpoints.campaign_dsn, objects=[], client=self.client)
         self.conn = pg.connect(endpoints.campaign_dsn, application=f"crmsync-mirror-{account}")
         self.schema_reload_seconds = schema_reload_seconds
         self.formula_refresh_seconds = (settings.campaign.formula_refresh_seconds
