@@ -5,7 +5,6 @@ multi-select included where the CRM has one, no ping-pong), a delete in the CRM 
 is refused into the rejects."""
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import Any, Iterator
@@ -13,13 +12,10 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 
-from crmsync import config, infra
 from crmsync.envelope import ApplyCommand
-from services.capture.service import CaptureService
-from services.crm_poller import service as poller
-from services.mirror.service import MirrorService
 from tests.crms import CrmUnderTest, start_crm
 from tests.waiting import wait_for
+from tests.wizard.mirror_services import mirror_services
 
 
 @pytest.fixture(scope="module", params=["dynamics", "oracle"])
@@ -55,31 +51,10 @@ def running(cli, crm: CrmUnderTest, campaign_db, endpoints) -> Iterator[dict]:
     args, env = crm.account_add_args(name)
     cli(*args, env=env)
     cli("wizard", name, "--tables", contacts, "--yes")
-    settings = config.Settings.model_validate({
-        "accounts": {name: crm.running.account}, "mappings": [],
-        "campaign": {"name": name, "slot_name": f"slot_{name}", "publication": f"pub_{name}",
-                     "capture_tables": ["recipients"], "snapshot": "never", "formula_refresh_seconds": 0}})
-    found = infra.Endpoints(endpoints.bootstrap_servers, dsn)
-    stop = threading.Event()
-    capture = CaptureService(settings, found.bootstrap_servers, dsn)
-    mirror = MirrorService(settings, found, name, schema_reload_seconds=1)
-    threads = [threading.Thread(target=capture.run, daemon=True),
-               threading.Thread(target=poller.run, args=(settings, found, name, [], 1.0), kwargs={"stop": stop},
-                                daemon=True),
-               threading.Thread(target=mirror.run, args=(stop,), daemon=True)]
-    for thread in threads:
-        thread.start()
     namespace = crm.connector.discovery(crm.client).namespace
-    try:
+    with mirror_services(name, crm.running.account, endpoints, dsn, poll_seconds=1.0):
         yield {"dsn": dsn, "table": f"{namespace}_{name}.{contacts.lower()}",
                "key": crm.profile.key_of(contacts).lower()}
-    finally:
-        stop.set()
-        capture.stop()
-        for thread in threads:
-            thread.join(60)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (f"slot_{name}",))
 
 
 def test_mirror_follows_the_crm_and_sends_sql_edits_back(running, crm: CrmUnderTest) -> None:
