@@ -33,7 +33,7 @@ from confluent_kafka import Producer
 from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 
-from crmsync import connectors, kafka, names, pg, topics
+from crmsync import api_budget, connectors, kafka, names, pg, topics
 from crmsync.config import Settings
 from crmsync.connectors import ChangeSource, Client, Connector
 from crmsync.envelope import Change
@@ -169,7 +169,10 @@ class Poller:
     options: dict[str, Any] = field(default_factory=dict)
 
     def poll_once(self) -> dict[str, PollResult]:
-        return {name: poller.poll_once() for name, poller in self.objects.items()}
+        try:
+            return {name: poller.poll_once() for name, poller in self.objects.items()}
+        finally:  # the budget the CRM reported, even after a failed cycle (e.g. the budget ran out)
+            api_budget.report(self.client.account_name, self.client.usage())
 
     def add(self, obj: str) -> ObjectPoller:
         source = self.connector.change_source(self.client, obj, **self.options)
