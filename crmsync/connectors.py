@@ -142,11 +142,15 @@ class TableInfo:
 
 @dataclass
 class TableSpec:
+    """One CRM table as the wizard mirrors it. `key` is its primary key field as the API names it in records (the
+    mirror table's primary key; every connector states it — CRMs differ: `Id`, `<table>id`, …)."""
+
     name: str
     label: str
     fields: list[FieldSpec]
     enumerations: list[Enumeration] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (field, CRM type) not mirrored
+    key: str = field(kw_only=True)
 
 
 class Discovery(Protocol):

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
 import requests
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from simple_salesforce import Salesforce
 from simple_salesforce.bulk2 import JobState, Operation, ResultsType, _Bulk2Client
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
@@ -39,6 +39,8 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_a
 
 from connectors.salesforce.account import SalesforceAccount
 from crmsync.config import Settings
+from crmsync import api_budget
+from crmsync.api_budget import API_CALLS
 from crmsync.connectors import ApiUsage
 from crmsync.retry import RetryPolicy
 from connectors.salesforce import auth
@@ -49,10 +51,6 @@ T = TypeVar("T")
 COLLECTION_LIMIT = 200  # records per sObject Collections call (a Salesforce limit)
 MAX_QUERY_BATCH = 2000
 
-API_CALLS = Counter("crmsync_crm_api_calls_total", "CRM API requests sent (every attempt counts)",
-                    ["account", "kind"])
-API_USAGE = Gauge("crmsync_crm_api_usage", "Daily API requests used, as the CRM last reported", ["account"])
-API_LIMIT = Gauge("crmsync_crm_api_limit", "Daily API request limit, as the CRM last reported", ["account"])
 API_RETRIES = Counter("crmsync_crm_api_retries_total", "CRM API requests retried, by reason", ["account", "reason"])
 
 
@@ -179,10 +177,7 @@ class SalesforceClient:
         self.logins += 1
 
     def _record_usage(self) -> None:
-        usage = self.sf.api_usage.get("api-usage")
-        if usage is not None:
-            API_USAGE.labels(self.account_name).set(usage.used)
-            API_LIMIT.labels(self.account_name).set(usage.total)
+        api_budget.report(self.account_name, self._known_usage())  # never a call of its own (this runs in call())
 
     def api_usage(self) -> tuple[int, int] | None:
         """(used, limit) of the org's daily API requests, from the last `Sforce-Limit-Info` header seen."""
@@ -192,12 +187,15 @@ class SalesforceClient:
     def usage(self) -> ApiUsage:
         """crmsync.connectors.Client: calls this process made, and the org's daily budget as last reported (the
         `Sforce-Limit-Info` of the last answer; before any, `/limits` is read once)."""
-        found = self.api_usage()
-        if found is None and self._daily_limit is None:
+        if self.api_usage() is None and self._daily_limit is None:
             try:
                 self._read_limits()
             except (SalesforceError, requests.RequestException, KeyError) as exc:  # asked again next time
                 log.warning("cannot read the daily API limit of %s: %s", self.account_name, exc)
+        return self._known_usage()
+
+    def _known_usage(self) -> ApiUsage:
+        found = self.api_usage()
         if found is None:
             return ApiUsage(sum(self.calls.values()), self._daily_remaining, self._daily_limit, "day")
         return ApiUsage(sum(self.calls.values()), found[1] - found[0], found[1], "day")

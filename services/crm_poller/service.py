@@ -40,7 +40,7 @@ from confluent_kafka import Producer
 from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 
-from crmsync import connectors, kafka, names, pg, topics
+from crmsync import api_budget, connectors, kafka, names, pg, topics
 from crmsync.config import Settings
 from crmsync.connectors import ChangeSource, Client, Connector, PushSource
 from crmsync.envelope import Change
@@ -198,7 +198,10 @@ class Poller:
         self.pacer = self.pacer or Pacer(self.interval)
 
     def poll_once(self) -> dict[str, PollResult]:
-        return {name: poller.poll_once() for name, poller in self.objects.items()}
+        try:
+            return {name: poller.poll_once() for name, poller in self.objects.items()}
+        finally:  # the budget the CRM reported, even after a failed cycle (e.g. the budget ran out)
+            api_budget.report(self.client.account_name, self.client.usage())
 
     def add(self, obj: str) -> ObjectPoller:
         source = self.connector.change_source(self.client, obj, **self.options)
@@ -254,12 +257,14 @@ class Poller:
             obj_poller.next_due = time.monotonic() + self.pacer.record_poll(name, spent, found)
 
     def _refresh_budget(self) -> None:
-        """The budget may become known (the CRM reports its limit with its answers) or change."""
+        """The budget may become known (the CRM reports its limit with its answers) or change; published for the
+        dashboard whatever the CRM (crmsync/api_budget.py)."""
         try:
             usage = self.client.usage()
         except Exception:  # noqa: BLE001 - a failed /limits read: keep the budget we had
             log.warning("could not read the API usage of %s", self.client.account_name, exc_info=True)
             return
+        api_budget.report(self.client.account_name, usage)
         self.pacer.set_budget(daily_budget(self.settings.accounts[self.client.account_name], usage))
 
     def _export_pace(self) -> None:

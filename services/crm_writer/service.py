@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterable, Sequence
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter
 
-from crmsync import connectors, kafka, names, pg, topics
+from crmsync import api_budget, connectors, kafka, names, pg, topics
 from crmsync import rejects as crm_rejects
 from crmsync.config import Settings
-from crmsync.connectors import Connector, Sink, SinkOutcome
+from crmsync.connectors import Client, Connector, Sink, SinkOutcome
 from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
 from crmsync.observability import observe_freshness, progress
@@ -78,9 +78,10 @@ class CrmWriter:
     def __init__(self, connector: Connector, sink: Sink, account_name: str, bootstrap_servers: str, dsn: str, *,
                  objects: Iterable[str] | None = None, options: WriterOptions | None = None,
                  on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1,
-                 owned_client: Any = None) -> None:
+                 owned_client: Any = None, client: Client | None = None) -> None:
         self.connector = connector
         self.owned_client = owned_client  # closed with the writer (its CRM session logged off)
+        self.client = client or owned_client  # the sink's client: its API budget is published after each batch
         self.crm = connector.type
         self.sink = sink
         self.account_name = account_name
@@ -208,7 +209,11 @@ class CrmWriter:
     def process(self, commands: Sequence[ApplyCommand], extra_rejects: Sequence[Reject] = (),
                 refused: Sequence[SinkOutcome] = ()) -> BatchResult:
         """Apply `commands` through the sink and make every outcome durable. Offsets are the caller's business."""
-        outcomes = [*refused, *(self.sink.apply(list(commands)) if commands else [])]
+        try:
+            outcomes = [*refused, *(self.sink.apply(list(commands)) if commands else [])]
+        finally:
+            if commands and self.client is not None:
+                api_budget.report(self.account_name, self.client.usage())
         return self._settle(outcomes, list(extra_rejects))
 
     # -- making outcomes durable ---------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def build(settings: Settings, endpoints: Endpoints, account_name: str, *, client
     pg.migrate(endpoints.campaign_dsn)
     return CrmWriter(connector, sink, account_name, endpoints.bootstrap_servers, endpoints.campaign_dsn,
                      objects=objects, options=options, on_applied=on_applied, partitions=settings.kafka.partitions,
-                     replication_factor=settings.kafka.replication_factor, owned_client=owned)
+                     replication_factor=settings.kafka.replication_factor, owned_client=owned, client=client)
 
 
 def run(settings: Settings, endpoints: Endpoints, account_name: str, stop: threading.Event | None = None,
