@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/campaign_writer.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/cdc.py
+	$(BIN)/python bench/crms.py
 
 clean:
 	-$(BIN)/crmsync infra down
