@@ -111,11 +111,13 @@ class World:
 
 
 @contextmanager
-def world(root: Path, name: str, contacts: int, console: Console, *, mappings: list[str] | None = (MAPPING,),
-          recipients: int = 0, workers: int = 1) -> Iterator[World]:
+def world(root: Path, name: str, contacts: int, console: Console, *, account: dict | None = None,
+          mappings: list[str] | tuple[str, ...] | None = (MAPPING,), recipients: int = 0,
+          workers: int = 1) -> Iterator[World]:
     """A broker, a PostgreSQL, a sandbox seeded with `contacts` (and contacts/5 accounts), Campaign seeded with
     `recipients` (and their organisations and purchases), and the services of `mappings` (None: the shipped
-    mappings) ready to start as `workers` processes each."""
+    mappings) ready to start as `workers` processes each. `account`: settings of the sandbox account to change
+    (e.g. {"cdc": False})."""
     state = root / name
     base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
     found = infra.up(base)
@@ -127,6 +129,9 @@ def world(root: Path, name: str, contacts: int, console: Console, *, mappings: l
         effective = effective_settings(base, sandbox)
         if mappings is not None:
             effective = only_mappings(effective, list(mappings))
+        if account:
+            accounts = {SANDBOX_ACCOUNT: effective.accounts[SANDBOX_ACCOUNT].model_copy(update=account)}
+            effective = effective.model_copy(update={"accounts": accounts})
         if recipients:
             console.print(f"[{name}] seeding Campaign with {recipients:,} recipients …")
             seed_campaign(found.campaign_dsn, recipients)

@@ -15,8 +15,9 @@ retries them, and a record the other side refused must not look "gone" (that wou
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import psycopg
 from psycopg import sql
@@ -239,8 +240,20 @@ def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:
 
 
 def clients_for(settings: Settings) -> dict[str, Any]:
-    """One logged-in client per account, each from its own connector."""
+    """One logged-in client per account, each from its own connector. The caller closes them (`open_clients`)."""
     return {name: connectors.for_account(account).client(name, account) for name, account in settings.accounts.items()}
+
+
+@contextmanager
+def open_clients(settings: Settings) -> Iterator[dict[str, Any]]:
+    """`clients_for`, each client closed on the way out. Closing logs the CRM session off: some CRMs cap the
+    sessions a company may hold at once (Oracle CRM On Demand: 10), and sessions left open until they time out
+    lock the services out of signing in."""
+    clients = clients_for(settings)
+    try:
+        yield clients
+    finally:
+        connectors.close_clients(clients)
 
 
 def _words(value: Any) -> Any:

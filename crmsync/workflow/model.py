@@ -136,7 +136,7 @@ class CrmActivity(_Activity):
     mapping: list[ExportField] = Field(default_factory=list)
     key: str = "id"  # Campaign key column: sent as the external id, journal key
     crm_id: str = "crm_id"  # column holding the CRM id: update when set, insert otherwise
-    external_id: str = "Campaign_Key__c"
+    external_id: str | None = None  # CRM field holding the Campaign key; default: the connector's
     write_back: str | None = None  # Campaign table whose rows get the new CRM ids (crm_account, crm_id)
     batch: bool = False  # Bulk API 2.0 instead of sObject Collections
     batch_size: int = Field(200, ge=1, le=200)
