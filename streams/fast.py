@@ -14,8 +14,8 @@ MappingBatch (streams/reconcile.py) collapse to a few lines:
 They are recognised here from what the batch already loaded in a few set-based statements (the links of the
 whole batch, its match candidates, the keys allocated for it, its duplicates' twins, its parents: one
 statement each, MappingBatch.run), and decided without the per-record machinery's detours; a record with
-more than one change in the batch, and every other case (a match by email, a conflict, a delete, a change
-that waits), goes to the per-record path unchanged. The state of the whole batch, fast and per-record, is
+more than one change in the batch, and every other case (a match by email, a conflict, a delete, a partial
+change, a change that waits), goes to the per-record path unchanged. The state of the whole batch, fast and per-record, is
 written by one statement per kind (MappingBatch._save_links).
 
 Invariant (tests/streams/test_fast_path.py compares both ways on randomized batches): the decisions — apply
@@ -53,8 +53,8 @@ class FastPath:
         return [c for c in changes if once[_record(c)] > 1 or not self._decided(c)]
 
     def _decided(self, change: Change) -> bool:
-        if change.op == "d" or not self.b._in_filter(change):
-            return False
+        if change.op == "d" or change.partial or not self.b._in_filter(change):
+            return False  # deletes and partial changes (only the touched fields: never a new record) per record
         link = self.b._find_link_quietly(change)
         if link is None:
             case = "new CRM record" if change.side == "crm" else "new Campaign row"

@@ -24,7 +24,7 @@ from tests.throughput.conftest import running_capture
 from tests.waiting import wait_for
 
 ENVELOPE_FIELDS = {"id", "side", "source", "object", "op", "key", "after", "position", "source_ts", "captured_ts",
-                   "before", "origin", "v"}
+                   "before", "origin", "partial", "v"}
 RECORDS = 600
 
 
