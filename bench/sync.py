@@ -272,18 +272,18 @@ def wait_linked(w: World, n: int, console: Console) -> float:
 
 
 def _all_lag(w: World) -> tuple[int, int]:
-    """(messages produced, messages not yet consumed) over every change and apply topic of the mapping."""
-    s, m = w.settings, w.settings.mappings[0]
-    campaign = s.campaign.name
-    groups = {
-        STREAMS_GROUP: [topics.changes("crm", m.account, m.crm_object),
-                        topics.changes("campaign", campaign, m.campaign_table)],
-        f"crmsync-writer-campaign-{campaign}": [topics.apply("campaign", campaign, m.campaign_table)],
-        f"crmsync-writer-crm-{m.account}": [topics.apply("crm", m.account, m.crm_object)],
-    }
+    """(messages produced, messages not yet consumed) over every change and apply topic of the mappings."""
+    s, campaign = w.settings, w.settings.campaign.name
+    groups: dict[str, set[str]] = {}
+    for m in s.mappings:
+        groups.setdefault(STREAMS_GROUP, set()).update({topics.changes("crm", m.account, m.crm_object),
+                                                        topics.changes("campaign", campaign, m.campaign_table)})
+        groups.setdefault(f"crmsync-writer-campaign-{campaign}", set()).add(
+            topics.apply("campaign", campaign, m.campaign_table))
+        groups.setdefault(f"crmsync-writer-crm-{m.account}", set()).add(topics.apply("crm", m.account, m.crm_object))
     produced = behind = 0
     for group, names in groups.items():
-        p, b = lag.total(lag.group_lag(w.found.bootstrap_servers, group, names))
+        p, b = lag.total(lag.group_lag(w.found.bootstrap_servers, group, sorted(names)))
         produced, behind = produced + p, behind + b
     return produced, behind
 
@@ -337,6 +337,55 @@ def first_seen(found: infra.Endpoints, topic: str, extract: Callable[[bytes], li
     finally:
         reader.close()
     return seen
+
+
+def census(found: infra.Endpoints) -> list[dict]:
+    """Every crmsync topic read from the beginning: messages, distinct keys, and for change topics the ops,
+    the messages that repeat a change id already seen (the same record version published twice) and those
+    the streams will take for an echo (`origin` set)."""
+    reader = Consumer({"bootstrap.servers": found.bootstrap_servers, "group.id": f"crmsync-bench-{uuid.uuid4().hex}",
+                       "enable.auto.commit": False, "enable.partition.eof": True})
+    rows = []
+    try:
+        names = sorted(t for t in reader.list_topics(timeout=10).topics if t.startswith(topics.PREFIX + "."))
+        for topic in names:
+            meta = reader.list_topics(topic, timeout=10).topics[topic]
+            reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+            open_partitions, keys, ids = set(meta.partitions), set(), set()
+            row = {"topic": topic, "messages": 0, "repeated": 0, "echo": 0, "ops": {}}
+            deadline = time.monotonic() + 300
+            while open_partitions and time.monotonic() < deadline:
+                for message in reader.consume(5000, 1.0):
+                    if message.error() is not None:
+                        if message.error().code() == KafkaError._PARTITION_EOF:
+                            open_partitions.discard(message.partition())
+                        continue
+                    row["messages"] += 1
+                    keys.add(message.key())
+                    if topics.parse(topic)["kind"] == "changes":
+                        payload = json.loads(message.value())
+                        row["repeated"] += payload["id"] in ids
+                        ids.add(payload["id"])
+                        row["echo"] += bool(payload.get("origin"))
+                        row["ops"][payload["op"]] = row["ops"].get(payload["op"], 0) + 1
+            reader.unassign()
+            row["keys"] = len(keys)
+            rows.append(row)
+    finally:
+        reader.close()
+    return rows
+
+
+def print_census(rows: list[dict], console: Console) -> None:
+    table = Table(title="Messages per topic (read back from the beginning)")
+    for column in ("topic", "messages", "distinct keys", "per key", "same change id again", "origin set", "ops"):
+        table.add_column(column, justify="right" if column != "topic" else "left")
+    for row in rows:
+        table.add_row(row["topic"], f"{row['messages']:,}", f"{row['keys']:,}",
+                      f"{row['messages'] / max(1, row['keys']):.2f}", f"{row['repeated']:,}", f"{row['echo']:,}",
+                      " ".join(f"{op}={n:,}" for op, n in sorted(row["ops"].items())))
+    table.add_row("total", f"{sum(r['messages'] for r in rows):,}", "", "", "", "", "")
+    console.print(table)
 
 
 def _changes(field_name: str) -> Callable[[bytes], list[tuple[str, float]]]:
@@ -653,7 +702,10 @@ def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False) 
         timeline.stop()  # before the broker goes down
         after = w.sandbox.stats()
         total = sum(arrived.values())
-    return {"timeline": timeline.rows, "direction": "Campaign → CRM", "n": n, "records": expected, "linked": total,
+        console.print("[export] waiting for the echoes to settle, then counting every topic's messages …")
+        wait_quiet(w, console)
+        messages = census(w.found)
+    return {"timeline": timeline.rows, "census": messages, "direction": "Campaign → CRM", "n": n, "records": expected, "linked": total,
             "seconds": seconds,
             "rate": _rate(total, seconds), "workers": 1, "cpu": monitor.cpu_seconds(), "peak_rss": monitor.peak,
             "restarts": dict(w.supervisor.restarts), "arrived": arrived,
@@ -907,6 +959,8 @@ def report(results: dict, console: Console) -> None:
     for key in ("import", "export"):
         if results.get(key, {}).get("timeline"):
             print_timeline(results[key]["timeline"], console)
+        if results.get(key, {}).get("census"):
+            print_census(results[key]["census"], console)
     if "workers" in results:
         runs = results["workers"]
         table = Table(title="Scale-out: CRM → Campaign backfill with 1 and 2 workers (streams and writers)")
