@@ -10,8 +10,7 @@ re-decides the same commands (or finds them decided: stale changes are skipped).
 
 faust-streaming hosts the worker (the design card's stream processor): `crmsync service streams` runs a faust
 worker — process lifecycle, signals, logging, timers — whose app starts the hot path as a service of its own
-(`HotPath`: StreamsWorker's take-decide-commit loop in a thread) and republishes deferred changes on a faust
-timer. The hot path does not go through faust agents: an agent costs Python work per event (its stream, its
+(`HotPath`: StreamsWorker's take-decide-commit loop in a thread). The hot path does not go through faust agents: an agent costs Python work per event (its stream, its
 acking, aiokafka's decoding) — measured ~3,700 events/s per worker, below every other stage — while librdkafka
 fetches and decompresses in C and hands over a whole take in one call. The faust app opens no Kafka client of
 its own (`HostApp`: `producer_only`, producer off): it joins no consumer group, so it cannot mix its assignor
@@ -23,6 +22,13 @@ Scaling out = more partitions and more `crmsync service streams` workers in the 
 `crmsync run --workers N`). A record's changes are keyed by the record, so they are on one partition, which one
 worker owns at a time; offsets are committed between takes (a revocation finds nothing in flight); the two sides
 of one record meet only in the database, where the rows are locked in a stable order.
+
+Deferred changes (a parent not in the CRM yet, the CRM's first read not decided yet, an echo ahead of its link)
+wait in ``crmsync.deferred_changes`` with the partition they were consumed from. Between takes, the worker that
+owns that partition decides the due ones again, straight from the table, in the same kind of transaction as a
+take (deleted when decided, parked again with a longer wait otherwise). They are never published again on the
+change topic: a subscriber reads each record version once, and a deferral costs no message. (Rows parked before
+the partition was recorded are put back on their topic once by a faust timer, `republish_unowned`.)
 """
 from __future__ import annotations
 
@@ -58,7 +64,8 @@ APP_ID = names.STREAMS_GROUP
 TAKE = 5000  # change messages consumed at once
 TAKE_WITHIN = 0.1  # seconds a take waits to fill (the latency a trickle of changes pays)
 MAX_CHANGES_PER_TRANSACTION = 5000
-REPUBLISH_EVERY = 2.0  # seconds between looks at crmsync.deferred_changes
+DEFERRED_EVERY = 1.0  # seconds between two looks of the hot path at the due deferred changes it owns
+REPUBLISH_EVERY = 2.0  # seconds between looks at deferred changes parked without their partition
 PREFETCH_KBYTES = 16384  # librdkafka's fetch queue per consumer (its 64 MB default made the worker's RSS grow)
 LOCK_RETRIES = 5  # a batch that lost a deadlock is decided again, in place, this many times
 ENUM_MAPS_MAX_AGE = 30.0  # seconds before the enumeration maps (`crmsync enums sync`) are read again
@@ -114,14 +121,15 @@ class BatchHandler:
                                      enums=StoredEnumerations(found.campaign_dsn, max_age=ENUM_MAPS_MAX_AGE),
                                      crm_ready=CrmReadiness(self.conn, found.bootstrap_servers))
 
-    def handle(self, changes: list[Change]) -> Decisions:
+    def handle(self, changes: list[Change], partitions: dict[str, int] | None = None) -> Decisions:
         """Decide `changes` in one transaction (the agent hands them over in slices of about
-        MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages). A deadlock or
+        MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages). `partitions`: the
+        change topic partition each change (by id) was consumed from, kept with the changes it defers. A deadlock or
         serialization failure is retried here, from scratch: nothing is published before the database work is
         done, so a rolled-back attempt has told nobody anything."""
         for attempt in range(1, LOCK_RETRIES + 1):
             try:
-                return self._decide_and_publish(changes)
+                return self._decide_and_publish(changes, partitions or {})
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
                     psycopg.errors.LockNotAvailable) as exc:
                 if attempt == LOCK_RETRIES:
@@ -132,13 +140,13 @@ class BatchHandler:
                 time.sleep(random.uniform(0.05, 0.25) * attempt)
         raise AssertionError("unreachable")
 
-    def _decide_and_publish(self, changes: list[Change]) -> Decisions:
+    def _decide_and_publish(self, changes: list[Change], partitions: dict[str, int]) -> Decisions:
         with BATCH_SECONDS.labels(self.side).time(), self.conn.transaction():
             outcome = self.reconciler.process(self.conn, changes)
             found = [*self._duplicate_rejects(outcome), *self._invalid_value_rejects(outcome)]
             rejects.record_many(self.conn, [entry for entry in found])
             save_conflicts(self.conn, outcome.conflicts)
-            self._defer(outcome)
+            self._defer(outcome, partitions)
             self._forget_deferred(changes, outcome)
             # last step before the commit: the writers may apply these commands from now on, and an echo of
             # them must find this batch's state committed (or it waits in deferred_changes)
@@ -202,31 +210,58 @@ class BatchHandler:
             found.append(rejects.Entry(reject, None, "abandoned", None))
         return found
 
-    def _defer(self, outcome: Decisions) -> None:
-        """Changes that must wait are parked in the database and re-published later (never dropped)."""
+    def _defer(self, outcome: Decisions, partitions: dict[str, int]) -> None:
+        """Changes that must wait are parked in the database with their partition, and decided again later by
+        the partition's owner (never dropped, never published again)."""
         if not outcome.deferred:
             return
         rows = {item.change.id: {"id": item.change.id,
                                  "topic": topics.changes(item.change.side, item.change.source, item.change.object),
+                                 "kafka_partition": partitions.get(item.change.id),
                                  "message_key": item.change.kafka_key().hex(), "payload": item.change.to_json().hex(),
                                  "reason": item.reason} for item in outcome.deferred}
         self.conn.execute(
-            """INSERT INTO crmsync.deferred_changes (id, topic, message_key, payload, reason, next_retry_at)
-               SELECT x.id, x.topic, decode(x.message_key, 'hex'), decode(x.payload, 'hex'), x.reason,
-                      now() + interval '2 seconds'
-               FROM jsonb_to_recordset(%s::jsonb) AS x(id text, topic text, message_key text, payload text, reason text)
+            """INSERT INTO crmsync.deferred_changes (id, topic, kafka_partition, message_key, payload, reason,
+                                                     next_retry_at)
+               SELECT x.id, x.topic, x.kafka_partition, decode(x.message_key, 'hex'), decode(x.payload, 'hex'),
+                      x.reason, now() + interval '2 seconds'
+               FROM jsonb_to_recordset(%s::jsonb)
+                    AS x(id text, topic text, kafka_partition int, message_key text, payload text, reason text)
                ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, reason = excluded.reason,
+                   kafka_partition = coalesce(excluded.kafka_partition, crmsync.deferred_changes.kafka_partition),
                    attempts = crmsync.deferred_changes.attempts + 1,
                    next_retry_at = now() + least(interval '10 seconds',
                        interval '2 seconds' * power(2, crmsync.deferred_changes.attempts + 1))""",
             (dumps(list(rows.values())).decode(),))
 
-    def republish_due(self, limit: int = 5000) -> int:
-        """Put due deferred changes back on their topic; delete them only once the broker has them."""
+    def decide_due_deferred(self, owned: list[tuple[str, int]], limit: int = MAX_CHANGES_PER_TRANSACTION) -> int:
+        """Decide again the due deferred changes of the partitions this worker owns (`owned`: this side's
+        (topic, partition) pairs of the consumer's assignment). Returns how many were looked at."""
+        if not owned:
+            return 0
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                """SELECT d.kafka_partition, d.payload FROM crmsync.deferred_changes d
+                   JOIN unnest(%s::text[], %s::int[]) AS owned(topic, kafka_partition) USING (topic, kafka_partition)
+                   WHERE d.next_retry_at <= now() ORDER BY d.next_retry_at LIMIT %s""",
+                ([t for t, _ in owned], [p for _, p in owned], limit)).fetchall()
+        changes, partitions = [], {}
+        for partition, payload in rows:
+            for change in changes_from_message(bytes(payload)):
+                changes.append(change)
+                partitions[change.id] = partition
+        if changes:
+            self.handle(changes, partitions)
+        return len(rows)
+
+    def republish_unowned(self, limit: int = 5000) -> int:
+        """Put due deferred changes parked without their partition (before it was recorded) back on their topic,
+        once; delete them only once the broker has them. They come back with their partition."""
         with self.conn.transaction():
             rows = self.conn.execute(
                 """SELECT id, topic, message_key, payload FROM crmsync.deferred_changes
-                   WHERE next_retry_at <= now() ORDER BY next_retry_at LIMIT %s FOR UPDATE SKIP LOCKED""",
+                   WHERE kafka_partition IS NULL AND next_retry_at <= now() ORDER BY next_retry_at LIMIT %s
+                   FOR UPDATE SKIP LOCKED""",
                 (limit,)).fetchall()
             for _id, topic, key, payload in rows:
                 kafka.produce(self.producer, self.tracker, topic, bytes(payload), bytes(key) if key else None)
@@ -253,13 +288,17 @@ def _record_name(change: Change) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(change.key.items()))
 
 
-def decoded_in_slices(messages: list[Message], limit: int, unreadable: list[Reject]) -> Iterator[list[Change]]:
-    """The changes of a take, a slice of about `limit` changes at a time (bounded memory and lock time). A
-    message that is not a change envelope becomes a reject in `unreadable` (it must never stop the stream)."""
+def decoded_in_slices(messages: list[Message], limit: int, unreadable: list[Reject],
+                      partitions: dict[str, int]) -> Iterator[list[Change]]:
+    """The changes of a take, a slice of about `limit` changes at a time (bounded memory and lock time); the
+    partition of each change (by id) into `partitions`. A message that is not a change envelope becomes a reject
+    in `unreadable` (it must never stop the stream)."""
     changes: list[Change] = []
     for message in messages:
         try:
-            changes.extend(changes_from_message(message.value()))
+            for change in changes_from_message(message.value()):
+                changes.append(change)
+                partitions[change.id] = message.partition()
         except (ValueError, TypeError) as exc:
             unreadable.append(_unreadable(message, exc))
         if len(changes) >= limit:
@@ -307,6 +346,7 @@ class StreamsWorker:
         self.handlers = {side: BatchHandler(settings, found, side) for side in ("crm", "campaign")}
         self.sides = ThreadPoolExecutor(2, thread_name_prefix="streams")
         self.consumer: Consumer | None = None
+        self.deferred_due = 0.0  # time.monotonic() of the next look at the due deferred changes
 
     def run(self) -> None:
         """Take, decide, commit — until `stop`; a failed take is taken again from the committed offsets."""
@@ -315,6 +355,7 @@ class StreamsWorker:
             while not self.stop.is_set():
                 try:
                     self.run_once()
+                    self.decide_deferred()
                     backoff = 1.0
                 except Exception:
                     log.exception("a take of changes failed; it is taken again from the committed offsets")
@@ -338,6 +379,25 @@ class StreamsWorker:
         self.consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)
         return len(messages)
 
+    def decide_deferred(self) -> None:
+        """Between takes, at most every DEFERRED_EVERY seconds: the due deferred changes of the partitions this
+        worker owns now (they cannot be decided by another worker meanwhile: it does not own them), both sides
+        in parallel."""
+        if self.consumer is None or time.monotonic() < self.deferred_due:
+            return
+        self.deferred_due = time.monotonic() + DEFERRED_EVERY
+        owned: dict[str, list[tuple[str, int]]] = {}
+        for tp in self.consumer.assignment():
+            owned.setdefault(_side_of(tp.topic), []).append((tp.topic, tp.partition))
+        started = time.time()
+        futures = {side: self.sides.submit(self.handlers[side].decide_due_deferred, pairs)
+                   for side, pairs in owned.items()}
+        looked_at = sum(future.result() for future in futures.values())
+        if looked_at and log.isEnabledFor(logging.DEBUG):  # as a take's line: tests/streams/test_scale_out.py
+            log.debug("decided %s", dumps({
+                "partitions": {f"{t}:{p}": ["deferred"] for pairs in owned.values() for t, p in pairs},
+                "started": started, "finished": time.time()}).decode())
+
     def decide(self, messages: list[Message]) -> None:
         """Both sides of a take, in parallel; raises the first failure (nothing is committed then)."""
         by_side: dict[str, list[Message]] = {}
@@ -355,8 +415,9 @@ class StreamsWorker:
     def _decide_side(self, side: str, messages: list[Message]) -> None:
         handler = self.handlers[side]
         unreadable: list[Reject] = []
-        for changes in decoded_in_slices(messages, MAX_CHANGES_PER_TRANSACTION, unreadable):
-            handler.handle(changes)
+        partitions: dict[str, int] = {}
+        for changes in decoded_in_slices(messages, MAX_CHANGES_PER_TRANSACTION, unreadable, partitions):
+            handler.handle(changes, partitions)
         if unreadable:
             handler.record_unreadable(unreadable)
 
@@ -436,7 +497,8 @@ class HostApp(faust.App):
 
 
 def build_app(settings: Settings, found: Endpoints) -> faust.App:
-    """The faust app hosting one streams worker: the hot path (HotPath) and the deferred-change timer."""
+    """The faust app hosting one streams worker: the hot path (HotPath) and the timer that puts deferred changes
+    parked without their partition back on their topic (BatchHandler.republish_unowned)."""
     app = HostApp(APP_ID, broker=f"kafka://{found.bootstrap_servers}", producer_only=True, web_enabled=False,
                   datadir=str(Path(settings.state_dir) / "streams"))
     app.add_dependency(HotPath(lambda stop: StreamsWorker(settings, found, stop), loop=app.loop, beacon=app.beacon))
@@ -446,7 +508,7 @@ def build_app(settings: Settings, found: Endpoints) -> faust.App:
     def republish_due() -> int:
         if not republisher:
             republisher.append(BatchHandler(settings, found, "campaign"))
-        return republisher[0].republish_due()
+        return republisher[0].republish_unowned()
 
     @app.timer(interval=REPUBLISH_EVERY)
     async def republish_deferred() -> None:
