@@ -22,7 +22,7 @@ from crmsync.connectors import AccountBase, mappings_file
 
 
 POLL_OPTIONS = frozenset({"lookback_seconds", "batch_size", "track_hard_deletes", "full_window_every_seconds",
-                          "bulk_threshold", "bulk_page_records"})
+                          "bulk_threshold", "bulk_page_records", "bulk_slice_records"})
 
 
 class SalesforceConnector:

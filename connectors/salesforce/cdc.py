@@ -216,6 +216,7 @@ class CdcSource:
         self._fresh = False  # the subscription has delivered nothing yet
         self._wake: threading.Event | None = None
         self._seen: dict[str, int] = {}  # record id -> commit millis of the newest version delivered
+        self._tip_millis = 0  # when the subscription at the tip was opened (local clock): no event is older
         self._schema_id: str | None = None
         self._names: tuple[int, dict[str, tuple[str, str]]] = (0, {})  # event name -> (field, type), per describe
         self._reopens = 0
@@ -259,6 +260,8 @@ class CdcSource:
         self._close_subscription()
         replay = bytes.fromhex(state.replay_id) if state.replay_id else None
         self._subscription = pubsub_for(self.client).subscribe(self.topic, replay, self.fetch_size, self._wake)
+        if replay is None:
+            self._tip_millis = int(time.time() * 1000)
         self._fresh = True
         log.info("%s.%s: subscribed to %s %s", self.account_name, self.obj, self.topic,
                  f"after replay id {state.replay_id}" if replay else "at the tip")
@@ -457,10 +460,14 @@ class CdcSource:
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def _remember(self, changes: Iterable[Change]) -> None:
-        """Records read by query: an event older than what was read adds nothing."""
+        """Records read by query: an event older than what was read adds nothing. A record last modified before
+        the subscription at the tip was opened (less the lookback, for the clocks' skew) cannot be newer than
+        any event it delivers, so it is not remembered: a first read of a million records keeps only the few
+        modified while it ran (memory flat, issue 16)."""
+        horizon = self._tip_millis - self.lookback_millis
         for change in changes:
             millis = _millis(change.position["ts"])
-            if millis > self._seen.get(change.key["id"], -1):
+            if millis >= horizon and millis > self._seen.get(change.key["id"], -1):
                 self._seen[change.key["id"]] = millis
 
     def _forget_before(self, commit_millis: int) -> None:

@@ -317,10 +317,11 @@ class SalesforceClient:
     # -- Bulk API 2.0 query --------------------------------------------------------------------------------
     def bulk2_query_pages(self, obj: str, soql: str, *, locator: str = "", job_id: str | None = None,
                           max_records: int = 50_000, poll_interval: float = 0.5,
-                          timeout: float = 3600) -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+                          timeout: float = 3600) -> Iterator[tuple[str, str, Iterator[dict[str, str]]]]:
         """Run `soql` as a Bulk API 2.0 query job (or go on with `job_id` from `locator`) and yield its result
-        pages as (job id, the locator of the next page or "", rows as CSV dicts of strings). Salesforce keeps a
-        job's results for 7 days, so a reader that stopped can continue from the locator it was given.
+        pages as (job id, the locator of the next page or "", its rows as CSV dicts of strings, parsed as they
+        are iterated: a page's rows are never all held as dicts at once). Salesforce keeps a job's results for
+        7 days, so a reader that stopped can continue from the locator it was given.
         https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/query_get_job_results.htm"""
         if job_id is None:
             job_id = self.call("bulk2", lambda sf: self._bulk(sf, obj).create_job(Operation.query, query=soql))["id"]
@@ -338,7 +339,7 @@ class SalesforceClient:
             page = self.call("bulk2", lambda sf: self._bulk(sf, obj).get_query_results(job_id, locator, max_records))
             locator = page["locator"] or ""
             text = page["records"]
-            yield job_id, locator, list(csv.DictReader(io.StringIO(text, newline=""))) if text.strip() else []
+            yield job_id, locator, csv.DictReader(io.StringIO(text, newline="")) if text.strip() else iter(())
             if not locator:
                 return
 

@@ -9,7 +9,7 @@ How a read works (`SalesforceSource.read(cursor)`):
    ``queryAll`` (soft-deleted rows come back too, with ``IsDeleted = true``), page by page. The first full read
    of an object holding at least `bulk_threshold` records goes through a Bulk API 2.0 query job instead (one
    job, result pages of `bulk_page_records` CSV rows: a handful of calls, and several times faster than REST
-   pages of 2,000); see "Bulk snapshot" below. Every
+   pages of 2,000), handed out in slices of `bulk_slice_records`; see "Bulk snapshot" below. Every
    ``full_window_every`` seconds (60) the query starts at ``cursor - lookback`` instead, to catch rows that
    committed late with an older SystemModstamp.
 3. Skip every row already delivered: the cursor remembers, for each record delivered within the lookback
@@ -37,6 +37,11 @@ SystemModstamp seen so far; a restart goes on from that locator (Salesforce keep
 or, if the job is gone, reads the object again from the start (the same records again: consumers take them as
 what they are, reads). CSV values are typed back by the object's describe, datetimes in REST's spelling
 (``+0000``), so a record reads the same whichever API served it. Objects Bulk cannot serve fall back to REST.
+A result page (`bulk_page_records` rows, one call) is handed out in slices of `bulk_slice_records` rows, parsed
+as they go: the poller holds one page's CSV text and one slice's records (a whole page as records and changes
+made the poller's peak memory grow with the backfill). While a page is half handed out, the checkpoint says
+``{"job": <id>, "locator": <this page>, "done": <rows handed out>}``: a restart reads the page again and skips
+those rows (a job's result pages read the same every time).
 
 Cursor (stored by the poller in ``crmsync.checkpoints``)::
 
@@ -45,7 +50,7 @@ Cursor (stored by the poller in ``crmsync.checkpoints``)::
      "lookback_seconds": 300,
      "seen": {"2024-05-01T10:20:30.000+0000": ["0035g...", ...], ...},   # delivered within the window
      "deleted": ["0035g...", ...],                                       # ids in `seen` last delivered as 'd'
-     "bulk": {"job": "750…", "locator": "MjAwMDA"}}                      # only while a Bulk snapshot runs
+     "bulk": {"job": "750…", "locator": "MjAwMDA", "done": 2000}}        # only while a Bulk snapshot runs
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import Any, Iterator
 
 from simple_salesforce.exceptions import SalesforceError
@@ -69,7 +75,8 @@ log = logging.getLogger("crmsync.salesforce.source")
 CURSOR_VERSION = 1
 DEFAULT_LOOKBACK_SECONDS = 300.0
 DEFAULT_BULK_THRESHOLD = 10_000  # records: a first read of this many or more goes through a Bulk 2.0 query
-BULK_PAGE_RECORDS = 10_000  # rows per Bulk result page: one call each, and what the poller holds at once
+BULK_PAGE_RECORDS = 10_000  # rows per Bulk result page: one call each (the page's CSV text is held while read)
+BULK_SLICE_RECORDS = 2_000  # rows of a Bulk page per SourcePage: what is held as records and changes at once
 BULK_UNSUPPORTED = ("not supported by the Bulk API", "compound data not supported", "does not support query")
 SKIPPED_FIELD_TYPES = frozenset({"address", "location", "base64"})
 REQUIRED_FIELDS = ("Id", "SystemModstamp", "CreatedDate", "IsDeleted")
@@ -142,7 +149,8 @@ class SalesforceSource:
     def __init__(self, client: SalesforceClient, obj: str, *, lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
                  batch_size: int = 2000, track_hard_deletes: bool = True,
                  full_window_every_seconds: float = 60.0, bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
-                 bulk_page_records: int = BULK_PAGE_RECORDS, refresh_describe: bool = True) -> None:
+                 bulk_page_records: int = BULK_PAGE_RECORDS, bulk_slice_records: int = BULK_SLICE_RECORDS,
+                 refresh_describe: bool = True) -> None:
         self.client = client
         self.account_name = client.account_name
         self.obj = obj
@@ -157,6 +165,7 @@ class SalesforceSource:
         self.last_full_window = 0.0
         self.bulk_threshold = bulk_threshold  # 0 = never
         self.bulk_page_records = bulk_page_records
+        self.bulk_slice_records = bulk_slice_records
         self.refresh_describe = refresh_describe  # False: the describe is read again only after forget_describe()
         self._described: list[dict[str, Any]] = []
         self._described_at = 0.0
@@ -199,19 +208,35 @@ class SalesforceSource:
         return bool(self.bulk_threshold) and self.client.count(self.obj) >= self.bulk_threshold
 
     def _bulk_snapshot(self, state: CursorState, names: list[str]) -> Iterator[SourcePage]:
-        """The first full read through one Bulk API 2.0 query job, page by page (see the module docstring)."""
+        """The first full read through one Bulk API 2.0 query job, page by page, each page in slices (see the
+        module docstring). Memory: one page's CSV text and one slice's records and changes at a time."""
         soql = f"SELECT {', '.join(names)} FROM {self.obj}"
         resume = dict(state.bulk or {})
         if not resume:
             state = CursorState()
         types = {f["name"]: f.get("type", "") for f in self._describe()}
-        pages = self.client.bulk2_query_pages(self.obj, soql, job_id=resume.get("job"),
-                                              locator=resume.get("locator", ""), max_records=self.bulk_page_records)
+        current, skip = resume.get("locator", ""), int(resume.get("done", 0))  # the page under way, rows handed out
+        pages = self.client.bulk2_query_pages(self.obj, soql, job_id=resume.get("job"), locator=current,
+                                              max_records=self.bulk_page_records)
         try:
             for job_id, locator, rows in pages:
-                changes = [c for row in rows if (c := self._consider(state, _typed_row(row, types), True, None))]
-                state.bulk = {"job": job_id, "locator": locator} if locator else None
-                yield self._page(state, changes)
+                rows = iter(rows)
+                for _ in islice(rows, skip):  # handed out before a restart: the page reads the same again
+                    pass
+                done, piece = skip, list(islice(rows, self.bulk_slice_records))
+                while True:
+                    following = list(islice(rows, self.bulk_slice_records)) if piece else []
+                    changes = [c for row in piece if (c := self._consider(state, _typed_row(row, types), True, None))]
+                    done += len(piece)
+                    if following:
+                        state.bulk = {"job": job_id, "locator": current, "done": done}
+                    else:
+                        state.bulk = {"job": job_id, "locator": locator} if locator else None
+                    yield self._page(state, changes)
+                    if not following:
+                        break
+                    piece = following
+                current, skip = locator, 0
         except SalesforceError as exc:
             if not resume or "NOT_FOUND" not in str(exc):
                 raise

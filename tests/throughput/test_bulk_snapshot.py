@@ -67,3 +67,15 @@ def test_a_job_that_is_gone_means_reading_again_from_the_start(sandbox):
     cursor["bulk"]["job"] = "750000000000000AAA"  # e.g. past the 7 days Salesforce keeps results
     again, cursor = _read(SalesforceSource(client, "Contact", bulk_threshold=1000, bulk_page_records=1000), cursor)
     assert len({c.key["id"] for c in again}) == CONTACTS and cursor["snapshot_done"]
+
+
+def test_a_restart_in_the_middle_of_a_page_skips_the_rows_already_handed_out(sandbox):
+    def source() -> SalesforceSource:
+        return SalesforceSource(client, "Contact", bulk_threshold=1000, bulk_page_records=1000, bulk_slice_records=300)
+
+    client = make_client(sandbox)
+    first, cursor = _read(source(), pages=2)  # two slices of the first page: 600 of its 1,000 rows
+    assert len(first) == 600 and cursor["bulk"]["done"] == 600 and not cursor["snapshot_done"]
+    rest, cursor = _read(source(), cursor)  # a new process
+    assert len({c.key["id"] for c in first + rest}) == len(first + rest) == CONTACTS
+    assert cursor["snapshot_done"] and "bulk" not in cursor
