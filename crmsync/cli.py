@@ -217,6 +217,7 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
         raise typer.Exit(2)
     logs.setup(name, log_level)
     process.exit_within(stop_grace)
+    process.steady_heap()
     from crmsync import observability
 
     readiness = observability.Readiness()
