@@ -675,10 +675,11 @@ def import_backfill(root: Path, name: str, n: int, console: Console, *, workers:
     return result
 
 
-def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False) -> dict:
+def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False, account: dict | None = None) -> dict:
     """N recipients (N/5 organisations, N/2 purchases) in Campaign, an empty CRM, the shipped mappings: from
-    starting the services until the CRM holds every one of them. With `raw`, the Campaign read alone first."""
-    with world(root, "export", 0, console, mappings=None, recipients=n) as w:
+    starting the services until the CRM holds every one of them. With `raw`, the Campaign read alone first.
+    `account`: settings of the sandbox account to change (e.g. {"cdc": False}: the poller polls)."""
+    with world(root, "export", 0, console, mappings=None, recipients=n, account=account) as w:
         stages = [campaign_read(w)] if raw else []
         with pg.connect(w.found.campaign_dsn, autocommit=True) as conn:
             wanted = {obj: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
@@ -1024,7 +1025,7 @@ def run_all(args: argparse.Namespace, root: Path, console: Console) -> dict:
                     runs[size] = import_backfill(root, f"memory-{size}", size, console)
             results["memory"] = [runs[size] for size in sorted(runs)]
     if wanted("export") or wanted("raw"):
-        exported = export_backfill(root, n, console, raw=True)
+        exported = export_backfill(root, n, console, raw=True, account={"cdc": False} if args.poll else None)
         console.print("[raw] the CRM write alone …")
         stages = [*exported["raw"], crm_write(root, n, console)]
         if "raw" in results:
@@ -1048,6 +1049,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="changes per second (--only freshness)")
     parser.add_argument("--seconds", type=int, default=30, help="length of each freshness run")
     parser.add_argument("--only", choices=("raw", "import", "export", "workers", "memory", "updates", "freshness"))
+    parser.add_argument("--poll", action="store_true",
+                        help="the export's poller polls the CRM (the account's cdc: false) instead of CDC events")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the state dirs (logs, data) afterwards")
     args = parser.parse_args()
