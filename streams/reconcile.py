@@ -88,6 +88,14 @@ STATE_TYPES = ("crm_id text, campaign_key bigint, match_key text, agreed jsonb, 
                "crm_modstamp text, campaign_lsn bigint, campaign_seq integer, deleted boolean")
 
 
+JSON_STATE_FIELDS = frozenset({"agreed", "field_meta", "pending"})
+
+
+def _copy_value(name: str, value: Any) -> Any:
+    """A sync-state value as COPY takes it: the JSON columns as JSON text (None stays NULL)."""
+    return dumps(value).decode() if name in JSON_STATE_FIELDS and value is not None else value
+
+
 def _prefixed(alias: str) -> str:
     return ", ".join(f"{alias}.{name}" for name in STATE_FIELDS)
 
@@ -430,8 +438,10 @@ class MappingBatch:
         return link
 
     def _save_links(self) -> None:
-        """Write the batch's changed links: one set-based statement per kind over a JSON array. A backfill
-        writes thousands per batch, and one statement per row cost PostgreSQL more than the whole decision."""
+        """Write the batch's changed links: new ones by one COPY, changed ones by one set-based statement over a
+        JSON array. A backfill writes thousands per batch, and one statement per row cost PostgreSQL more than
+        the whole decision; COPY took 5,000 new links in ~60 % of the time of an INSERT … SELECT FROM
+        jsonb_to_recordset (docs/benchmarks.md)."""
         links = list({id(link): link for link in [*self.links_by_crm.values(), *self.links_by_key.values()]
                       if link.dirty}.values())
         new = [_state_row(link) for link in links if link.id is None]
@@ -439,10 +449,9 @@ class MappingBatch:
         linked = sorted({(link.crm_id, link.campaign_key) for link in links  # (a row being created is linked
                          if link.crm_id and link.campaign_key is not None and not link.inserting})  # by the writer)
         if new:
-            self.conn.execute(
-                f"""INSERT INTO crmsync.sync_state (mapping, {STATE_COLUMNS})
-                    SELECT %s, {STATE_COLUMNS} FROM jsonb_to_recordset(%s::jsonb) AS x({STATE_TYPES})""",
-                (self.m.name, dumps(new).decode()))
+            with self.conn.cursor().copy(f"COPY crmsync.sync_state (mapping, {STATE_COLUMNS}) FROM STDIN") as copy:
+                for row in new:
+                    copy.write_row([self.m.name, *(_copy_value(name, row[name]) for name in STATE_FIELDS)])
         if changed:
             self.conn.execute(
                 f"""UPDATE crmsync.sync_state s SET ({STATE_COLUMNS}, updated_at) = ({_prefixed("x")}, now())
