@@ -16,7 +16,7 @@ retries them, and a record the other side refused must not look "gone" (that wou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -217,6 +217,24 @@ class DriftChecker:
                 producer.produce(topic, value=change.to_json(), key=change.kafka_key(), on_delivery=tracker)
         kafka.flush_all(producer, tracker)
         return len(crm_changes) + len(campaign_changes)
+
+
+def repair_all(settings: Settings, found: Endpoints, say: Callable[[str], None] = print) -> int:
+    """One drift-repair pass over every mapping (the periodic pass of `crmsync run`, and its answer to a broker
+    that lost its memory); returns the changes re-published. A mapping whose pass fails is said and skipped:
+    the next pass tries again."""
+    checker = DriftChecker(settings, found, clients_for(settings))
+    published = 0
+    for mapping in settings.mappings:
+        try:
+            report = checker.compare(mapping)
+            if not report.converged:
+                count = checker.repair(mapping, report)
+                published += count
+                say(f"drift in {mapping.name}: {report.summary()}; re-published {count} changes")
+        except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next one
+            say(f"drift repair of {mapping.name} failed: {exc}")
+    return published
 
 
 def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:

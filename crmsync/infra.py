@@ -283,10 +283,12 @@ class EmbeddedPostgres(_EmbeddedServer):
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone():
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
 
-    def stop(self) -> bool:
+    def stop(self, mode: str = "fast") -> bool:
+        """pg_ctl stop: `fast` rolls back open transactions; `immediate` ends every process at once, as a crash
+        would (the next start runs crash recovery)."""
         if not self.status():
             return False
-        subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"], check=True,
+        subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"], check=True,
                        capture_output=True, **self._run_as())
         return True
 

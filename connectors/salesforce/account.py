@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from crmsync.connectors import AccountBase, https_url
 
@@ -24,6 +24,8 @@ class SalesforceAccount(AccountBase):
     sandbox: bool = False
     api_version: str = "59.0"
     auth: Literal["oauth", "soap"] = "oauth"
+    request_timeout: float = Field(120.0, gt=0, description="seconds to wait for Salesforce's answer to a call "
+                                   "before it counts as lost and is retried")
 
     _check_url = field_validator("login_url")(classmethod(lambda cls, v: https_url(v)))
 

@@ -1,0 +1,50 @@
+"""The fault suite, against Salesforce: a two-way sync with concurrent edits on both sides while everything that
+can fail does (docs/faults.md says what is injected and what held).
+
+Every service of `crmsync run` is a process (tests/pipeline.py), the CRM is the HTTPS Salesforce sandbox, the
+broker and PostgreSQL are the embedded ones. During 45 s of edits on both sides (tests/chaos.py: updates,
+creates, deletes, same-field pairs, hostile values):
+
+- ~10 % of the CRM's API answers are faults: REQUEST_LIMIT_EXCEEDED, 503, expired sessions, and stalls past the
+  client's 1.5 s timeout (answers lost after the write happened);
+- a random service is killed with SIGKILL every 5 s;
+- the broker is killed and comes back empty (memory lost: topics, unconsumed messages, consumer offsets);
+- PostgreSQL is stopped as by a crash and comes back (crash recovery).
+
+Then quiet, and the checks of tests/chaos.py: both sides agree (or an open reject says why), the last edit won,
+every create arrived or was rejected with a reason, deletes followed the policy, no duplicates, no CRM write once
+quiet, every service and server came back, and the broker's loss was repaired.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.chaos import Chaos
+from tests.pipeline import contacts_pipeline
+from tests.waiting import wait_for
+
+CRM_FAULTS = {"request_limit_exceeded": 0.03, "unavailable_503": 0.03, "session_expiry": 0.02,
+              "slow_probability": 0.02, "slow_seconds": 2.0, "seed": 13}
+REQUEST_TIMEOUT = 1.5  # seconds: a 2 s stall is a lost answer
+
+
+def test_faults_kills_a_lost_broker_and_a_postgres_crash_leave_both_sides_converged(tmp_path: Path) -> None:
+    with contacts_pipeline(tmp_path / "state", contacts=300, recipients=300, shared=100,
+                           account={"request_timeout": REQUEST_TIMEOUT}) as world:
+        world.supervisor.start()
+        wait_for(world.converged, 240, "the initial sync to converge", world.supervisor, every=2)
+        started = time.monotonic()
+        report = Chaos(world, seconds=45, rate=6, pairs=10, kill_every=5, kill_order="random", seed=7,
+                       crm_faults=CRM_FAULTS, disasters=[(0.3, "broker"), (0.65, "postgres")], log=print).run()
+        recoveries = world.supervisor.recoveries
+    print(f"edits {report.edits} (uncertain {report.uncertain}), creates {report.creates}, deletes {report.deletes}, "
+          f"pairs {report.pairs}, kills {len(report.kills)}, faults {report.faults_injected}, "
+          f"disasters {[(d.what, round((d.back_at or 0) - d.at, 1)) for d in report.disasters]}, "
+          f"recoveries {recoveries}, conflicts {report.conflicts}, explained by rejects {report.explained}, "
+          f"catch-up {report.catch_up_seconds:.0f}s, whole run {time.monotonic() - started:.0f}s")
+    assert report.problems == []
+    assert report.edits > 300 and report.pairs >= 6 and len(report.kills) >= 7
+    assert sum(report.faults_injected.values()) > 50
+    assert [d.what for d in report.disasters] == ["broker", "postgres"]
+    assert len(recoveries) == 1 and recoveries[0].repaired_at is not None
