@@ -353,7 +353,7 @@ class Chaos:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         self.report.kills.append(Kill(label, time.monotonic()))
-        self.log(f"killed {label}")
+        self.log(f"killed {label} at {time.time():.1f}")
 
     def _strike(self, what: str) -> None:
         """Kill the embedded broker (it comes back empty) or stop PostgreSQL as a crash would; the supervisor
@@ -368,7 +368,7 @@ class Chaos:
         else:
             raise ValueError(f"unknown disaster {what!r}")
         self.report.disasters.append(Disaster(what, time.monotonic()))
-        self.log(f"struck the {what}")
+        self.log(f"struck the {what} at {time.time():.1f}")
 
     def _supervise(self) -> None:
         for disaster in self.report.disasters:

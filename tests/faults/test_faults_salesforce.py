@@ -43,6 +43,7 @@ def test_faults_kills_a_lost_broker_and_a_postgres_crash_leave_both_sides_conver
           f"disasters {[(d.what, round((d.back_at or 0) - d.at, 1)) for d in report.disasters]}, "
           f"recoveries {recoveries}, conflicts {report.conflicts}, explained by rejects {report.explained}, "
           f"catch-up {report.catch_up_seconds:.0f}s, whole run {time.monotonic() - started:.0f}s")
+    print("\n".join(report.problems))
     assert report.problems == []
     assert report.edits > 300 and report.pairs >= 6 and len(report.kills) >= 7
     assert sum(report.faults_injected.values()) > 50
