@@ -627,6 +627,8 @@ class MappingBatch:
             if pending and value in pending["sent"]:  # echo of an earlier write of ours, superseded since
                 pending["sent"] = pending["sent"][pending["sent"].index(value) + 1:]
                 link.dirty = True
+                if pending["sent"]:  # it may have landed after the newer one (a late request): assert the newest
+                    back_to_side[column] = agreed
                 continue
             if before is not None and column in before and before[column] == value:
                 continue  # this Campaign update did not touch the column
