@@ -104,7 +104,7 @@ class Report:
     uncertain: int = 0  # edits whose outcome the editor could not know
     linked_pairs: int = 0
     explained: int = 0  # records whose difference an open reject explains
-    conflicts: int = 0
+    conflicts: int = 0  # recorded during the run (the initial sync's are not counted)
     quiet_writes: int = 0
     catch_up_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -146,7 +146,10 @@ class Chaos:
         next_kill = started + (self.kill_every or 1e9)
         labels = [spec.label for spec in self.w.supervisor.specs]
         disasters = [(started + fraction * self.seconds, what) for fraction, what in self.disasters]
+        with pg.connect(self.w.found.campaign_dsn) as conn:  # the initial sync's, not this run's
+            conflicts_before = conn.execute("SELECT count(*) FROM crmsync.conflicts").fetchone()[0]
         if self.crm_faults:
+            sandbox_admin(self.w.sandbox, "reset-stats", {})
             sandbox_admin(self.w.sandbox, "faults", self.crm_faults)
         try:
             while time.monotonic() - started < self.seconds:
@@ -171,6 +174,7 @@ class Chaos:
                 self.report.faults_injected = self.w.sandbox.stats()["faults_injected"]
                 sandbox_admin(self.w.sandbox, "faults", {})
         self._check()
+        self.report.conflicts -= conflicts_before
         return self.report
 
     def _guard(self, body: Callable[[], None]) -> Callable[[], None]:

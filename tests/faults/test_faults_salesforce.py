@@ -46,6 +46,6 @@ def test_faults_kills_a_lost_broker_and_a_postgres_crash_leave_both_sides_conver
     print("\n".join(report.problems))
     assert report.problems == []
     assert report.edits > 300 and report.pairs >= 6 and len(report.kills) >= 7
-    assert sum(report.faults_injected.values()) > 50
+    assert sum(report.faults_injected.values()) > 30 and report.faults_injected.get("slow", 0) > 3
     assert [d.what for d in report.disasters] == ["broker", "postgres"]
     assert len(recoveries) == 1 and recoveries[0].repaired_at is not None
