@@ -13,16 +13,69 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, TypeAdapter, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, TypeAdapter,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
 
-from crmsync.connectors import AccountBase
+from crmsync.connectors import API_NAME, AccountBase
 
 DEFAULT_CONFIG_FILE = "crmsync.yaml"
 DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
 # Validation context of a file read before the account store was: a mapping may name an account that is not in
 # the file (`crmsync account add`); Settings.check_accounts() is the check once the store's accounts are in.
 ACCOUNTS_FROM_STORE = "accounts_from_store"
+
+
+# -- names ------------------------------------------------------------------------------------------------------
+# A name in crmsync.yaml ends up as a PostgreSQL identifier, in a CRM query, or in topic and group names: checked
+# here, so a bad one is refused with its key when the file is read, not by a service that crashes on it later.
+SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")  # PostgreSQL's rule for replication slot names
+LABEL_MAX = 100  # characters of a name that is only a label (it still becomes part of topic and group names)
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "…")
+
+
+def _sql_name(value: str) -> str:
+    """Any PostgreSQL identifier (crmsync quotes every one it uses): not empty, no NUL, at most 63 bytes (longer
+    ones are cut short by PostgreSQL, and two names could become one)."""
+    if not value or "\x00" in value or len(value.encode()) > 63:
+        raise ValueError(f"{_shown(value)} is not a PostgreSQL name (1 to 63 bytes, no NUL)")
+    return value
+
+
+def _table_name(value: str) -> str:
+    """`table` or `schema.table`."""
+    schema, _, table = value.rpartition(".")
+    for part in ([schema] if schema else []) + [table]:
+        _sql_name(part)
+    return value
+
+
+def _crm_name(value: str) -> str:
+    if not API_NAME.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a CRM API name (letters, digits and underscores, starting with a "
+                         "letter, at most 255 characters)")
+    return value
+
+
+def _slot_name(value: str) -> str:
+    if not SLOT_NAME.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a replication slot name (lower-case letters, digits and "
+                         "underscores, at most 63)")
+    return value
+
+
+def _label(value: str) -> str:
+    if not value.strip() or len(value) > LABEL_MAX or not value.isprintable():
+        raise ValueError(f"{_shown(value)} is not a usable name (1 to {LABEL_MAX} printable characters)")
+    return value
+
+
+SqlName = Annotated[str, AfterValidator(_sql_name)]
+TableName = Annotated[str, AfterValidator(_table_name)]
+CrmName = Annotated[str, AfterValidator(_crm_name)]
+Label = Annotated[str, AfterValidator(_label)]
 
 
 class ConfigError(Exception):
@@ -75,10 +128,10 @@ class KafkaSettings(_Strict):
 
 class CampaignSettings(_Strict):
     dsn: str | None = Field(None, description="PostgreSQL DSN; empty = embedded PostgreSQL")
-    name: str = Field("campaign", description="logical name of the Campaign database, used in topic names")
-    capture_tables: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPTURE_TABLES))
-    slot_name: str = "crmsync"
-    publication: str = "crmsync"
+    name: Label = Field("campaign", description="logical name of the Campaign database, used in topic names")
+    capture_tables: list[TableName] = Field(default_factory=lambda: list(DEFAULT_CAPTURE_TABLES))
+    slot_name: Annotated[str, AfterValidator(_slot_name)] = "crmsync"
+    publication: SqlName = "crmsync"
     heartbeat_seconds: float = Field(10.0, gt=0)
     snapshot: Literal["initial", "never"] = Field("initial", description="publish existing rows once, first")
     poll_interval_seconds: float = Field(0.05, gt=0)
@@ -132,8 +185,8 @@ Side = Literal["crm", "campaign"]
 class FieldMap(_Strict):
     """One CRM field ⇄ one Campaign column."""
 
-    crm: str
-    campaign: str
+    crm: CrmName
+    campaign: SqlName
     conversion: Conversion = "default"
     direction: Direction | None = Field(None, description="defaults to the mapping's direction")
     owner: Side | None = Field(None, description="this side always wins conflicts on the field")
@@ -144,24 +197,24 @@ class FieldMap(_Strict):
 class MatchKey(_Strict):
     """Fields compared (case- and space-insensitively) to link records that have no link yet."""
 
-    crm: str
-    campaign: str
+    crm: CrmName
+    campaign: SqlName
 
 
 class Filter(_Strict):
     """Only records whose fields equal one of the listed values take part (per side, optional)."""
 
-    crm: dict[str, list[Any]] = Field(default_factory=dict)
-    campaign: dict[str, list[Any]] = Field(default_factory=dict)
+    crm: dict[CrmName, list[Any]] = Field(default_factory=dict)
+    campaign: dict[SqlName, list[Any]] = Field(default_factory=dict)
 
 
 class Mapping(_Strict):
     """A CRM account + object ⇄ a Campaign table, kept in sync by the stream processors."""
 
-    name: str
+    name: Label
     account: str
-    crm_object: str
-    campaign_table: str
+    crm_object: CrmName
+    campaign_table: TableName
     direction: Direction = "both"
     fields: list[FieldMap]
     match: list[MatchKey] = Field(default_factory=list)

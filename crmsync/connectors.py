@@ -38,7 +38,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from crmsync.envelope import ApplyCommand, Change
 from crmsync.filters import Node
@@ -62,6 +62,17 @@ class AccountBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str
     ca_file: Path | None = None  # an extra CA to trust (e.g. the local sandbox CA); TLS verification stays on
+
+    @model_validator(mode="after")
+    def _no_control_characters(self) -> "AccountBase":
+        """A NUL or another control character cannot travel in a login form, a header or a URL: refused here
+        with the setting's name (never its value) rather than failing inside a login."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if isinstance(text, str) and any(ord(c) < 32 or ord(c) == 127 for c in text):
+                raise ValueError(f"{name}: must not contain control characters (such as NUL or a line break)")
+        return self
 
     def secrets(self) -> list[str]:
         """Every secret value of the account (SecretStr fields), longest first; with two or more, also each
