@@ -12,11 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+from urllib.parse import urlsplit
+
+import psycopg
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, TypeAdapter,
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
 from crmsync.connectors import API_NAME, AccountBase
+from crmsync.values import shown as _shown
 
 DEFAULT_CONFIG_FILE = "crmsync.yaml"
 DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
@@ -28,12 +32,9 @@ ACCOUNTS_FROM_STORE = "accounts_from_store"
 # -- names ------------------------------------------------------------------------------------------------------
 # A name in crmsync.yaml ends up as a PostgreSQL identifier, in a CRM query, or in topic and group names: checked
 # here, so a bad one is refused with its key when the file is read, not by a service that crashes on it later.
-SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")  # PostgreSQL's rule for replication slot names
+SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(?P<port>\d{1,5}))?")  # PostgreSQL's rule for replication slot names
 LABEL_MAX = 100  # characters of a name that is only a label (it still becomes part of topic and group names)
-
-
-def _shown(value: str) -> str:
-    return repr(value if len(value) <= 40 else value[:40] + "…")
 
 
 def _sql_name(value: str) -> str:
@@ -107,6 +108,16 @@ class KafkaSettings(_Strict):
     ssl_key_location: Path | None = Field(None, description="its private key (PEM)")
     ssl_key_password: SecretStr | None = None
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str | None) -> str | None:
+        for item in (value.split(",") if value else []):
+            found = HOST_PORT.fullmatch(item.strip())
+            if not found or (found.group("port") and not 1 <= int(found.group("port")) <= 65535):
+                raise ValueError(f"{_shown(item)} is not host:port (a host name or [IPv6 address], then a port from "
+                                 "1 to 65535); separate several with commas")
+        return value
+
     @model_validator(mode="after")
     def _security_is_complete(self) -> "KafkaSettings":
         sasl = self.security_protocol.startswith("SASL_")
@@ -142,8 +153,20 @@ class CampaignSettings(_Strict):
     @field_validator("dsn")
     @classmethod
     def _dsn_is_postgres(cls, value: str | None) -> str | None:
-        if value and not (value.startswith(("postgresql://", "postgres://")) or "=" in value):
-            raise ValueError("expected a PostgreSQL DSN such as postgresql://user@host:5432/campaign")
+        """A DSN libpq will take (never repeated in the error: it may hold a password)."""
+        if not value:
+            return value
+        expected = "expected a PostgreSQL DSN such as postgresql://user@host:5432/campaign"
+        url = value.startswith(("postgresql://", "postgres://"))
+        if "\x00" in value or len(value) > 4096 or not (url or "=" in value):
+            raise ValueError(f"{expected} (at most 4,096 characters, no NUL)")
+        try:
+            if url:
+                urlsplit(value).port  # ValueError when not a number from 0 to 65535
+            psycopg.conninfo.conninfo_to_dict(value)
+        except (ValueError, psycopg.ProgrammingError):
+            raise ValueError(f"{expected}; this one does not parse (check the port, the quoting and the "
+                             "percent-encoding)") from None
         return value
 
 
