@@ -229,6 +229,8 @@ class SinkOutcome:
     code: str | None = None  # the CRM's error code when refused
     message: str = ""
     superseded: list[str] = field(default_factory=list)  # fields left alone (compare-and-set)
+    refused_fields: dict[str, str] = field(default_factory=dict)  # field -> why the CRM cannot take its value;
+    # the command's other fields were written (ok=True): the writer rejects just these, with the reasons
 
 
 class Sink(Protocol):
@@ -338,6 +340,7 @@ class Connector(Protocol):
     default_external_id: ClassVar[str | None]  # field holding the Campaign key (idempotent creates)
     system_fields: ClassVar[frozenset[str]]  # never mapped, never written
     index_fields: ClassVar[tuple[str, ...]]  # modification-stamp fields (incremental imports), preferred first
+    stamp_resolution: ClassVar[float]  # seconds one modification stamp stands for: 0.001 (ms), 1.0 (whole seconds)
     deleted_flag: ClassVar[str | None]  # field marking a deleted record a query may return (None: never returned)
     multi_select_separator: ClassVar[str]  # how the API writes a multi-select value ('a;b': ";")
     objects: ClassVar[dict[str, str]]  # the seed objects: "contacts" | "accounts" | "opportunities" -> object name

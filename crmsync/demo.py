@@ -72,6 +72,31 @@ def keep_or_stop_infrastructure(settings: Settings, found: Endpoints, running: E
         running.callback(stop)
 
 
+SEEDED_WORDS = ("organisations.industry", "purchases.stage")  # picklist-like columns the Campaign seed fills
+
+
+def _vocabularies(settings: Settings) -> dict[str, list[str]]:
+    """The values the CRM's picklists allow for the seeded picklist-like columns, as its API writes them, so the
+    seeded Campaign holds values the CRM accepts (its sandbox seeds the same people with the same rule)."""
+    from crmsync.drift import clients_for
+
+    account = next(iter(settings.accounts))
+    discovery = connectors.for_account(settings.accounts[account]).discovery(clients_for(settings)[account])
+    found: dict[str, list[str]] = {}
+    for mapping in settings.mappings:
+        wanted = {fm.crm: f"{mapping.campaign_table}.{fm.campaign}" for fm in mapping.fields
+                  if f"{mapping.campaign_table}.{fm.campaign}" in SEEDED_WORDS}
+        if not wanted:
+            continue
+        spec = discovery.describe_table(mapping.crm_object)
+        enumerations = {e.name: e for e in spec.enumerations}
+        for field_spec in spec.fields:
+            enumeration = enumerations.get(field_spec.enumeration or "")
+            if field_spec.name in wanted and enumeration and enumeration.values:
+                found[wanted[field_spec.name]] = [str(v["value"]) for v in enumeration.values]
+    return found
+
+
 def start(settings: Settings, found: Endpoints, running: ExitStack, *, contacts: int, recipients: int, shared: int,
           console: Console, crm: str = DEFAULT_CRM) -> DemoRun:
     """Sandbox (seeded), Campaign (seeded, with shared emails), then every service under a supervisor; each
@@ -88,7 +113,7 @@ def start(settings: Settings, found: Endpoints, running: ExitStack, *, contacts:
     if empty:
         emails = _shared_emails(effective, shared)
         console.print(f"seeding Campaign: {recipients:,} recipients, {len(emails)} sharing an email with a contact …")
-        seed(found.campaign_dsn, recipients, shared_emails=emails)
+        seed(found.campaign_dsn, recipients, shared_emails=emails, vocabularies=_vocabularies(effective))
     config_file = write_effective_config(effective, found, settings.state_dir / "run" / "crmsync.yaml")
     supervisor = Supervisor(plan(effective), found, config_file, log_dir, settings=effective, embedded=settings,
                             say=lambda line: console.print(f"[yellow]{line}[/yellow]"))

@@ -24,10 +24,11 @@ from psycopg.rows import dict_row
 
 from crmsync import connectors, kafka, pg, topics
 from crmsync.config import Mapping, Settings
+from crmsync.enums import StoredEnumerations
 from crmsync.envelope import Change, crm_change, utc_now_iso
 from crmsync.infra import Endpoints
 from crmsync.field_types import FieldTypes
-from crmsync.values import canonical, iso_utc, match_key, parse_timestamp
+from crmsync.values import canonical, iso_utc, match_key, parse_timestamp, split_multi
 
 
 @dataclass
@@ -80,6 +81,7 @@ class DriftChecker:
             report.campaign_rows_by_key = self._campaign_rows(conn, mapping)
             rejected_crm, rejected_keys = self._open_rejects(conn, mapping)
         report.crm_rows = self._crm_rows(mapping)
+        enums = StoredEnumerations(self.found.campaign_dsn, mapping.account)
         report.rejected = len(rejected_crm) + len(rejected_keys)
         report.crm_records, report.campaign_rows = len(report.crm_rows), len(report.campaign_rows_by_key)
         linked_crm, linked_keys = set(), set()
@@ -101,7 +103,7 @@ class DriftChecker:
             elif campaign_row is None and crm_row is not None:
                 report.gone_from_campaign.append(key)
             elif crm_row is not None and campaign_row is not None:
-                fields = self._differing(mapping, crm_row, campaign_row, parents, kinds)
+                fields = self._differing(mapping, crm_row, campaign_row, parents, kinds, enums)
                 if fields:
                     report.differing.append((crm_id, key, fields))
         report.missing_in_campaign = (sorted(set(report.crm_rows) - linked_crm - rejected_crm)
@@ -130,12 +132,13 @@ class DriftChecker:
         crm_ids, keys = set(), set()
         for (record,) in rows:
             record = record.get("change", record) or {}
+            crm_side = record.get("side") == "crm"  # a key {"id"} is a CRM id there, a Campaign key elsewhere
             for part in (record.get("key") or {}, record.get("match") or {}):
-                if part.get("Id"):
-                    crm_ids.add(part["Id"])
                 if part.get("crm_id"):
                     crm_ids.add(part["crm_id"])
-                if str(part.get("id", "")).isdigit():
+                if crm_side and part.get("id"):
+                    crm_ids.add(str(part["id"]))
+                elif str(part.get("id", "")).isdigit():
                     keys.add(int(part["id"]))
                 external = part.get(mapping.crm_external_id) if mapping.crm_external_id else None
                 if str(external or "").isdigit():
@@ -167,15 +170,18 @@ class DriftChecker:
             result[parent] = {key: crm_id for key, crm_id in rows}
         return result
 
-    def _differing(self, mapping: Mapping, crm_row: dict, campaign_row: dict,
-                   parents: dict[str, dict[int, str]], kinds: dict[str, Any]) -> list[str]:
+    def _differing(self, mapping: Mapping, crm_row: dict, campaign_row: dict, parents: dict[str, dict[int, str]],
+                   kinds: dict[str, Any], enums: StoredEnumerations) -> list[str]:
         fields = []
         for fm in mapping.fields:
             crm_value = crm_row.get(fm.crm)
             campaign_value = campaign_row.get(fm.campaign)
             if fm.reference:
                 campaign_value = parents[fm.reference].get(campaign_value) if campaign_value is not None else None
-            elif not fm.enumeration:
+            elif fm.enumeration:  # picklist values as the Campaign names them (the enumeration map), as words
+                crm_value = _words(enums.to_campaign(fm.enumeration, crm_value))
+                campaign_value = _words(campaign_value)
+            else:
                 crm_value, campaign_value = (_comparable(crm_value, kinds.get(fm.campaign), fm.conversion),
                                              _comparable(campaign_value, kinds.get(fm.campaign), fm.conversion))
             if crm_value != campaign_value:
@@ -253,6 +259,16 @@ def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:
 def clients_for(settings: Settings) -> dict[str, Any]:
     """One logged-in client per account, each from its own connector."""
     return {name: connectors.for_account(account).client(name, account) for name, account in settings.accounts.items()}
+
+
+def _words(value: Any) -> Any:
+    """A picklist value for comparison: its text (a choice's 20 and the Campaign's '20' agree), a multi-select
+    as the set of its values."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, set)):
+        return frozenset(str(v) for v in value)
+    return frozenset(split_multi(value)) if isinstance(value, str) and ";" in value else str(value)
 
 
 def _iso(version: str, fallback: str) -> str:

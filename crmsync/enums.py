@@ -144,6 +144,8 @@ class StoredEnumerations:
             return [table.get(v, v) for v in value]
         if isinstance(value, str) and ";" in value and value not in table:
             return join_multi([table.get(v, v) for v in split_multi(value)])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # a choice's integer value
+            return table.get(str(value), value)
         return table.get(value, value) if isinstance(value, str) else value
 
     def to_campaign(self, enumeration: str, value: Any) -> Any:

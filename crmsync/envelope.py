@@ -134,6 +134,7 @@ class ApplyCommand:
     attempt: int = 0
     expect: dict[str, Any] | None = None
     base_version: str | None = None
+    mapping: str | None = None  # the mapping whose decision made it (None: older messages, tools)
     v: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
@@ -167,6 +168,35 @@ class Reject:
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Reject":
         return cls(**_checked(loads(raw), "reject"))
+
+
+# -- echo tags --------------------------------------------------------------------------------------------------
+# A Campaign writer's transaction carries an origin (crmsync.pg.tag_origin), which change capture copies onto every
+# change of that transaction: how the streams recognise their own writes exactly. The tag also names, per table,
+# the mapping whose decisions the transaction applied. With two CRMs on one Campaign table (two mappings), a row
+# written for Salesforce's mapping is an echo for that mapping only: for the Dynamics mapping it is news, to be
+# carried on to Dynamics. `None` for a table means: an echo for every mapping (tags without the table part).
+ECHO_FOR_ALL = None
+
+
+def echo_tag(writer: str, mappings_by_table: dict[str, str | None] | None = None) -> str:
+    """`writer`, or `writer:{"<table>": "<mapping>", …}` (tables whose rows are echoes of one mapping only)."""
+    named = {table: name for table, name in (mappings_by_table or {}).items() if name is not None}
+    return f"{writer}:{json.dumps(named, sort_keys=True, separators=(',', ':'))}" if named else writer
+
+
+def echo_mapping(origin: str | None, writers: tuple[str, ...], table: str) -> tuple[bool, str | None]:
+    """(written by one of `writers`, the one mapping it is an echo for — or ECHO_FOR_ALL) of a change of `table`."""
+    if not origin:
+        return False, ECHO_FOR_ALL
+    writer, _, named = origin.partition(":")
+    if writer not in writers:
+        return False, ECHO_FOR_ALL
+    try:
+        mappings = json.loads(named) if named else {}
+    except ValueError:
+        mappings = {}
+    return True, mappings.get(table) if isinstance(mappings, dict) else ECHO_FOR_ALL
 
 
 def _checked(payload: Any, what: str) -> dict[str, Any]:

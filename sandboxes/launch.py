@@ -45,6 +45,7 @@ def launch(crm: str, state_dir: Path, args: Sequence[str] = (), *, log_file: Pat
 def spawn(command: Sequence[str], *, cwd: Path, log_path: Path, banner: re.Pattern[str],
           env: Mapping[str, str] | None = None, timeout: float = 120) -> tuple[subprocess.Popen, re.Match[str]]:
     """Run `command` with its output appended to `log_path` and return once `banner` appears in what it wrote."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     offset = log_path.stat().st_size if log_path.exists() else 0
     environment = {**(env if env is not None else os.environ), PARENT_ENV: str(os.getpid())}  # dies with us
     with open(log_path, "ab") as log:

@@ -40,8 +40,9 @@ from psycopg.rows import dict_row
 
 from psycopg import sql
 
+from crmsync import connectors
 from crmsync.config import FieldMap, Mapping, Settings
-from crmsync.envelope import ApplyCommand, Change, dumps
+from crmsync.envelope import ECHO_FOR_ALL, ApplyCommand, Change, dumps, echo_mapping
 from crmsync.field_types import FieldTypes
 from crmsync.values import (EnumerationMap, IdentityEnumerations, Kind, canonical, epoch, match_expression,
                             match_index, match_key)
@@ -168,6 +169,18 @@ class Reconciler:
         self.enums = enums or IdentityEnumerations()
         self.crm_ready = crm_ready or (lambda mapping: True)
         self.field_types = field_types
+        self._stamp_slack: dict[str, float] = {}
+
+    def stamp_slack(self, mapping: Mapping) -> float:
+        """How much later than its stamp a CRM edit of `mapping`'s account may have happened: a CRM that stamps
+        whole seconds shows an edit at 25.9 s as 25 s. CRM times are read as the latest moment they stand for,
+        so an edit made in the same second as a Campaign edit, after it, is not judged older than it (a tie
+        inside one second goes to the CRM: docs/two-way-sync.md)."""
+        if mapping.account not in self._stamp_slack:
+            account = self.settings.accounts.get(mapping.account)
+            resolution = getattr(connectors.connector(account.type), "stamp_resolution", 0.0) if account else 0.0
+            self._stamp_slack[mapping.account] = max(0.0, float(resolution) - 0.001)
+        return self._stamp_slack[mapping.account]
 
     # -- routing ------------------------------------------------------------------------------------------
     def mappings_for(self, change: Change) -> list[Mapping]:
@@ -187,11 +200,14 @@ class Reconciler:
             targets = self.mappings_for(change)
             if not targets:
                 outcome.skipped += 1
-            # our own Campaign writes, recognised exactly by their transaction tag: nothing to decide, but an
-            # insert tells us the Campaign key of a record the CRM created
-            own = change.side == "campaign" and change.origin in WRITER_ORIGINS
+            # our own Campaign writes, recognised exactly by their transaction tag: nothing to decide for the
+            # mapping they were written for, but an insert tells it the Campaign key of a record its CRM created.
+            # For another mapping of the same table (a second CRM) the write is news like any user's edit.
+            own, echo_for = (echo_mapping(change.origin, WRITER_ORIGINS, change.object) if change.side == "campaign"
+                             else (False, None))
             for mapping in targets:
-                (echoes if own else by_mapping).setdefault(mapping.name, []).append(change)
+                echo = own and (echo_for is ECHO_FOR_ALL or echo_for == mapping.name)
+                (echoes if echo else by_mapping).setdefault(mapping.name, []).append(change)
         for name in sorted(set(by_mapping) | set(echoes)):  # one global order of locks (no deadlocks)
             mapping = self.settings.mapping(name)
             decided = MappingBatch(self, conn, mapping, outcome)
@@ -445,7 +461,7 @@ class MappingBatch:
 
     def _change_ts(self, change: Change) -> float:
         if change.side == "crm":
-            return epoch(change.position.get("ts") or change.source_ts)
+            return epoch(change.position.get("ts") or change.source_ts) + self.r.stamp_slack(self.m)
         return epoch(change.source_ts or (change.after or {}).get("updated_at"))
 
     def _is_stale(self, change: Change, link: Link) -> bool:
@@ -855,7 +871,8 @@ class MappingBatch:
         command = ApplyCommand(
             id=f"{change.id}>{self.m.name}>{side}", side=side, target=target, object=obj, action=action,
             key=key, values=payload, cause=change.id, match=match, source_ts=change.source_ts, expect=expect,
-            base_version=(link.crm_modstamp or "").partition("|")[0] or None if side == "crm" else None)
+            base_version=(link.crm_modstamp or "").partition("|")[0] or None if side == "crm" else None,
+            mapping=self.m.name)
         self.out.commands.append(command)
         if action == "upsert":
             self.emitted[(side, id(link))] = command

@@ -1,6 +1,7 @@
-"""A whole contacts pipeline for end-to-end tests: its own embedded broker and PostgreSQL (own state dir), the
-Salesforce sandbox seeded with contacts, Campaign seeded with recipients of which `shared` have a contact's
-email, and every service of `crmsync run` ready to start under a Supervisor."""
+"""A whole contacts pipeline for end-to-end tests: its own embedded broker and PostgreSQL (own state dir), CRM
+sandboxes seeded with contacts (Salesforce by default; `crm_pipeline` takes any CRMs, several at once), Campaign
+seeded with recipients of which `shared` have a contact's email, and every service of `crmsync run` ready to
+start under a Supervisor."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -8,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from crmsync import config, infra, pg, process
+from crmsync import config, connectors, infra, pg, process
 from crmsync.campaign.seed import seed
-from crmsync.config import Settings
+from crmsync.config import Mapping, Settings
+from crmsync.defaults import default_mappings
 from crmsync.drift import DriftChecker, clients_for
 from crmsync.run import Sandbox, Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config
 
@@ -62,4 +64,63 @@ def contacts_pipeline(state: Path, *, contacts: int, recipients: int, shared: in
         if supervisor:
             supervisor.stop()
         process.stop(sandbox.process)
+        infra.down(base)
+
+
+@dataclass
+class CrmWorld:
+    """Several CRMs on one Campaign: one account per CRM (named after its type), one contacts mapping each
+    (`contacts_<crm>`, all on recipients)."""
+    settings: Settings
+    found: infra.Endpoints
+    sandboxes: dict[str, Sandbox]
+    supervisor: Supervisor
+    clients: dict[str, Any]
+    config_file: Path
+
+    def mapping(self, crm: str) -> Mapping:
+        return self.settings.mapping(f"contacts_{crm}")
+
+    def converged(self) -> bool:
+        checker = DriftChecker(self.settings, self.found, self.clients)
+        return all(checker.compare(m).converged for m in self.settings.mappings)
+
+
+def contacts_mapping(crm: str, name: str) -> Mapping:
+    """`crm`'s shipped contacts mapping, called `name`, without references to the mappings left out."""
+    shipped = next(m for m in default_mappings(crm, crm) if m.name == "contacts")
+    return shipped.model_copy(update={"name": name, "fields": [f for f in shipped.fields if not f.reference]})
+
+
+@contextmanager
+def crm_pipeline(state: Path, *, crms: dict[str, int], recipients: int, shared: int = 0) -> Iterator[CrmWorld]:
+    """`crms`: CRM type → contacts its sandbox is seeded with. The first `shared` recipients take emails of the
+    first CRM's contacts. Seeded and configured; the caller starts `world.supervisor`; all stopped on the way out."""
+    base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
+    found = infra.up(base)
+    pg.migrate(found.campaign_dsn)
+    sandboxes: dict[str, Sandbox] = {}
+    supervisor = None
+    try:
+        for crm, contacts in crms.items():
+            sandboxes[crm] = start_sandbox(state, crm=crm, seed_contacts=contacts, log_file=state / f"sandbox-{crm}.log")
+        data = base.model_dump(mode="json")
+        data["accounts"] = {crm: dict(sandbox.account) for crm, sandbox in sandboxes.items()}
+        data["mappings"] = [contacts_mapping(crm, f"contacts_{crm}").model_dump(mode="json") for crm in crms]
+        settings = Settings.model_validate(data)
+        clients = clients_for(settings)
+        first = next(iter(crms))
+        email = next(f.crm for f in settings.mapping(f"contacts_{first}").fields if f.campaign == "email")
+        query = connectors.for_account(settings.accounts[first]).query(clients[first])
+        emails = [r[email] for page in query.records(settings.mapping(f"contacts_{first}").crm_object, [email])
+                  for r in page if r.get(email)][:shared]
+        seed(found.campaign_dsn, recipients, shared_emails=emails)
+        config_file = write_effective_config(settings, found, state / "run" / "crmsync.yaml")
+        supervisor = Supervisor(plan(settings), found, config_file, state / "logs")
+        yield CrmWorld(settings, found, sandboxes, supervisor, clients, config_file)
+    finally:
+        if supervisor:
+            supervisor.stop()
+        for sandbox in sandboxes.values():
+            process.stop(sandbox.process)
         infra.down(base)

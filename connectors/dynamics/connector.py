@@ -96,6 +96,7 @@ class DynamicsConnector:
         "timezoneruleversionnumber", "utcconversiontimezonecode", "owningbusinessunit", "owninguser",
         "owningteam"})
     index_fields: ClassVar[tuple[str, ...]] = ("modifiedon",)
+    stamp_resolution: ClassVar[float] = 1.0  # modifiedon is stamped to the second
     deleted_flag: ClassVar[str | None] = None  # a Web API query never returns a deleted row
     multi_select_separator: ClassVar[str] = ","  # multi-select choices are written "1,2,3"
     objects: ClassVar[dict[str, str]] = {"contacts": "contact", "accounts": "account",

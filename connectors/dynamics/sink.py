@@ -95,6 +95,7 @@ class Plan:
     insert_only: bool = False  # compare-and-set found no record: create it, but never over one made meanwhile
     superseded: list[str] = field(default_factory=list)
     full_body: dict[str, Any] = field(default_factory=dict)  # the body before compare-and-set left columns out
+    refused: dict[str, str] = field(default_factory=dict)  # command field -> why Dataverse cannot take its value
 
     @property
     def identity(self) -> tuple | None:
@@ -136,6 +137,8 @@ class DynamicsSink:
         self._resolve_lookups(plans, outcomes)
         for round_plans in _rounds([p for p in plans if outcomes[p.index] is None]):
             for plan, outcome in self._run_round(round_plans):
+                if outcome.ok and plan.refused:
+                    outcome.refused_fields = dict(plan.refused)
                 outcomes[plan.index] = outcome
         return [o if o is not None else SinkOutcome(c, False, code="CRMSYNC_NO_RESULT",
                                                     message="Dataverse gave no result for this command")
@@ -164,11 +167,14 @@ class DynamicsSink:
         key = None if record_id else self._key(table, command)
         plan = Plan(index, command, table, "update" if record_id else "upsert" if key else "create",
                     record_id=record_id, key=key)
-        try:
-            for name, value in command.values.items():
+        for name, value in command.values.items():
+            try:
                 self._add(plan, name, value)
-        except ValueProblem as exc:
-            return SinkOutcome(command, False, crm_id=record_id, code="CRMSYNC_INVALID_VALUE", message=str(exc))
+            except ValueProblem as exc:  # this field only: the others are written, this one is rejected
+                plan.refused[name] = str(exc)
+        if plan.refused and not plan.written:
+            return SinkOutcome(command, False, crm_id=record_id, code="CRMSYNC_INVALID_VALUE",
+                               message="; ".join(plan.refused.values()))
         plan.body.update(key or {})
         if plan.kind != "create":  # a record that cannot be found beforehand has nothing to compare with
             plan.expect = {k: v for k, v in (command.expect or {}).items() if k in plan.written}

@@ -38,6 +38,7 @@ class OracleConnector:
     # modification stamps, preferred first: the seed's OOD fields (LastUpdated, ModifiedDate, LastLoggedIn) with
     # ModifiedDate first, because every standard record type has it (the change source reads it too)
     index_fields: ClassVar[tuple[str, ...]] = ("ModifiedDate", "LastUpdated", "LastLoggedIn")
+    stamp_resolution: ClassVar[float] = 1.0  # ModifiedDate is stamped to the second
     deleted_flag: ClassVar[str | None] = "IsDeleted"  # records(include_deleted=True): Deleted Items carry it true
     multi_select_separator: ClassVar[str] = ";"  # multi-select picklist values as one string, "a;b"
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}

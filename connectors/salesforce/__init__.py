@@ -28,6 +28,7 @@ class SalesforceConnector:
         "Id", "IsDeleted", "SystemModstamp", "CreatedDate", "CreatedById", "LastModifiedDate", "LastModifiedById",
         "LastActivityDate", "LastViewedDate", "LastReferencedDate", "MasterRecordId"})
     index_fields: ClassVar[tuple[str, ...]] = ("SystemModstamp", "LastModifiedDate")
+    stamp_resolution: ClassVar[float] = 0.001  # SystemModstamp has milliseconds
     deleted_flag: ClassVar[str | None] = "IsDeleted"  # set on records queryAll returns from the recycle bin
     multi_select_separator: ClassVar[str] = ";"
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}

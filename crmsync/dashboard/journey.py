@@ -70,7 +70,7 @@ def _topics(settings: Settings, mapping: Mapping) -> dict[str, str]:
 
 def _is_record(change: Change, link: dict[str, Any]) -> bool:
     if change.side == "crm":
-        return link["crm_id"] is not None and change.key.get("Id") == link["crm_id"]
+        return link["crm_id"] is not None and change.key.get("id") == link["crm_id"]
     return link["campaign_key"] is not None and str(change.key.get("id")) == str(link["campaign_key"])
 
 

@@ -5,8 +5,10 @@ Per batch (up to 2,000 commands from ``topics.apply('campaign', <campaign>, <tab
 1. Plan every command (services/campaign_writer/plan.py): check table, columns, key and match against the real
    schema; a command that cannot run becomes a reject right away. Parent tables go first (a stable sort, so
    the commands of one record keep their order).
-2. One transaction, which starts with ``pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')``
-   so change capture tags everything it writes as the sync's own (echo suppression).
+2. One transaction, which starts with ``pg_logical_emit_message(true, 'crmsync.origin', <echo tag>)`` so change
+   capture tags everything it writes as the sync's own (echo suppression); the tag names, per table, the mapping
+   the rows were written for (crmsync.envelope.echo_tag). A batch in which two mappings (two CRMs) write one table
+   becomes consecutive transactions, one per run of commands that agree on the mapping per table.
 3. Fast path: chunks of commands, each chunk pipelined as a few prepared ``executemany`` calls inside a
    savepoint. If PostgreSQL refuses one command, that chunk is redone with a savepoint per command, so the bad
    command becomes a reject (error_code = SQLSTATE name, reason = PostgreSQL's message and the column) and the
@@ -163,6 +165,20 @@ def _systemic(exc: psycopg.Error) -> bool:
     return state is None or state[:2] in SYSTEMIC_SQLSTATE_CLASSES
 
 
+def _echo_groups(items: list[Planned | Invalid]) -> list[tuple[list[Planned | Invalid], dict[str, str | None]]]:
+    """Consecutive runs of `items` in which each table is written for one mapping only, with that mapping per
+    table: each run is one transaction whose echo tag says, per table, which mapping its rows are echoes for
+    (crmsync.envelope.echo_tag). One run unless two mappings (two CRMs) write the same table in one batch."""
+    runs: list[tuple[list[Planned | Invalid], dict[str, str | None]]] = []
+    for item in items:
+        table, mapping = item.command.object, item.command.mapping
+        if not runs or runs[-1][1].get(table, mapping) != mapping:
+            runs.append(([], {}))
+        runs[-1][0].append(item)
+        runs[-1][1][table] = mapping
+    return runs
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -238,13 +254,18 @@ class CampaignWriter:
         if not commands and not extra_rejects:
             return BatchResult()
         items = [self._plan(c) for c in self._parents_first(commands)]
-        with self.conn.transaction():
-            pg.tag_origin(self.conn, STAGE)
-            queues = self._load_queues(items)
-            outcomes: list[Outcome] = []
-            for chunk in _chunks(items, self.options.chunk_size):
-                outcomes += self._apply_chunk(chunk, queues)
-            result = self._settle(outcomes, queues, extra_rejects)
+        result = BatchResult()
+        for group, mappings_by_table in _echo_groups(items):
+            with self.conn.transaction():
+                pg.tag_origin(self.conn, envelope.echo_tag(STAGE, mappings_by_table))
+                queues = self._load_queues(group)
+                outcomes: list[Outcome] = []
+                for chunk in _chunks(group, self.options.chunk_size):
+                    outcomes += self._apply_chunk(chunk, queues)
+                settled = self._settle(outcomes, queues, extra_rejects)
+            extra_rejects = ()
+            for name in ("applied", "rejects", "waiting", "duplicates"):
+                getattr(result, name).extend(getattr(settled, name))
         for reject in [*result.rejects, *result.waiting]:
             rejects.publish(self.producer, self.tracker, reject)
         kafka.flush_all(self.producer, self.tracker)

@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import psycopg
@@ -235,6 +235,8 @@ class CrmWriter:
                 APPLIED.labels(self.crm, self.account_name, command.object, action).inc()
                 applied_sources.setdefault(command.object, []).append(command.source_ts)
                 self.on_applied(command, outcome.crm_id or "", outcome.created)
+                if outcome.refused_fields:
+                    result.rejects.append(self._refused_fields(outcome))
             else:
                 result.rejects.append(self._reject(command, outcome.code, outcome.message))
         for obj, source_times in applied_sources.items():
@@ -246,6 +248,15 @@ class CrmWriter:
         if retried:
             crm_rejects.resolve(self.conn, retried)
         return result
+
+    def _refused_fields(self, outcome: SinkOutcome) -> Reject:
+        """The fields the CRM could not take, as a command of their own (retried like any reject, e.g. once the
+        picklist or the enumeration map is fixed); the rest of the record was written."""
+        command, refused = outcome.command, outcome.refused_fields
+        rest = replace(command, id=f"{command.id}#refused", values={f: command.values[f] for f in refused},
+                       expect={f: v for f, v in (command.expect or {}).items() if f in refused} or None,
+                       key={"id": outcome.crm_id} if outcome.crm_id else command.key)
+        return self._reject(rest, "CRMSYNC_INVALID_VALUE", "; ".join(f"{f}: {why}" for f, why in refused.items()))
 
     def _reject(self, command: ApplyCommand, code: str | None, message: str) -> Reject:
         REJECTED.labels(self.crm, self.account_name, command.object, code or "unknown").inc()

@@ -265,6 +265,7 @@ class MemoryConnector:
     default_external_id: ClassVar[str | None] = "campaign_key"
     system_fields: ClassVar[frozenset[str]] = frozenset({"pid", "modified"})
     index_fields: ClassVar[tuple[str, ...]] = ("modified",)
+    stamp_resolution: ClassVar[float] = 0.000001
     deleted_flag: ClassVar[str | None] = None
     multi_select_separator: ClassVar[str] = ";"
     objects: ClassVar[dict[str, str]] = {"contacts": "Person"}

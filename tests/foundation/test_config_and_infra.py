@@ -20,8 +20,8 @@ from crmsync.envelope import ApplyCommand, Change, Reject
     ("accounts:\n  sf:\n    type: salesforce\n    login_url: http://login.salesforce.com\n    username: u\n    password: p\n",
      r"crmsync.yaml: accounts.sf.login_url: must be an https:// URL"),
     ("accounts:\n  sf:\n    type: salesforce\n    username: u\n", r"crmsync.yaml: accounts.sf.password: Field required"),
-    ("accounts:\n  sf:\n    type: hubspot\n", r"crmsync.yaml: accounts.sf.type: unknown account type 'hubspot' \(one of: dynamics, oracle, salesforce\)"),
-    ("accounts:\n  sf:\n    username: u\n", r"crmsync.yaml: accounts.sf: missing 'type:' \(one of: dynamics, oracle, salesforce\)"),
+    ("accounts:\n  sf:\n    type: hubspot\n", r"crmsync.yaml: accounts.sf.type: unknown account type 'hubspot' \(one of: dynamics, (memory, )?oracle, salesforce\)"),
+    ("accounts:\n  sf:\n    username: u\n", r"crmsync.yaml: accounts.sf: missing 'type:' \(one of: dynamics, (memory, )?oracle, salesforce\)"),
     ("kafka: [\n", r"crmsync.yaml: line 2, column 1: not valid YAML"),
     ("- just\n- a list\n", r"crmsync.yaml: expected a mapping of settings at the top level"),
 ])

@@ -31,7 +31,7 @@ def test_a_pair_with_an_open_crm_reject_is_left_alone_by_the_repair() -> None:
             with pg.connect(world.found.campaign_dsn) as conn:
                 return bool(conn.execute(
                     "SELECT 1 FROM crmsync.rejects WHERE status <> 'resolved' AND object = 'Contact' AND "
-                    "error_code = 'FIELD_CUSTOM_VALIDATION_EXCEPTION' AND record->'key'->>'Id' = %s",
+                    "error_code = 'FIELD_CUSTOM_VALIDATION_EXCEPTION' AND record->'key'->>'id' = %s",
                     (crm_id,)).fetchone())
 
         wait_for(refused, 120, "the CRM to refuse the edit", every=1, supervisor=world.supervisor)
