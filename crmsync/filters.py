@@ -127,7 +127,7 @@ def _condition(raw: dict, path: str) -> Condition:
 
 def _check_text(value: Any, path: str) -> None:
     """A value every query language can carry: no NUL (no CRM and no PostgreSQL text holds one), at most
-    VALUE_MAX characters (a query has a size limit: SOQL 100,000 characters, a URL a few thousand)."""
+    VALUE_MAX characters (a CRM's query has a size limit, a URL a few thousand characters)."""
     if isinstance(value, str) and "\x00" in value:
         raise FilterError(path, "the value contains a NUL character, which no field can hold: remove it")
     if isinstance(value, str) and len(value) > VALUE_MAX:

@@ -104,6 +104,8 @@ class Report:
     uncertain: int = 0  # edits whose outcome the editor could not know
     linked_pairs: int = 0
     explained: int = 0  # records whose difference an open reject explains
+    divergent: int = 0  # records that differ or miss their other side, no open reject saying why (goal 0)
+    duplicates: int = 0  # emails held twice, both sides together (goal 0)
     conflicts: int = 0  # recorded during the run (the initial sync's are not counted)
     quiet_writes: int = 0
     catch_up_seconds: float = 0.0
@@ -429,12 +431,14 @@ class Chaos:
                 continue
             crm_row, row = compared.crm_rows[crm_id], compared.campaign_rows_by_key[key]
             shown = {f: (crm_row.get(_crm_name(mapping, f)), row.get(f)) for f in fields}
+            report.divergent += 1
             problems.append(f"contact {crm_id} / recipient {key} differ (CRM, Campaign): {shown}")
         for what, items in (("missing in Campaign", compared.missing_in_campaign),
                             ("missing in the CRM", compared.missing_in_crm),
                             ("gone from the CRM but linked", compared.gone_from_crm),
                             ("gone from Campaign but linked", compared.gone_from_campaign)):
             unexplained = [i for i in items if i not in explained]
+            report.divergent += len(unexplained)
             if unexplained:
                 problems.append(f"{len(unexplained)} {what}: {unexplained[:10]}")
         self._check_last_edit_wins(compared, explained)
@@ -538,6 +542,7 @@ class Chaos:
                 "SELECT email FROM recipients WHERE email IS NOT NULL AND NOT deleted"))
         for side, counts in (("CRM", crm), ("Campaign", campaign)):
             twice = [e for e, n in counts.items() if n > 1]
+            self.report.duplicates += len(twice)
             if twice:
                 self.report.problems.append(f"{len(twice)} emails twice in the {side}: {twice[:5]}")
 
