@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/salesforce.py
 	$(BIN)/python bench/campaign_writer.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/chaos.py
 
 clean:
 	-$(BIN)/crmsync infra down
