@@ -75,7 +75,8 @@ def table(results: dict[int, tuple[Report, float]], args: argparse.Namespace) ->
     rows += [(f"kill → ready, {label} (s: min / p50 / max)", [f.get(label, "-") for f in figures])
              for label in labels]
     rows += [
-        ("lag back to 0 after the edits (s)", [f"{r.catch_up_seconds:.1f}" for r, _ in results.values()]),
+        ("lag back to 0 after the edits (s)", [f"{r.catch_up_seconds:.1f}" + ("" if r.caught_up else " (not 0 yet)")
+                                               for r, _ in results.values()]),
         ("linked pairs at the end", [f"{r.linked_pairs:,}" for r, _ in results.values()]),
         ("differences explained by a reject", [str(r.explained) for r, _ in results.values()]),
         ("divergent records (goal 0)", [str(r.divergent) for r, _ in results.values()]),
@@ -96,7 +97,7 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=8.5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     results: dict[int, tuple[Report, float]] = {}
     with tempfile.TemporaryDirectory(prefix="crmsync-bench-chaos-") as base:
         for seed in args.seeds:

@@ -90,6 +90,7 @@ class Disaster:
     what: str  # "broker" (killed, comes back empty) | "postgres" (stopped as by a crash)
     at: float
     back_at: float | None = None  # it answered again
+    wall: float = field(default_factory=time.time)  # epoch seconds of the strike (Edit.at's clock)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Report:
     conflicts: int = 0  # recorded during the run (the initial sync's are not counted)
     quiet_writes: int = 0
     catch_up_seconds: float = 0.0
+    caught_up: bool = False  # every consumer group's lag stayed 0 for 5 s before the quiet timeout
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -410,6 +412,7 @@ class Chaos:
                          for g in groups)
             settled = settled + 1 if behind == 0 else 0
             if settled >= 10:  # 10 consecutive probes with nothing left: pollers and writers are idle too
+                self.report.caught_up = True
                 break
             time.sleep(0.5)
         self.report.catch_up_seconds = time.monotonic() - started
@@ -499,7 +502,8 @@ class Chaos:
             final = canonical(row.get(column), kinds[column])
             if final not in [canonical(v, kinds[column]) for v in allowed]:
                 wrong.append(f"recipient {key} {column} = {row.get(column)!r}, last edits "
-                             f"{[(e.side, e.value, round(e.at - last.at, 2)) for e in edits[-3:]]}")
+                             f"{[(e.side, e.value, round(e.at - last.at, 2)) for e in edits[-3:]]}, disasters "
+                             f"{[(d.what, round(d.wall - last.at, 2)) for d in self.report.disasters]}")
         if wrong:
             self.report.problems.append(f"{len(wrong)} fields do not hold their last edit: {wrong[:10]}")
 
