@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/salesforce.py
 	$(BIN)/python bench/campaign_writer.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/cdc.py
+	$(BIN)/python bench/crms.py
 	$(BIN)/python bench/chaos.py
 
 clean:

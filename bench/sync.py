@@ -99,7 +99,10 @@ class World:
 
 
 @contextmanager
-def world(root: Path, name: str, contacts: int, console: Console) -> Iterator[World]:
+def world(root: Path, name: str, contacts: int, console: Console, *, account: dict | None = None,
+          mappings: tuple[str, ...] = (MAPPING,)) -> Iterator[World]:
+    """`account`: settings of the sandbox account to change (e.g. {"cdc": False}); `mappings`: which of the
+    shipped mappings run."""
     state = root / name
     base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
     found = infra.up(base)
@@ -108,7 +111,10 @@ def world(root: Path, name: str, contacts: int, console: Console) -> Iterator[Wo
         pg.migrate(found.campaign_dsn)
         console.print(f"[{name}] starting the Salesforce sandbox with {contacts:,} contacts …")
         sandbox = start_sandbox(state, seed_contacts=contacts, log_file=state / "sandbox-salesforce.log")
-        effective = only_mappings(effective_settings(base, sandbox), [MAPPING])
+        effective = only_mappings(effective_settings(base, sandbox), list(mappings))
+        if account:
+            accounts = {SANDBOX_ACCOUNT: effective.accounts[SANDBOX_ACCOUNT].model_copy(update=account)}
+            effective = effective.model_copy(update={"accounts": accounts})
         config_file = write_effective_config(effective, found, state / "run" / "crmsync.yaml")
         supervisor = Supervisor(plan(effective), found, config_file, state / "logs")
         yield World(name, base, found, sandbox, effective, supervisor)

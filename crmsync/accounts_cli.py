@@ -75,10 +75,11 @@ def add(ctx: typer.Context, name: str = typer.Argument(..., help="internal name,
     except KeyError as exc:
         fail(str(exc).strip('"'), 2)
     fields = {k: v for k, v in fields.items() if k in model.model_fields}
-    for key in secret_names(model):
-        fields[key] = os.environ.get(f"CRMSYNC_ACCOUNT_{key.upper()}") or fields.get(key) or (
+    given = {key: os.environ.get(f"CRMSYNC_ACCOUNT_{key.upper()}") or fields.get(key) for key in secret_names(model)}
+    for key, value in given.items():  # asked for: required secrets, and a password when no secret was given
+        fields[key] = value or (
             typer.prompt(key.replace("_", " "), hide_input=True, default="", show_default=False)
-            if model.model_fields[key].is_required() or key == "password" else None)
+            if model.model_fields[key].is_required() or (key == "password" and not any(given.values())) else None)
     try:
         account = accounts.validate(fields)
         accounts.save(dsn, settings.state_dir, name, account)

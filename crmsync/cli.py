@@ -443,7 +443,7 @@ def dashboard(ctx: typer.Context, host: str = typer.Option("127.0.0.1", envvar="
 def reconcile(ctx: typer.Context, dry_run: bool = typer.Option(False, help="only report the divergence")) -> None:
     """Drift repair: compare both sides record by record and re-publish what diverged. With no CRM account
     configured, the CRM is the local Salesforce sandbox, as for `crmsync run` (started for the pass if needed)."""
-    from crmsync.drift import DriftChecker, clients_for
+    from crmsync.drift import DriftChecker, open_clients
     from crmsync.run import effective_settings, running_sandbox, start_sandbox
 
     found = endpoints(ctx)
@@ -457,7 +457,7 @@ def reconcile(ctx: typer.Context, dry_run: bool = typer.Option(False, help="only
                 running.callback(process.stop, sandbox.process)
                 console.print("no CRM account is configured: started the local Salesforce sandbox for this pass")
         current = effective_settings(current, sandbox)
-        checker = DriftChecker(current, found, clients_for(current))
+        checker = DriftChecker(current, found, running.enter_context(open_clients(current)))
         table = Table(title="drift" + (" (dry run)" if dry_run else ""))
         for column in ("mapping", "crm", "campaign", "missing in Campaign", "missing in CRM", "differing",
                        "gone from CRM", "gone from Campaign", "duplicates", "re-published"):

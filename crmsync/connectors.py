@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from crmsync.envelope import ApplyCommand, Change
 from crmsync.filters import Node
@@ -83,6 +83,10 @@ class AccountBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str
     ca_file: Path | None = None  # an extra CA to trust (e.g. the local sandbox CA); TLS verification stays on
+    # The API calls per day the poller may spend polling this account (services/crm_poller/budget.py); None: a
+    # share of the CRM's own daily limit as its client reports it (`Client.usage()`), no pacing if it reports none.
+    api_budget_per_day: int | None = Field(None, gt=0)
+    api_budget_share: float = Field(0.5, gt=0, le=1)
 
     @model_validator(mode="after")
     def _no_control_characters(self) -> "AccountBase":
@@ -171,11 +175,15 @@ class TableInfo:
 
 @dataclass
 class TableSpec:
+    """One CRM table as the wizard mirrors it. `key` is its primary key field as the API names it in records (the
+    mirror table's primary key; every connector states it — CRMs differ: `Id`, `<table>id`, …)."""
+
     name: str
     label: str
     fields: list[FieldSpec]
     enumerations: list[Enumeration] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (field, CRM type) not mirrored
+    key: str = field(kw_only=True)
 
 
 class Discovery(Protocol):
@@ -215,6 +223,26 @@ class ChangeSource(Protocol):
     def fields(self) -> dict[str, FieldSpec]:
         """The object's fields as the CRM describes them now (kinds go to crmsync.crm_fields)."""
         ...
+
+
+@runtime_checkable
+class PushSource(ChangeSource, Protocol):
+    """A change source the CRM pushes changes to (a subscription, e.g. Salesforce's Change Data Capture), instead
+    of one the poller asks on a timer. Same `read(cursor)` contract; in addition:
+
+    - `read` returns once the subscription has been quiet for a moment (a read right after writes delivers them
+      if the CRM pushes them within that moment), and never blocks much longer than that;
+    - reading while nothing arrived costs no API call (the poller reads push sources whenever `wakeup` fires and
+      on its timer, without pacing them);
+    - `wakeup(event)`: the source sets `event` whenever changes are waiting to be read, and `pending()` says
+      whether some are (or the subscription needs attention): the poller reads only those;
+    - `close()` ends the subscription."""
+
+    def wakeup(self, event: threading.Event) -> None: ...
+
+    def pending(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
@@ -344,10 +372,15 @@ class Connector(Protocol):
     deleted_flag: ClassVar[str | None]  # field marking a deleted record a query may return (None: never returned)
     multi_select_separator: ClassVar[str]  # how the API writes a multi-select value ('a;b': ";")
     objects: ClassVar[dict[str, str]]  # the seed objects: "contacts" | "accounts" | "opportunities" -> object name
+    # Optional: the change-source modes the connector offers, polling first ("poll", then push modes such as
+    # Salesforce's "cdc"); `change_source(..., mode=...)` picks one. Without it a connector has one mode.
+    source_modes: ClassVar[tuple[str, ...]]
 
     def client(self, account_name: str, account: AccountBase) -> Client: ...
 
-    def change_source(self, client: Client, obj: str, **options: Any) -> ChangeSource: ...
+    def change_source(self, client: Client, obj: str, **options: Any) -> ChangeSource:
+        """`options` may hold `mode` (one of `source_modes`; absent: the connector's choice for this object)."""
+        ...
 
     def sink(self, client: Client, *, assignment_rule: str | None = None, bulk: bool | None = None,
              **options: Any) -> Sink:
@@ -420,3 +453,17 @@ def types() -> list[str]:
 
 def for_account(account: AccountBase) -> Connector:
     return connector(account.type)
+
+
+def source_modes(found: Connector) -> tuple[str, ...]:
+    """The change-source modes a connector offers (`Connector.source_modes`; empty: just its one source)."""
+    return tuple(getattr(found, "source_modes", ()))
+
+
+def close_clients(clients: dict[str, Client]) -> None:
+    """Close every client (logging its CRM session off); a failure only leaves a session to time out."""
+    for client in clients.values():
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass

@@ -23,6 +23,7 @@ from rich.table import Table
 from crmsync import connectors, filters, infra, lag, names, pg, process, topics
 from crmsync.campaign.seed import seed
 from crmsync.config import Settings
+from crmsync.drift import open_clients
 from crmsync.infra import Endpoints
 from crmsync.run import (DEFAULT_CRM, Sandbox, Supervisor, effective_settings, plan, start_sandbox,
                          write_effective_config)
@@ -36,17 +37,16 @@ class DemoRun:
     found: Endpoints
     sandbox: Sandbox
     supervisor: Supervisor
+    clients: dict[str, Any]  # account → its logged-in client, closed when the demo ends
     sandbox_kit: Any = None  # the CRM's SandboxKit (what its rules refuse, for the scenario)
 
 
-def _shared_emails(settings: Settings, count: int) -> list[str]:
+def _shared_emails(settings: Settings, client: Any, count: int) -> list[str]:
     """Emails of `count` contacts of the CRM (through its connector's RecordQuery), for Campaign's seed."""
-    from crmsync.drift import clients_for
-
     account = next(iter(settings.accounts))
     connector = connectors.for_account(settings.accounts[account])
     email = next(f.crm for f in settings.mapping("contacts").fields if f.campaign == "email")
-    query = connector.query(clients_for(settings)[account])
+    query = connector.query(client)
     found: list[str] = []
     for page in query.records(settings.mapping("contacts").crm_object, [email],
                               where=filters.Condition(email, "is not empty"), order_by=[(email, False)]):
@@ -75,13 +75,11 @@ def keep_or_stop_infrastructure(settings: Settings, found: Endpoints, running: E
 SEEDED_WORDS = ("organisations.industry", "purchases.stage")  # picklist-like columns the Campaign seed fills
 
 
-def _vocabularies(settings: Settings) -> dict[str, list[str]]:
+def _vocabularies(settings: Settings, client: Any) -> dict[str, list[str]]:
     """The values the CRM's picklists allow for the seeded picklist-like columns, as its API writes them, so the
     seeded Campaign holds values the CRM accepts (its sandbox seeds the same people with the same rule)."""
-    from crmsync.drift import clients_for
-
     account = next(iter(settings.accounts))
-    discovery = connectors.for_account(settings.accounts[account]).discovery(clients_for(settings)[account])
+    discovery = connectors.for_account(settings.accounts[account]).discovery(client)
     found: dict[str, list[str]] = {}
     for mapping in settings.mappings:
         wanted = {fm.crm: f"{mapping.campaign_table}.{fm.campaign}" for fm in mapping.fields
@@ -108,19 +106,21 @@ def start(settings: Settings, found: Endpoints, running: ExitStack, *, contacts:
     sandbox = start_sandbox(settings.state_dir, crm=crm, seed_contacts=contacts, log_file=log_dir / f"sandbox-{crm}.log")
     running.callback(process.stop, sandbox.process)
     effective = effective_settings(settings, sandbox)
+    clients = running.enter_context(open_clients(effective))  # the demo's own, logged off when it ends
+    client = clients[next(iter(effective.accounts))]
     with pg.connect(found.campaign_dsn) as conn:
         empty = conn.execute("SELECT count(*) FROM recipients").fetchone()[0] == 0
     if empty:
-        emails = _shared_emails(effective, shared)
+        emails = _shared_emails(effective, client, shared)
         console.print(f"seeding Campaign: {recipients:,} recipients, {len(emails)} sharing an email with a contact …")
-        seed(found.campaign_dsn, recipients, shared_emails=emails, vocabularies=_vocabularies(effective))
+        seed(found.campaign_dsn, recipients, shared_emails=emails, vocabularies=_vocabularies(effective, client))
     config_file = write_effective_config(effective, found, settings.state_dir / "run" / "crmsync.yaml")
     supervisor = Supervisor(plan(effective), found, config_file, log_dir, settings=effective, embedded=settings,
                             say=lambda line: console.print(f"[yellow]{line}[/yellow]"))
     running.callback(supervisor.stop)
     supervisor.start()
     console.print(f"services started: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir})")
-    return DemoRun(effective, found, sandbox, supervisor, connector.sandbox())
+    return DemoRun(effective, found, sandbox, supervisor, clients, connector.sandbox())
 
 
 def status(run: DemoRun) -> dict:

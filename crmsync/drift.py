@@ -15,8 +15,9 @@ retries them, and a record the other side refused must not look "gone" (that wou
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -229,17 +230,18 @@ def repair_all(settings: Settings, found: Endpoints, say: Callable[[str], None] 
     """One drift-repair pass over every mapping (the periodic pass of `crmsync run`, and its answer to a broker
     that lost its memory); returns the changes re-published. A mapping whose pass fails is said and skipped:
     the next pass tries again."""
-    checker = DriftChecker(settings, found, clients_for(settings))
     published = 0
-    for mapping in settings.mappings:
-        try:
-            report = checker.compare(mapping)
-            if not report.converged:
-                count = checker.repair(mapping, report)
-                published += count
-                say(f"drift in {mapping.name}: {report.summary()}; re-published {count} changes")
-        except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next one
-            say(f"drift repair of {mapping.name} failed: {exc}")
+    with open_clients(settings) as clients:
+        checker = DriftChecker(settings, found, clients)
+        for mapping in settings.mappings:
+            try:
+                report = checker.compare(mapping)
+                if not report.converged:
+                    count = checker.repair(mapping, report)
+                    published += count
+                    say(f"drift in {mapping.name}: {report.summary()}; re-published {count} changes")
+            except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next one
+                say(f"drift repair of {mapping.name} failed: {exc}")
     return published
 
 
@@ -257,8 +259,20 @@ def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:
 
 
 def clients_for(settings: Settings) -> dict[str, Any]:
-    """One logged-in client per account, each from its own connector."""
+    """One logged-in client per account, each from its own connector. The caller closes them (`open_clients`)."""
     return {name: connectors.for_account(account).client(name, account) for name, account in settings.accounts.items()}
+
+
+@contextmanager
+def open_clients(settings: Settings) -> Iterator[dict[str, Any]]:
+    """`clients_for`, each client closed on the way out. Closing logs the CRM session off: some CRMs cap the
+    sessions a company may hold at once (Oracle CRM On Demand: 10), and sessions left open until they time out
+    lock the services out of signing in."""
+    clients = clients_for(settings)
+    try:
+        yield clients
+    finally:
+        connectors.close_clients(clients)
 
 
 def _words(value: Any) -> Any:

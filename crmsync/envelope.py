@@ -68,6 +68,9 @@ class Change:
     captured_ts: str = field(default_factory=utc_now_iso)
     before: dict[str, Any] | None = None
     origin: str | None = None  # set when the change was written by crmsync itself (echo suppression)
+    # True: `after` holds only the fields this change touched (a field it lacks is unchanged, not null), as a
+    # CRM that pushes changed fields (Salesforce Change Data Capture UPDATE events) sends them
+    partial: bool = False
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -87,15 +90,15 @@ class Change:
 
 def crm_change(account: str, obj: str, op: Op, crm_id: str, version: str, ts: str, *,
                after: dict[str, Any] | None, before: dict[str, Any] | None = None, id_prefix: str = "crm",
-               **position: Any) -> Change:
+               partial: bool = False, **position: Any) -> Change:
     """The one way a CRM change is built (change sources, drift repair, the workflow's import), so the same
     record version always has the same id and position: ``crm:<account>:<object>:<id>:<version>``, key
     ``{"id": <CRM id>}``, position ``{"ts": <ISO UTC>, "id": <CRM id>, …}``. `version` is the CRM's own
     modification stamp as it wrote it (or its row version); `ts` is that moment in ISO 8601 UTC — what the
-    streams order a record's changes by."""
+    streams order a record's changes by. `partial`: `after` holds only the fields the change touched."""
     return Change(id=f"{id_prefix}:{account}:{obj}:{crm_id}:{version}", side="crm", source=account, object=obj,
                   op=op, key={"id": crm_id}, after=after, before=before,
-                  position={"ts": ts, "id": crm_id, **position}, source_ts=ts)
+                  position={"ts": ts, "id": crm_id, **position}, source_ts=ts, partial=partial)
 
 
 def changes_from_message(raw: bytes | str) -> list[Change]:

@@ -23,7 +23,7 @@ from rich.console import Console
 from crmsync import connectors, filters, pg
 from crmsync.envelope import ApplyCommand
 from crmsync.demo import DemoRun
-from crmsync.drift import DriftChecker, clients_for
+from crmsync.drift import DriftChecker
 
 
 @dataclass
@@ -50,7 +50,7 @@ class CrmSide:
     def __init__(self, run: DemoRun) -> None:
         self.account = next(iter(run.settings.accounts))
         self.connector = connectors.for_account(run.settings.accounts[self.account])
-        self.client = clients_for(run.settings)[self.account]
+        self.client = run.clients[self.account]
         self.mapping = run.settings.mapping("contacts")
         self.sink = self.connector.sink(self.client)
 
@@ -84,7 +84,7 @@ class CrmSide:
 
 
 def basic(run: DemoRun, console: Console, timeout: float = 300) -> Verdict:
-    clients = clients_for(run.settings)
+    clients = run.clients
     crm = CrmSide(run)
     checker = DriftChecker(run.settings, run.found, clients)
     console.print("waiting for the initial sync to converge …")

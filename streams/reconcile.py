@@ -13,7 +13,14 @@ against `agreed`:
   recorded with both values.
 
 Campaign changes made by crmsync's own writer are recognised exactly (change capture tags their transaction)
-and skipped before any of this. Delivery is at-least-once everywhere; the commands are idempotent and the
+and skipped before any of this.
+
+A *partial* change (`Change.partial`: a CRM that pushes only the fields an update touched, e.g. Salesforce Change
+Data Capture) is merged field by field like any other — a field it does not carry is unchanged, never null — with
+three differences: a filter rule on a field it does not carry does not exclude it; it never creates a record (a
+record the streams have no link for is skipped: the rest of its fields are unknown; drift repair brings it in if
+a mapping wants it); and a field it carries is a real edit even when it equals what that side held before our
+write in flight (every field of a pushed update changed; only a read can be "not caught up yet"). Delivery is at-least-once everywhere; the commands are idempotent and the
 state update commits only after the commands are acknowledged, so a crash re-decides the same batch.
 
 Invariants:
@@ -250,7 +257,9 @@ class MappingBatch:
             self.out.skipped += 1
             return
         link = self._find_link(change)
-        if link is None:
+        if link is None and change.partial:
+            self.out.skipped += 1  # only the fields an update touched: not enough to create a record from
+        elif link is None:
             self._new_record(change)
         elif change.op == "d":
             self._deleted(change, link)
@@ -321,9 +330,12 @@ class MappingBatch:
         return change.key.get("id")
 
     def _in_filter(self, change: Change) -> bool:
+        """The change's record passes the mapping's filter for its side (a partial change is judged on the
+        fields it carries: one it does not carry did not change)."""
         rules = self.m.filter.crm if change.side == "crm" else self.m.filter.campaign
         row = change.after or change.before or {}
-        return all(row.get(name) in allowed for name, allowed in rules.items())
+        return all(row.get(name) in allowed for name, allowed in rules.items()
+                   if not (change.partial and name not in row))
 
     # -- state --------------------------------------------------------------------------------------------
     def _identities(self, changes: Iterable[Change]) -> tuple[set[str], set[int]]:
@@ -656,7 +668,7 @@ class MappingBatch:
                 continue
             if side == "campaign":
                 self._clear_pending(link, CAMPAIGN_BASES, column)  # Campaign's own edit of the field
-            if pending and value == pending["base"]:
+            if pending and value == pending["base"] and not change.partial:
                 if change.op == "r":  # a repair read: our write never arrived (e.g. broker data lost)
                     back_to_side[column] = agreed
                 continue  # that side has not caught up with our write yet

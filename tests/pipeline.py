@@ -4,6 +4,9 @@ seeded with recipients of which `shared` have a contact's email, and every servi
 start under a Supervisor."""
 from __future__ import annotations
 
+import os
+import signal
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +88,11 @@ class CrmWorld:
         checker = DriftChecker(self.settings, self.found, self.clients)
         return all(checker.compare(m).converged for m in self.settings.mappings)
 
+    def summaries(self) -> list[str]:
+        """Each mapping's drift report, for an assertion message."""
+        checker = DriftChecker(self.settings, self.found, self.clients)
+        return [checker.compare(m).summary() for m in self.settings.mappings]
+
 
 def contacts_mapping(crm: str, name: str) -> Mapping:
     """`crm`'s shipped contacts mapping, called `name`, without references to the mappings left out."""
@@ -124,3 +132,29 @@ def crm_pipeline(state: Path, *, crms: dict[str, int], recipients: int, shared: 
         for sandbox in sandboxes.values():
             process.stop(sandbox.process)
         infra.down(base)
+
+
+def kill_each_in_turn(supervisor: Supervisor, every: float = 4.0) -> list[str]:
+    """SIGKILL every service once, in plan order, `every` seconds apart, the supervisor restarting them meanwhile;
+    returns the labels killed."""
+    killed = []
+    for spec in supervisor.specs:  # capture, streams, writer-campaign, then poller, writer-crm, mirror per account
+        deadline = time.monotonic() + every
+        while time.monotonic() < deadline:
+            supervisor.check()
+            time.sleep(0.2)
+        victim = supervisor.children[spec.label]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        killed.append(spec.label)
+    return killed
+
+
+def wait_restarted(supervisor: Supervisor, count: int, timeout: float = 60) -> int:
+    """Let the supervisor restart what is due until `count` restarts happened (the last one killed may still be
+    waiting for its restart delay); returns the restarts counted."""
+    deadline = time.monotonic() + timeout
+    while sum(supervisor.restarts.values()) < count and time.monotonic() < deadline:
+        supervisor.check()
+        time.sleep(0.2)
+    return sum(supervisor.restarts.values())

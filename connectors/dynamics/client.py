@@ -38,6 +38,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from crmsync.api_budget import API_CALLS
 from crmsync.connectors import ApiUsage
 
 from .auth import DynamicsAccount, TokenProvider
@@ -197,6 +198,7 @@ class DataverseClient:
             content = encode_json(json_body).encode()
             sent.setdefault("Content-Type", "application/json")
         self.requests_sent += 1
+        API_CALLS.labels(self.account_name, "webapi").inc()
         return self.http.request(method, url, params=params, content=content, headers=sent)
 
     def _url(self, path: str) -> str:

@@ -118,8 +118,14 @@ class DynamicsConnector:
     def change_source(self, client: Any, obj: str, **options: Any) -> DynamicsChangeSource:
         return DynamicsChangeSource(client, _catalog(client), obj, SourceOptions(**options))
 
-    def sink(self, client: Any, **options: Any) -> DynamicsSink:
+    def sink(self, client: Any, *, assignment_rule: str | None = None, bulk: bool | None = None,
+             **options: Any) -> DynamicsSink:
+        """The workflow activity's options: the Web API names no assignment rule (Dataverse assigns records by its
+        own workflows and plug-ins), so `assignment_rule` is ignored; `bulk` sends every group of one table and
+        kind through the *Multiple actions, however small (default: from `multiple_threshold` records)."""
         external_id = options.pop("external_id", DEFAULT_EXTERNAL_ID)
+        if bulk:
+            options.setdefault("multiple_threshold", 1)
         return DynamicsSink(client, _catalog(client), SinkOptions(**options), external_id=external_id)
 
     def discovery(self, client: Any) -> DynamicsDiscovery:

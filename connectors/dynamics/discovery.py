@@ -45,7 +45,7 @@ class DynamicsDiscovery:
                 {"name": str(value), "label": text or str(value), "value": str(value)}
                 for value, text in column.choice.options.items()])
         skipped = [(c.name, c.crm_type) for c in table.columns.values() if not c.mirrored]
-        return TableSpec(table.name, table.label, fields, list(enumerations.values()), skipped)
+        return TableSpec(table.name, table.label, fields, list(enumerations.values()), skipped, key=table.primary_id)
 
     def rows(self, table: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
         """Current rows with `fields` (logical names), in the forms the mirror columns take."""

@@ -8,7 +8,14 @@
   (Web Services On Demand Guide, OnDemWebSvcs_EstablishSessions10.html).
 
 A session is signed in lazily, before the first request, and again whenever a request finds it gone; each
-sign-in restarts the session's pacer because OOD counts requests per session from zero. The session id is sent
+sign-in restarts the session's pacer because OOD counts requests per session from zero.
+
+Sessions are scarce: OOD allows 10 concurrent sessions per company ("Web Services On Demand Limiters",
+OnDemWebSvcs_Limiters2.html), and one that is not logged off lives until 10 minutes of inactivity. So Web
+Services requests are stateless by default (`ws_stateless`): each carries a WS-Security UsernameToken and every
+process of the user shares the user's one stateless session (OnDemWebSvcs_EstablishSessions4.html) instead of
+holding one each; a process holds only its REST session. A sign-in refused for the quota (SBL-ODU-01004) raises
+`SessionQuotaReached`, a transient error: the caller retries later. The session id is sent
 as a `Cookie: JSESSIONID=...` header, never in a URL, and is added to the error scrubber.
 """
 from __future__ import annotations
@@ -21,7 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from .config import OracleConfig
-from .errors import OracleApiError, Scrubber, SignInFailed, TransportError
+from .errors import SESSION_QUOTA, OracleApiError, Scrubber, SessionQuotaReached, SignInFailed, TransportError
 from .pacer import Pacer
 
 
@@ -104,6 +111,9 @@ def _sign_in_error(session: Session, response: httpx.Response) -> OracleApiError
         message = response.text.strip()[:300]
         found = re.search(r"\((SBL-[A-Z]+-\d+)\)", message)
         code = found.group(1) if found else ""
+    if code == SESSION_QUOTA:
+        return SessionQuotaReached(session.scrub(f"signing in as {session.config.username} failed: {message}"),
+                                   status=response.status_code, code=code, transient=True)
     kind = SignInFailed if response.status_code in (401, 403) else OracleApiError
     return kind(session.scrub(f"signing in as {session.config.username} failed: {message}"),
                 status=response.status_code, code=code)

@@ -30,6 +30,9 @@ class OracleConfig(BaseModel):
     page_size: int = Field(100, ge=1, le=100)
     timeout_seconds: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    ws_stateless: bool = Field(True, description="Web Services requests carry a WS-Security UsernameToken and share "
+                               "the user's one stateless session (OOD allows 10 concurrent sessions per company); "
+                               "false: a stateful Web Services session of its own per client")
 
     @field_validator("base_url")
     @classmethod

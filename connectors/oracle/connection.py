@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from crmsync.api_budget import API_CALLS
 from crmsync.connectors import ApiUsage
 
 from .account import OracleAccount
@@ -66,6 +67,7 @@ class OracleConnection:
             self.api.close()
             raise
         self._counted_refusals = 0
+        self._counted_calls = {"rest": 0, "webservices": 0}
         self._described: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -112,6 +114,10 @@ class OracleConnection:
         only published budget (Web Services are limited by spacing, not by a count)."""
         used = self.api.usage()
         self.count_refusals()
+        for kind, calls in (("rest", used.rest_requests), ("webservices", used.ws_requests)):
+            if calls > self._counted_calls[kind]:  # crmsync_crm_api_calls_total, as every client counts its calls
+                API_CALLS.labels(self.account_name, kind).inc(calls - self._counted_calls[kind])
+                self._counted_calls[kind] = calls
         return ApiUsage(calls=used.rest_requests + used.ws_requests, remaining=used.rest_window.remaining,
                         limit=used.rest_window.limit, window="minute")
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 REST_RATE_TEXT = "The maximum rate of requests was exceeded"
+BAD_CREDENTIALS = "SBL-ODU-01003"  # the user name or password is not valid
+SESSION_QUOTA = "SBL-ODU-01004"  # the company's concurrent sessions are all in use
 
 
 @dataclass(eq=False)
@@ -48,6 +50,12 @@ class RateLimited(OracleApiError):
 
 class SignInFailed(OracleApiError):
     """The credentials were refused: a configuration error, not worth retrying."""
+
+
+class SessionQuotaReached(OracleApiError):
+    """SBL-ODU-01004: the company's concurrent sessions (10 by default) are all in use. Transient: a session ends
+    when its holder logs off or after 10 minutes idle (a process killed without logging off holds one until
+    then)."""
 
 
 class TransportError(OracleApiError):

@@ -161,7 +161,7 @@ class OracleDiscovery:
     def describe_table(self, name: str) -> TableSpec:
         described = self.connection.describe(name)
         fields = fields_of(described)
-        spec = TableSpec(name, str(described.get("title") or name), [])
+        spec = TableSpec(name, str(described.get("title") or name), [], key="Id")
         for f in fields.values():
             if f.search_copy:
                 spec.skipped.append((f.name, "search field (an upper-cased copy)"))

@@ -35,11 +35,19 @@ from xml.sax.saxutils import escape
 import httpx
 
 from .auth import Session
-from .errors import OracleApiError, RateLimited, SessionExpired, TransportError
+from .errors import (BAD_CREDENTIALS, SESSION_QUOTA, OracleApiError, RateLimited, SessionExpired, SessionQuotaReached,
+                     SignInFailed, TransportError)
 from .query import ws_any_of, ws_term
 from .timezone import UserClock
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+# Rate refusals a request waits out before giving up: processes sharing the user's stateless session take turns
+# in its 20 requests a second, so refusals come in runs (each answer says how many ms to wait)
+RATE_REFUSALS = 200
+# WS-Security 1.0 (OASIS): the namespace OOD reads as a stateless request (Enabling Support for Stateless Requests)
+WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+PASSWORD_TEXT = ("http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
+                 "#PasswordText")
 UNSUPPORTED_OPERATION = "SBL-EAI-04113"
 _RATE_TEXT = "maximum rate of requests was exceeded"
 _TRY_AGAIN = re.compile(r"try again in (\d+) ms")
@@ -262,14 +270,25 @@ class WebServices:
         return self._post(f'<DeletedItemWS_DeletedItemQueryPage_Input xmlns="{namespace}">{inner}'
                           "</DeletedItemWS_DeletedItemQueryPage_Input>", f'"document/{namespace}:DeletedItemQueryPage"')
 
+    def _header(self) -> str:
+        """The SOAP header: a UsernameToken for a stateless request, empty when the session cookie is sent."""
+        if not self.config.ws_stateless:
+            return "<soapenv:Header/>"
+        password = escape(self.config.password.get_secret_value())
+        return (f'<soapenv:Header><wsse:Security xmlns:wsse="{WSSE}"><wsse:UsernameToken>'
+                f"<wsse:Username>{escape(self.config.username)}</wsse:Username>"
+                f'<wsse:Password Type="{PASSWORD_TEXT}">{password}</wsse:Password>'
+                "</wsse:UsernameToken></wsse:Security></soapenv:Header>")
+
     def _post(self, body: str, action: str) -> ET.Element:
         """POST one SOAP request with sign-in, pacing, re-sign-in, rate-limit waits and retries; returns the
         first element of the response Body."""
         envelope = (f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{SOAP_ENV}">'
-                    f"<soapenv:Header/><soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>").encode()
-        attempt = refusals = 0
+                    f"{self._header()}<soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>").encode()
+        attempt = expiries = rate_refusals = 0
         while True:
-            headers = {**self.session.cookie(), "Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
+            session = {} if self.config.ws_stateless else self.session.cookie()
+            headers = {**session, "Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
             self.session.pacer.acquire()
             self.calls += 1
             try:
@@ -282,12 +301,15 @@ class WebServices:
             except httpx.HTTPError as exc:
                 self.session.pacer.release()
                 error = TransportError(self.session.scrub(f"{type(exc).__name__}: {exc}"), transient=True)
-            if isinstance(error, (SessionExpired, RateLimited)) and refusals < self.config.max_retries + 3:
-                refusals += 1
-                if isinstance(error, SessionExpired):
-                    self.session.forget()
-                else:
-                    self.session.pacer.rate_limited(error.retry_after)
+            if isinstance(error, SessionExpired) and expiries < self.config.max_retries + 3:
+                expiries += 1
+                self.session.forget()
+                continue
+            if isinstance(error, RateLimited) and rate_refusals < RATE_REFUSALS:
+                # a refused request did nothing: wait as told, plus a little so processes sharing the stateless
+                # session do not all come back at the same instant
+                rate_refusals += 1
+                self.session.pacer.rate_limited((error.retry_after or 0.05) + random.random() * 0.05 * rate_refusals)
                 continue
             if not error.retryable or attempt >= self.config.max_retries:
                 raise error
@@ -331,6 +353,10 @@ def _fault(response: httpx.Response, scrub: Callable[[str], str]) -> OracleApiEr
         return error
     if code in _SESSION_CODES or "Session is not available" in message:
         return SessionExpired(message, **details)
+    if code == BAD_CREDENTIALS:  # a stateless request's UsernameToken was refused
+        return SignInFailed(message, **details)
+    if code == SESSION_QUOTA:
+        return SessionQuotaReached(message, transient=True, **details)
     return OracleApiError(message, transient=text("faultcode").endswith("Server") and not symbol, **details)
 
 

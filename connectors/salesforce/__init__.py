@@ -3,6 +3,8 @@
     client.py     one logged-in account, every call through one retry policy (simple-salesforce underneath)
     auth.py       OAuth 2.0 / SOAP login against the account's https login URL
     source.py     the change source: SystemModstamp cursor with a lookback memory, deletes (queryAll + deleted)
+    cdc.py        the push change source: Change Data Capture events through the Pub/Sub API (pubsub.py), for
+                  objects selected for CDC; gaps filled by query
     sink.py       the sink: sObject Collections and Bulk API 2.0, compare-and-set by a SOQL read
     query.py      the record query: neutral filters as SOQL
     discovery.py  describeGlobal / describe in neutral terms (wizard, field kinds)
@@ -19,6 +21,9 @@ from connectors.salesforce.account import SalesforceAccount
 from crmsync.connectors import AccountBase, mappings_file
 
 
+POLL_OPTIONS = frozenset({"lookback_seconds", "batch_size", "track_hard_deletes", "full_window_every_seconds"})
+
+
 class SalesforceConnector:
     type: ClassVar[str] = "salesforce"
     label: ClassVar[str] = "Salesforce"
@@ -32,16 +37,26 @@ class SalesforceConnector:
     deleted_flag: ClassVar[str | None] = "IsDeleted"  # set on records queryAll returns from the recycle bin
     multi_select_separator: ClassVar[str] = ";"
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
+    source_modes: ClassVar[tuple[str, ...]] = ("poll", "cdc")
 
     def client(self, account_name: str, account: Any) -> Any:
         from connectors.salesforce.client import SalesforceClient
 
         return SalesforceClient(account_name, account)
 
-    def change_source(self, client: Any, obj: str, **options: Any) -> Any:
+    def change_source(self, client: Any, obj: str, *, mode: str | None = None, **options: Any) -> Any:
+        """`mode`: "poll" (SystemModstamp queries), "cdc" (Change Data Capture events), or None: cdc when the
+        account allows it and the object is selected for Change Data Capture (cdc.choose_mode). Options a mode
+        does not know are left out (the poller passes one set for every object)."""
+        from connectors.salesforce.cdc import CdcSource, choose_mode
         from connectors.salesforce.source import SalesforceSource
 
-        return SalesforceSource(client, obj, **options)
+        mode = mode or choose_mode(client, obj)
+        if mode not in self.source_modes:
+            raise ValueError(f"unknown change source mode {mode!r} for Salesforce (known: {', '.join(self.source_modes)})")
+        if mode == "cdc":
+            return CdcSource(client, obj, **options)
+        return SalesforceSource(client, obj, **{k: v for k, v in options.items() if k in POLL_OPTIONS})
 
     def sink(self, client: Any, *, assignment_rule: str | None = None, bulk: bool | None = None,
              **options: Any) -> Any:

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
 import requests
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from simple_salesforce import Salesforce
 from simple_salesforce.bulk2 import JobState, Operation, ResultsType, _Bulk2Client
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
@@ -39,6 +39,8 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception, stop_after_a
 
 from connectors.salesforce.account import SalesforceAccount
 from crmsync.config import Settings
+from crmsync import api_budget
+from crmsync.api_budget import API_CALLS
 from crmsync.connectors import ApiUsage
 from crmsync.retry import RetryPolicy
 from connectors.salesforce import auth
@@ -49,10 +51,6 @@ T = TypeVar("T")
 COLLECTION_LIMIT = 200  # records per sObject Collections call (a Salesforce limit)
 MAX_QUERY_BATCH = 2000
 
-API_CALLS = Counter("crmsync_crm_api_calls_total", "CRM API requests sent (every attempt counts)",
-                    ["account", "kind"])
-API_USAGE = Gauge("crmsync_crm_api_usage", "Daily API requests used, as the CRM last reported", ["account"])
-API_LIMIT = Gauge("crmsync_crm_api_limit", "Daily API request limit, as the CRM last reported", ["account"])
 API_RETRIES = Counter("crmsync_crm_api_retries_total", "CRM API requests retried, by reason", ["account", "reason"])
 
 
@@ -119,11 +117,17 @@ class SalesforceClient:
         self.account = account
         self.policy = policy or RetryPolicy()
         self.http = http or auth.http_session(account)
+        # our API client id: Salesforce writes it into the changeOrigin of the change events our writes cause
+        self.http.headers["Sforce-Call-Options"] = f"client={account.api_client}"
         self.session = auth.login(account, self.http)
         self.sf: Salesforce = auth.connect(account, self.session, self.http)
         self.calls: Tally[str] = Tally()  # per kind, every attempt (what the API limit counts)
         self.retries: Tally[str] = Tally()  # per reason
         self.logins = 1
+        self._org_id: str | None = None
+        self._daily_limit: int | None = None
+        self._daily_remaining: int | None = None
+        self._closers: list[Callable[[], None]] = []  # what else holds a connection of this login (Pub/Sub)
 
     # -- the one retry policy ------------------------------------------------------------------------------
     def call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
@@ -173,10 +177,7 @@ class SalesforceClient:
         self.logins += 1
 
     def _record_usage(self) -> None:
-        usage = self.sf.api_usage.get("api-usage")
-        if usage is not None:
-            API_USAGE.labels(self.account_name).set(usage.used)
-            API_LIMIT.labels(self.account_name).set(usage.total)
+        api_budget.report(self.account_name, self._known_usage())  # never a call of its own (this runs in call())
 
     def api_usage(self) -> tuple[int, int] | None:
         """(used, limit) of the org's daily API requests, from the last `Sforce-Limit-Info` header seen."""
@@ -184,10 +185,44 @@ class SalesforceClient:
         return (usage.used, usage.total) if usage is not None else None
 
     def usage(self) -> ApiUsage:
-        """crmsync.connectors.Client: calls this process made, and the org's daily budget as last reported."""
+        """crmsync.connectors.Client: calls this process made, and the org's daily budget as last reported (the
+        `Sforce-Limit-Info` of the last answer; before any, `/limits` is read once)."""
+        if self.api_usage() is None and self._daily_limit is None:
+            try:
+                self._read_limits()
+            except (SalesforceError, requests.RequestException, KeyError) as exc:  # asked again next time
+                log.warning("cannot read the daily API limit of %s: %s", self.account_name, exc)
+        return self._known_usage()
+
+    def _known_usage(self) -> ApiUsage:
         found = self.api_usage()
-        return ApiUsage(sum(self.calls.values()), (found[1] - found[0]) if found else None,
-                        found[1] if found else None, "day")
+        if found is None:
+            return ApiUsage(sum(self.calls.values()), self._daily_remaining, self._daily_limit, "day")
+        return ApiUsage(sum(self.calls.values()), found[1] - found[0], found[1], "day")
+
+    def _read_limits(self) -> None:
+        """`/limits` → DailyApiRequests (Max, Remaining): the org's daily API budget."""
+        daily = self.call("limits", lambda sf: sf.restful("limits"))["DailyApiRequests"]
+        self._daily_limit, self._daily_remaining = int(daily["Max"]), int(daily["Remaining"])
+
+    def org_id(self) -> str:
+        """The org's id (the Pub/Sub API's `tenantid`), read once."""
+        if self._org_id is None:
+            rows = self.call("query", lambda sf: sf.query("SELECT Id FROM Organization LIMIT 1"))["records"]
+            if not rows:
+                raise RuntimeError(f"Salesforce answered no Organization row for {self.account_name}")
+            self._org_id = rows[0]["Id"]
+        return self._org_id
+
+    def tooling_query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record of a Tooling API query (`tooling/query`), e.g. PlatformEventChannelMember."""
+        page = self.call("tooling_query", lambda sf: sf.restful("tooling/query", params={"q": soql}))
+        records = list(page["records"])
+        while not page.get("done", True) and page.get("nextRecordsUrl"):
+            url = page["nextRecordsUrl"]
+            page = self.call("tooling_query", lambda sf: sf.query_more(url, identifier_is_url=True))
+            records += page["records"]
+        return [{k: v for k, v in r.items() if k != "attributes"} for r in records]
 
     def whoami(self) -> dict[str, str]:
         org = self.call("query", lambda sf: sf.query("SELECT Name FROM Organization LIMIT 1"))["records"]
@@ -197,7 +232,17 @@ class SalesforceClient:
                 "user": f"{user[0]['Name']} ({self.account.username})" if user else self.account.username,
                 "api_version": self.session.api_version}
 
+    def when_closed(self, closer: Callable[[], None]) -> None:
+        """Run `closer` when this client is closed (e.g. the Pub/Sub channel its change sources share)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
+        for closer in self._closers:
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing is best effort; the HTTP session is closed regardless
+                log.debug("closing %s's connections", self.account_name, exc_info=True)
+        self._closers.clear()
         self.http.close()
 
     # -- reads ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class SalesforceDiscovery:
 
     def describe_table(self, name: str) -> TableSpec:
         described = self.client.describe(check_api_name(name, "table"))
-        spec = TableSpec(check_api_name(described["name"], "table"), described["label"], [])
+        spec = TableSpec(check_api_name(described["name"], "table"), described["label"], [], key="Id")
         for f in described["fields"]:
             check_api_name(f["name"], "field", spec.name)
             if PG_TYPES.get(f["type"]) is None:

@@ -89,6 +89,10 @@ class CursorState:
     def from_json(cls, data: dict[str, Any] | None) -> "CursorState":
         if not data:
             return cls()
+        if data.get("mode") == "cdc":  # the object was read through Change Data Capture (cdc.py) until now
+            if data.get("poll"):
+                return cls.from_json(data["poll"])
+            return cls(cursor_ts=data.get("since"), cursor_id="", snapshot_done=bool(data.get("snapshot_done")))
         if data.get("v") != CURSOR_VERSION:
             raise ValueError(f"Salesforce cursor has version {data.get('v')!r}; expected {CURSOR_VERSION}")
         cursor = data.get("cursor") or {}
@@ -118,7 +122,7 @@ class SalesforceSource:
 
     def __init__(self, client: SalesforceClient, obj: str, *, lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
                  batch_size: int = 2000, track_hard_deletes: bool = True,
-                 full_window_every_seconds: float = 60.0) -> None:
+                 full_window_every_seconds: float = 60.0, refresh_describe: bool = True) -> None:
         self.client = client
         self.account_name = client.account_name
         self.obj = obj
@@ -131,13 +135,14 @@ class SalesforceSource:
         # SystemModstamp) and asks for hard deletes. Re-reading the window every time cost ~10x the API calls.
         self.full_window_every = full_window_every_seconds
         self.last_full_window = 0.0
+        self.refresh_describe = refresh_describe  # False: the describe is read again only after forget_describe()
         self._described: list[dict[str, Any]] = []
         self._described_at = 0.0
 
     # -- ChangeSource ----------------------------------------------------------------------------------------
     def read(self, cursor: dict[str, Any] | None) -> Iterator[SourcePage]:
         state = CursorState.from_json(cursor)
-        names = self._field_names()
+        names = self.field_names()
         snapshot = not state.snapshot_done
         full_window = snapshot or time.monotonic() - self.last_full_window >= self.full_window_every
         window_start = state.window_start(self.lookback if full_window else timedelta(0))
@@ -157,14 +162,33 @@ class SalesforceSource:
     def fields(self) -> dict[str, FieldSpec]:
         return {f["name"]: field_spec(f) for f in self._describe()}
 
+    # -- for push sources (cdc.py) ----------------------------------------------------------------------------
+    def described(self) -> list[dict[str, Any]]:
+        """The object's describe (`fields` of sobjects/<obj>/describe), as this source last read it."""
+        return self._describe()
+
+    def forget_describe(self) -> None:
+        """Read the describe again at the next use (the object's fields changed)."""
+        self._described = []
+
+    def cursor_at(self, stamp: str) -> dict[str, Any]:
+        """A cursor that reads every record modified since `stamp` (a SystemModstamp) minus the lookback, with
+        no memory of what was delivered: where a push source starts a read it cannot replay."""
+        return CursorState(cursor_ts=stamp, cursor_id="", snapshot_done=True).to_json(self.lookback_seconds)
+
+    def read_window_next(self) -> None:
+        """Make the next read re-read the whole lookback window (and ask for hard deletes)."""
+        self.last_full_window = 0.0
+
     # -- reading ---------------------------------------------------------------------------------------------
     def _describe(self) -> list[dict[str, Any]]:
         """The object's describe, re-read once per full-window period (fields added or removed in the CRM)."""
-        if not self._described or time.monotonic() - self._described_at >= self.full_window_every:
+        stale = self.refresh_describe and time.monotonic() - self._described_at >= self.full_window_every
+        if not self._described or stale:
             self._described, self._described_at = self.client.describe(self.obj)["fields"], time.monotonic()
         return self._described
 
-    def _field_names(self) -> list[str]:
+    def field_names(self) -> list[str]:
         """Every queryable field, compound and base64 fields excepted."""
         names = [f["name"] for f in self._describe() if f.get("type") not in SKIPPED_FIELD_TYPES]
         missing = [name for name in REQUIRED_FIELDS if name not in names]

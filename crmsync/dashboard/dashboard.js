@@ -55,8 +55,12 @@ function renderFreshness(rows) {
 }
 
 function renderApi(rows) {
-  fill("api", rows.map((a) => [cell(a.account), cell(text(a.used), { "data-api-used": a.account }), cell(text(a.limit)),
-    cell(text(a.remaining), { "data-api-remaining": a.account }), cell(text(a.calls))]));
+  fill("api", rows.map((a) => [cell(a.account), cell(a.window ? `per ${a.window}` : "—", { "data-api-window": a.account }),
+    cell(text(a.used), { "data-api-used": a.account }), cell(text(a.limit)),
+    cell(text(a.remaining), { "data-api-remaining": a.account }), cell(text(a.calls)),
+    cell(text(a.projected), { "data-api-projected": a.account,
+      class: a.budget != null && a.projected > a.budget ? "over" : "" }),
+    cell(text(a.budget), { "data-api-budget": a.account })]));
 }
 
 function renderSources(capture, pollers) {

@@ -189,19 +189,27 @@ def _labelled(series: Series, name: str) -> list[dict[str, Any]]:
 
 
 def _api_budget(series: Series) -> list[dict[str, Any]]:
-    """Daily API requests used / limit / remaining per CRM account, as the CRM last reported them."""
+    """API requests used / limit / remaining per CRM account in the CRM's own budget window (a day, 5 minutes, a
+    minute: crmsync/api_budget.py), as the CRM last reported them to any of our services; the poller's daily budget
+    and the calls per day it projects at its pace (services/crm_poller/budget.py)."""
     limits: dict[str, float] = {}
-    used: dict[str, float] = {}  # the newest report is the highest: usage only grows during a day
+    used: dict[str, float] = {}  # several services report (a CRM may count per session): the tightest is shown
+    windows: dict[str, str] = {}
     for labels, value in samples(series, "crmsync_crm_api_limit"):
         limits[labels["account"]] = value
     for labels, value in samples(series, "crmsync_crm_api_usage"):
         used[labels["account"]] = max(value, used.get(labels["account"], 0.0))
+    for labels, value in samples(series, "crmsync_crm_api_window_info"):
+        windows[labels["account"]] = labels["window"]
     calls: dict[str, float] = {}
     for labels, value in samples(series, "crmsync_crm_api_calls_total"):
         calls[labels["account"]] = calls.get(labels["account"], 0.0) + value
-    return [{"account": account, "used": used.get(account), "limit": limit,
-             "remaining": limit - used[account] if account in used else None, "calls": calls.get(account, 0.0)}
-            for account, limit in sorted(limits.items())]
+    budget = {labels["account"]: value or None for labels, value in samples(series, "crmsync_api_budget_per_day")}
+    projected = {labels["account"]: value for labels, value in samples(series, "crmsync_api_calls_projected_per_day")}
+    return [{"account": account, "window": windows.get(account), "used": used.get(account), "limit": limits.get(account),
+             "remaining": limits[account] - used[account] if account in used and account in limits else None,
+             "calls": calls.get(account, 0.0), "budget": budget.get(account), "projected": projected.get(account)}
+            for account in sorted(set(limits) | set(budget) | set(projected))]
 
 
 def _point(snapshot: dict[str, Any]) -> dict[str, Any]:

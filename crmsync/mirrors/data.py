@@ -13,7 +13,7 @@ from psycopg import sql
 from crmsync import pg
 from crmsync.connectors import Discovery, FieldSpec
 from crmsync.values import split_multi
-from crmsync.mirrors.schema import load_document
+from crmsync.mirrors.schema import key_column, key_field, load_document
 
 # Transactions that write mirror rows with the CRM's own values carry this origin tag, so the mirror service
 # does not send them back to the CRM as edits (services/mirror).
@@ -39,14 +39,15 @@ def _elements(dsn: str, account: str, objects: Iterable[str] | None) -> list[dic
 
 
 def load(discovery: Discovery, dsn: str, account: str, objects: Iterable[str] | None = None) -> dict[str, int]:
-    """Copy the CRM's current rows into the mirror tables (insert or update by id); rows per object."""
+    """Copy the CRM's current rows into the mirror tables (insert or update by the CRM's key); rows per object."""
     counts: dict[str, int] = {}
     for element in _elements(dsn, account, objects):
         fields = _specs(element)
+        key = sql.Identifier(key_column(element))
         columns = [sql.Identifier(f.name.lower()) for f in fields]
-        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}").format(
-            _table(element), sql.SQL(", ").join(columns), sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns if c.as_string() != '"id"'))
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
+            _table(element), sql.SQL(", ").join(columns), sql.SQL(", ").join(sql.Placeholder() * len(columns)), key,
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns if c != key))
         counts[element["name"]] = 0
         with pg.connect(dsn) as conn:
             pg.tag_origin(conn, MIRROR_ORIGIN)
@@ -58,13 +59,13 @@ def load(discovery: Discovery, dsn: str, account: str, objects: Iterable[str] | 
 
 def refresh_formulas(discovery: Discovery, dsn: str, account: str,
                      objects: Iterable[str] | None = None) -> dict[str, int]:
-    """Re-read formula fields of mirrored objects (one query per object: id + formulas); rows changed per object."""
+    """Re-read formula fields of mirrored objects (one query per object: key + formulas); rows changed per object."""
     changed: dict[str, int] = {}
     for element in _elements(dsn, account, objects):
         formulas = [f for f in _specs(element) if f.calculated]
         if not formulas:
             continue
-        fields = [FieldSpec("Id", "Id", "id", "text"), *formulas]
+        fields = [*_specs(element, [key_field(element)]), *formulas]
         cols = [sql.Identifier(f.name.lower()) for f in fields]
         with pg.connect(dsn) as conn:
             pg.tag_origin(conn, MIRROR_ORIGIN)
@@ -77,8 +78,8 @@ def refresh_formulas(discovery: Discovery, dsn: str, account: str,
                         copy.write_row([crm_value(f, record.get(f.name)) for f in fields])
             formula_cols = cols[1:]
             changed[element["name"]] = conn.execute(sql.SQL(
-                "UPDATE {t} m SET {sets} FROM formula_values f WHERE m.id = f.id AND ({old}) IS DISTINCT FROM ({new})"
-            ).format(t=_table(element), sets=sql.SQL(", ").join(sql.SQL("{0} = f.{0}").format(c) for c in formula_cols),
+                "UPDATE {t} m SET {sets} FROM formula_values f WHERE m.{k} = f.{k} AND ({old}) IS DISTINCT FROM ({new})"
+            ).format(t=_table(element), k=cols[0], sets=sql.SQL(", ").join(sql.SQL("{0} = f.{0}").format(c) for c in formula_cols),
                      old=sql.SQL(", ").join(sql.SQL("m.{}").format(c) for c in formula_cols),
                      new=sql.SQL(", ").join(sql.SQL("f.{}").format(c) for c in formula_cols))
             ).rowcount

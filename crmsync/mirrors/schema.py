@@ -16,7 +16,7 @@ from typing import Any, Callable
 from psycopg import sql
 
 from crmsync import pg
-from crmsync.connectors import MIRROR_PG_TYPES, Discovery, TableSpec, UnsafeName, check_api_name
+from crmsync.connectors import MIRROR_PG_TYPES, Discovery, FieldSpec, TableSpec, UnsafeName, check_api_name
 
 Log = Callable[[str], None]
 log = logging.getLogger("crmsync.wizard")
@@ -44,14 +44,37 @@ def discover(discovery: Discovery, tables: list[str], log: Log) -> list[TableSpe
     return specs
 
 
+def key_field(element: dict[str, Any]) -> str:
+    """The CRM's primary key field of a schema element (its `key`). Documents generated before the key was
+    recorded have mirrors keyed by the column `id`: its field."""
+    if element.get("key"):
+        return element["key"]
+    return next((f["name"] for f in element["fields"] if f["sqlName"] == "id"), "id")
+
+
+def key_column(element: dict[str, Any]) -> str:
+    """The mirror column of the element's primary key."""
+    return key_field(element).lower()
+
+
+def _with_key(spec: TableSpec) -> TableSpec:
+    """`spec` with its key field first among the fields (as text) when the CRM's describe left it out."""
+    if any(f.name == spec.key for f in spec.fields):
+        return spec
+    key = FieldSpec(check_api_name(spec.key, "key field", spec.name), spec.key, "id", "text", updateable=False)
+    return TableSpec(spec.name, spec.label, [key, *spec.fields], spec.enumerations, spec.skipped, key=spec.key)
+
+
 def build_document(discovery: Discovery, account: str, specs: list[TableSpec]) -> dict[str, Any]:
-    """The schema description (Adobe's srcSchema, as data): one element per table, enumerations apart."""
+    """The schema description (Adobe's srcSchema, as data): one element per table, enumerations apart; an
+    element's `key` names the CRM's primary key field (the mirror table's primary key)."""
     ns, target = discovery.namespace, mirror_schema(discovery.namespace, account)
+    specs = [_with_key(s) for s in specs]
     return {
         "name": schema_name(ns, account), "namespace": ns, "mappingType": "sql", "account": account,
         "label": f"List of tables of connector '{discovery.connector_label}' linked to external account '{account}'",
         "mirrorSchema": target,
-        "elements": [{"name": s.name, "label": s.label, "sqlTable": f"{target}.{s.name.lower()}",
+        "elements": [{"name": s.name, "label": s.label, "sqlTable": f"{target}.{s.name.lower()}", "key": s.key,
                       "fields": [{"name": f.name, "label": f.label, "type": f.crm_type, "sqlName": f.name.lower(),
                                   "sqlType": f.pg_type, "calculated": f.calculated,
                                   **({"enumeration": f.enumeration} if f.enumeration else {})} for f in s.fields],
@@ -160,10 +183,11 @@ def migrate_table(conn: Any, account: str, schema: str, element: dict[str, Any])
             raise UnsafeName(f"field {f['name']!r} of {element['name']!r} has SQL type {f['sqlType']!r}, which is "
                              f"not one crmsync generates ({', '.join(sorted(MIRROR_TYPES))})")
     present = _columns(conn, schema, name)
+    key = key_column(element)
     lines: list[str] = []
     if not present:
         columns = [sql.SQL("{} {}{}").format(sql.Identifier(c), sql.SQL(f["sqlType"]),
-                                             sql.SQL(" PRIMARY KEY" if c == "id" else "")) for c, f in wanted.items()]
+                                             sql.SQL(" PRIMARY KEY" if c == key else "")) for c, f in wanted.items()]
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, sql.SQL(", ").join(columns)))
         # change capture sends old rows too, so an edit made in SQL is sent to the CRM as just its changed fields
         conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table))

@@ -41,11 +41,9 @@ wizard_app = typer.Typer(cls=_AccountFirst, no_args_is_help=True,
 def _discovery(ctx: typer.Context, account: str):  # type: ignore[no-untyped-def]
     settings, dsn, found = stored(ctx, account)
     try:
-        return dsn, discovery_for(account, found.account)
+        return dsn, discovery_for(account, found.account, ctx.call_on_close)
     except Exception as exc:  # noqa: BLE001 - reported, scrubbed of secrets
-        from connectors.salesforce.auth import scrub
-
-        fail(f"cannot log in to account {account!r}: {scrub(str(exc), found.account)}")
+        fail(f"cannot log in to account {account!r}: {found.account.scrub(str(exc))}")
         raise
 
 

@@ -5,14 +5,17 @@ Schema generation, mirror tables, drift handling, enumerations and formula refre
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from crmsync import connectors
 from crmsync.connectors import (MIRROR_PG_TYPES, Discovery, Enumeration, FieldSpec, TableInfo,  # noqa: F401
                                 TableSpec, UnsafeName, check_api_name)
 
 
-def discovery_for(name: str, account: Any) -> Discovery:
-    """Log in to the account's CRM and return its connector's discovery."""
+def discovery_for(name: str, account: Any, on_close: Callable[[Callable[[], None]], Any]) -> Discovery:
+    """Log in to the account's CRM and return its connector's discovery; the client's `close` (which logs the
+    CRM session off) is handed to `on_close`, e.g. the CLI context's `call_on_close`."""
     connector = connectors.for_account(account)
-    return connector.discovery(connector.client(name, account))
+    client = connector.client(name, account)
+    on_close(client.close)
+    return connector.discovery(client)

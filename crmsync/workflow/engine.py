@@ -29,6 +29,7 @@ from typing import Any, Callable
 import psycopg
 
 from crmsync import pg
+from crmsync.connectors import close_clients
 from crmsync.config import Settings
 from crmsync.infra import Endpoints
 from crmsync.workflow.model import Workflow, order
@@ -175,7 +176,10 @@ def run(workflow: Workflow, settings: Settings, endpoints: Endpoints, *, file: P
         ctx.connected = {a.name: {out for out, _ in a.then.targets()} for a in workflow.activities}
         if resumed:
             log.info("resuming run %s of workflow %s (the previous one did not finish)", run_id, workflow.name)
-        results = _run_activities(workflow, ctx, RUNNERS, progress or (lambda name, kind: Progress()))
+        try:
+            results = _run_activities(workflow, ctx, RUNNERS, progress or (lambda name, kind: Progress()))
+        finally:
+            close_clients(ctx.clients)  # log the CRM sessions off (some CRMs cap how many a company holds)
         result = RunResult(workflow.name, run_id, results, resumed)
         if result.ok:
             for hook in ctx.success_hooks:

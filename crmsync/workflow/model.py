@@ -145,7 +145,7 @@ class CrmActivity(_Activity):
     mapping: list[ExportField] = Field(default_factory=list)
     key: SqlName = "id"  # Campaign key column: sent as the external id, journal key
     crm_id: SqlName = "crm_id"  # column holding the CRM id: update when set, insert otherwise
-    external_id: CrmName = "Campaign_Key__c"
+    external_id: CrmName | None = None  # CRM field holding the Campaign key; default: the connector's
     write_back: TableName | None = None  # Campaign table whose rows get the new CRM ids (crm_account, crm_id)
     batch: bool = False  # Bulk API 2.0 instead of sObject Collections
     batch_size: int = Field(200, ge=1, le=200)

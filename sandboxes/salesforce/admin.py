@@ -16,7 +16,8 @@ token.
   POST /__sandbox/undelete        {"object": "Contact", "ids": [...]}: restore from the recycle bin
   POST /__sandbox/fields          {"object": "Contact", "name": "Shoe_Size__c", "type": "double", "label": "…"}:
                                   add (or retype) a custom text/number field at runtime, kept in settings.json
-  GET  /__sandbox/cdc             Change Data Capture state: selected objects, retention, replay id range
+  GET  /__sandbox/cdc             Change Data Capture state: selected objects, retention, replay id range, the
+                                  Pub/Sub API's host:port
   POST /__sandbox/cdc             {"objects": ["Contact", …], "retention_seconds": S, "overflow_limit": N}
                                   (each key optional): the Setup selection, retention and GAP_OVERFLOW threshold
   POST /__sandbox/cdc/gap         {"object": "Contact", "change_type": "GAP_UPDATE", "ids": [...]}: emit a gap
@@ -122,7 +123,8 @@ def cdc_state(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
     changes = sandbox.changes
     return {"objects": sorted(changes.selected), "retention_seconds": changes.retention_seconds,
             "overflow_limit": changes.overflow_limit, "last_replay_id": changes.last_replay_id(),
-            "earliest_replay_id": changes.earliest_replay_id(), "purged_through": changes.purged_through()}
+            "earliest_replay_id": changes.earliest_replay_id(), "purged_through": changes.purged_through(),
+            "pubsub": sandbox.pubsub_address}
 
 
 def cdc_configure(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:

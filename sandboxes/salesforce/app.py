@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from sandboxes.control import AccessLog
 
-from . import admin, bulk, bulk1, cometd, composite, rest
+from . import admin, bulk, bulk1, cometd, composite, rest, tooling
 from .auth import Auth, oauth_revoke, oauth_token, soap_login
 from .cdc import DEFAULT_RETENTION_SECONDS, ChangeLog
 from .context import Call, Sandbox, StoreThread, error_response, json_response
@@ -82,6 +82,7 @@ API_ROUTES: list[tuple[str, str, Callable[[Call], Response]]] = [
     ("PATCH", "/jobs/query/{job_id}", bulk.patch_query),
     ("DELETE", "/jobs/query/{job_id}", bulk.delete_query),
     ("GET", "/jobs/query/{job_id}/results", bulk.query_results),
+    ("GET", "/tooling/query", tooling.query),
 ]
 
 

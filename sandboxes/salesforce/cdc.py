@@ -14,8 +14,10 @@ How events are made:
   `transactionKey`, `commitTimestamp`, `commitNumber` and `changeOrigin`, and number `sequenceNumber` 1, 2, 3…
   in the order the records changed. When the same change hits several records of one object in a transaction
   (a mass delete, the same values written), the events merge into one with several `recordIds`, as documented.
-* Past `overflow_limit` events (100,000, Salesforce's) a transaction emits one GAP_OVERFLOW event per object
-  instead of further change events.
+* Past `overflow_limit` changes (100,000, Salesforce's) a transaction emits one GAP_OVERFLOW event per object
+  instead of further change events. As "Overflow Events" counts them: a create, delete or undelete is one change
+  per record, an update one per changed field per record; the change that reaches the limit still has its event
+  (the docs do not say which side of the limit it falls on).
 * Writes outside an API call (admin undelete) form their own transaction with an empty changeOrigin; the
   `--seed-contacts` bulk seeding produces no events (it stands for data that predates CDC).
 * Only objects selected for CDC produce events (default Contact, Account, Opportunity, Lead; `--cdc-objects`,
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
+from .encoding import parse_datetime
 from .events import CHANGE_TYPES, EventLayout, StoredEvent, epoch_millis
 from .model import Model, ObjectDef
 
@@ -58,6 +61,8 @@ class _Transaction:
     commit_number: int = 0
     last: tuple[int, tuple[Any, ...]] | None = None  # (replay id, merge signature) of the latest event
     overflowed: set[str] = field(default_factory=set)
+    changes: int = 0  # toward the overflow threshold (a rolled-back record's changes still count: rare, harmless)
+    first_commit_ts: int = 0  # the commit_ts the first event was written with
 
 
 class ChangeLog:
@@ -135,12 +140,19 @@ class ChangeLog:
         if self._tx is not None:
             yield
             return
-        self._tx = _Transaction(origin, user_id)
+        self._tx = tx = _Transaction(origin, user_id)
         try:
             yield
         finally:
             self._tx = None
+            self._commit(tx)
             self.head = self.last_replay_id()
+
+    def _commit(self, tx: _Transaction) -> None:
+        """Every event of the transaction carries its commitTimestamp: the newest SystemModstamp it wrote (in
+        Salesforce's own examples commitTimestamp equals the records' LastModifiedDate)."""
+        if tx.commit_number and tx.commit_ts > tx.first_commit_ts:
+            self.conn.execute("UPDATE _cdc_events SET commit_ts = ? WHERE tx_key = ?", (tx.commit_ts, tx.key))
 
     def record(self, obj: ObjectDef, change_type: str, record_id: str, old: Mapping[str, Any] | None,
                new: Mapping[str, Any] | None) -> None:
@@ -156,7 +168,9 @@ class ChangeLog:
         if change_type == "UPDATE" and not changed:
             return
         nulled = [name for name in changed if values.get(name) is None]
-        self._emit(obj, layout, change_type, [record_id], changed, nulled, values)
+        stamp = (new or {}).get("SystemModstamp")  # a delete: the write clock (its stamp was the newest)
+        self._emit(obj, layout, change_type, [record_id], changed, nulled, values,
+                   stamp=epoch_millis(parse_datetime(stamp)) if stamp else None)
 
     def inject_gap(self, object_name: str, change_type: str, record_ids: list[str], user_id: str) -> StoredEvent:
         """Admin lever: emit a GAP_* (or GAP_OVERFLOW) event, header only, as its own transaction."""
@@ -174,18 +188,23 @@ class ChangeLog:
         return event
 
     def _emit(self, obj: ObjectDef, layout: EventLayout, change_type: str, record_ids: list[str],
-              changed: list[str], nulled: list[str], values: dict[str, Any], force: bool = False) -> int:
+              changed: list[str], nulled: list[str], values: dict[str, Any], force: bool = False,
+              stamp: int | None = None) -> int:
         tx = self._tx
         assert tx is not None and change_type in CHANGE_TYPES
         if not tx.commit_number:
-            tx.commit_ts = epoch_millis(self.store.now())
+            tx.commit_ts = tx.first_commit_ts = stamp or epoch_millis(self.store.clock())
             tx.commit_number = _COMMIT_BASE + self._next_commit()
+        elif stamp and stamp > tx.commit_ts:
+            tx.commit_ts = stamp
         count = self.conn.execute("SELECT count(*) FROM _cdc_events WHERE tx_key = ?", (tx.key,)).fetchone()[0]
-        if not force and count >= self.overflow_limit:
+        if not force and tx.changes >= self.overflow_limit:
             if obj.name in tx.overflowed:
                 return tx.last[0] if tx.last else 0
             tx.overflowed.add(obj.name)
             change_type, record_ids, changed, nulled, values = "GAP_OVERFLOW", [], [], [], {}
+        elif not force:
+            tx.changes += len(record_ids) * (len(changed) if change_type == "UPDATE" else 1)
         signature = (obj.name, change_type, tuple(changed), json.dumps(values, sort_keys=True, default=str))
         if tx.last is not None and tx.last[1] == signature and change_type not in ("GAP_OVERFLOW",):
             merged = self._merge(tx.last[0], record_ids)

@@ -68,6 +68,7 @@ class Sandbox:
     worker: StoreThread
     dispatch: Callable[["Call"], Response] = field(repr=False)  # app.dispatch; composite/batch re-enters it
     cometd_timeout_seconds: float = 110.0  # how long a CometD /meta/connect is held without events
+    pubsub_address: str | None = None  # host:port of the Pub/Sub API once its listener is bound
 
 
 @dataclass

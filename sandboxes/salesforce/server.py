@@ -62,7 +62,8 @@ def serve(host: str = "127.0.0.1", port: int = 8443, state_dir: Path = DEFAULT_S
         async with pubsub_server(sandbox, host=bracket(grpc_host), port=streaming.pubsub_port, cert=tls.cert,
                                  key=tls.key, keepalive_seconds=streaming.pubsub_keepalive_seconds) as bound:
             shown = "127.0.0.1" if host in WILDCARD_HOSTS else host
-            print(f"{PUBSUB_BANNER}{bracket(shown)}:{bound}", flush=True)
+            sandbox.pubsub_address = f"{bracket(shown)}:{bound}"
+            print(f"{PUBSUB_BANNER}{sandbox.pubsub_address}", flush=True)
             yield
 
     def close() -> None:

@@ -973,7 +973,8 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
 
 
-def _like(value: object, pattern: str | None) -> int:
+def like_match(value: object, pattern: str | None) -> int:
+    """1 when `value` matches the LIKE `pattern` (a STRING token's pattern form), else 0."""
     if value is None or pattern is None:
         return 0
     return int(_like_regex(pattern).fullmatch(str(value)) is not None)
@@ -998,7 +999,7 @@ def _mp_equals(value: str | None, wanted: str | None) -> int:
 def _register_functions(conn: sqlite3.Connection) -> None:
     conn.create_collation("SOQL_CI", _casefold_compare)
     conn.create_function("soql_fold", 1, _fold, deterministic=True)
-    conn.create_function("soql_like", 2, _like, deterministic=True)
+    conn.create_function("soql_like", 2, like_match, deterministic=True)
     conn.create_function("soql_includes", 2, _includes, deterministic=True)
     conn.create_function("soql_mp_equals", 2, _mp_equals, deterministic=True)
 

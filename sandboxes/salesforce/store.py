@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from . import seed
 from .cdc import ChangeLog
-from .encoding import STRING_TYPES, coerce, format_datetime, make_id, normalize_id, utcnow
+from .encoding import STRING_TYPES, coerce, format_datetime, make_id, normalize_id, parse_datetime, utcnow
 from .errors import SalesforceError, entity_is_deleted, not_found
 from .model import FieldDef, Model, ObjectDef
 from .objects import child_references, derived_fields
@@ -126,6 +126,11 @@ class Store:
 
     def now(self) -> datetime:
         return utcnow() + self.clock_offset
+
+    def clock(self) -> datetime:
+        """The write clock: now, but never before the newest stamp already written (see `_stamp`)."""
+        now = self.now()
+        return max(now, parse_datetime(self._last_stamp)) if self._last_stamp else now
 
     def _stamp(self) -> str:
         """A write timestamp that never goes backwards, even if the wall clock does."""

@@ -30,10 +30,10 @@ import psycopg
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter
 
-from crmsync import connectors, kafka, names, pg, topics
+from crmsync import api_budget, connectors, kafka, names, pg, topics
 from crmsync import rejects as crm_rejects
 from crmsync.config import Settings
-from crmsync.connectors import Connector, Sink, SinkOutcome
+from crmsync.connectors import Client, Connector, Sink, SinkOutcome
 from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
 from crmsync.observability import observe_freshness, progress
@@ -78,8 +78,11 @@ def _log_applied(command: ApplyCommand, crm_id: str, created: bool) -> None:
 class CrmWriter:
     def __init__(self, connector: Connector, sink: Sink, account_name: str, bootstrap_servers: str, dsn: str, *,
                  objects: Iterable[str] | None = None, options: WriterOptions | None = None,
-                 on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1) -> None:
+                 on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1,
+                 owned_client: Any = None, client: Client | None = None) -> None:
         self.connector = connector
+        self.owned_client = owned_client  # closed with the writer (its CRM session logged off)
+        self.client = client or owned_client  # the sink's client: its API budget is published after each batch
         self.crm = connector.type
         self.sink = sink
         self.account_name = account_name
@@ -190,6 +193,8 @@ class CrmWriter:
         self._rewind()
         self.producer.flush(10)
         self.conn.close()
+        if self.owned_client is not None:
+            self.owned_client.close()
 
     # -- one batch -----------------------------------------------------------------------------------------
     def process_messages(self, messages: list[Message]) -> BatchResult:
@@ -217,7 +222,11 @@ class CrmWriter:
     def process(self, commands: Sequence[ApplyCommand], extra_rejects: Sequence[Reject] = (),
                 refused: Sequence[SinkOutcome] = ()) -> BatchResult:
         """Apply `commands` through the sink and make every outcome durable. Offsets are the caller's business."""
-        outcomes = [*refused, *(self.sink.apply(list(commands)) if commands else [])]
+        try:
+            outcomes = [*refused, *(self.sink.apply(list(commands)) if commands else [])]
+        finally:
+            if commands and self.client is not None:
+                api_budget.report(self.account_name, self.client.usage())
         return self._settle(outcomes, list(extra_rejects))
 
     # -- making outcomes durable ---------------------------------------------------------------------------
@@ -289,11 +298,12 @@ def build(settings: Settings, endpoints: Endpoints, account_name: str, *, client
     `sink_options` go to the connector's sink (e.g. Salesforce: bulk_threshold, bulk_poll_interval)."""
     account = settings.accounts[account_name]
     connector = connectors.for_account(account)
-    sink = connector.sink(client or connector.client(account_name, account), **sink_options)
+    owned = None if client else connector.client(account_name, account)
+    sink = connector.sink(client or owned, **sink_options)
     pg.migrate(endpoints.campaign_dsn)
     return CrmWriter(connector, sink, account_name, endpoints.bootstrap_servers, endpoints.campaign_dsn,
                      objects=objects, options=options, on_applied=on_applied, partitions=settings.kafka.partitions,
-                     replication_factor=settings.kafka.replication_factor)
+                     replication_factor=settings.kafka.replication_factor, owned_client=owned, client=client)
 
 
 def run(settings: Settings, endpoints: Endpoints, account_name: str, stop: threading.Event | None = None,

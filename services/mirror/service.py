@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from confluent_kafka import Message
@@ -36,9 +36,9 @@ from crmsync.config import Settings
 from crmsync.envelope import ApplyCommand, Change, Reject, changes_from_message
 from crmsync.infra import Endpoints
 from crmsync.observability import progress
-from crmsync.values import join_multi
+from crmsync.values import join_multi, split_multi
 from crmsync.mirrors.data import MIRROR_ORIGIN
-from crmsync.mirrors.schema import mirrored_elements
+from crmsync.mirrors.schema import key_column, mirrored_elements
 from services.crm_writer.service import CrmWriter
 
 log = logging.getLogger("crmsync.mirror")
@@ -77,11 +77,16 @@ class Mirror:
     def fields(self) -> list[dict[str, Any]]:
         return self.element["fields"]
 
+    @property
+    def key(self) -> str:
+        """The mirror table's primary key column (the CRM's own key field)."""
+        return key_column(self.element)
 
-def to_mirror(field: dict[str, Any], value: Any) -> Any:
+
+def to_mirror(field: dict[str, Any], value: Any, separator: str = ";") -> Any:
     """A CRM value as its mirror column takes it (multi-select 'a;b' → ['a', 'b'])."""
     if field["sqlType"] == "text[]" and isinstance(value, str):
-        return [v for v in value.split(";") if v]
+        return split_multi(value, separator)
     return value
 
 
@@ -99,9 +104,10 @@ class MirrorService:
         self.settings, self.endpoints, self.account = settings, endpoints, account
         self.connector = connectors.for_account(settings.accounts[account])
         self.client = client or self.connector.client(account, settings.accounts[account])
+        self.owns_client = client is None  # then closed with the service (its CRM session logged off)
         self.discovery = self.connector.discovery(self.client)
         self.writer = CrmWriter(self.connector, self.connector.sink(self.client), account, endpoints.bootstrap_servers,
-                                endpoints.campaign_dsn, objects=[])
+                                endpoints.campaign_dsn, objects=[], client=self.client)
         self.conn = pg.connect(endpoints.campaign_dsn, application=f"crmsync-mirror-{account}")
         self.schema_reload_seconds = schema_reload_seconds
         self.formula_refresh_seconds = (settings.campaign.formula_refresh_seconds
@@ -178,26 +184,33 @@ class MirrorService:
     def apply_crm_changes(self, mirror: Mirror, changes: list[Change]) -> None:
         latest: dict[str, Change] = {}
         for change in changes:  # a burst collapses to each record's newest state
+            earlier = latest.get(change.key["id"])
+            if change.partial and earlier is not None and earlier.after is not None:  # only the fields it touched
+                change = replace(change, after={**earlier.after, **(change.after or {})}, partial=earlier.partial)
             latest[change.key["id"]] = change
         deletes = sorted(i for i, c in latest.items() if c.op == "d")
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for change in latest.values():
             if change.op != "d":
-                row = self._mirror_row(mirror, change.after or {})
+                row = self._mirror_row(mirror, change.key["id"], change.after or {},
+                                       self.connector.multi_select_separator)
                 shapes.setdefault(tuple(row), []).append(row)
         table = sql.Identifier(*mirror.qualified)
         with self.conn.transaction():
             pg.tag_origin(self.conn, STAGE)
             for columns, rows in shapes.items():
-                self.conn.execute(_upsert_sql(table, columns, self._version_column()), (envelope.dumps(rows).decode(),))
+                self.conn.execute(_upsert_sql(table, columns, mirror.key, self._version_column()),
+                                  (envelope.dumps(rows).decode(),))
                 ROWS.labels(self.account, mirror.obj, "upsert").inc(len(rows))
             if deletes:
-                self.conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table), (deletes,))
+                self.conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(
+                    table, sql.Identifier(mirror.key)), (deletes,))
                 ROWS.labels(self.account, mirror.obj, "delete").inc(len(deletes))
 
-    def _mirror_row(self, mirror: Mirror, after: dict[str, Any]) -> dict[str, Any]:
-        """The mirror columns this change carries (a field the change lacks is left as it is)."""
-        return {f["sqlName"]: to_mirror(f, after[f["name"]]) for f in mirror.fields() if f["name"] in after}
+    def _mirror_row(self, mirror: Mirror, key: str, after: dict[str, Any], separator: str) -> dict[str, Any]:
+        """The mirror columns this change carries (a field the change lacks is left as it is); the key always."""
+        row = {f["sqlName"]: to_mirror(f, after[f["name"]], separator) for f in mirror.fields() if f["name"] in after}
+        return {mirror.key: key, **row}
 
     # -- mirror → CRM -----------------------------------------------------------------------------------------
     def send_edits(self, mirror: Mirror, changes: list[Change]) -> None:
@@ -246,7 +259,7 @@ class MirrorService:
     def _command(self, mirror: Mirror, change: Change, action: str, values: dict[str, Any]) -> ApplyCommand:
         row = change.after or change.before or {}
         return ApplyCommand(id=f"{change.id}>mirror", side="crm", target=self.account, object=mirror.obj,
-                            action=action, key={"id": row.get("id") or change.key.get("id")}, values=values,
+                            action=action, key={"id": row.get(mirror.key) or change.key.get("id")}, values=values,
                             cause=change.id, source_ts=change.source_ts)
 
     def _insert_refused(self, mirror: Mirror, change: Change) -> Reject:
@@ -286,13 +299,15 @@ class MirrorService:
             self.consumer.close()
         self.writer.close()
         self.conn.close()
+        if self.owns_client:
+            self.client.close()
 
 
-def _upsert_sql(table: sql.Identifier, columns: Iterable[str], version: str | None) -> sql.Composed:
-    """Insert or update by id from a JSON array; rewrite a row only when a value differs and never with an
-    older modification stamp (`version`, a replayed change after a crash)."""
+def _upsert_sql(table: sql.Identifier, columns: Iterable[str], key: str, version: str | None) -> sql.Composed:
+    """Insert or update by the `key` column from a JSON array; rewrite a row only when a value differs and never
+    with an older modification stamp (`version`, a replayed change after a crash)."""
     cols = [sql.Identifier(c) for c in columns]
-    others = [c for c in cols if c.as_string() != '"id"']
+    others = [c for c in cols if c != sql.Identifier(key)]
     guard = sql.SQL("")
     if version and version in columns:
         guard = sql.SQL(" AND (t.{v} IS NULL OR excluded.{v} >= t.{v})").format(v=sql.Identifier(version))
@@ -302,7 +317,8 @@ def _upsert_sql(table: sql.Identifier, columns: Iterable[str], version: str | No
         old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in others),
         new=sql.SQL(", ").join(sql.SQL("excluded.{}").format(c) for c in others), guard=guard)
     return sql.SQL("INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM jsonb_populate_recordset(NULL::{t}, %s::jsonb) "
-                   "ON CONFLICT (id) {action}").format(t=table, cols=sql.SQL(", ").join(cols), action=action)
+                   "ON CONFLICT ({key}) {action}").format(t=table, cols=sql.SQL(", ").join(cols),
+                                                         key=sql.Identifier(key), action=action)
 
 
 def run(settings: Settings, endpoints: Endpoints, account: str, stop: threading.Event | None = None) -> None:

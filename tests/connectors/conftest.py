@@ -27,6 +27,17 @@ def connector_types() -> list[str]:
     return connectors.types()
 
 
+def source_cases(push_only: bool = False) -> list[Any]:
+    """(connector type, change-source mode) for every mode every connector offers (None: a connector with one
+    source); `push_only`: only the modes after the first, where the CRM pushes changes (Salesforce's cdc)."""
+    cases = []
+    for type_name in connector_types():
+        modes = connectors.source_modes(connectors.connector(type_name))
+        chosen = modes[1:] if push_only else (modes or (None,))
+        cases += [pytest.param(type_name, mode, id=f"{type_name}-{mode}" if mode else type_name) for mode in chosen]
+    return cases
+
+
 @dataclass
 class Crm:
     """One connector under test, with its running sandbox and a logged-in client."""
@@ -52,6 +63,17 @@ class Crm:
 
     def values(self, **by_column: Any) -> dict[str, Any]:
         return {self.field(column): value for column, value in by_column.items()}
+
+    def source_options(self, mode: str | None) -> dict[str, Any]:
+        """What `change_source` gets for `mode` (None: nothing, the connector chooses), with the harness's
+        settings for it (a push source's quiet time, for instance)."""
+        if mode is None:
+            return {}
+        return {"mode": mode, **getattr(self.harness, "source_options", lambda _mode: {})(mode)}
+
+    def source(self, mode: str | None = None) -> Any:
+        """The contacts change source in `mode`."""
+        return self.connector.change_source(self.client, self.contacts, **self.source_options(mode))
 
 
 @pytest.fixture(scope="module", params=connector_types())

@@ -29,6 +29,8 @@ class Harness(Protocol):
         """Contact values (CRM field names) the CRM refuses, with its own error."""
         ...
 
+    # Optional: `source_options(mode) -> dict`, extra change_source options for a mode in tests.
+
 
 class SalesforceHarness:
     secret_key = "password"
@@ -53,6 +55,10 @@ class SalesforceHarness:
 
     def refused_contact_values(self) -> dict[str, Any]:
         return {"Email": "refused@invalid.example"}  # the sandbox's validation rule (FIELD_CUSTOM_VALIDATION_...)
+
+    def source_options(self, mode: str) -> dict[str, Any]:
+        """cdc: a read ends after a quiet second (the default 0.05 s is for a poller, which is woken when events arrive)."""
+        return {"settle_seconds": 1.0} if mode == "cdc" else {}
 
 
 class MemoryHarness:

@@ -193,7 +193,8 @@ class MemoryDiscovery:
                            else None, kind=k, updateable=f not in ("pid", "modified"))
                  for f, (t, k) in FIELDS[name].items()]
         return TableSpec(name, name, specs, [Enumeration("Person_level", "Level", False,
-                                                         [{"name": v, "label": v, "value": v} for v in LEVELS])])
+                                                         [{"name": v, "label": v, "value": v} for v in LEVELS])],
+                         key="pid")
 
     def rows(self, table: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
         yield [{f: r.get(f) for f in fields} for r in self.client.org.records.get(table, {}).values()]

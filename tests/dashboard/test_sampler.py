@@ -38,6 +38,26 @@ def test_api_budget_takes_the_newest_report_and_sums_the_calls_of_every_service(
         ("crmsync_crm_api_usage", {"account": "salesforce", "target": "writer"}, 131),
         ("crmsync_crm_api_calls_total", {"account": "salesforce", "kind": "query", "target": "poller"}, 40),
         ("crmsync_crm_api_calls_total", {"account": "salesforce", "kind": "collections", "target": "writer"}, 2),
+        ("crmsync_crm_api_window_info", {"account": "salesforce", "window": "day", "target": "poller"}, 1),
+        ("crmsync_crm_api_limit", {"account": "oracle", "target": "poller"}, 30),
+        ("crmsync_crm_api_usage", {"account": "oracle", "target": "poller"}, 4),
+        ("crmsync_crm_api_window_info", {"account": "oracle", "window": "minute", "target": "poller"}, 1),
     )
-    assert _api_budget(scraped) == [{"account": "salesforce", "used": 131, "limit": 15000, "remaining": 14869,
-                                     "calls": 42}]
+    assert _api_budget(scraped) == [
+        {"account": "oracle", "window": "minute", "used": 4, "limit": 30, "remaining": 26, "calls": 0.0,
+         "budget": None, "projected": None},
+        {"account": "salesforce", "window": "day", "used": 131, "limit": 15000, "remaining": 14869, "calls": 42,
+         "budget": None, "projected": None}]
+
+
+def test_api_budget_shows_the_pollers_budget_and_projection():
+    scraped = series(
+        ("crmsync_crm_api_limit", {"account": "salesforce", "target": "poller"}, 100000),
+        ("crmsync_api_budget_per_day", {"account": "salesforce", "target": "poller"}, 50000),
+        ("crmsync_api_calls_projected_per_day", {"account": "salesforce", "target": "poller"}, 43210.5),
+        ("crmsync_api_budget_per_day", {"account": "oracle", "target": "poller-oracle"}, 0),  # no budget known
+        ("crmsync_api_calls_projected_per_day", {"account": "oracle", "target": "poller-oracle"}, 86400),
+    )
+    rows = {r["account"]: r for r in _api_budget(scraped)}
+    assert (rows["salesforce"]["budget"], rows["salesforce"]["projected"]) == (50000, 43210.5)
+    assert (rows["oracle"]["budget"], rows["oracle"]["projected"], rows["oracle"]["limit"]) == (None, 86400, None)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOUNDATION = {"accounts", "burrow", "campaign", "catalog", "compose", "config", "connectors", "defaults", "envelope",
+FOUNDATION = {"accounts", "api_budget", "burrow", "campaign", "catalog", "compose", "config", "connectors", "defaults", "envelope",
               "enums", "field_types", "filters", "infra", "kafka", "lag", "logs", "mirrors", "names", "observability",
               "people", "pg", "private", "process", "rejects", "retry", "tls", "topics", "values"}
 RANK = {"foundation": 0, "connectors": 1, "sandboxes": 1, "services": 1, "streams": 1, "application": 2}

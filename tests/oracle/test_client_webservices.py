@@ -100,13 +100,30 @@ def test_ws_pacing_and_rate_limit_retries(oracle: RunningOracle, levers: Any,
     assert eager.usage().rate_limited >= 3, "each refusal said how long to wait; the client waited and retried"
 
 
-def test_ws_session_expiry_signs_in_again(client: OracleClient, oracle: RunningOracle) -> None:
+def test_stateful_ws_session_expiry_signs_in_again(oracle: RunningOracle,
+                                                   make_client: Callable[..., OracleClient]) -> None:
+    client = make_client(oracle, ws_stateless=False)
     ws = client.web_services
     assert ws.query_page("Contact", ["Id"], page_size=1).records
     oracle.admin("expire-sessions", {})
     assert ws.query_page("Contact", ["Id"], filters={"ExternalSystemId": ws_any_of(["CK-00000001",
                                                                                    "CK-00000002"])}).records
     assert client.ws_session.sign_ins == 2
+
+
+def test_stateless_web_services_share_one_session(oracle: RunningOracle,
+                                                  make_client: Callable[..., OracleClient]) -> None:
+    """OOD allows 10 sessions per company: clients (one per process) share the user's stateless Web Services
+    session instead of holding one each, and a session expiry costs them nothing."""
+    oracle.admin("expire-sessions", {})
+    clients = [make_client(oracle) for _ in range(4)]
+    for client in clients:
+        assert client.web_services.query_page("Contact", ["Id"], page_size=1).records
+    kinds = [s["kind"] for s in oracle.admin("stats")["sessions"]]
+    assert kinds.count("stateless") == 1 and kinds.count("ws") == 0
+    oracle.admin("expire-sessions", {})
+    assert clients[0].web_services.query_page("Contact", ["Id"], page_size=1).records
+    assert all(client.ws_session.sign_ins == 0 for client in clients)
 
 
 def test_rest_and_ws_see_the_same_records(client: OracleClient, oracle: RunningOracle) -> None:

@@ -250,3 +250,37 @@ def test_gaps_overflow_selection_and_retention(start_sandbox: Callable[..., Runn
                                                          replay_id=(1).to_bytes(8, "big"), num_requested=1)]),
                                    metadata=client.metadata, timeout=10))
     assert dict(raised.value.trailing_metadata())["error-code"].endswith("fetch.replayid.corrupted")
+
+
+def test_the_selection_is_read_through_the_tooling_api(start_sandbox: Callable[..., RunningSandbox]) -> None:
+    """PlatformEventChannelMember of the standard ChangeEvents channel, queried with simple-salesforce's own
+    Tooling API call, follows Setup's selection (here the --cdc-objects flag and the admin lever)."""
+    from urllib.parse import quote
+
+    from simple_salesforce import Salesforce
+    from simple_salesforce.exceptions import SalesforceMalformedRequest
+
+    sb = start_sandbox("tooling", extra_args=("--cdc-objects", "Contact,Lead"))
+    c = sb.credentials
+    sf = Salesforce(username=c.username, password=c.password, security_token=c.security_token,
+                    domain=sb.login_domain, session=sb.session())
+
+    def members(soql: str) -> dict[str, Any]:
+        return sf.toolingexecute(f"query/?q={quote(soql)}")
+
+    found = members("SELECT Id, DeveloperName, EventChannel, SelectedEntity FROM PlatformEventChannelMember "
+                    "WHERE EventChannel = 'ChangeEvents' ORDER BY SelectedEntity")
+    assert found["done"] and found["entityTypeName"] == "PlatformEventChannelMember" and found["size"] == 2
+    assert [r["SelectedEntity"] for r in found["records"]] == ["ContactChangeEvent", "LeadChangeEvent"]
+    first = found["records"][0]
+    assert first["DeveloperName"] == "ChangeEvents_ContactChangeEvent" and first["EventChannel"] == "ChangeEvents"
+    assert first["Id"].startswith("0v8") and len(first["Id"]) == 18
+    assert first["attributes"]["url"].endswith(f"/tooling/sobjects/PlatformEventChannelMember/{first['Id']}")
+    sb.admin("cdc", {"objects": ["Account"]})
+    assert [r["SelectedEntity"] for r in members("SELECT SelectedEntity FROM PlatformEventChannelMember")["records"]] \
+        == ["AccountChangeEvent"]
+    assert members("SELECT SelectedEntity FROM PlatformEventChannelMember WHERE SelectedEntity LIKE 'Lead%'")[
+        "size"] == 0
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        members("SELECT Id FROM ApexClass")
+    assert refused.value.content[0]["errorCode"] == "INVALID_TYPE"

@@ -4,7 +4,6 @@ ping-pong), inserts are refused into the rejects, a field added in the CRM is fo
 and the scheduled formula refresh repairs a stale formula value."""
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import Any, Iterator
@@ -12,12 +11,9 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 
-from crmsync import config, infra
-from services.capture.service import CaptureService
-from services.mirror.service import MirrorService
-from services.crm_poller import service as poller
 from connectors.salesforce.client import SalesforceClient
 from tests.waiting import wait_for
+from tests.wizard.mirror_services import mirror_services
 
 
 def scalar(dsn: str, query: str, *params: Any) -> Any:
@@ -42,29 +38,8 @@ def running(cli, account, sf, campaign_db, endpoints, secrets) -> Iterator[dict]
              "CRMSYNC_ACCOUNT_SECURITY_TOKEN": secrets["CRMSYNC_SF_SECURITY_TOKEN"],
              "CRMSYNC_ACCOUNT_CLIENT_SECRET": secrets["CRMSYNC_SF_CLIENT_SECRET"]})
     cli("wizard", name, "--tables", "Contact", "--yes")
-    settings = config.Settings.model_validate({
-        "accounts": {name: account.model_dump()}, "mappings": [],
-        "campaign": {"name": name, "slot_name": f"slot_{name}", "publication": f"pub_{name}",
-                     "capture_tables": ["recipients"], "snapshot": "never", "formula_refresh_seconds": 2}})
-    found = infra.Endpoints(endpoints.bootstrap_servers, dsn)
-    stop = threading.Event()
-    capture = CaptureService(settings, found.bootstrap_servers, dsn)
-    mirror = MirrorService(settings, found, name, schema_reload_seconds=1)
-    threads = [threading.Thread(target=capture.run, daemon=True),
-               threading.Thread(target=poller.run, args=(settings, found, name, [], 0.5), kwargs={"stop": stop},
-                                daemon=True),
-               threading.Thread(target=mirror.run, args=(stop,), daemon=True)]
-    for thread in threads:
-        thread.start()
-    try:
+    with mirror_services(name, account.model_dump(), endpoints, dsn, formula_refresh_seconds=2):
         yield {"name": name, "dsn": dsn, "table": f"sfdc_{name}.contact", "client": SalesforceClient(name, account)}
-    finally:
-        stop.set()
-        capture.stop()
-        for thread in threads:
-            thread.join(30)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (f"slot_{name}",))
 
 
 def test_mirror_follows_the_crm_and_sends_sql_edits_back(running, sf) -> None:

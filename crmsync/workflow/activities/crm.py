@@ -246,7 +246,7 @@ def crm_writer(ctx: RunContext, client: Any, activity: CrmActivity, on_applied: 
     sink = connector.sink(client, assignment_rule=activity.assignment_rule, bulk=activity.batch)
     return CrmWriter(connector, sink, account, ctx.endpoints.bootstrap_servers, ctx.endpoints.campaign_dsn,
                      objects=[], on_applied=on_applied, partitions=ctx.settings.kafka.partitions,
-                     replication_factor=ctx.settings.kafka.replication_factor)
+                     replication_factor=ctx.settings.kafka.replication_factor, client=client)
 
 
 def settle(commands: dict[str, tuple[Row, ApplyCommand]], applied: set[str], rejects: list[Any],

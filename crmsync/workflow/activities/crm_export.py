@@ -3,7 +3,7 @@
 Per record (keyed by its Campaign key, e.g. recipients.id):
 
 - a CRM id in the row (`crm_id:` column) → update that record (the seed: the remote key is mapped);
-- otherwise → upsert by the external id `Campaign_Key__c` = the Campaign key, exactly as the two-way sync
+- otherwise → upsert by the external id (`external_id:`, default the connector's Campaign-key field) = the Campaign key, exactly as the two-way sync
   creates records, so a retried or repeated create lands on the same CRM record.
 
 Journal (crmsync.workflow_journal, one row per run × activity × record):
@@ -146,6 +146,10 @@ def _command(activity: CrmActivity, ctx: RunContext, row: Row, kinds: dict[str, 
     """Update by Id when the CRM id is mapped, else upsert by the external id (the Campaign key). Values are
     converted by the CRM field's declared kind (a text field gets the column's text byte for byte)."""
     key, crm_id = str(row[activity.key]), row.get(activity.crm_id)
+    external_id = activity.external_id or ctx.connector(ctx.workflow.account_of(activity)).default_external_id
+    if not external_id:
+        raise ActivityError(f"{activity.object}: the CRM has no default field for the Campaign key; set "
+                            "external_id:", "INVALID_ACTIVITY")
     values = {}
     for f in activity.mapping:
         try:
@@ -153,11 +157,11 @@ def _command(activity: CrmActivity, ctx: RunContext, row: Row, kinds: dict[str, 
         except ValueError as exc:
             raise ValueError(f"{f.campaign} → {f.crm}: {exc}") from None
     if crm_id:
-        values[activity.external_id] = key  # the CRM record points back to us, as in the two-way sync
+        values[external_id] = key  # the CRM record points back to us, as in the two-way sync
     return ApplyCommand(id=f"workflow:{ctx.workflow.name}:{ctx.run_id}:{activity.name}:{key}", side="crm",
                         target=ctx.workflow.account_of(activity), object=activity.object, action="upsert",
                         key={"id": crm_id} if crm_id else None, values=values,
-                        match=None if crm_id else {activity.external_id: key},
+                        match=None if crm_id else {external_id: key},
                         cause=f"workflow:{ctx.workflow.name}:{ctx.run_id}")
 
 
