@@ -42,6 +42,8 @@ RESTART_DELAY = 0.2  # seconds before a dead service is started again (doubling 
 HEALTHY_SECONDS = 10.0  # a service that ran this long before dying is restarted at once again
 WATCH_SECONDS = 2.0  # how often the embedded servers and the broker's memory are checked
 READY_WAIT_SECONDS = 60.0  # after a broker loss, the repair waits this long at most for every service to be ready
+REPAIR_SETTLE_SECONDS = 20.0  # a repair pass leaves out records decided this long before its reads (in flight)
+REPAIR_PASSES = (0.0, 45.0)  # seconds after the services are ready: the second pass takes what the first left out
 log = logging.getLogger("crmsync.run")
 
 
@@ -175,7 +177,9 @@ class Recovery:
 
     noticed_at: float
     restarted_at: float | None = None
-    repaired_at: float | None = None
+    ready_at: float | None = None
+    passes: int = 0  # drift-repair passes done (REPAIR_PASSES)
+    repaired_at: float | None = None  # the last pass done
     republished: int = 0
 
 
@@ -326,20 +330,31 @@ class Supervisor:
             self._lost.set()
 
     def _repair_when_ready(self) -> None:
+        """Drift-repair passes once every service is ready (REPAIR_PASSES). Each leaves out the records the
+        streams are deciding at that moment (REPAIR_SETTLE_SECONDS): re-publishing a record whose change is on
+        its way would race it with a stamp of the whole record; the second pass takes what the first left."""
         recovery = self.recoveries[-1]
-        waited = time.monotonic() - (recovery.restarted_at or time.monotonic())
-        if not self._all_ready() and waited < READY_WAIT_SECONDS:
+        now = time.monotonic()
+        if recovery.ready_at is None:
+            waited = now - (recovery.restarted_at or now)
+            if not self._all_ready() and waited < READY_WAIT_SECONDS:
+                return
+            recovery.ready_at = now
+        if now < recovery.ready_at + REPAIR_PASSES[recovery.passes]:
             return
         from crmsync.drift import repair_all
 
         assert self.settings is not None
         try:
-            recovery.republished = repair_all(self.settings, self.found, say=self.say)
+            recovery.republished += repair_all(self.settings, self.found, say=self.say,
+                                               settle_seconds=REPAIR_SETTLE_SECONDS)
         except Exception as exc:  # noqa: BLE001 - e.g. the CRM did not answer the login: next round
             self.say(f"drift repair after the broker loss failed ({exc}); trying again")
             return
-        recovery.repaired_at = time.monotonic()
-        self._repair_due.clear()
+        recovery.passes += 1
+        if recovery.passes == len(REPAIR_PASSES):
+            recovery.repaired_at = time.monotonic()
+            self._repair_due.clear()
 
     def _all_ready(self) -> bool:
         for port in self.metrics_ports.values():

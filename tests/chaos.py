@@ -358,7 +358,7 @@ class Chaos:
     # -- killing --------------------------------------------------------------------------------------------------
     def _kill(self, label: str) -> None:
         child = self.w.supervisor.children[label]
-        os.kill(child.pid, signal.SIGKILL)
+        child.kill()  # SIGKILL; nothing when it has died already (e.g. restarted with all after a broker loss)
         child.wait()
         self.report.kills.append(Kill(label, time.monotonic()))
         self.log(f"killed {label} at {time.time():.1f}")
@@ -410,7 +410,8 @@ class Chaos:
             self._supervise()
             behind = sum(lag.total(lag.group_lag(self.w.found.bootstrap_servers, g.group, list(g.topics)))[1]
                          for g in groups)
-            settled = settled + 1 if behind == 0 else 0
+            repairing = any(r.repaired_at is None for r in self.w.supervisor.recoveries)  # passes still to come
+            settled = settled + 1 if behind == 0 and not repairing else 0
             if settled >= 10:  # 10 consecutive probes with nothing left: pollers and writers are idle too
                 self.report.caught_up = True
                 break
