@@ -254,8 +254,8 @@ class Chaos:
                 return True
             except SalesforceExpiredSession:
                 client.relogin()
-            except Exception:  # noqa: BLE001 - a fault or a lost answer: did it land?
-                pass
+            except Exception:  # noqa: BLE001 - a fault or a lost answer: did it land? A stalled request is carried
+                time.sleep(float((self.crm_faults or {}).get("slow_seconds", 0)))  # out when its stall ends
             found = client.call("query", lambda sf: sf.query(f"SELECT Id FROM Contact WHERE Email = '{record['Email']}'"))
             if found["totalSize"]:
                 return True
