@@ -1,31 +1,34 @@
-"""Benchmark: two-way sync end to end. Every service runs as its own process under the `crmsync run` supervisor,
-with the local HTTPS Salesforce sandbox, the embedded broker and PostgreSQL, and the contacts mapping only.
+"""Benchmark: two-way sync end to end, against the speed of its slowest raw stage, as a user runs it.
 
-1. Backfill, CRM → Campaign: N contacts in the sandbox and an empty Campaign. Timed from starting the services
-   until N recipients have a crm_id. Reports records/s, sandbox API requests, and the peak RSS and CPU seconds
-   of every process.
-2. Updates, Campaign → CRM: once N contacts are linked, N recipients get a new job_title in transactions of 500.
-   Timed from the first commit until the sandbox holds N Contacts with that Title (SOQL COUNT()). Reports
-   records/s and sandbox API calls per written record. Our own COUNT() queries are not counted.
-3. Freshness at a steady rate, in each direction. Every change carries a unique marker and goes to a different
-   record, so each record changes only once and keeps the stamp of when it was applied:
-   (a) Campaign → CRM: single-row UPDATE commits at --rate/s. Freshness = the Contact's SystemModstamp (when the
-       sandbox applied it) minus the time the commit returned.
-   (b) CRM → Campaign: sObject Collections PATCHes of rate/10 records every 0.1 s through the connector's
-       client. Freshness = recipients.updated_at (set by trigger when writer-campaign applied it) minus the
-       Contact's SystemModstamp.
-   Every timestamp comes from this machine's clock. The marked messages are then read back from the change and
-   apply topics (Change.captured_ts, ApplyCommand.created_ts), which splits each latency into stages.
+Every service runs as its own process under the `crmsync run` supervisor, with the local HTTPS Salesforce
+sandbox, the embedded broker and PostgreSQL and the shipped (default) mappings: accounts, contacts, purchases.
+One run (`make bench`, or `.venv/bin/python bench/sync.py`) prints:
 
-Each scenario gets its own state dir under one temp dir, so its own broker, PostgreSQL and sandbox. Services are
-stopped, the sandbox is stopped and the infra is brought down even when a step fails.
+1. Raw stages, each alone, in this run: the CRM read (the poller's change source reading every object of the
+   mappings, REST query and Bulk API 2.0 query), the broker (producing and consuming change-sized keyed
+   messages), the Campaign write (the Campaign writer applying `create` commands from Kafka), and for the other
+   direction the Campaign read (capture's snapshot query) and the CRM write (the connector's sink, Bulk 2.0).
+2. The backfill, both directions, from starting the services to the last linked record: N contacts (and the
+   sandbox's N/5 accounts) CRM → an empty Campaign; N recipients (and their organisations and purchases)
+   Campaign → an empty CRM. Records/s, and the ratio to the slowest raw stage of that direction.
+3. The CRM → Campaign backfill with 1 and with 2 workers (streams and writers as 2 processes each): the same
+   final state (a digest of every synced row), records/s and per worker.
+4. Peak RSS of every service (and CPU seconds) in the CRM → Campaign backfill at each size (--sizes).
 
-Run: .venv/bin/python bench/sync.py [--contacts 100000] [--updates 10000] [--rate 200] [--seconds 30]
-                                    [--only backfill|updates|freshness] [--keep]   (prints tables; not a test)
+`--quick` runs everything small (development); `--only STEP` runs one step. `updates` and `freshness` (steady
+Campaign updates → CRM; latency at a steady rate, split by stage) run only when asked for with --only.
+Each backfill gets its own state dir, so its own broker, PostgreSQL and sandbox; everything started is stopped
+even when a step fails. Prints tables; writes them as JSON with --json. Not a test.
+
+Run: .venv/bin/python bench/sync.py [--quick] [--contacts 100000] [--sizes 10000,100000,1000000]
+                                    [--only raw|import|export|workers|memory|updates|freshness] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
 import math
 import os
 import shutil
@@ -42,37 +45,45 @@ from typing import Any, Callable, Iterator
 
 import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crmsync import config, infra, lag, names, pg, process, topics  # noqa: E402
+from crmsync import config, connectors, infra, kafka, lag, pg, process, topics  # noqa: E402
+from crmsync.campaign.seed import seed as seed_campaign  # noqa: E402
 from crmsync.config import Settings  # noqa: E402
 from crmsync.drift import clients_for  # noqa: E402
-from crmsync.envelope import ApplyCommand, changes_from_message  # noqa: E402
+from crmsync.envelope import ApplyCommand, Change, changes_from_message  # noqa: E402
 from crmsync.run import (SANDBOX_ACCOUNT, Sandbox, Supervisor, effective_settings, only_mappings, plan,  # noqa: E402
                          start_sandbox, write_effective_config)
 from connectors.salesforce.client import SalesforceClient  # noqa: E402
+from services.campaign_writer.service import CampaignWriter  # noqa: E402
 from streams.app import APP_ID as STREAMS_GROUP  # noqa: E402
 
-MAPPING = "contacts"
+MAPPING = "contacts"  # the mapping the updates and freshness steps use
 POLL_INTERVAL = 2.0  # `crmsync service poller --interval` default, which the supervisor uses
 UPDATE_TRANSACTION = 500
 IDLE_SECONDS = 30  # how long the poller's calls are counted with nothing changing
 LOOKBACK_MINUTES = 5  # connectors/salesforce/source.py DEFAULT_LOOKBACK_SECONDS
-SERVICES = ("capture", "streams", "writer-campaign", f"poller {SANDBOX_ACCOUNT}",
-            f"writer-crm {SANDBOX_ACCOUNT}")
+GOAL_RATIO = 0.8
+GOAL_RATE = 10_000
+GOAL_RSS = 300 * 2**20
+SCALED_SERVICES = ("streams", "writer-campaign", "writer-crm")
+# the synced columns of each Campaign table: what "the same final state" compares, row by row
+DIGEST = {"recipients": "crm_id, email, first_name, last_name, job_title, city, zip_code, birth_date",
+          "organisations": "crm_id, name, industry, city, website"}
 
 
-# -- one isolated world per scenario ---------------------------------------------------------------------------
+# -- one isolated world per run -----------------------------------------------------------------------------------
 @dataclass
 class World:
     name: str
     base: Settings  # its own state dir: its own broker, PostgreSQL and sandbox
     found: infra.Endpoints
     sandbox: Sandbox
-    settings: Settings  # effective: the sandbox account, the contacts mapping alone
+    settings: Settings  # effective: the sandbox account and the mappings of this run
     supervisor: Supervisor
     _client: SalesforceClient | None = None
 
@@ -87,8 +98,9 @@ class World:
         with pg.connect(self.found.campaign_dsn, autocommit=True, application="crmsync-bench") as conn:
             return conn.execute(sql, params).fetchone()[0]
 
-    def soql_count(self, where: str) -> int:
-        return self.client.call("query", lambda sf: sf.query(f"SELECT COUNT() FROM Contact WHERE {where}"))["totalSize"]
+    def soql_count(self, where: str, obj: str = "Contact") -> int:
+        clause = f" WHERE {where}" if where else ""
+        return self.client.call("query", lambda sf: sf.query(f"SELECT COUNT() FROM {obj}{clause}"))["totalSize"]
 
     def linked(self) -> int:
         return self.scalar("SELECT count(*) FROM crmsync.sync_state WHERE mapping = %s AND crm_id IS NOT NULL "
@@ -100,9 +112,12 @@ class World:
 
 @contextmanager
 def world(root: Path, name: str, contacts: int, console: Console, *, account: dict | None = None,
-          mappings: tuple[str, ...] = (MAPPING,)) -> Iterator[World]:
-    """`account`: settings of the sandbox account to change (e.g. {"cdc": False}); `mappings`: which of the
-    shipped mappings run."""
+          mappings: list[str] | tuple[str, ...] | None = (MAPPING,), recipients: int = 0,
+          workers: int = 1) -> Iterator[World]:
+    """A broker, a PostgreSQL, a sandbox seeded with `contacts` (and contacts/5 accounts), Campaign seeded with
+    `recipients` (and their organisations and purchases), and the services of `mappings` (None: the shipped
+    mappings) ready to start as `workers` processes each. `account`: settings of the sandbox account to change
+    (e.g. {"cdc": False})."""
     state = root / name
     base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
     found = infra.up(base)
@@ -111,12 +126,17 @@ def world(root: Path, name: str, contacts: int, console: Console, *, account: di
         pg.migrate(found.campaign_dsn)
         console.print(f"[{name}] starting the Salesforce sandbox with {contacts:,} contacts …")
         sandbox = start_sandbox(state, seed_contacts=contacts, log_file=state / "sandbox-salesforce.log")
-        effective = only_mappings(effective_settings(base, sandbox), list(mappings))
+        effective = effective_settings(base, sandbox)
+        if mappings is not None:
+            effective = only_mappings(effective, list(mappings))
         if account:
             accounts = {SANDBOX_ACCOUNT: effective.accounts[SANDBOX_ACCOUNT].model_copy(update=account)}
             effective = effective.model_copy(update={"accounts": accounts})
+        if recipients:
+            console.print(f"[{name}] seeding Campaign with {recipients:,} recipients …")
+            seed_campaign(found.campaign_dsn, recipients)
         config_file = write_effective_config(effective, found, state / "run" / "crmsync.yaml")
-        supervisor = Supervisor(plan(effective), found, config_file, state / "logs")
+        supervisor = Supervisor(plan(effective, workers), found, config_file, state / "logs")
         yield World(name, base, found, sandbox, effective, supervisor)
     finally:
         if supervisor is not None:
@@ -347,50 +367,298 @@ def stage_split(order: list[dict[str, float]], names: list[str]) -> list[tuple[s
     return result
 
 
-# -- 1. backfill ------------------------------------------------------------------------------------------------
-def backfill(root: Path, n: int, console: Console) -> dict:
-    with world(root, "backfill", n, console) as w:
-        checkpoint = names.poller_checkpoint(SANDBOX_ACCOUNT, "Contact")
+
+# -- 1. raw stages, each alone ------------------------------------------------------------------------------------
+def _rate(records: int, seconds: float) -> float:
+    return records / seconds if seconds > 0 else float("nan")
+
+
+def _stage(name: str, records: int, seconds: float, note: str = "") -> dict:
+    return {"stage": name, "records": records, "seconds": seconds, "rate": _rate(records, seconds), "note": note}
+
+
+def crm_read(w: World, objects: list[str], **options: Any) -> tuple[dict, list[bytes]]:
+    """The poller's change source reading every object from scratch, alone (no broker): what the backfill's
+    CRM side can do at best. Returns the stage and a sample of the changes as JSON (the broker stage sends
+    messages of their size)."""
+    account = w.settings.accounts[SANDBOX_ACCOUNT]
+    connector = connectors.for_account(account)
+    client = connector.client(SANDBOX_ACCOUNT, account)
+    records, sample = 0, []
+    started = time.perf_counter()
+    for obj in objects:
+        source = connector.change_source(client, obj, **options)
+        for page in source.read(None):
+            records += len(page.changes)
+            if len(sample) < 2000:
+                sample += [c.to_json() for c in page.changes[:2000 - len(sample)]]
+    seconds = time.perf_counter() - started
+    client.close()
+    label = "CRM read, Bulk API 2.0 query" if options.get("bulk_threshold") == 1 else "CRM read, REST query"
+    return _stage(label, records, seconds, f"{', '.join(objects)}: the poller's change source, no broker"), sample
+
+
+def broker(found: infra.Endpoints, sample: list[bytes], n: int, partitions: int) -> dict:
+    """n keyed change messages of the backfill's sizes through the broker: produced with crmsync's producer
+    (batching, lz4), then consumed with its consumer settings. The stage rate is the slower of the two."""
+    topic = f"crmsync.bench.{uuid.uuid4().hex[:8]}"
+    kafka.ensure_topics(found.bootstrap_servers, [topic], partitions)
+    producer, tracker = kafka.producer(found.bootstrap_servers), kafka.DeliveryTracker()
+    started = time.perf_counter()
+    for i in range(n):
+        kafka.produce(producer, tracker, topic, sample[i % len(sample)], str(i).encode())
+    kafka.flush_all(producer, tracker)
+    produced = time.perf_counter() - started
+    consumer = kafka.consumer(found.bootstrap_servers, f"crmsync-bench-{uuid.uuid4().hex}",
+                              **{"queued.max.messages.kbytes": 16384})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])  # no group join
+    got, started = 0, time.perf_counter()
+    deadline = started + 300
+    while got < n and time.perf_counter() < deadline:
+        got += len(kafka.without_errors(consumer.consume(5000, 0.5), logging.getLogger("bench")))
+    consumed = time.perf_counter() - started
+    consumer.close()
+    size = sum(map(len, sample)) / len(sample)
+    rate = min(_rate(n, produced), _rate(got, consumed))
+    return {"stage": "broker, produce + consume", "records": n, "seconds": n / rate, "rate": rate,
+            "note": f"{size:,.0f}-byte messages, {partitions} partitions: produce {_rate(n, produced):,.0f}/s, "
+                    f"consume {_rate(got, consumed):,.0f}/s"}
+
+
+def campaign_write(found: infra.Endpoints, n: int, partitions: int, console: Console) -> dict:
+    """The Campaign writer alone: n `create` commands (new contacts, keys allocated as the streams do) waiting
+    in Kafka, applied by the writer's own loop, until the last row is in (a database of its own)."""
+    dsn, name = pg.fresh_database(found.campaign_dsn, "benchwrite")
+    topic = topics.apply("campaign", name, "recipients")
+    kafka.ensure_topics(found.bootstrap_servers, [topic], partitions)
+    with pg.connect(dsn, autocommit=True) as conn:
+        first = conn.execute("SELECT setval('recipients_id_seq', nextval('recipients_id_seq') + %s)", (n,)
+                             ).fetchone()[0] - n
+    producer, tracker = kafka.producer(found.bootstrap_servers), kafka.DeliveryTracker()
+    for i in range(n):
+        key = first + i
+        values = {"first_name": f"First{i}", "last_name": f"Last{i}", "email": f"p{i}@example.com",
+                  "job_title": "Buyer", "phone": "+44 20 7946 0000", "birth_date": "1990-02-03", "city": "Lyon",
+                  "zip_code": "69001", "email_opt_out": False, "street": "1 Main Street"}
+        command = ApplyCommand(id=f"bench-{i}", side="campaign", target=name, object="recipients", action="create",
+                               key={"id": key}, match={"crm_account": "bench", "crm_object": "Contact",
+                                                       "crm_id": f"003{i:015d}"},
+                               values=values, cause=f"bench-{i}", expect={c: None for c in values})
+        kafka.produce(producer, tracker, topic, command.to_json(), str(key).encode())
+    kafka.flush_all(producer, tracker)
+    writer = CampaignWriter(dsn, found.bootstrap_servers, name, tables=["recipients"], partitions=partitions)
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    written = 0
+    with pg.connect(dsn, autocommit=True) as conn:
+        while written < n and time.perf_counter() - started < 600:
+            time.sleep(0.2)
+            written = conn.execute("SELECT count(*) FROM recipients").fetchone()[0]
+    seconds = time.perf_counter() - started
+    stop.set()
+    thread.join(60)
+    return _stage("Campaign write", written, seconds, "the Campaign writer's loop: Kafka → create commands → "
+                                                      "PostgreSQL, one process")
+
+
+def campaign_read(w: World) -> dict:
+    """What change capture's first snapshot does per row, alone: read every synced table with a server-side
+    cursor and build the changes (no broker)."""
+    tables = sorted({m.campaign_table for m in w.settings.mappings})
+    records, started = 0, time.perf_counter()
+    with pg.connect(w.found.campaign_dsn, application="crmsync-bench") as conn:
+        for table in tables:
+            cursor = conn.cursor(name="bench_read", row_factory=dict_row)
+            cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - table names from our mappings
+            while rows := cursor.fetchmany(5000):
+                for row in rows:
+                    values = {k: pg.json_ready(v) for k, v in row.items()}
+                    Change(id="x", side="campaign", source="campaign", object=table, op="r", key={"id": row["id"]},
+                           after=values, position={}).to_json()
+                records += len(rows)
+            cursor.close()
+    return _stage("Campaign read", records, time.perf_counter() - started,
+                  f"{', '.join(tables)}: capture's snapshot query and changes, no broker")
+
+
+def crm_write(root: Path, n: int, console: Console) -> dict:
+    """The connector's sink alone (Bulk API 2.0 above its threshold): n new Contacts, as the streams send new
+    Campaign rows (upsert by the Campaign key), into an empty sandbox of its own."""
+    state = root / "crm-write"
+    sandbox = start_sandbox(state, log_file=state / "sandbox.log")
+    try:
+        settings = effective_settings(config.load(environ={"CRMSYNC_STATE_DIR": str(state)}), sandbox)
+        account = settings.accounts[SANDBOX_ACCOUNT]
+        connector = connectors.for_account(account)
+        client = connector.client(SANDBOX_ACCOUNT, account)
+        sink = connector.sink(client)
+        commands = [ApplyCommand(id=f"bench-{i}", side="crm", target=SANDBOX_ACCOUNT, object="Contact",
+                                 action="upsert", key=None, match={"Campaign_Key__c": str(i + 1)}, cause="bench",
+                                 values={"FirstName": f"First{i}", "LastName": f"Last{i}",
+                                         "Email": f"p{i}@example.com", "Title": "Buyer", "MailingCity": "Lyon",
+                                         "Campaign_Key__c": str(i + 1)}) for i in range(n)]
+        started = time.perf_counter()
+        outcomes = []
+        for start in range(0, n, 5000):  # the CRM writer's batches
+            outcomes += sink.apply(commands[start:start + 5000])
+        seconds = time.perf_counter() - started
+        client.close()
+        ok = sum(o.ok for o in outcomes)
+        return _stage("CRM write, Bulk API 2.0", ok, seconds, "the connector's sink, batches of 5,000 (the CRM "
+                                                              "writer's), no broker")
+    finally:
+        process.stop(sandbox.process)
+
+
+# -- 2. the backfills ------------------------------------------------------------------------------------------------
+class Timeline:
+    """Once a second: how far each stage got (change messages published, decided by the streams; apply commands
+    published, applied by the writer; linked rows). Where a backfill waits shows as the stage whose count
+    trails the one before it."""
+
+    def __init__(self, w: World, linked: Callable[[], int]) -> None:
+        s = w.settings
+        self.w, self.linked = w, linked
+        self.changes = sorted({topics.changes("crm", m.account, m.crm_object) for m in s.mappings}
+                              | {topics.changes("campaign", s.campaign.name, m.campaign_table) for m in s.mappings})
+        self.to_campaign = sorted({topics.apply("campaign", s.campaign.name, m.campaign_table) for m in s.mappings})
+        self.to_crm = sorted({topics.apply("crm", m.account, m.crm_object) for m in s.mappings})
+        self.rows: list[dict] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.perf_counter()
+
+    def start(self) -> "Timeline":
+        self.thread.start()
+        return self
+
+    def stop(self) -> list[dict]:
+        self.stopping.set()
+        self.thread.join()
+        return self.rows
+
+    def _run(self) -> None:
+        bootstrap, campaign = self.w.found.bootstrap_servers, self.w.settings.campaign.name
+        while not self.stopping.wait(1.0):
+            try:
+                published, behind = lag.total(lag.group_lag(bootstrap, STREAMS_GROUP, self.changes))
+                commands, writer_behind = lag.total(lag.group_lag(bootstrap, f"crmsync-writer-campaign-{campaign}",
+                                                                  self.to_campaign))
+                crm_commands, crm_behind = lag.total(lag.group_lag(bootstrap, f"crmsync-writer-crm-{SANDBOX_ACCOUNT}",
+                                                                   self.to_crm))
+                self.rows.append({"t": round(time.perf_counter() - self.started, 1), "changes": published,
+                                  "decided": published - behind, "commands": commands + crm_commands,
+                                  "applied": commands - writer_behind + crm_commands - crm_behind,
+                                  "linked": self.linked()})
+            except Exception:  # noqa: BLE001 - a missed sample is not worth a failed benchmark
+                continue
+
+
+def print_timeline(rows: list[dict], console: Console, every: float = 5.0) -> None:
+    table = Table(title="Where the backfill was (cumulative counts)")
+    for column in ("seconds", "changes published", "decided (streams)", "commands", "applied (writers)", "linked"):
+        table.add_column(column, justify="right")
+    shown = -every
+    for row in rows:
+        if row["t"] - shown >= every or row is rows[-1]:
+            shown = row["t"]
+            table.add_row(f"{row['t']:.0f}", *(f"{row[k]:,}" for k in ("changes", "decided", "commands", "applied",
+                                                                         "linked")))
+    console.print(table)
+
+
+def digest(w: World) -> str:
+    """One hash of every synced row of Campaign: two runs that end in the same state give the same digest."""
+    found = hashlib.sha256()
+    with pg.connect(w.found.campaign_dsn, autocommit=True, application="crmsync-bench") as conn:
+        for table, columns in sorted(DIGEST.items()):
+            for row in conn.execute(f"SELECT {columns} FROM {table} ORDER BY crm_id"):  # noqa: S608
+                found.update(repr(row).encode())
+    return found.hexdigest()[:16]
+
+
+def import_backfill(root: Path, name: str, n: int, console: Console, *, workers: int = 1,
+                    raw: bool = False) -> dict:
+    """N contacts and N/5 accounts in the sandbox, an empty Campaign, the shipped mappings: from starting the
+    services until every one of them is a linked Campaign row. With `raw`, the CRM read alone is measured first
+    in the same world (REST and Bulk API 2.0)."""
+    with world(root, name, n, console, mappings=None, workers=workers) as w:
+        objects = sorted({m.crm_object for m in w.settings.mappings})
+        stages = []
+        if raw:
+            console.print(f"[{name}] raw stage: the CRM read alone …")
+            rest, sample = crm_read(w, objects, bulk_threshold=10**12)
+            bulk, _ = crm_read(w, objects, bulk_threshold=1)
+            stages = [rest, bulk] if bulk["stage"] != rest["stage"] else [rest]
+            w.sample = sample
+        expected = n + max(1, n // 5)
         before = w.sandbox.stats()
         monitor = Monitor(w).start()
-        started_wall, started = time.time(), time.perf_counter()
+        timeline = Timeline(w, lambda: w.scalar(
+            "SELECT (SELECT count(*) FROM recipients WHERE crm_id IS NOT NULL) + "
+            "(SELECT count(*) FROM organisations WHERE crm_id IS NOT NULL)")).start()
+        started = time.perf_counter()
         w.supervisor.start()
-        console.print(f"[backfill] services started; waiting for {n:,} recipients with a crm_id …")
+        console.print(f"[{name}] services started ({workers} worker(s)); waiting for {expected:,} linked rows …")
         marks: dict[str, float] = {}
-        own_rows_read = own_scans = 0
-        deadline = started + 180 + n / 25  # generous: the point is to measure, not to give up
-        applied = 0
+        linked, deadline = 0, started + 300 + n / 200
         with pg.connect(w.found.campaign_dsn, autocommit=True, application="crmsync-bench") as conn:
-            while True:
+            while linked < expected and time.perf_counter() < deadline:
                 w.tick()
-                applied = conn.execute("SELECT count(*) FROM recipients WHERE crm_id IS NOT NULL").fetchone()[0]
-                own_scans, own_rows_read = own_scans + 1, own_rows_read + applied  # every row has a crm_id here
-                decided = conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE mapping = %s "
-                                       "AND crm_id IS NOT NULL", (MAPPING,)).fetchone()[0]
-                now = time.perf_counter() - started
-                if applied and "first recipient" not in marks:
-                    marks["first recipient"] = now
-                if decided >= n and "streams decided all" not in marks:
-                    marks["streams decided all"] = now
-                if "poller snapshot published" not in marks:
-                    done = conn.execute("SELECT updated_at FROM crmsync.checkpoints WHERE name = %s AND "
-                                        "(position->>'snapshot_done')::boolean", (checkpoint,)).fetchone()
-                    if done:
-                        marks["poller snapshot published"] = done[0].timestamp() - started_wall
-                if applied >= n or time.perf_counter() > deadline:
-                    break
                 time.sleep(0.5)
-            seconds = time.perf_counter() - started
-            scans = conn.execute("SELECT seq_scan, seq_tup_read FROM pg_stat_user_tables "
-                                 "WHERE relname = 'recipients'").fetchone()
-        marks["all recipients written"] = seconds
-        after = w.sandbox.stats()
+                linked = conn.execute("SELECT (SELECT count(*) FROM recipients WHERE crm_id IS NOT NULL) + "
+                                      "(SELECT count(*) FROM organisations WHERE crm_id IS NOT NULL)").fetchone()[0]
+                if linked and "first linked row" not in marks:
+                    marks["first linked row"] = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         monitor.stop()
-        restarts = dict(w.supervisor.restarts)
-    return {"n": n, "applied": applied, "seconds": seconds, "marks": marks,
+        after = w.sandbox.stats()
+        result = {"timeline": timeline.stop(), "direction": "CRM → Campaign", "n": n, "records": expected,
+                  "linked": linked, "seconds": seconds,
+                  "rate": _rate(linked, seconds), "workers": workers, "marks": marks, "cpu": monitor.cpu_seconds(),
+                  "peak_rss": monitor.peak, "restarts": dict(w.supervisor.restarts),
+                  "requests": requests_total(after) - requests_total(before),
+                  "by_endpoint": requests_delta(before, after), "digest": digest(w), "raw": stages}
+        if raw:
+            result["sample"] = w.sample
+    return result
+
+
+def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False) -> dict:
+    """N recipients (N/5 organisations, N/2 purchases) in Campaign, an empty CRM, the shipped mappings: from
+    starting the services until the CRM holds every one of them. With `raw`, the Campaign read alone first."""
+    with world(root, "export", 0, console, mappings=None, recipients=n) as w:
+        stages = [campaign_read(w)] if raw else []
+        with pg.connect(w.found.campaign_dsn, autocommit=True) as conn:
+            wanted = {obj: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+                      for obj, table in (("Account", "organisations"), ("Contact", "recipients"),
+                                         ("Opportunity", "purchases"))}
+        expected = sum(wanted.values())
+        before = w.sandbox.stats()
+        monitor = Monitor(w).start()
+        timeline = Timeline(w, lambda: w.scalar("SELECT count(*) FROM crmsync.sync_state WHERE crm_id IS NOT NULL "
+                                                 "AND campaign_key IS NOT NULL")).start()
+        started = time.perf_counter()
+        w.supervisor.start()
+        console.print(f"[export] services started; waiting for {expected:,} CRM records …")
+        arrived, deadline = {}, started + 300 + n / 100
+        while sum(arrived.values()) < expected and time.perf_counter() < deadline:
+            w.tick()
+            time.sleep(1.0)
+            arrived = {obj: w.soql_count("", obj) for obj in wanted}
+        seconds = time.perf_counter() - started
+        monitor.stop()
+        timeline.stop()  # before the broker goes down
+        after = w.sandbox.stats()
+        total = sum(arrived.values())
+    return {"timeline": timeline.rows, "direction": "Campaign → CRM", "n": n, "records": expected, "linked": total,
+            "seconds": seconds,
+            "rate": _rate(total, seconds), "workers": 1, "cpu": monitor.cpu_seconds(), "peak_rss": monitor.peak,
+            "restarts": dict(w.supervisor.restarts), "arrived": arrived,
             "requests": requests_total(after) - requests_total(before), "by_endpoint": requests_delta(before, after),
-            "peak_rss": monitor.peak, "cpu": monitor.cpu_seconds(), "restarts": restarts,
-            "recipients_seq_scans": scans[0] - own_scans, "recipients_rows_scanned": scans[1] - own_rows_read}
+            "raw": stages}
 
 
 # -- 2. Campaign updates → CRM ---------------------------------------------------------------------------------
@@ -542,45 +810,16 @@ def _mb(value: int) -> str:
 
 def _cpu_list(cpu: dict[str, float], top: int) -> str:
     ranked = sorted(cpu.items(), key=lambda kv: -kv[1])[:top]
-    return ", ".join(f"{label.split()[0]} {value:.0f} s" for label, value in ranked)
+    return ", ".join(f"{label} {value:.0f} s" for label, value in ranked)
 
 
-def _busiest(cpu: dict[str, float], seconds: float, top: int = 3) -> str:
-    return f"{_cpu_list(cpu, top)} CPU in {seconds:.0f} s wall ({os.cpu_count()} cores)"
-
-
-def _mark(ok: bool) -> str:
-    return "[green]met[/green]" if ok else "[red]missed[/red]"
-
-
-def report(results: dict, console: Console, args: argparse.Namespace) -> None:
-    table = Table(title=f"Two-way sync Salesforce sandbox ⇄ Campaign, contacts mapping, every service a process, "
-                        f"embedded broker + PostgreSQL, {os.cpu_count()} cores", show_lines=True)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("target")
-    table.add_column("what limits it")
-    if b := results.get("backfill"):
-        rate = b["applied"] / b["seconds"]
-        marks = b["marks"]
-        stages = "; ".join(f"{k} at {v:.0f} s" for k, v in sorted(marks.items(), key=lambda kv: kv[1]))
-        done = "" if b["applied"] >= b["n"] else f" (TIMED OUT: {b['applied']:,} of {b['n']:,})"
-        table.add_row(f"backfill {b['n']:,} contacts CRM → Campaign: records/s",
-                      f"{rate:,.0f}{done}", f"≥ 10,000/s {_mark(rate >= 10_000)}",
-                      f"{stages}. Busiest: {_busiest(b['cpu'], b['seconds'])}")
-        table.add_row("  backfill: seconds, start of services → last recipient", f"{b['seconds']:,.1f} s", "",
-                      f"recipients table: {b['recipients_seq_scans']:,} sequential scans reading "
-                      f"{b['recipients_rows_scanned']:,} rows (our own count polls subtracted)")
-        endpoints = ", ".join(f"{k} {v:,}" for k, v in b["by_endpoint"].items())
-        table.add_row("  backfill: sandbox API requests", f"{b['requests']:,}", "",
-                      f"{1000 * b['requests'] / max(1, b['applied']):.2f} per 1,000 records: {endpoints}")
-        for label in SERVICES:
-            table.add_row(f"  backfill: peak RSS {label.split()[0]}", _mb(b["peak_rss"].get(label, 0)), "",
-                          f"CPU {b['cpu'].get(label, 0):.0f} s")
-        table.add_row("  backfill: (sandbox / postgres / broker)",
-                      f"{_mb(b['peak_rss'].get('sandbox', 0))} / – / {_mb(b['peak_rss'].get('broker', 0))}", "",
-                      f"CPU {b['cpu'].get('sandbox', 0):.0f} s / {b['cpu'].get('postgres', 0):.0f} s / "
-                      f"{b['cpu'].get('broker', 0):.0f} s" + (f"; restarts {b['restarts']}" if b["restarts"] else ""))
+def old_report(results: dict, console: Console, args: argparse.Namespace) -> None:
+    """The updates and freshness steps (--only updates / freshness)."""
+    if not ("updates" in results or "freshness" in results):
+        return
+    table = Table(title="Contacts mapping, every service a process, embedded broker + PostgreSQL", show_lines=True)
+    for column in ("measure", "value", "target", "what limits it"):
+        table.add_column(column, justify="right" if column == "value" else "left")
     if u := results.get("updates"):
         rate = u["arrived"] / u["seconds"]
         per_record = u["requests"] / max(1, sum(u["writes"].values()))
@@ -621,33 +860,157 @@ def report(results: dict, console: Console, args: argparse.Namespace) -> None:
                       _cpu_list(f["cpu"], 8) + " CPU"
                       + (f"; restarts {f['restarts']}" if f["restarts"] else ""))
     console.print(table)
-    console.print(f"Salesforce poller interval: {POLL_INTERVAL:.0f} s (the default of `crmsync service "
-                  f"poller --interval`). Options: --contacts {args.contacts} --updates {args.updates} "
-                  f"--rate {args.rate} --seconds {args.seconds}" + (f" --only {args.only}" if args.only else ""))
+    console.print(f"Salesforce poller interval: {POLL_INTERVAL:.0f} s (the default of `crmsync service poller "
+                  f"--interval`).")
+
+
+def _busiest(cpu: dict[str, float], seconds: float, top: int = 3) -> str:
+    return f"{_cpu_list(cpu, top)} CPU in {seconds:.0f} s wall ({os.cpu_count()} cores)"
+
+
+def _mark(ok: bool) -> str:
+    return "[green]met[/green]" if ok else "[red]missed[/red]"
+
+
+def _service_labels(peaks: dict[str, int]) -> list[str]:
+    return sorted(label for label in peaks if label not in ("sandbox", "broker", "postgres"))
+
+
+def report(results: dict, console: Console) -> None:
+    if "raw" in results:
+        table = Table(title=f"Raw stages, each alone ({os.cpu_count()} cores)", show_lines=False)
+        for column in ("direction", "stage", "records", "seconds", "records/s", "how"):
+            table.add_column(column, justify="right" if column in ("records", "seconds", "records/s") else "left")
+        for direction, stages in results["raw"].items():
+            for st in stages:
+                table.add_row(direction, st["stage"], f"{st['records']:,}", f"{st['seconds']:.1f}",
+                              f"{st['rate']:,.0f}", st["note"])
+        console.print(table)
+    backfills = [results[k] for k in ("import", "export") if k in results]
+    if backfills:
+        table = Table(title="Backfill end to end, shipped mappings, every service a process", show_lines=True)
+        for column in ("direction", "records", "seconds", "records/s", "slowest raw stage", "ratio", "goals",
+                       "CPU seconds (busiest)"):
+            table.add_column(column)
+        for b in backfills:
+            raw = results.get("raw", {}).get(b["direction"], [])
+            slowest = min(raw, key=lambda st: st["rate"]) if raw else None
+            ratio = b["rate"] / slowest["rate"] if slowest and slowest["rate"] else float("nan")
+            done = "" if b["linked"] >= b["records"] else f" (TIMED OUT: {b['linked']:,} of {b['records']:,})"
+            bulk = [st for st in raw if "Bulk" in st["stage"]]
+            goals = (f"ratio ≥ {GOAL_RATIO:.0%} {_mark(ratio >= GOAL_RATIO)}; "
+                     f"≥ {GOAL_RATE:,}/s {_mark(b['rate'] >= GOAL_RATE)}" + (" (Bulk 2.0)" if bulk else ""))
+            table.add_row(b["direction"], f"{b['records']:,}{done}", f"{b['seconds']:.1f}", f"{b['rate']:,.0f}",
+                          f"{slowest['stage']} {slowest['rate']:,.0f}/s" if slowest else "–", f"{ratio:.0%}",
+                          goals, _cpu_list(b["cpu"], 9) + (f"; restarts {b['restarts']}" if b["restarts"] else ""))
+        console.print(table)
+    for key in ("import", "export"):
+        if results.get(key, {}).get("timeline"):
+            print_timeline(results[key]["timeline"], console)
+    if "workers" in results:
+        runs = results["workers"]
+        table = Table(title="Scale-out: CRM → Campaign backfill with 1 and 2 workers (streams and writers)")
+        for column in ("workers", "records", "seconds", "records/s", "per worker", "final state digest",
+                       "same state", "CPU (streams, writers)"):
+            table.add_column(column)
+        first = runs[0]["digest"]
+        for r in runs:
+            cpu = {k: v for k, v in r["cpu"].items() if k.split()[0] in SCALED_SERVICES}
+            table.add_row(str(r["workers"]), f"{r['linked']:,}", f"{r['seconds']:.1f}", f"{r['rate']:,.0f}",
+                          f"{r['rate'] / r['workers']:,.0f}", r["digest"], "yes" if r["digest"] == first else "NO",
+                          _cpu_list(cpu, 6))
+        console.print(table)
+    if "memory" in results:
+        runs = results["memory"]
+        labels = sorted({label for r in runs for label in _service_labels(r["peak_rss"])})
+        table = Table(title=f"Peak RSS per service in the CRM → Campaign backfill (goal < {_mb(GOAL_RSS)} and flat)")
+        table.add_column("service")
+        for r in runs:
+            table.add_column(f"{r['n']:,} contacts", justify="right")
+        table.add_column("goal")
+        for label in [*labels, "sandbox", "broker"]:
+            peaks = [r["peak_rss"].get(label, 0) for r in runs]
+            goal = "" if label in ("sandbox", "broker") else _mark(max(peaks) < GOAL_RSS)
+            table.add_row(label, *(_mb(v) for v in peaks), goal)
+        table.add_row("seconds / records/s", *(f"{r['seconds']:.0f} s / {r['rate']:,.0f}" for r in runs), "")
+        console.print(table)
+
+
+def run_all(args: argparse.Namespace, root: Path, console: Console) -> dict:
+    results: dict[str, Any] = {}
+    only, n = args.only, args.contacts
+    wanted = (lambda step: only in (None, step))
+    defaults = config.load(environ={"CRMSYNC_STATE_DIR": str(root / "x")})
+    partitions = defaults.kafka.partitions
+    kafka.tune_groups(defaults)  # the in-process stages join groups as the services do on the embedded broker
+    if wanted("raw") or wanted("import") or wanted("workers") or wanted("memory"):
+        imported = import_backfill(root, "import", n, console, raw=wanted("raw") or wanted("import"))
+        sample = imported.pop("sample", None)
+        if imported["raw"]:
+            results.setdefault("raw", {})["CRM → Campaign"] = list(imported["raw"])
+        if wanted("raw") or wanted("import"):
+            state = root / "raw"
+            base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
+            found = infra.up(base)
+            try:
+                console.print("[raw] the broker alone, then the Campaign write alone …")
+                shared = [broker(found, sample or [b"{}" * 800], n, partitions)]
+                shared.append(campaign_write(found, n, partitions, console))
+            finally:
+                infra.down(base)
+            results["raw"]["CRM → Campaign"] += shared
+        if wanted("import"):
+            results["import"] = imported
+        if wanted("workers"):
+            results["workers"] = [imported, import_backfill(root, "import-2", n, console, workers=2)]
+        if wanted("memory"):
+            runs = {n: imported}
+            for size in args.sizes:
+                if size not in runs:
+                    runs[size] = import_backfill(root, f"memory-{size}", size, console)
+            results["memory"] = [runs[size] for size in sorted(runs)]
+    if wanted("export") or wanted("raw"):
+        exported = export_backfill(root, n, console, raw=True)
+        console.print("[raw] the CRM write alone …")
+        stages = [*exported["raw"], crm_write(root, n, console)]
+        if "raw" in results:
+            stages.append(results["raw"]["CRM → Campaign"][-2])  # the broker, measured once
+        results.setdefault("raw", {})["Campaign → CRM"] = stages
+        if wanted("export"):
+            results["export"] = exported
+    if only == "updates":
+        results["updates"] = updates(root, args.updates, console)
+    if only == "freshness":
+        results["freshness"] = freshness(root, args.rate, args.seconds, console)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--contacts", type=int, default=100_000, help="contacts to backfill")
-    parser.add_argument("--updates", type=int, default=10_000, help="Campaign updates to send to the CRM")
-    parser.add_argument("--rate", type=int, default=200, help="changes per second in the freshness runs")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for development")
+    parser.add_argument("--contacts", type=int, default=None, help="contacts (and recipients) to backfill")
+    parser.add_argument("--sizes", default=None, help="comma-separated sizes for the memory table")
+    parser.add_argument("--updates", type=int, default=10_000, help="Campaign updates to send (--only updates)")
+    parser.add_argument("--rate", type=int, default=200, help="changes per second (--only freshness)")
     parser.add_argument("--seconds", type=int, default=30, help="length of each freshness run")
-    parser.add_argument("--only", choices=("backfill", "updates", "freshness"))
+    parser.add_argument("--only", choices=("raw", "import", "export", "workers", "memory", "updates", "freshness"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the state dirs (logs, data) afterwards")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)  # the in-process stages' own logs stay out of the tables
+    args.contacts = args.contacts or (5_000 if args.quick else 100_000)
+    args.sizes = [int(s) for s in (args.sizes or ("2000,5000" if args.quick else "10000,100000,1000000")).split(",")]
     console = Console(width=max(180, Console().width))
     root = Path(tempfile.mkdtemp(prefix="crmsync-bench-sync-"))
-    results: dict[str, dict] = {}
+    results: dict[str, Any] = {}
     try:
-        if args.only in (None, "backfill"):
-            results["backfill"] = backfill(root, args.contacts, console)
-        if args.only in (None, "updates"):
-            results["updates"] = updates(root, args.updates, console)
-        if args.only in (None, "freshness"):
-            results["freshness"] = freshness(root, args.rate, args.seconds, console)
+        results = run_all(args, root, console)
     finally:
         if results:
-            report(results, console, args)
+            report(results, console)
+            old_report(results, console, args)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1, default=str))
         if args.keep:
             console.print(f"state dirs and logs kept under {root}")
         else:

@@ -20,6 +20,7 @@ class Table:
     full_types: dict[str, str]  # column -> declared type with its modifier, e.g. "character(3)"
     primary_key: str | None  # the single primary-key column (None when there is none, or several)
     parents: tuple[str, ...]  # tables this one references with foreign keys
+    key_sequence: str | None = None  # the sequence numbering the primary key (serial / identity), if any
 
     @property
     def has_crm_link(self) -> bool:
@@ -80,7 +81,10 @@ class Catalog:
                WHERE c.conrelid = %s AND c.contype = 'f' AND c.confrelid <> c.conrelid""", (oid,)))
         schema, table = _split(name)
         ident = sql.Identifier(schema, table) if schema else sql.Identifier(table)
-        return Table(name, ident, columns, full_types, keys[0] if len(keys) == 1 else None, parents)
+        key = keys[0] if len(keys) == 1 else None
+        sequence = self.conn.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                                     (_regclass_text(name), key)).fetchone()[0] if key else None
+        return Table(name, ident, columns, full_types, key, parents, sequence)
 
     def rank(self, name: str, _seen: frozenset[str] = frozenset()) -> int:
         """0 for a table without parents, else 1 + its deepest parent's rank: apply order within a batch."""

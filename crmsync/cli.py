@@ -347,7 +347,10 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
         15.0, help="minutes between drift-repair passes (0 = never; `crmsync reconcile` runs one now)"),
             dashboard_port: int = typer.Option(8080, help="port of the built-in dashboard (0 = no dashboard)"),
             dashboard_host: str = typer.Option("127.0.0.1", help="address the dashboard listens on"),
-            show_values: bool = typer.Option(False, help=SHOW_VALUES_HELP)) -> None:
+            show_values: bool = typer.Option(False, help=SHOW_VALUES_HELP),
+            workers: int = typer.Option(1, min=1, max=64, help="processes each for the streams and the writers; "
+                                        "they split the topics' partitions (kafka.partitions, at least this many)")
+            ) -> None:
     """Start every service for the configured mappings (embedded defaults and the sandbox when nothing is
     configured) and keep them running until Ctrl-C."""
     from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
@@ -366,8 +369,11 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
             effective = effective_settings(current, sandbox)
             config_file = write_effective_config(effective, found, current.state_dir / "run" / "crmsync.yaml",
                                                  leave_out=set(current.accounts) - set(settings(ctx).accounts))
-            supervisor = Supervisor(plan(effective), found, config_file, log_dir, settings=effective, embedded=current,
-                                    say=lambda line: console.print(f"[yellow]{line}[/yellow]"))
+            if workers > effective.kafka.partitions:
+                console.print(f"[yellow]{workers} workers but {effective.kafka.partitions} partitions per topic: "
+                              f"{workers - effective.kafka.partitions} of each will idle; raise kafka.partitions[/yellow]")
+            supervisor = Supervisor(plan(effective, workers), found, config_file, log_dir, settings=effective,
+                                    embedded=current, say=lambda line: console.print(f"[yellow]{line}[/yellow]"))
             running.callback(supervisor.stop)
             supervisor.start()
             if dashboard_port:

@@ -149,6 +149,9 @@ class CampaignSettings(_Strict):
     batch_changes: int = Field(5000, ge=1)
     mirror_tables: bool = Field(True, description="also capture the wizard's mirror tables (SQL edits reach the CRM)")
     formula_refresh_seconds: float = Field(300.0, ge=0, description="re-read mirrored formula fields this often; 0 = off")
+    capture_replicated: bool = Field(False, description="also capture rows that reach Campaign through PostgreSQL "
+                                     "logical replication (they carry a replication origin); crmsync's own writes "
+                                     "are then recognised by their tag instead of never being decoded")
 
     @field_validator("dsn")
     @classmethod

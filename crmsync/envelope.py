@@ -127,7 +127,7 @@ class ApplyCommand:
     side: Literal["crm", "campaign"]
     target: str
     object: str
-    action: Literal["upsert", "delete"]
+    action: Literal["upsert", "create", "delete"]  # create: a Campaign row with the key the streams allocated
     key: dict[str, Any] | None
     values: dict[str, Any]
     cause: str

@@ -37,6 +37,7 @@ PG_SETTINGS = {
     "wal_level": "logical",
     "max_replication_slots": "20",
     "max_wal_senders": "20",
+    "max_active_replication_origins": "64",  # one per Campaign writer session (crmsync/pg.py WriterOrigin)
     "listen_addresses": "'127.0.0.1'",
     "fsync": "on",
     "max_connections": "200",

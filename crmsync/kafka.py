@@ -3,6 +3,14 @@
 Producers are idempotent with acks=all, so a retry never reorders or duplicates a message within a partition;
 services commit their own source position only after `flush()` reports every delivery acknowledged.
 
+One message is one record change (or one apply command), keyed by its record: throughput comes from the
+producer batching many messages per request (`linger.ms`, `batch.size`) and compressing each batch (lz4: the
+cheapest codec per byte on CPU, which is what a 2-core machine runs out of first), never from packing several
+records into one message. A single message over `message.max.bytes` can never be sent: `produce` raises
+`MessageTooLarge` at once (librdkafka checks the size before queueing), and a broker that refuses one later
+(its own limit is lower) is told through `DeliveryTracker.too_large`; the caller records the record in the
+rejects ledger and moves on (crmsync/rejects.py `oversized`).
+
 Security: `use_security(settings.kafka)` (the CLI calls it once the configuration is loaded) makes every client
 built here — and through `client_config`, the lag probes and the dashboard's readers — speak the configured
 security.protocol with its sasl.* and ssl.* properties. TLS verification keeps librdkafka's defaults (the
@@ -13,11 +21,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from crmsync.config import KafkaSettings
@@ -44,18 +51,38 @@ def client_config(bootstrap_servers: str, properties: dict[str, Any] | None = No
     return {"bootstrap.servers": bootstrap_servers, **_security, **(properties or {})}
 
 
+MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's message.max.bytes default, and about Apache Kafka's broker default
+COMPRESSION = "lz4"  # accepted by Apache Kafka and by Tansu (the embedded broker); measured in docs/benchmarks.md
+
+
 def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
     config = {
         **client_config(bootstrap_servers),
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 5,
+        # a request carries up to 1 MB of compressed messages; a message waits at most 10 ms for its batch
+        "linger.ms": 10,
+        "batch.size": 1_000_000,
         "batch.num.messages": 10000,
+        "compression.type": COMPRESSION,
+        "message.max.bytes": MAX_MESSAGE_BYTES,
         "queue.buffering.max.messages": 500000,
         "message.timeout.ms": 120000,
     }
     config.update(overrides)
     return Producer(config)
+
+
+class MessageTooLarge(Exception):
+    """One message bigger than a Kafka message may be: it cannot be published as it is, however often it is
+    tried. The caller records what it was in the rejects ledger and goes on with the next one."""
+
+    def __init__(self, topic: str, key: bytes | None, size: int, limit: int = MAX_MESSAGE_BYTES,
+                 value: bytes | None = None) -> None:
+        super().__init__(f"a message of {size:,} bytes for {topic} is over the {limit:,}-byte limit of a Kafka "
+                         "message (message.max.bytes)")
+        self.topic, self.key, self.size, self.limit = topic, key, size, limit
+        self.value = value  # the refused message, when the broker refused it after it was queued
 
 
 @dataclass(frozen=True)
@@ -150,17 +177,26 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
 
 class DeliveryTracker:
     """Counts acknowledgements and remembers the first delivery error, so a caller can `flush()` and then
-    know whether *everything* it produced is durable before it commits its source position."""
+    know whether *everything* it produced is durable before it commits its source position. Messages the
+    broker refused for their size are not errors of the stream: they wait in `too_large` for the caller."""
 
     def __init__(self) -> None:
         self.acked = 0
         self.error: Exception | None = None
+        self.too_large: list[MessageTooLarge] = []
 
-    def __call__(self, err: Any, _msg: Any) -> None:
-        if err is not None:
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            value = msg.value() or b""
+            self.too_large.append(MessageTooLarge(msg.topic(), msg.key(), len(value), value=value))
+        elif err is not None:
             self.error = self.error or KafkaException(err)
         else:
             self.acked += 1
+
+    def take_too_large(self) -> list[MessageTooLarge]:
+        found, self.too_large = self.too_large, []
+        return found
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
@@ -171,7 +207,8 @@ class DeliveryTracker:
 def produce(p: Producer, tracker: DeliveryTracker, topic: str, value: bytes, key: bytes | None,
             partition: int | None = None) -> None:
     """Queue one message, waiting for deliveries to drain while librdkafka's local queue is full (the one
-    place that handles BufferError). Acknowledgements arrive through `tracker`; see `flush_all`."""
+    place that handles BufferError). Acknowledgements arrive through `tracker`; see `flush_all`. Raises
+    `MessageTooLarge` for a message over message.max.bytes (nothing was queued)."""
     where = {} if partition is None else {"partition": partition}
     while True:
         try:
@@ -179,43 +216,32 @@ def produce(p: Producer, tracker: DeliveryTracker, topic: str, value: bytes, key
             return
         except BufferError:
             p.poll(0.1)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                raise MessageTooLarge(topic, key, len(value)) from None
+            raise
+
+
+def produce_changes(p: Producer, tracker: DeliveryTracker, topic: str, changes: Iterable[Any]) -> list[tuple[Any, MessageTooLarge]]:
+    """Publish each Change as its own message keyed by its record (Debezium's convention: compacted topics,
+    per-key order and every Kafka tool expect one event per record change). Returns the changes too large to
+    publish, with why; every other one is queued (see `flush_all`)."""
+    refused = []
+    for change in changes:
+        try:
+            produce(p, tracker, topic, change.to_json(), change.kafka_key())
+        except MessageTooLarge as exc:
+            refused.append((change, exc))
+    return refused
 
 
 def flush_all(p: Producer, tracker: DeliveryTracker, timeout: float = 120) -> None:
-    """Wait until every produced message is acknowledged; raise if any failed or the wait timed out."""
+    """Wait until every produced message is acknowledged; raise if any failed or the wait timed out (messages
+    refused for their size are left in `tracker.too_large`)."""
     remaining = p.flush(timeout)
     if remaining:
         raise RuntimeError(f"{remaining} messages still unacknowledged after {timeout}s")
     tracker.raise_if_failed()
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition librdkafka's default partitioner picks for `key` (CRC-32 of the key, modulo the count).
-    Batch messages are produced to this partition explicitly, so a record's batched and single changes share
-    one partition and stay in order."""
-    return zlib.crc32(key) % partitions
-
-
-def partition_count(p: Producer, topic: str) -> int:
-    return len(p.list_topics(topic, timeout=10).topics[topic].partitions)
-
-
-def produce_batches(p: Producer, tracker: DeliveryTracker, topic: str, changes: list, *, per_message: int = 500) -> int:
-    """Publish many Changes as batch envelopes ({"v": 1, "changes": [...]}) for backfills and snapshots: one
-    Kafka message carries up to `per_message` changes of one partition, which keeps the stream layer's
-    per-message cost off the per-record path. Returns the number of messages produced."""
-    partitions = partition_count(p, topic)
-    grouped: dict[int, list] = {}
-    for change in changes:
-        grouped.setdefault(partition_for(change.kafka_key(), partitions), []).append(change)
-    messages = 0
-    for partition, members in grouped.items():
-        for start in range(0, len(members), per_message):
-            chunk = members[start:start + per_message]
-            payload = b'{"v":1,"changes":[' + b",".join(c.to_json() for c in chunk) + b"]}"
-            produce(p, tracker, topic, payload, None, partition)
-            messages += 1
-    return messages
 
 
 def without_errors(messages: list, log: Any) -> list:

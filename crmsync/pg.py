@@ -81,6 +81,54 @@ def tag_origin(conn: psycopg.Connection, writer: str) -> None:
     conn.execute("SELECT pg_logical_emit_message(true, 'crmsync.origin', %s)", (writer,))
 
 
+ORIGIN_FILTERING_VERSION = 160000  # pgoutput's `origin = none` option: PostgreSQL 16
+
+
+class WriterOrigin:
+    """Marks a writer session's transactions with a replication origin (`pg_replication_origin_session_setup`),
+    so change capture, asking pgoutput for `origin = none`, never decodes, publishes or reads them back: the
+    sync's own writes cost nothing downstream. Each session needs an origin of its own (PostgreSQL lets one
+    session at a time use an origin), so it takes the first free one of `crmsync_writer_0 … _63`.
+
+    Not available before PostgreSQL 16, or to a user who may not call the origin functions (superuser, or
+    EXECUTE granted): then `usable` is False and the writer's transaction tag (`tag_origin`) does the job."""
+
+    PREFIX = "crmsync_writer_"
+    POOL = 64
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.active = False
+        self.name: str | None = None
+        self.usable = conn.info.server_version >= ORIGIN_FILTERING_VERSION and self._claim()
+
+    def _claim(self) -> bool:
+        for index in range(self.POOL):
+            name = f"{self.PREFIX}{index}"
+            try:
+                with self.conn.transaction():
+                    if self.conn.execute("SELECT pg_replication_origin_oid(%s)", (name,)).fetchone()[0] is None:
+                        self.conn.execute("SELECT pg_replication_origin_create(%s)", (name,))
+                    self.conn.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
+            except (psycopg.errors.ObjectInUse, psycopg.errors.UniqueViolation):
+                continue  # another writer session holds it (or made it at the same moment)
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ConfigurationLimitExceeded):
+                return False  # not allowed, or max_active_replication_origins sessions use origins already
+            self.name, self.active = name, True
+            return True
+        return False
+
+    def mark(self, invisible: bool) -> None:
+        """From now on, this session's transactions are (`invisible`) or are not decoded by change capture."""
+        if not self.usable or invisible == self.active:
+            return
+        if invisible:
+            self.conn.execute("SELECT pg_replication_origin_session_setup(%s)", (self.name,))
+        else:
+            self.conn.execute("SELECT pg_replication_origin_session_reset()")
+        self.active = invisible
+
+
 def dict_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
     return conn.cursor(row_factory=dict_row)
 

@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 
 from crmsync import kafka, pg, topics
 from crmsync.retry import RetryPolicy  # noqa: F401 - the ledger's policy type
-from crmsync.envelope import ApplyCommand, Reject, dumps, record_key
+from crmsync.envelope import ApplyCommand, Change, Reject, dumps, record_key
 
 log = logging.getLogger("crmsync.rejects")
 RETRIED = Counter("crmsync_rejects_retried_total", "Rejects put back on their apply topic by the retry loop", ["stage"])
@@ -46,6 +46,7 @@ ABANDONED = Counter("crmsync_rejects_abandoned_total", "Rejects given up after t
 STATUSES = ("pending", "waiting", "retrying", "resolved", "abandoned")
 OPEN_STATUSES = ("pending", "waiting", "retrying")  # the ledger still owes these records an outcome
 PARENT_NOT_FOUND = "PARENT_NOT_FOUND"
+MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
 WAITING_FOR_EARLIER = "WAITING_FOR_EARLIER"
 
 
@@ -152,10 +153,53 @@ def _row(entry: Entry) -> tuple:
 
 
 def publish(producer: Producer, tracker: kafka.DeliveryTracker, reject: Reject) -> None:
-    """Put `reject` on its rejects topic (call `kafka.flush_all` before committing anything that depends on it)."""
+    """Put `reject` on its rejects topic (call `kafka.flush_all` before committing anything that depends on it).
+    A reject whose record is too large for a Kafka message goes out with its record's identity only (the
+    ledger row keeps the whole record)."""
     source = reject.record if isinstance(reject.record, dict) else {}
-    key = record_key(source.get("key") or source.get("match") or {"id": reject.id})
-    kafka.produce(producer, tracker, topics.rejects(reject.side, reject.target), reject.to_json(), key)
+    identity = source.get("key") or source.get("match") or (source.get("change") or {}).get("key")
+    key = record_key(identity or {"id": reject.id})
+    topic = topics.rejects(reject.side, reject.target)
+    try:
+        kafka.produce(producer, tracker, topic, reject.to_json(), key)
+    except kafka.MessageTooLarge:
+        trimmed = Reject(**{**{name: getattr(reject, name) for name in reject.__slots__},
+                            "record": {"trimmed": "the whole record is in crmsync.rejects", "key": identity}})
+        kafka.produce(producer, tracker, topic, trimmed.to_json(), key)
+
+
+def oversized(stage: str, change: Change, why: kafka.MessageTooLarge) -> Entry:
+    """A change too large for one Kafka message (e.g. a 1.1 MB street), for the ledger: the row keeps the whole
+    change (nothing is lost), the reason names its largest fields and what to do. It is abandoned at once:
+    publishing it again cannot help, a shorter value will come as a change of its own."""
+    row = change.after or change.before or {}
+    sizes = sorted(((len(dumps(value)), name) for name, value in row.items()), reverse=True)[:3]
+    largest = ", ".join(f"{name} ({size:,} bytes)" for size, name in sizes if size > 1000) or "none over 1 KB"
+    what = ", ".join(f"{name}={value}" for name, value in sorted(change.key.items()))
+    reject = Reject(
+        id=f"{stage}:{MESSAGE_TOO_LARGE}:{change.id}", stage=stage, side=change.side, target=change.source,
+        object=change.object, error_code=MESSAGE_TOO_LARGE, record={"change": json.loads(change.to_json())},
+        reason=(f"{change.object} {what}: this change is {why.size:,} bytes, over the {why.limit:,}-byte limit of a "
+                f"Kafka message (message.max.bytes), so it was not published and the stream went on without it. "
+                f"Largest fields: {largest}. Shorten the value at the source (the next change of the record is "
+                "synced as usual), or raise the limit on the broker and in crmsync's clients."))
+    return Entry(reject, None, "abandoned", None, f"{change.object}|{what}")
+
+
+def record_oversized(conn: psycopg.Connection, producer: Producer, tracker: kafka.DeliveryTracker, stage: str,
+                     refused: Sequence[tuple[Change, kafka.MessageTooLarge]]) -> None:
+    """Put changes that could not be published into the ledger and on the rejects topic (acknowledged), before
+    the caller moves its source position past them. Call it after `kafka.flush_all`: changes the broker refused
+    for their size after they were queued (`tracker.too_large`) are recorded too."""
+    refused = [*refused, *((Change.from_json(why.value), why) for why in tracker.take_too_large() if why.value)]
+    if not refused:
+        return
+    entries = [oversized(stage, change, why) for change, why in refused]
+    with conn.transaction():
+        record_many(conn, entries)
+    for entry in entries:
+        publish(producer, tracker, entry.reject)
+    kafka.flush_all(producer, tracker)
 
 
 def resolve(conn: psycopg.Connection, command_ids: Iterable[str]) -> int:

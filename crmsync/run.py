@@ -51,18 +51,30 @@ log = logging.getLogger("crmsync.run")
 class ServiceSpec:
     name: str
     args: list[str] = field(default_factory=list)
+    instance: int = 0  # 0: the one process of its service; 1…N: one of N workers sharing its consumer group
 
     @property
     def label(self) -> str:
-        return " ".join([self.name, *self.args[1::2]]) if self.args else self.name
+        base = " ".join([self.name, *self.args[1::2]]) if self.args else self.name
+        return f"{base} {self.instance}" if self.instance else base
 
 
-def plan(settings: Settings) -> list[ServiceSpec]:
-    """Which processes the configured mappings need (one poller and one writer per CRM account)."""
-    specs = [ServiceSpec("capture"), ServiceSpec("streams"), ServiceSpec("writer-campaign")]
+SCALED = ("streams", "writer-campaign", "writer-crm")  # consumer-group services: N processes split the partitions
+
+
+def plan(settings: Settings, workers: int = 1) -> list[ServiceSpec]:
+    """Which processes the configured mappings need (one poller and one writer per CRM account). With
+    `workers` > 1 the streams and the writers run as that many processes each, splitting their topics'
+    partitions (capture and the pollers stay single: one replication slot, one cursor per object)."""
+    def scaled(name: str, args: list[str] | None = None) -> list[ServiceSpec]:
+        if workers == 1 or name not in SCALED:
+            return [ServiceSpec(name, args or [])]
+        return [ServiceSpec(name, args or [], instance) for instance in range(1, workers + 1)]
+
+    specs = [ServiceSpec("capture"), *scaled("streams"), *scaled("writer-campaign")]
     for account in sorted({m.account for m in settings.mappings}):
         specs.append(ServiceSpec("poller", ["--account", account]))
-        specs.append(ServiceSpec("writer-crm", ["--account", account]))
+        specs += scaled("writer-crm", ["--account", account])
         specs.append(ServiceSpec("mirror", ["--account", account]))  # idles until the wizard mirrors a table
     return specs
 
@@ -236,9 +248,11 @@ class Supervisor:
     def _spawn(self, spec: ServiceSpec) -> None:
         self.started_at[spec.label] = time.monotonic()
         log_file = self.log_dir / f"{spec.label.replace(' ', '-')}.log"
+        env = {"CRMSYNC_METRICS_PORT": str(self.metrics_ports[spec.label]), "CRMSYNC_METRICS_HOST": "127.0.0.1"}
+        if spec.instance:  # each worker its own static group membership (a shared one would fence the other)
+            env["CRMSYNC_INSTANCE_ID"] = f"{os.environ.get('CRMSYNC_INSTANCE_ID') or socket.gethostname()}-{spec.instance}"
         self.children[spec.label] = process.spawn_service(
-            spec.name, self.found, config_file=self.config_file, log_file=log_file, args=spec.args,
-            extra_env={"CRMSYNC_METRICS_PORT": str(self.metrics_ports[spec.label]), "CRMSYNC_METRICS_HOST": "127.0.0.1"})
+            spec.name, self.found, config_file=self.config_file, log_file=log_file, args=spec.args, extra_env=env)
 
     def check(self) -> list[str]:
         """Restart services that exited (all of them after a broker loss); return the labels restarted now."""

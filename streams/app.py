@@ -1,11 +1,28 @@
-"""The stream processors (faust-streaming): consume both sides' change topics, emit apply commands.
+"""The stream processors: consume both sides' change topics, decide, emit apply commands.
 
-Two agents, one per side, each reading its change topics in batches (`stream.take`) so the per-message cost
-of the stream layer is paid once per batch, not once per record. A batch is decided by the Reconciler inside
-one PostgreSQL transaction that locks the batch's sync-state rows; its apply commands are produced and
-acknowledged by the broker *before* that transaction commits, and faust commits the consumed offsets only
-after the batch returns. A crash at any point replays the batch, which re-decides the same commands.
-Scaling out = more partitions and more `crmsync service streams` workers in the same consumer group.
+One confluent-kafka consumer per worker process, in consumer group `crmsync-streams`, takes up to TAKE change
+messages at once (one message = one keyed record change) and hands each side's changes to that side's
+BatchHandler; the two sides are decided in parallel, each in its own thread and PostgreSQL connection. A batch is
+decided by the Reconciler inside one PostgreSQL transaction that locks the batch's sync-state rows; its apply
+commands are produced and acknowledged by the broker *before* that transaction commits, and the consumed offsets
+are committed only after both sides' transactions committed. A crash at any point replays the batch, which
+re-decides the same commands (or finds them decided: stale changes are skipped).
+
+faust-streaming hosts the worker (the design card's stream processor): `crmsync service streams` runs a faust
+worker — process lifecycle, signals, logging, timers — whose app starts the hot path as a service of its own
+(`HotPath`: StreamsWorker's take-decide-commit loop in a thread) and republishes deferred changes on a faust
+timer. The hot path does not go through faust agents: an agent costs Python work per event (its stream, its
+acking, aiokafka's decoding) — measured ~3,700 events/s per worker, below every other stage — while librdkafka
+fetches and decompresses in C and hands over a whole take in one call. The faust app opens no Kafka client of
+its own (`HostApp`: `producer_only`, producer off): it joins no consumer group, so it cannot mix its assignor
+into `crmsync-streams`; its timers and services start at once instead of waiting for a table recovery that never
+comes; and all Kafka traffic goes through crmsync/kafka.py with the configured security settings. See
+docs/architecture.md and docs/benchmarks.md.
+
+Scaling out = more partitions and more `crmsync service streams` workers in the same consumer group (or
+`crmsync run --workers N`). A record's changes are keyed by the record, so they are on one partition, which one
+worker owns at a time; offsets are committed between takes (a revocation finds nothing in flight); the two sides
+of one record meet only in the database, where the rows are locked in a stable order.
 """
 from __future__ import annotations
 
@@ -14,13 +31,18 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import faust
+from faust.app.base import BootStrategy
+import mode
 import psycopg
 import psycopg.errors
+from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, names, pg, rejects, topics
@@ -33,9 +55,11 @@ from streams.reconcile import Decisions, Reconciler, match_index_sql, save_confl
 
 log = logging.getLogger("crmsync.streams")
 APP_ID = names.STREAMS_GROUP
-BATCH_SIZE = 2000
-BATCH_WITHIN = 0.1
+TAKE = 5000  # change messages consumed at once
+TAKE_WITHIN = 0.1  # seconds a take waits to fill (the latency a trickle of changes pays)
 MAX_CHANGES_PER_TRANSACTION = 5000
+REPUBLISH_EVERY = 2.0  # seconds between looks at crmsync.deferred_changes
+PREFETCH_KBYTES = 16384  # librdkafka's fetch queue per consumer (its 64 MB default made the worker's RSS grow)
 LOCK_RETRIES = 5  # a batch that lost a deadlock is decided again, in place, this many times
 ENUM_MAPS_MAX_AGE = 30.0  # seconds before the enumeration maps (`crmsync enums sync`) are read again
 
@@ -43,6 +67,7 @@ DECIDED = Counter("crmsync_streams_changes_total", "Changes decided by the strea
 COMMANDS = Counter("crmsync_streams_commands_total", "Apply commands emitted", ["side", "object"])
 CONFLICTS = Counter("crmsync_streams_conflicts_total", "Conflicts recorded", ["mapping"])
 BATCH_SECONDS = Histogram("crmsync_streams_batch_seconds", "Time to decide and publish one batch", ["side"])
+FAST = Counter("crmsync_streams_fast_path_total", "Changes decided by the fast path (streams/fast.py)", ["side", "case"])
 RETRIED = Counter("crmsync_streams_batch_retries_total", "Batches decided again after a deadlock or serialization "
                   "failure", ["side", "error"])
 
@@ -77,7 +102,7 @@ class CrmReadiness:
 
 
 class BatchHandler:
-    """Runs in a worker thread (blocking PostgreSQL and producer calls stay off faust's event loop)."""
+    """Decides one side's changes: its own PostgreSQL connection and producer (runs in that side's thread)."""
 
     def __init__(self, settings: Settings, found: Endpoints, side: str) -> None:
         self.settings = settings
@@ -127,6 +152,8 @@ class BatchHandler:
             kafka.flush_all(self.producer, self.tracker)
         DECIDED.labels(self.side, "applied").inc(len(outcome.commands))
         DECIDED.labels(self.side, "skipped").inc(outcome.skipped)
+        for case, count in outcome.fast.items():
+            FAST.labels(self.side, case).inc(count)
         for conflict in outcome.conflicts:
             CONFLICTS.labels(conflict.mapping).inc()
         return outcome
@@ -202,30 +229,53 @@ class BatchHandler:
                    WHERE next_retry_at <= now() ORDER BY next_retry_at LIMIT %s FOR UPDATE SKIP LOCKED""",
                 (limit,)).fetchall()
             for _id, topic, key, payload in rows:
-                self.producer.produce(topic, value=bytes(payload), key=bytes(key) if key else None,
-                                      on_delivery=self.tracker)
+                kafka.produce(self.producer, self.tracker, topic, bytes(payload), bytes(key) if key else None)
             kafka.flush_all(self.producer, self.tracker)
             # they come back through the stream; if they still cannot proceed they are parked again
             self.conn.execute("UPDATE crmsync.deferred_changes SET next_retry_at = 'infinity' WHERE id = ANY(%s)",
                               ([r[0] for r in rows],))
         return len(rows)
 
+    def record_unreadable(self, found: list[Reject]) -> None:
+        """Messages that are not changes: kept in the ledger for people (nothing to retry), never a stuck take."""
+        with self.conn.transaction():
+            rejects.record_many(self.conn, [rejects.Entry(reject, None, "abandoned", None) for reject in found])
+        for reject in found:
+            rejects.publish(self.producer, self.tracker, reject)
+        kafka.flush_all(self.producer, self.tracker)
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.conn.close()
+
 
 def _record_name(change: Change) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(change.key.items()))
 
 
-def decoded_in_slices(messages: list[bytes], limit: int) -> Iterator[list[Change]]:
-    """The changes of a take() of messages, decoded a slice of about `limit` changes at a time: a backfill
-    message holds hundreds of changes, and decoding a whole take at once held them all in memory."""
+def decoded_in_slices(messages: list[Message], limit: int, unreadable: list[Reject]) -> Iterator[list[Change]]:
+    """The changes of a take, a slice of about `limit` changes at a time (bounded memory and lock time). A
+    message that is not a change envelope becomes a reject in `unreadable` (it must never stop the stream)."""
     changes: list[Change] = []
-    for raw in messages:
-        changes.extend(changes_from_message(raw))
+    for message in messages:
+        try:
+            changes.extend(changes_from_message(message.value()))
+        except (ValueError, TypeError) as exc:
+            unreadable.append(_unreadable(message, exc))
         if len(changes) >= limit:
             yield changes
             changes = []
     if changes:
         yield changes
+
+
+def _unreadable(message: Message, exc: Exception) -> Reject:
+    parts = topics.parse(message.topic())
+    return Reject(id=f"streams:{message.topic()}:{message.partition()}:{message.offset()}", stage="streams",
+                  side=parts["side"], target=parts["source"], object=parts["object"], error_code="CRMSYNC_BAD_MESSAGE",
+                  reason=f"unreadable change message: {exc}",
+                  record={"raw": (message.value() or b"").decode("utf-8", "replace")[:10_000],
+                          "topic": message.topic(), "partition": message.partition(), "offset": message.offset()})
 
 
 def change_topics(settings: Settings, side: str) -> list[str]:
@@ -239,84 +289,99 @@ def apply_topics(settings: Settings) -> list[str]:
                   | {topics.apply("campaign", settings.campaign.name, m.campaign_table) for m in settings.mappings})
 
 
-def _low_latency_fetches(wait_ms: int = 20, group_instance_id: str | None = None) -> None:
-    """faust-streaming builds its aiokafka consumer with fetch_max_wait_ms=1500 hard-coded, so with light
-    traffic every batch waited up to 1.5 s in the broker (measured: p95 1.2 s of the stream stage). The broker
-    answers as soon as data is there; we only shorten how long it may hold an empty fetch."""
-    import aiokafka
-
-    if getattr(aiokafka.AIOKafkaConsumer, "crmsync_low_latency", False):
-        return
-
-    class LowLatencyConsumer(aiokafka.AIOKafkaConsumer):
-        crmsync_low_latency = True
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["fetch_max_wait_ms"] = wait_ms
-            if group_instance_id and kwargs.get("group_id"):  # static membership (kafka.GroupTuning)
-                kwargs.setdefault("group_instance_id", group_instance_id)
-            super().__init__(*args, **kwargs)
-
-    aiokafka.AIOKafkaConsumer = LowLatencyConsumer
+def _side_of(topic: str) -> str:
+    return topic.split(".", 2)[1]  # crmsync.<side>.<source>.<object> (crmsync/topics.py)
 
 
-def build_app(settings: Settings, found: Endpoints) -> faust.App:
-    tuning = kafka.group_tuning()
-    _low_latency_fetches(group_instance_id=tuning.config(APP_ID).get("group.instance.id"))
-    kafka.ensure_topics(found.bootstrap_servers,
-                        [*change_topics(settings, "crm"), *change_topics(settings, "campaign"), *apply_topics(settings)],
-                        settings.kafka.partitions, settings.kafka.replication_factor)
-    app = faust.App(
-        APP_ID, broker=f"kafka://{found.bootstrap_servers}", value_serializer="raw", key_serializer="raw",
-        store="memory://", web_enabled=False, topic_partitions=settings.kafka.partitions,
-        broker_session_timeout=tuning.session_timeout_ms / 1000, broker_heartbeat_interval=tuning.heartbeat_interval_ms / 1000,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_every=1000, broker_commit_interval=1.0, topic_allow_declare=False,
-    )
-    handlers: dict[str, BatchHandler] = {}
-    executors = {side: ThreadPoolExecutor(1, thread_name_prefix=f"streams-{side}") for side in ("crm", "campaign")}
+class StreamsWorker:
+    """The hot path of one worker process: one consumer, one BatchHandler per side, deciding the sides of a take
+    in parallel. Runs in HotPath's thread until `stop` is set."""
 
-    def handler(side: str) -> BatchHandler:
-        if side not in handlers:
-            handlers[side] = BatchHandler(settings, found, side)
-        return handlers[side]
+    def __init__(self, settings: Settings, found: Endpoints, stop: threading.Event) -> None:
+        self.settings = settings
+        self.found = found
+        self.stop = stop
+        self.topics = [*change_topics(settings, "crm"), *change_topics(settings, "campaign")]
+        kafka.ensure_topics(found.bootstrap_servers, [*self.topics, *apply_topics(settings)],
+                            settings.kafka.partitions, settings.kafka.replication_factor)
+        self.handlers = {side: BatchHandler(settings, found, side) for side in ("crm", "campaign")}
+        self.sides = ThreadPoolExecutor(2, thread_name_prefix="streams")
+        self.consumer: Consumer | None = None
 
-    for side in ("crm", "campaign"):
-        names = change_topics(settings, side)
-        if not names:
-            continue
-        source = app.topic(*names, value_type=bytes, key_type=bytes)
+    def run(self) -> None:
+        """Take, decide, commit — until `stop`; a failed take is taken again from the committed offsets."""
+        backoff = 1.0
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.run_once()
+                    backoff = 1.0
+                except Exception:
+                    log.exception("a take of changes failed; it is taken again from the committed offsets")
+                    self._rewind()
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            self.close()
 
-        async def agent(stream: Any, side: str = side) -> None:
-            loop = asyncio.get_running_loop()
-            async for batch in stream.take(BATCH_SIZE, within=BATCH_WITHIN):
-                for changes in decoded_in_slices(batch, MAX_CHANGES_PER_TRANSACTION):
-                    try:
-                        await loop.run_in_executor(executors[side], handler(side).handle, changes)
-                    except Exception:  # never let faust ack a batch that was not decided: exit, replay on restart
-                        log.exception("batch of %d %s changes failed; exiting so it is replayed", len(changes), side)
-                        os._exit(70)
+    def run_once(self) -> int:
+        """One take: decide it and commit its offsets. Returns the number of messages taken."""
+        if self.consumer is None:
+            self.consumer = kafka.consumer(self.found.bootstrap_servers, APP_ID,
+                                           **{"queued.max.messages.kbytes": PREFETCH_KBYTES})
+            kafka.subscribe(self.consumer, self.topics)
+        messages = kafka.without_errors(self.consumer.consume(TAKE, TAKE_WITHIN), log)
+        progress.tick()
+        if not messages:
+            return 0
+        self.decide(messages)
+        self.consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)
+        return len(messages)
 
-        app.agent(source, name=f"{side}-changes")(agent)
+    def decide(self, messages: list[Message]) -> None:
+        """Both sides of a take, in parallel; raises the first failure (nothing is committed then)."""
+        by_side: dict[str, list[Message]] = {}
+        for message in messages:
+            by_side.setdefault(_side_of(message.topic()), []).append(message)
+        started = time.time()
+        futures = [self.sides.submit(self._decide_side, side, members) for side, members in by_side.items()]
+        for future in futures:
+            future.result()
+        if log.isEnabledFor(logging.DEBUG):  # what this worker decided, when (tests/streams/test_scale_out.py)
+            log.debug("decided %s", dumps({
+                "partitions": {f"{t}:{p}": [lo, hi] for (t, p), (lo, hi) in _offset_ranges(messages).items()},
+                "started": started, "finished": time.time()}).decode())
 
-    @app.on_partitions_assigned.connect
-    async def joined(app: Any, assigned: Any = None, **_: Any) -> None:
-        progress.joined()
+    def _decide_side(self, side: str, messages: list[Message]) -> None:
+        handler = self.handlers[side]
+        unreadable: list[Reject] = []
+        for changes in decoded_in_slices(messages, MAX_CHANGES_PER_TRANSACTION, unreadable):
+            handler.handle(changes)
+        if unreadable:
+            handler.record_unreadable(unreadable)
 
-    @app.on_partitions_revoked.connect
-    async def revoked(app: Any, revoked: Any = None, **_: Any) -> None:
-        progress.left()
+    def _rewind(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except Exception:  # noqa: BLE001 - closing after a failure; the next take starts a new consumer
+                log.debug("consumer close failed", exc_info=True)
+            self.consumer = None
 
-    @app.timer(interval=1.0)
-    async def alive() -> None:
-        progress.tick()  # the event loop runs (a batch in the worker thread does not stop it)
+    def close(self) -> None:
+        self._rewind()
+        self.sides.shutdown(wait=True)
+        for handler in self.handlers.values():
+            handler.close()
 
-    @app.timer(interval=2.0)
-    async def republish_deferred() -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(executors["campaign"], handler("campaign").republish_due)
 
-    return app
+def _offset_ranges(messages: list[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for m in messages:
+        key = (m.topic(), m.partition())
+        low, high = ranges.get(key, (m.offset(), m.offset()))
+        ranges[key] = (min(low, m.offset()), max(high, m.offset()))
+    return ranges
 
 
 def ensure_match_indexes(settings: Settings, dsn: str) -> None:
@@ -327,10 +392,75 @@ def ensure_match_indexes(settings: Settings, dsn: str) -> None:
                 conn.execute(match_index_sql(mapping.campaign_table, key.campaign))
 
 
+class HotPath(mode.Service):
+    """The streams' hot path as a service of the faust app: StreamsWorker's loop in a thread of its own, started
+    with the app and stopped with it (a stop finishes the take in hand, then commits its offsets). If the loop
+    ends without being asked to, the process exits, so its supervisor starts it again."""
+
+    def __init__(self, make_worker: Callable[[threading.Event], StreamsWorker], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.make_worker = make_worker
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    async def on_start(self) -> None:
+        worker = await asyncio.get_running_loop().run_in_executor(None, self.make_worker, self.stopping)
+        self.thread = threading.Thread(target=self._run, args=(worker,), name="streams-hot-path", daemon=True)
+        self.thread.start()
+
+    def _run(self, worker: StreamsWorker) -> None:
+        try:
+            worker.run()
+        except BaseException:  # noqa: BLE001 - logged; the process ends below so it is restarted
+            log.exception("the streams hot path failed")
+        if not self.stopping.is_set():
+            os._exit(70)
+
+    async def on_stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.thread.join)
+
+
+class _NoKafkaOfItsOwn(BootStrategy):
+    """The host app starts no aiokafka client: all Kafka traffic is the hot path's (crmsync/kafka.py, which
+    carries the configured TLS/SASL settings)."""
+
+    enable_kafka = False
+    enable_kafka_producer = False
+    enable_kafka_consumer = False
+
+
+class HostApp(faust.App):
+    BootStrategy = _NoKafkaOfItsOwn
+
+
+def build_app(settings: Settings, found: Endpoints) -> faust.App:
+    """The faust app hosting one streams worker: the hot path (HotPath) and the deferred-change timer."""
+    app = HostApp(APP_ID, broker=f"kafka://{found.bootstrap_servers}", producer_only=True, web_enabled=False,
+                  datadir=str(Path(settings.state_dir) / "streams"))
+    app.add_dependency(HotPath(lambda stop: StreamsWorker(settings, found, stop), loop=app.loop, beacon=app.beacon))
+    republishing = ThreadPoolExecutor(1, thread_name_prefix="streams-deferred")
+    republisher: list[BatchHandler] = []  # its own connection: the hot path's are busy in their threads
+
+    def republish_due() -> int:
+        if not republisher:
+            republisher.append(BatchHandler(settings, found, "campaign"))
+        return republisher[0].republish_due()
+
+    @app.timer(interval=REPUBLISH_EVERY)
+    async def republish_deferred() -> None:
+        await asyncio.get_running_loop().run_in_executor(republishing, republish_due)
+
+    return app
+
+
 def run(settings: Settings, found: Endpoints, log_level: str = "info") -> None:
+    """The service: migrate, then a faust worker decides until SIGTERM/SIGINT, finishing the take in hand."""
     from faust.worker import Worker
 
     pg.migrate(found.campaign_dsn)
     ensure_match_indexes(settings, found.campaign_dsn)
-    app = build_app(settings, found)
-    Worker(app, loglevel=log_level, quiet=True).execute_from_commandline()
+    # override_logging=False: the service keeps crmsync's JSON log lines (crmsync/logs.py), faust's included
+    worker = Worker(build_app(settings, found), loglevel=log_level, quiet=True, override_logging=False)
+    worker.execute_from_commandline()

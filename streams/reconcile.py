@@ -39,6 +39,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
@@ -48,8 +49,9 @@ from psycopg.rows import dict_row
 from psycopg import sql
 
 from crmsync import connectors
+from crmsync.catalog import Catalog
 from crmsync.config import FieldMap, Mapping, Settings
-from crmsync.envelope import ECHO_FOR_ALL, ApplyCommand, Change, dumps, echo_mapping
+from crmsync.envelope import ECHO_FOR_ALL, ApplyCommand, Change, dumps, echo_mapping, utc_now_iso
 from crmsync.field_types import FieldTypes
 from crmsync.values import (EnumerationMap, IdentityEnumerations, Kind, canonical, epoch, match_expression,
                             match_index, match_key)
@@ -77,6 +79,7 @@ class Link:
     campaign_seq: int | None = None
     deleted: bool = False
     dirty: bool = False
+    inserting: bool = False  # its Campaign row is created with a key allocated here: the writer links it
 
 
 STATE_FIELDS = ("crm_id", "campaign_key", "match_key", "agreed", "field_meta", "pending", "crm_modstamp",
@@ -147,6 +150,7 @@ class Decisions:
     duplicates: list[Duplicate] = field(default_factory=list)
     invalid: list[InvalidValue] = field(default_factory=list)
     skipped: int = 0  # echoes, duplicates, out-of-filter records
+    fast: Counter = field(default_factory=Counter)  # changes the fast path decided, per case (streams/fast.py)
 
 
 def campaign_key_of(value: Any) -> int | None:
@@ -170,13 +174,24 @@ class Reconciler:
     of a batch are locked in a stable order, so two workers never decide the same record concurrently)."""
 
     def __init__(self, settings: Settings, campaign_name: str, enums: EnumerationMap | None = None,
-                 crm_ready: "callable[[Mapping], bool] | None" = None, field_types: FieldTypes | None = None) -> None:
+                 crm_ready: "callable[[Mapping], bool] | None" = None, field_types: FieldTypes | None = None,
+                 fast: bool = True) -> None:
         self.settings = settings
+        self.fast = fast  # common cases decided together (streams/fast.py); off = every change one by one
         self.campaign_name = campaign_name
         self.enums = enums or IdentityEnumerations()
         self.crm_ready = crm_ready or (lambda mapping: True)
         self.field_types = field_types
+        self.key_sequences: dict[str, str | None] = {}  # Campaign table -> the sequence of its primary key
         self._stamp_slack: dict[str, float] = {}
+
+    def key_sequence(self, conn: psycopg.Connection, table: str) -> str | None:
+        """The sequence that numbers `table`'s rows (serial or identity key), or None: then a record the CRM
+        creates gets its key from the writer's insert, and is linked when change capture shows it back."""
+        if table not in self.key_sequences:
+            found = Catalog(conn).table(table)
+            self.key_sequences[table] = found.key_sequence if found is not None else None
+        return self.key_sequences[table]
 
     def stamp_slack(self, mapping: Mapping) -> float:
         """How much later than its stamp a CRM edit of `mapping`'s account may have happened: a CRM that stamps
@@ -218,11 +233,11 @@ class Reconciler:
         for name in sorted(set(by_mapping) | set(echoes)):  # one global order of locks (no deadlocks)
             mapping = self.settings.mapping(name)
             decided = MappingBatch(self, conn, mapping, outcome)
-            decided.lock_rows([*by_mapping.get(name, []), *echoes.get(name, [])])
-            if name in echoes:
+            if name in echoes:  # lock first, learn the keys, then read the rows as the echoes left them
+                decided.lock_rows([*by_mapping.get(name, []), *echoes[name]])
                 MappingBatch(self, conn, mapping, outcome).learn_keys(echoes[name])
             if name in by_mapping:
-                decided.run(by_mapping[name])
+                decided.run(by_mapping[name])  # reads and locks the batch's rows in one statement
         return outcome
 
 
@@ -238,6 +253,15 @@ class MappingBatch:
         self.links_by_key: dict[int, Link] = {}
         self.fields_by_column = {f.campaign: f for f in mapping.fields}
         self.emitted: dict[tuple[str, int], ApplyCommand] = {}  # (side, id(link)) -> this batch's upsert command
+        self.key_for: dict[str, int] = {}  # change id -> the Campaign key allocated for it (a new CRM record)
+        self.linked_rows: dict[str, dict] = {}  # CRM id -> the Campaign row our writer already linked to it
+        self.match_rows: dict[str, list[dict]] = {}  # matching key -> unlinked Campaign rows, handed out in order
+        self.twins: dict[str, dict] = {}  # matching key -> a linked record of it (new Campaign rows' duplicates)
+        self.parent_ids: dict[tuple[str, int], str | None] = {}  # (mapping, Campaign key) -> the parent's CRM id
+        self.allowed_from = {side: {f.campaign for f in mapping.fields if mapping.allows(f, side)}
+                             for side in ("crm", "campaign")}  # the fields each side may change
+        self.parents = {f.campaign: reconciler.settings.mapping(f.reference) for f in mapping.fields if f.reference}
+        self.now = utc_now_iso()  # when this batch's commands were made
         self._kinds: dict[str, Kind | None] = {}
 
     # -- batch flow ---------------------------------------------------------------------------------------
@@ -248,6 +272,14 @@ class MappingBatch:
         self._load_links(changes, side)
         if side == "crm":
             self._prefetch_matches(changes)
+            self._allocate_keys(changes)
+        else:
+            self._prefetch_twins(changes)
+            self._prefetch_parents(changes)
+        if self.r.fast:
+            from streams.fast import FastPath
+
+            changes = FastPath(self).take(changes)
         for change in changes:
             self._decide_change(change)
         self._save_links()
@@ -405,8 +437,8 @@ class MappingBatch:
                       if link.dirty}.values())
         new = [_state_row(link) for link in links if link.id is None]
         changed = [_state_row(link) for link in links if link.id is not None]
-        linked = sorted({(link.crm_id, link.campaign_key) for link in links
-                         if link.crm_id and link.campaign_key is not None})
+        linked = sorted({(link.crm_id, link.campaign_key) for link in links  # (a row being created is linked
+                         if link.crm_id and link.campaign_key is not None and not link.inserting})  # by the writer)
         if new:
             self.conn.execute(
                 f"""INSERT INTO crmsync.sync_state (mapping, {STATE_COLUMNS})
@@ -440,7 +472,7 @@ class MappingBatch:
         row = change.after or {}
         values: dict[str, Any] = {}
         for fm in self.m.fields:
-            if not self.m.allows(fm, change.side):
+            if fm.campaign not in self.allowed_from[change.side]:
                 continue
             source = fm.crm if change.side == "crm" else fm.campaign
             if source not in row:
@@ -467,9 +499,25 @@ class MappingBatch:
             key = int(campaign_key)
         except (TypeError, ValueError):
             raise ValueError(f"not a key of {fm.reference}: {campaign_key!r}") from None
-        row = self.conn.execute("SELECT crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = %s",
-                                (fm.reference, key)).fetchone()
-        return row[0] if row and row[0] else {"campaign_key": key}
+        if (fm.reference, key) not in self.parent_ids:
+            row = self.conn.execute("SELECT crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = %s",
+                                    (fm.reference, key)).fetchone()
+            self.parent_ids[(fm.reference, key)] = row[0] if row else None
+        return self.parent_ids[(fm.reference, key)] or {"campaign_key": key}
+
+    def _prefetch_parents(self, changes: list[Change]) -> None:
+        """The CRM ids of the parents the batch's Campaign rows point at, one query per referenced mapping (they
+        used to be asked for one reference at a time)."""
+        for fm in self.m.fields:
+            if not fm.reference:
+                continue
+            keys = sorted({int(v) for c in changes for row in (c.after, c.before) if row
+                           for v in [row.get(fm.campaign)] if isinstance(v, int) or (isinstance(v, str) and v.isdigit())})
+            if keys:
+                found = dict(self.conn.execute(
+                    "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%s)",
+                    (fm.reference, keys)).fetchall())
+                self.parent_ids.update({(fm.reference, key): found.get(key) for key in keys})
 
     def _change_ts(self, change: Change) -> float:
         if change.side == "crm":
@@ -511,10 +559,12 @@ class MappingBatch:
         values = self._values(change)
         key = match_key(self._match_value(change))
         if change.side == "crm":
-            existing = getattr(self, "linked_rows", {}).get(change.key["id"]) or self._match_campaign_row(key)
+            existing = self.linked_rows.get(change.key["id"]) or self._match_campaign_row(key)
             if existing is not None:
                 return self._link_existing(change, values, existing, key)
-            link = self._remember(Link(mapping=self.m.name, crm_id=change.key["id"], match_key=key, dirty=True))
+            fresh = self.key_for.get(change.id)
+            link = self._remember(Link(mapping=self.m.name, crm_id=change.key["id"], campaign_key=fresh,
+                                       match_key=key, dirty=True, inserting=fresh is not None))
             self._accept_all(link, values, "crm", self._change_ts(change))
             self._note_position(change, link)
             self._send(link, "campaign", values, change, create=True)
@@ -551,10 +601,21 @@ class MappingBatch:
         key is a duplicate of a known person, and exporting it would create a second CRM record."""
         if key is None or not self.m.match:
             return None
-        row = self.conn.cursor(row_factory=dict_row).execute(
-            """SELECT * FROM crmsync.sync_state WHERE mapping = %s AND match_key = %s AND crm_id IS NOT NULL
-               AND NOT deleted ORDER BY id LIMIT 1""", (self.m.name, key)).fetchone()
+        row = self.twins.get(key)
         return Link(**{k: v for k, v in row.items() if k != "updated_at"}) if row else None
+
+    def _prefetch_twins(self, changes: list[Change]) -> None:
+        """The linked records that new Campaign rows of this batch would duplicate, in one query (an export
+        backfill used to ask once per row)."""
+        if not self.m.match or self.m.direction == "import":
+            return
+        keys = sorted({k for c in changes if c.op != "d" and self._find_link_quietly(c) is None
+                       for k in [match_key(self._match_value(c))] if k})
+        if keys:
+            self.twins = {row["match_key"]: row for row in self.conn.cursor(row_factory=dict_row).execute(
+                """SELECT DISTINCT ON (match_key) * FROM crmsync.sync_state
+                   WHERE mapping = %s AND match_key = ANY(%s) AND crm_id IS NOT NULL AND NOT deleted
+                   ORDER BY match_key, id""", (self.m.name, keys)).fetchall()}
 
     def _table_ident(self) -> sql.Identifier:
         schema, _, table = self.m.campaign_table.rpartition(".")
@@ -570,7 +631,6 @@ class MappingBatch:
         self.linked_rows = {row["crm_id"]: row for row in self.conn.cursor(row_factory=dict_row).execute(
             sql.SQL("SELECT t.* FROM {} t WHERE t.crm_account = %s AND t.crm_id = ANY(%s) ORDER BY t.id FOR UPDATE"
                     ).format(table), (self.m.account, sorted({c.key["id"] for c in new}))).fetchall()} if new else {}
-        self.match_rows: dict[str, list[dict]] = {}
         keys = sorted({k for c in new for k in [match_key(self._match_value(c))] if k})
         if not keys or not self.m.match:
             return
@@ -585,14 +645,33 @@ class MappingBatch:
             self.match_rows.setdefault(row.pop("crmsync_match"), []).append(row)
 
     def _find_link_quietly(self, change: Change) -> Link | None:
+        """The link `_find_link` would find, without filling in anything."""
         row = change.after or change.before or {}
+        if change.side == "campaign":
+            crm_id = row.get("crm_id") if row.get("crm_account") == self.m.account else None
+            return self.links_by_key.get(int(change.key["id"])) or (self.links_by_crm.get(crm_id) if crm_id else None)
         external = campaign_key_of(row.get(self.m.crm_external_id)) if self.m.crm_external_id else None
         return self.links_by_crm.get(change.key["id"]) or (self.links_by_key.get(external) if external else None)
+
+    def _allocate_keys(self, changes: list[Change]) -> None:
+        """Campaign keys for the batch's CRM records that may be new to Campaign, in one statement (nextval in
+        this transaction): the writer inserts each row with its key, so the link is complete now and the sync
+        state is written once per new record. A key not used (the record matched a row) is a gap, as sequences
+        have anyway."""
+        if self.m.direction == "export":
+            return
+        sequence = self.r.key_sequence(self.conn, self.m.campaign_table)
+        wanted = [c.id for c in changes if c.op != "d" and self._find_link_quietly(c) is None
+                  and c.key["id"] not in self.linked_rows]
+        if sequence and wanted:  # in source order, so any way of deciding the batch hands out the same keys
+            keys = [k for (k,) in self.conn.execute(
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s) ORDER BY 1", (sequence, len(wanted)))]
+            self.key_for = dict(zip(wanted, keys))
 
     def _match_campaign_row(self, key: str | None) -> dict | None:
         """An existing, unlinked Campaign row with the same matching key (e.g. the same email); each row is
         handed out once per batch."""
-        candidates = getattr(self, "match_rows", {}).get(key or "", [])
+        candidates = self.match_rows.get(key or "", [])
         return candidates.pop(0) if candidates else None
 
     def _link_existing(self, change: Change, crm_values: dict, row: dict, key: str) -> None:
@@ -827,7 +906,8 @@ class MappingBatch:
         writes carry what each field held when this was decided (`bases`; nothing for a new row)."""
         if self.m.direction == ("import" if side == "crm" else "export"):
             return
-        values = {c: v for c, v in values.items() if self.m.allows(self._field(c), _other(side))}
+        allowed = self.allowed_from[_other(side)]
+        values = {c: v for c, v in values.items() if c in allowed}
         if not values and not (create or link_only):
             return
         if side == "crm":
@@ -841,7 +921,8 @@ class MappingBatch:
             bases = {} if create else bases  # a new Campaign row: each field must be empty if the row is there
             if bases:
                 self._track_campaign_bases(link, values, bases, self._change_ts(change))
-        self._emit(link, side, "upsert", values, change, expect=self._expectations(side, values, bases))
+        action = "create" if create and side == "campaign" and link.inserting else "upsert"
+        self._emit(link, side, action, values, change, expect=self._expectations(side, values, bases))
 
     def _expectations(self, side: str, values: dict, bases: dict | None) -> dict[str, Any] | None:
         """What each field must still hold on `side` for this write to apply (compare-and-set), named and
@@ -853,7 +934,7 @@ class MappingBatch:
         expect = {}
         for column in values:
             fm = self._field(column)
-            if fm.reference or not self.m.allows(fm, side):
+            if fm.reference or fm.campaign not in self.allowed_from[side]:
                 continue
             if side == "campaign":
                 expect[fm.campaign] = self._to_campaign(fm, bases.get(column))
@@ -883,10 +964,11 @@ class MappingBatch:
         command = ApplyCommand(
             id=f"{change.id}>{self.m.name}>{side}", side=side, target=target, object=obj, action=action,
             key=key, values=payload, cause=change.id, match=match, source_ts=change.source_ts, expect=expect,
+            created_ts=self.now,
             base_version=(link.crm_modstamp or "").partition("|")[0] or None if side == "crm" else None,
             mapping=self.m.name)
         self.out.commands.append(command)
-        if action == "upsert":
+        if action in ("upsert", "create"):
             self.emitted[(side, id(link))] = command
         else:
             self.emitted.pop((side, id(link)), None)
@@ -908,7 +990,7 @@ class MappingBatch:
 
     def _to_campaign(self, fm: FieldMap, value: Any) -> Any:
         if fm.reference and value is not None:  # resolved by the Campaign writer; it waits for the parent
-            parent = self.r.settings.mapping(fm.reference)
+            parent = self.parents[fm.campaign]
             return {"$ref": {"table": parent.campaign_table, "crm_account": parent.account, "crm_id": value}}
         return value
 

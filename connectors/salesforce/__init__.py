@@ -21,7 +21,8 @@ from connectors.salesforce.account import SalesforceAccount
 from crmsync.connectors import AccountBase, mappings_file
 
 
-POLL_OPTIONS = frozenset({"lookback_seconds", "batch_size", "track_hard_deletes", "full_window_every_seconds"})
+POLL_OPTIONS = frozenset({"lookback_seconds", "batch_size", "track_hard_deletes", "full_window_every_seconds",
+                          "bulk_threshold", "bulk_page_records"})
 
 
 class SalesforceConnector:

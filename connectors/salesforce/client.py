@@ -310,6 +310,38 @@ class SalesforceClient:
             results.extend(_check_results(answer, len(chunk)))
         return results
 
+    def count(self, obj: str) -> int:
+        """How many (live) records `obj` holds: one `SELECT COUNT()` query."""
+        return int(self.call("query", lambda sf: sf.query(f"SELECT COUNT() FROM {obj}"))["totalSize"])
+
+    # -- Bulk API 2.0 query --------------------------------------------------------------------------------
+    def bulk2_query_pages(self, obj: str, soql: str, *, locator: str = "", job_id: str | None = None,
+                          max_records: int = 50_000, poll_interval: float = 0.5,
+                          timeout: float = 3600) -> Iterator[tuple[str, str, list[dict[str, str]]]]:
+        """Run `soql` as a Bulk API 2.0 query job (or go on with `job_id` from `locator`) and yield its result
+        pages as (job id, the locator of the next page or "", rows as CSV dicts of strings). Salesforce keeps a
+        job's results for 7 days, so a reader that stopped can continue from the locator it was given.
+        https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/query_get_job_results.htm"""
+        if job_id is None:
+            job_id = self.call("bulk2", lambda sf: self._bulk(sf, obj).create_job(Operation.query, query=soql))["id"]
+            deadline = time.monotonic() + timeout
+            terminal = {JobState.job_complete.value, JobState.failed.value, JobState.aborted.value}
+            while (info := self.call("bulk2", lambda sf: self._bulk(sf, obj).get_job(job_id, True)))["state"] \
+                    not in terminal:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Bulk API 2.0 query job {job_id} still {info['state']} after {timeout}s")
+                time.sleep(poll_interval)
+            if info["state"] != JobState.job_complete.value:
+                raise RuntimeError(f"Bulk API 2.0 query job {job_id} ended {info['state']}: "
+                                   f"{info.get('errorMessage') or 'no message'}")
+        while True:
+            page = self.call("bulk2", lambda sf: self._bulk(sf, obj).get_query_results(job_id, locator, max_records))
+            locator = page["locator"] or ""
+            text = page["records"]
+            yield job_id, locator, list(csv.DictReader(io.StringIO(text, newline=""))) if text.strip() else []
+            if not locator:
+                return
+
     # -- Bulk API 2.0 ingest -------------------------------------------------------------------------------
     def bulk2_ingest(self, obj: str, operation: str, records: list[dict[str, Any]], ext_field: str | None = None,
                      poll_interval: float = 0.5, timeout: float = 3600) -> Bulk2Result:

@@ -5,7 +5,7 @@ Per group of commands (`SalesforceSink.apply`):
 1. Plan each command: ``key {'id': ...}`` → update (PATCH); no key but ``match`` on an external-id field →
    upsert by that field (``PATCH composite/sobjects/<Type>/<Field>``); otherwise → create (POST);
    ``action 'delete'`` → ``DELETE composite/sobjects?ids=``.
-2. Compare-and-set: updates carrying ``expect`` first read the expected fields (one SOQL query per 800 records)
+2. Compare-and-set: updates carrying ``expect`` first read the expected fields (one SOQL query per 300 records)
    and leave out the fields Salesforce no longer holds as expected (a user edited them after the decision: that
    edit is news the change source brings to the streams). They are named in the outcome's ``superseded``.
 3. Group the plan by (object, operation), 200 records per call, ``allOrNone=false`` so one bad record never

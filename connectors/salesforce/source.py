@@ -6,7 +6,10 @@ How a read works (`SalesforceSource.read(cursor)`):
    read except compound address/location fields (their components are read) and base64 fields (Salesforce
    serves those one record at a time only).
 2. Query ``SELECT <fields> FROM <obj> WHERE SystemModstamp >= <cursor> ORDER BY SystemModstamp, Id`` through
-   ``queryAll`` (soft-deleted rows come back too, with ``IsDeleted = true``), page by page. Every
+   ``queryAll`` (soft-deleted rows come back too, with ``IsDeleted = true``), page by page. The first full read
+   of an object holding at least `bulk_threshold` records goes through a Bulk API 2.0 query job instead (one
+   job, result pages of `bulk_page_records` CSV rows: a handful of calls, and several times faster than REST
+   pages of 2,000); see "Bulk snapshot" below. Every
    ``full_window_every`` seconds (60) the query starts at ``cursor - lookback`` instead, to catch rows that
    committed late with an older SystemModstamp.
 3. Skip every row already delivered: the cursor remembers, for each record delivered within the lookback
@@ -28,13 +31,21 @@ Which op (consumers rely on this rule):
 - ``u`` - every other live row: it was delivered before (it is in the lookback memory, or it was created
   before the window and therefore already existed at an earlier read).
 
+Bulk snapshot: Bulk API 2.0 query results are not ordered, so while one runs the cursor is not a position to
+resume from. The checkpoint then carries ``"bulk": {"job": <id>, "locator": <next page>}`` next to the newest
+SystemModstamp seen so far; a restart goes on from that locator (Salesforce keeps a job's results for 7 days)
+or, if the job is gone, reads the object again from the start (the same records again: consumers take them as
+what they are, reads). CSV values are typed back by the object's describe, datetimes in REST's spelling
+(``+0000``), so a record reads the same whichever API served it. Objects Bulk cannot serve fall back to REST.
+
 Cursor (stored by the poller in ``crmsync.checkpoints``)::
 
     {"v": 1, "snapshot_done": true,
      "cursor": {"modstamp": "2024-05-01T10:20:30.000+0000", "id": "0035g0000000001AAA"},
      "lookback_seconds": 300,
      "seen": {"2024-05-01T10:20:30.000+0000": ["0035g...", ...], ...},   # delivered within the window
-     "deleted": ["0035g...", ...]}                                       # ids in `seen` last delivered as 'd'
+     "deleted": ["0035g...", ...],                                       # ids in `seen` last delivered as 'd'
+     "bulk": {"job": "750…", "locator": "MjAwMDA"}}                      # only while a Bulk snapshot runs
 """
 from __future__ import annotations
 
@@ -57,6 +68,9 @@ log = logging.getLogger("crmsync.salesforce.source")
 
 CURSOR_VERSION = 1
 DEFAULT_LOOKBACK_SECONDS = 300.0
+DEFAULT_BULK_THRESHOLD = 10_000  # records: a first read of this many or more goes through a Bulk 2.0 query
+BULK_PAGE_RECORDS = 10_000  # rows per Bulk result page: one call each, and what the poller holds at once
+BULK_UNSUPPORTED = ("not supported by the Bulk API", "compound data not supported", "does not support query")
 SKIPPED_FIELD_TYPES = frozenset({"address", "location", "base64"})
 REQUIRED_FIELDS = ("Id", "SystemModstamp", "CreatedDate", "IsDeleted")
 
@@ -75,15 +89,19 @@ class CursorState:
     seen: dict[str, str] = field(default_factory=dict)  # Id -> SystemModstamp it was last delivered with
     deleted: set[str] = field(default_factory=set)  # ids whose last delivered change was a delete
     snapshot_done: bool = False
+    bulk: dict[str, str] | None = None  # a Bulk snapshot under way: {"job": id, "locator": next page}
 
     def to_json(self, lookback_seconds: float) -> dict[str, Any]:
         by_stamp: dict[str, list[str]] = {}
         for rid, stamp in self.seen.items():
             by_stamp.setdefault(stamp, []).append(rid)
         cursor = {"modstamp": self.cursor_ts, "id": self.cursor_id} if self.cursor_ts else None
-        return {"v": CURSOR_VERSION, "snapshot_done": self.snapshot_done, "cursor": cursor,
-                "lookback_seconds": lookback_seconds, "seen": {k: sorted(v) for k, v in sorted(by_stamp.items())},
-                "deleted": sorted(self.deleted & set(self.seen))}
+        found = {"v": CURSOR_VERSION, "snapshot_done": self.snapshot_done, "cursor": cursor,
+                 "lookback_seconds": lookback_seconds, "seen": {k: sorted(v) for k, v in sorted(by_stamp.items())},
+                 "deleted": sorted(self.deleted & set(self.seen))}
+        if self.bulk:
+            found["bulk"] = dict(self.bulk)
+        return found
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "CursorState":
@@ -98,7 +116,8 @@ class CursorState:
         cursor = data.get("cursor") or {}
         seen = {rid: stamp for stamp, ids in (data.get("seen") or {}).items() for rid in ids}
         return cls(cursor_ts=cursor.get("modstamp"), cursor_id=cursor.get("id"), seen=seen,
-                   deleted=set(data.get("deleted") or ()), snapshot_done=bool(data.get("snapshot_done")))
+                   deleted=set(data.get("deleted") or ()), snapshot_done=bool(data.get("snapshot_done")),
+                   bulk=data.get("bulk") or None)
 
     def window_start(self, lookback: timedelta) -> datetime | None:
         return parse_modstamp(self.cursor_ts) - lookback if self.cursor_ts else None
@@ -122,7 +141,8 @@ class SalesforceSource:
 
     def __init__(self, client: SalesforceClient, obj: str, *, lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
                  batch_size: int = 2000, track_hard_deletes: bool = True,
-                 full_window_every_seconds: float = 60.0, refresh_describe: bool = True) -> None:
+                 full_window_every_seconds: float = 60.0, bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
+                 bulk_page_records: int = BULK_PAGE_RECORDS, refresh_describe: bool = True) -> None:
         self.client = client
         self.account_name = client.account_name
         self.obj = obj
@@ -135,6 +155,8 @@ class SalesforceSource:
         # SystemModstamp) and asks for hard deletes. Re-reading the window every time cost ~10x the API calls.
         self.full_window_every = full_window_every_seconds
         self.last_full_window = 0.0
+        self.bulk_threshold = bulk_threshold  # 0 = never
+        self.bulk_page_records = bulk_page_records
         self.refresh_describe = refresh_describe  # False: the describe is read again only after forget_describe()
         self._described: list[dict[str, Any]] = []
         self._described_at = 0.0
@@ -144,6 +166,16 @@ class SalesforceSource:
         state = CursorState.from_json(cursor)
         names = self.field_names()
         snapshot = not state.snapshot_done
+        if snapshot and (state.bulk or (state.cursor_ts is None and self._bulk_worth_it())):
+            try:
+                yield from self._bulk_snapshot(state, names)
+                return
+            except SalesforceError as exc:
+                if not any(text in str(exc) for text in BULK_UNSUPPORTED):
+                    raise
+                log.info("%s cannot be read through the Bulk API (%s); reading it through REST queries", self.obj,
+                         exc)
+                state = CursorState()
         full_window = snapshot or time.monotonic() - self.last_full_window >= self.full_window_every
         window_start = state.window_start(self.lookback if full_window else timedelta(0))
         for page in self.client.query_all_pages(self._soql(names, window_start),
@@ -161,6 +193,35 @@ class SalesforceSource:
 
     def fields(self) -> dict[str, FieldSpec]:
         return {f["name"]: field_spec(f) for f in self._describe()}
+
+    # -- the Bulk snapshot -----------------------------------------------------------------------------------
+    def _bulk_worth_it(self) -> bool:
+        return bool(self.bulk_threshold) and self.client.count(self.obj) >= self.bulk_threshold
+
+    def _bulk_snapshot(self, state: CursorState, names: list[str]) -> Iterator[SourcePage]:
+        """The first full read through one Bulk API 2.0 query job, page by page (see the module docstring)."""
+        soql = f"SELECT {', '.join(names)} FROM {self.obj}"
+        resume = dict(state.bulk or {})
+        if not resume:
+            state = CursorState()
+        types = {f["name"]: f.get("type", "") for f in self._describe()}
+        pages = self.client.bulk2_query_pages(self.obj, soql, job_id=resume.get("job"),
+                                              locator=resume.get("locator", ""), max_records=self.bulk_page_records)
+        try:
+            for job_id, locator, rows in pages:
+                changes = [c for row in rows if (c := self._consider(state, _typed_row(row, types), True, None))]
+                state.bulk = {"job": job_id, "locator": locator} if locator else None
+                yield self._page(state, changes)
+        except SalesforceError as exc:
+            if not resume or "NOT_FOUND" not in str(exc):
+                raise
+            log.warning("the Bulk query job %s of %s is gone; reading %s again from the start", resume.get("job"),
+                        self.account_name, self.obj)
+            state.bulk = None
+            yield from self._bulk_snapshot(CursorState(), names)
+            return
+        state.bulk, state.snapshot_done = None, True
+        yield self._page(state, [], snapshot_done=True)
 
     # -- for push sources (cdc.py) ----------------------------------------------------------------------------
     def described(self) -> list[dict[str, Any]]:
@@ -202,6 +263,8 @@ class SalesforceSource:
         return f"SELECT {', '.join(names)} FROM {self.obj}{where} ORDER BY SystemModstamp, Id"
 
     def _page(self, state: CursorState, changes: list[Change], snapshot_done: bool = False) -> SourcePage:
+        # (during a Bulk snapshot the cursor only says what is newest so far: records older than its window are
+        # never in a window read, so forgetting them is safe whatever order they come in)
         state.prune(self.lookback)
         return SourcePage(changes, state.to_json(self.lookback_seconds), snapshot_done)
 
@@ -266,3 +329,24 @@ class SalesforceSource:
             state.deleted.discard(rid)
         return crm_change(self.account_name, self.obj, op, rid, stamp, iso_utc(parse_modstamp(stamp)), after=after,
                           before=before, modstamp=stamp)
+
+
+def _typed_row(row: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
+    """A Bulk CSV row as the REST API returns the record: empty = null, booleans, numbers, and datetimes
+    spelled `…+0000` (Bulk writes `…Z`), so the change is the same whichever API read it."""
+    typed: dict[str, Any] = {}
+    for name, text in row.items():
+        kind = types.get(name, "")
+        if text == "" or text is None:
+            typed[name] = None
+        elif kind == "boolean":
+            typed[name] = text.lower() == "true"
+        elif kind in ("int", "long"):
+            typed[name] = int(float(text))
+        elif kind in ("double", "currency", "percent"):
+            typed[name] = float(text)
+        elif kind == "datetime" and text.endswith("Z"):
+            typed[name] = text[:-1] + "+0000"
+        else:
+            typed[name] = text
+    return typed

@@ -15,7 +15,8 @@ token.
   POST /__sandbox/clock           {"offset_seconds": S}: run the sandbox clock S seconds ahead of real time
   POST /__sandbox/undelete        {"object": "Contact", "ids": [...]}: restore from the recycle bin
   POST /__sandbox/fields          {"object": "Contact", "name": "Shoe_Size__c", "type": "double", "label": "…"}:
-                                  add (or retype) a custom text/number field at runtime, kept in settings.json
+                                  add (or retype) a custom text, number or long text area (textarea)
+                                  field at runtime, kept in settings.json
   GET  /__sandbox/cdc             Change Data Capture state: selected objects, retention, replay id range, the
                                   Pub/Sub API's host:port
   POST /__sandbox/cdc             {"objects": ["Contact", …], "retention_seconds": S, "overflow_limit": N}
@@ -154,7 +155,9 @@ def undelete(sandbox: Sandbox, body: dict[str, Any]) -> dict[str, Any]:
     return {"undeleted": restored}
 
 
-CUSTOM_FIELD_TYPES = {"string": 255, "double": 0}
+# Text(255), Number, and Long Text Area at its largest (131,072 characters; a record can hold several, so one
+# record can be larger than a Kafka message: https://help.salesforce.com/s/articleView?id=sf.custom_field_types.htm)
+CUSTOM_FIELD_TYPES = {"string": 255, "double": 0, "textarea": 131_072}
 
 
 def apply_custom_field(model: Any, spec: dict[str, Any]) -> Any:

@@ -5,10 +5,16 @@ Per batch (up to 2,000 commands from ``topics.apply('campaign', <campaign>, <tab
 1. Plan every command (services/campaign_writer/plan.py): check table, columns, key and match against the real
    schema; a command that cannot run becomes a reject right away. Parent tables go first (a stable sort, so
    the commands of one record keep their order).
-2. One transaction, which starts with ``pg_logical_emit_message(true, 'crmsync.origin', <echo tag>)`` so change
-   capture tags everything it writes as the sync's own (echo suppression); the tag names, per table, the mapping
-   the rows were written for (crmsync.envelope.echo_tag). A batch in which two mappings (two CRMs) write one table
-   becomes consecutive transactions, one per run of commands that agree on the mapping per table.
+2. One transaction per run of commands that agree on the mapping per table (`_echo_groups`: one unless two
+   mappings — two CRMs — write one table in one batch), marked as the sync's own. It starts with
+   ``pg_logical_emit_message(true, 'crmsync.origin', <echo tag>)``: change capture tags everything it writes as
+   the sync's own, and the tag names, per table, the mapping the rows were written for
+   (crmsync.envelope.echo_tag), so the streams skip them for that mapping and decide them for a sibling mapping.
+   Where that cannot matter the transaction is not even decoded: the session carries a replication origin
+   (crmsync/pg.py `WriterOrigin`, PostgreSQL ≥ 16) and change capture asks pgoutput for `origin = none`. That
+   holds for a run whose tables no other mapping syncs (`sibling_tables`, from the loaded configuration) and
+   which inserts no row whose key the streams do not know yet (a keyless upsert by CRM link: a table without a
+   key sequence; the streams learn that key from capture).
 3. Fast path: chunks of commands, each chunk pipelined as a few prepared ``executemany`` calls inside a
    savepoint. If PostgreSQL refuses one command, that chunk is redone with a savepoint per command, so the bad
    command becomes a reject (error_code = SQLSTATE name, reason = PostgreSQL's message and the column) and the
@@ -39,7 +45,7 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import psycopg
 import psycopg.errors
@@ -223,8 +229,10 @@ class CampaignWriter:
 
     def __init__(self, dsn: str, bootstrap_servers: str, campaign_name: str, *, tables: Sequence[str] = (),
                  policy: RetryPolicy = rejects.DEFAULT_POLICY, options: WriterOptions | None = None,
-                 on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1) -> None:
+                 on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1,
+                 sibling_tables: Collection[str] = ()) -> None:
         self.dsn = dsn
+        self.sibling_tables = frozenset(sibling_tables)  # synced by several mappings: their writes stay decoded
         self.bootstrap_servers = bootstrap_servers
         self.name = campaign_name
         self.tables = list(tables)
@@ -251,6 +259,7 @@ class CampaignWriter:
     def _connect(self) -> psycopg.Connection:
         conn = pg.connect(self.dsn, autocommit=True, application=f"crmsync-{STAGE}")
         conn.prepare_threshold = 0  # every statement shape is prepared once and reused for the whole run
+        self.origin = pg.WriterOrigin(conn)
         self.catalog = Catalog(conn)
         self.planner = Planner(self.catalog)
         return conn
@@ -269,6 +278,7 @@ class CampaignWriter:
         items = [self._plan(c) for c in self._parents_first(commands)]
         result = BatchResult()
         for group, mappings_by_table in _echo_groups(items):
+            self.origin.mark(invisible=self._invisible(group, mappings_by_table))
             with self.conn.transaction():
                 pg.tag_origin(self.conn, envelope.echo_tag(STAGE, mappings_by_table))
                 queues = self._load_queues(group)
@@ -288,6 +298,13 @@ class CampaignWriter:
             for applied in result.applied:
                 self.on_applied(applied.command, applied.campaign_key, applied.created)
         return result
+
+    def _invisible(self, group: list[Planned | Invalid], mappings_by_table: dict[str, str | None]) -> bool:
+        """Whether capture may skip this transaction entirely (origin = none): no sibling mapping must see its
+        rows, and it inserts no row the streams only learn the key of from capture."""
+        if not self.sibling_tables.isdisjoint(mappings_by_table):
+            return False
+        return not any(isinstance(item, Planned) and item.kind == "upsert" for item in group)
 
     def _parents_first(self, commands: Sequence[ApplyCommand]) -> list[ApplyCommand]:
         """Stable sort by table depth: a batch creating a parent and its child works whatever the topic order."""
@@ -375,28 +392,56 @@ class CampaignWriter:
         rows: list[tuple | None] = [None] * len(plans)
         try:
             with self.conn.transaction():
-                failure: psycopg.Error | None = None
-                with self.conn.pipeline() as pipeline:
-                    cursors = []
-                    for _shape, members in _groups(plans):
-                        group = [plans[i] for i in members]
-                        cursor = self.conn.cursor()
-                        cursor.execute(self.planner.sql(group[0]), (_payload(group),))
-                        cursors.append((cursor, members))
-                    try:
-                        pipeline.sync()  # one round trip for the whole chunk
-                    except psycopg.Error as exc:  # raised after the block, which then closes cleanly
-                        failure = exc
-                if failure is not None:
-                    raise failure
-                for cursor, members in cursors:
-                    for row in cursor.fetchall():
-                        rows[members[row[0]]] = row[1:4]
+                waiting: list[tuple[list[Planned], list[int]]] = []  # groups for the next pipeline
+                for _shape, members in _groups(plans):
+                    group = [plans[i] for i in members]
+                    if group[0].kind == "create":
+                        self._pipelined(waiting, rows)  # the groups before it first (COPY cannot be pipelined)
+                        waiting = []
+                        self._created(group, members, rows)
+                    else:
+                        waiting.append((group, members))
+                self._pipelined(waiting, rows)
         except psycopg.Error as exc:
             if _systemic(exc):
                 raise
             return None
         return rows
+
+    def _pipelined(self, groups: list[tuple[list[Planned], list[int]]], rows: list[tuple | None]) -> None:
+        """One statement per group, all sent in one pipeline (one round trip)."""
+        if not groups:
+            return
+        failure: psycopg.Error | None = None
+        with self.conn.pipeline() as pipeline:
+            cursors = []
+            for group, members in groups:
+                cursor = self.conn.cursor()
+                cursor.execute(self.planner.sql(group[0]), (_payload(group),))
+                cursors.append((cursor, members))
+            try:
+                pipeline.sync()
+            except psycopg.Error as exc:  # raised after the block, which then closes cleanly
+                failure = exc
+        if failure is not None:
+            raise failure
+        for cursor, members in cursors:
+            for row in cursor.fetchall():
+                rows[members[row[0]]] = row[1:4]
+
+    def _created(self, group: list[Planned], members: list[int], rows: list[tuple | None]) -> None:
+        """A group of creates: first insert the rows that are not there (all of them, in a backfill: a plain
+        INSERT, twice as fast as the create statement), then the rest (a replay) by the create statement. (COPY
+        into a staging table was measured too, and was slower: docs/benchmarks.md.)"""
+        with self.conn.cursor() as cursor:
+            inserted = cursor.execute(self.planner.inserting(group[0]), (_payload(group),)).fetchall()
+            for row in inserted:
+                rows[members[row[0]]] = row[1:4]
+            done = {row[0] for row in inserted}
+            rest = [n for n in range(len(group)) if n not in done]
+            if rest:
+                for row in cursor.execute(self.planner.sql(group[0]), (_payload([group[n] for n in rest]),)):
+                    rows[members[rest[row[0]]]] = row[1:4]
 
     def _apply_one_by_one(self, chunk: list[Planned | Invalid], queues: RecordQueues) -> list[Outcome]:
         outcomes = []
@@ -697,8 +742,16 @@ def run(settings: Settings, endpoints: Endpoints, tables: list[str], *, stop: th
     writer = CampaignWriter(endpoints.campaign_dsn, endpoints.bootstrap_servers, settings.campaign.name,
                             tables=tables, policy=policy, options=options, on_applied=on_applied,
                             partitions=settings.kafka.partitions,
-                            replication_factor=settings.kafka.replication_factor)
+                            replication_factor=settings.kafka.replication_factor,
+                            sibling_tables=sibling_tables(settings))
     writer.run(stop)
+
+
+def sibling_tables(settings: Settings) -> set[str]:
+    """Campaign tables that more than one mapping syncs (two CRMs, or two objects of one): a write for one of
+    them is news for the others, so it must stay visible to change capture."""
+    counts = Tally(m.campaign_table for m in settings.mappings)
+    return {table for table, count in counts.items() if count > 1}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

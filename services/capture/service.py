@@ -6,9 +6,12 @@ every event of every transaction up to that commit. A crash (even kill -9) betwe
 advance re-publishes those transactions on restart: consumers drop the duplicates by the event id / position
 (commit LSN + sequence in the transaction), which is the same for the re-published copy. Nothing is lost.
 
-Echo tag: a crmsync writer emits `pg_logical_emit_message(true, 'crmsync.origin', '<writer>')` inside its
-transaction; every change of that transaction is published with `origin` set, so the streams can recognise
-their own writes without guessing.
+Own writes: the Campaign writer's sessions carry a replication origin, and on PostgreSQL ≥ 16 the slot is read
+with pgoutput's `origin = none`, so those transactions are never decoded or published (unless
+`campaign.capture_replicated` asks for changes that arrive through logical replication, which carry an origin
+too). Whatever of crmsync's writes is decoded still says so: a writer emits
+`pg_logical_emit_message(true, 'crmsync.origin', '<writer>')` inside its transaction, and every change of that
+transaction is published with `origin` set, so the streams recognise their own writes without guessing.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,7 +30,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from prometheus_client import Counter, Gauge, Histogram
 
-from crmsync import kafka, pg, topics
+from crmsync import kafka, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.envelope import Change
 from crmsync.observability import progress
@@ -35,6 +38,7 @@ from services.capture.pgoutput import Decoder, Transaction, lsn_to_int
 
 log = logging.getLogger("crmsync.capture")
 ORIGIN_PREFIX = "crmsync.origin"
+STAGE = "capture"
 HEARTBEAT_TABLE = "crmsync.heartbeat"
 MIRROR_CHECK_SECONDS = 5.0  # how often the wizard's mirror tables are looked up again
 
@@ -78,6 +82,10 @@ class CaptureService:
         self.published: set[str] = set()  # tables in the publication
         self.tables_checked_at = 0.0
         self.commit_to_ack: deque[float] = deque(maxlen=200_000)  # recent latencies, for benchmarks
+        skip_origins = self.conn.info.server_version >= pg.ORIGIN_FILTERING_VERSION and not self.cfg.capture_replicated
+        self.origin_option = ", 'origin', 'none'" if skip_origins else ""  # crmsync's writers are never decoded
+        self.restart_points = self.conn.info.server_version >= 160000
+        self.peek_seconds = 0.0  # what the last peek took
 
     # -- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -151,6 +159,7 @@ class CaptureService:
                 f"the first snapshot needs a replication connection to the Campaign database, which was refused "
                 f"({str(exc).strip()}). Give the user the REPLICATION attribute and allow it in pg_hba.conf "
                 "(`host replication <user> <address> scram-sha-256`), or set campaign.snapshot: never") from None
+        refused: list = []
         with replication:  # the exported snapshot lives as long as this connection runs no other command
             _, lsn, exported, _ = replication.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput "
                                                               "(SNAPSHOT 'export')").format(
@@ -161,15 +170,16 @@ class CaptureService:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
                 conn.execute("SET LOCAL TimeZone = 'UTC'")
                 for table in tables:
-                    published += self._snapshot_table(conn, table, lsn)
+                    published += self._snapshot_table(conn, table, lsn, refused)
         kafka.flush_all(self.producer, self.tracker)
+        rejects.record_oversized(self.conn, self.producer, self.tracker, STAGE, refused)
         self.conn.execute("INSERT INTO crmsync.checkpoints (name, position) VALUES (%s, %s) ON CONFLICT (name) "
                           "DO UPDATE SET position = excluded.position, updated_at = now()",
                           (self._snapshot_marker(), Jsonb({"lsn": lsn, "rows": published})))
         log.info("snapshot of %s: %d rows published", ", ".join(tables), published)
         return published
 
-    def _snapshot_table(self, conn: psycopg.Connection, table: str, lsn: str) -> int:
+    def _snapshot_table(self, conn: psycopg.Connection, table: str, lsn: str, refused: list) -> int:
         schema, name = _qualified(table)
         order = sql.SQL(", ").join(map(sql.Identifier, self.primary_keys[f"{schema}.{name}"]))
         cursor = conn.cursor(name="crmsync_snapshot", row_factory=dict_row)
@@ -186,7 +196,7 @@ class CaptureService:
                     position={"lsn": lsn, "lsn_int": lsn_int, "seq": -1, "snapshot": True},  # before the stream
                     source_ts=values.get("updated_at")))
                 count += 1
-            kafka.produce_batches(self.producer, self.tracker, self._topic(table), changes)
+            refused += kafka.produce_changes(self.producer, self.tracker, self._topic(table), changes)
         cursor.close()
         return count
 
@@ -225,27 +235,41 @@ class CaptureService:
             self._follow_new_mirrors()
             if batch.changes == 0 and batch.transactions == 0:
                 self._maybe_heartbeat()
-                self.stopping.wait(self.cfg.poll_interval_seconds)
+                self.stopping.wait(self._quiet_wait())
         self.producer.flush(10)
         self.conn.close()
 
+    def _quiet_wait(self) -> float:
+        """How long to wait after a peek that found nothing: the poll interval, or longer when that peek was
+        expensive. Every peek decodes the WAL since the slot's restart point, and while crmsync's own writers
+        fill the WAL (a backfill: never published, origin = none) a peek every 50 ms kept a PostgreSQL backend
+        busy decoding the same WAL over and over. Waiting four times what the peek took bounds that to a
+        fifth of one backend, and adds at most 0.5 s to a person's change made during a backfill."""
+        return max(self.cfg.poll_interval_seconds, min(0.5, 4 * self.peek_seconds))
+
     def poll_once(self) -> Batch:
         """Read up to batch_changes changes, publish them, wait for the acks, then advance the slot."""
+        scanned = self.conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]  # the peek reads past it
+        started = time.monotonic()
         rows = self.conn.execute(
             "SELECT lsn::text, xid::text::bigint, data FROM pg_logical_slot_peek_binary_changes("
-            "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+            f"%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true'{self.origin_option})",
             (self.cfg.slot_name, self.cfg.batch_changes,
              sql.Identifier(self.cfg.publication).as_string(self.conn))).fetchall()  # pgoutput parses a name list
+        self.peek_seconds = time.monotonic() - started
         batch = Batch()
         if not rows:
+            self._skip_filtered(scanned)
             return batch
         commit_times = []
+        refused: list = []
         for txn in self.decoder.transactions(rows):
             batch.transactions += 1
-            batch.changes += self._publish(txn)
+            batch.changes += self._publish(txn, refused)
             batch.last_commit_lsn = txn.commit_lsn
             commit_times.append(txn.commit_ts)
         kafka.flush_all(self.producer, self.tracker)
+        rejects.record_oversized(self.conn, self.producer, self.tracker, STAGE, refused)  # before the slot moves
         acked = datetime.now(timezone.utc)
         for committed in commit_times:
             latency = (acked - committed).total_seconds()
@@ -254,10 +278,38 @@ class CaptureService:
         if batch.last_commit_lsn:
             self.conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
                               (self.cfg.slot_name, batch.last_commit_lsn))
+            self._restart_point()
             self._record_lag()
         return batch
 
-    def _publish(self, txn: Transaction) -> int:
+    def _skip_filtered(self, scanned: str) -> None:
+        """Move the slot past WAL whose every transaction was left out (crmsync's own writes: origin = none).
+        Nothing else moves it then, and a peek decodes everything from the slot's position again: during a
+        backfill, every poll re-read the whole backfill (measured: 2/3 of PostgreSQL's time). Safe: the peek
+        examined every transaction committed up to `scanned` and returned none of them; one committing later
+        has a later commit record and still comes. Done once 64 KB piled up, not on every quiet poll."""
+        moved = self.conn.execute(
+            "SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND pg_wal_lsn_diff(%s::pg_lsn, confirmed_flush_lsn) > 65536",
+            (scanned, self.cfg.slot_name, scanned)).fetchone()
+        if moved:
+            self._restart_point()
+
+    def _restart_point(self) -> None:
+        """Give decoding a point to restart from near the slot's position (a running-transactions record: ~100
+        bytes of WAL) each time the slot moved. A peek decodes from the slot's restart point, which PostgreSQL
+        moves only past such a record — logged every 15 s otherwise, so each peek of a busy database (every
+        50 ms) re-decoded up to 15 s of WAL. Needs PostgreSQL ≥ 16 and a superuser (or EXECUTE on
+        pg_log_standby_snapshot); without, the 15-second records do it, slower."""
+        if not self.restart_points:
+            return
+        try:
+            self.conn.execute("SELECT pg_log_standby_snapshot()")
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
+            log.info("cannot log restart points for the slot (%s); decoding restarts further back", exc)
+            self.restart_points = False
+
+    def _publish(self, txn: Transaction, refused: list) -> int:
         origin = txn.messages.get(ORIGIN_PREFIX)
         commit_ts = txn.commit_ts.isoformat().replace("+00:00", "Z") if txn.commit_ts else None
         published = 0
@@ -278,15 +330,26 @@ class CaptureService:
                 source_ts=commit_ts, origin=origin,
             )
             topic = topics.heartbeat("campaign", self.cfg.name) if heartbeat else self._topic(qualified)
-            self._produce(topic, event.kafka_key(), event.to_json())
+            if not self._produce(topic, event, refused):
+                continue
             CHANGES.labels(relation.name, change.op).inc()
             published += 1
         if txn.commit_ts:
             LAST_COMMIT.labels(self.cfg.slot_name).set(txn.commit_ts.timestamp())
         return published
 
-    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
-        kafka.produce(self.producer, self.tracker, topic, value, key)
+    def _produce(self, topic: str, event: Change, refused: list) -> bool:
+        """Queue one change. One over the message limit must never stop the stream: without its before-image if
+        that makes it fit (an update that shortens a huge value, the delete of a huge row: the key still says
+        which record), else into `refused` (the rejects ledger)."""
+        try:
+            kafka.produce(self.producer, self.tracker, topic, event.to_json(), event.kafka_key())
+            return True
+        except kafka.MessageTooLarge as why:
+            if event.before is None:
+                refused.append((event, why))
+                return False
+            return self._produce(topic, replace(event, before=None), refused)
 
     # -- heartbeat and lag -------------------------------------------------------------------------------
     def _maybe_heartbeat(self) -> None:

@@ -4,10 +4,11 @@ Per object of one account (`crmsync service poller --account NAME`), whenever it
 
 1. Ask the connector's ChangeSource for the changes since the stored cursor (crmsync/connectors.py), page by
    page. The source owns its cursor's content and its exactly-once rules (ties, lookback, deletes).
-2. Publish each page's changes to ``topics.changes('crm', account, object)``, wait until the broker acknowledged
-   every one, and only then store the page's cursor in ``crmsync.checkpoints`` (Debezium's rule: the position is
-   committed after the write it describes). A crash in between publishes that page again on restart, with the
-   same change ids (consumers drop them).
+2. Publish each page's changes to ``topics.changes('crm', account, object)``, one message per change keyed by
+   the record (snapshots too), wait until the broker acknowledged every one, and only then store the page's
+   cursor in ``crmsync.checkpoints`` (Debezium's rule: the position is committed after the write it describes).
+   A crash in between publishes that page again on restart, with the same change ids (consumers drop them). A
+   change too large for a Kafka message goes to the rejects ledger instead, and the read goes on.
 3. Record the object's fields and their kinds in ``crmsync.crm_fields`` (the streams compare values by them)
    whenever the describe changes — before the first change of the object is published.
 
@@ -40,7 +41,7 @@ from confluent_kafka import Producer
 from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 
-from crmsync import api_budget, connectors, kafka, names, pg, topics
+from crmsync import api_budget, connectors, kafka, names, pg, rejects, topics
 from crmsync.config import Settings
 from crmsync.connectors import ChangeSource, Client, Connector, PushSource
 from crmsync.envelope import Change
@@ -53,6 +54,7 @@ from services.crm_poller.budget import Pacer, daily_budget
 log = logging.getLogger("crmsync.crm_poller")
 
 CHECKPOINT_VERSION = 2
+STAGE = "poller"
 FIELDS_EVERY_SECONDS = 60.0
 
 RECORDS = Counter("crmsync_poller_records_total", "Changes published by the CRM pollers",
@@ -133,8 +135,9 @@ class ObjectPoller:
         try:
             for page in pages:
                 result.pages += bool(page.changes)
-                self._publish(page.changes, result)
-                kafka.flush_all(self.producer, self.tracker)  # every change of the page acknowledged…
+                refused = self._publish(page.changes, result)
+                kafka.flush_all(self.producer, self.tracker)  # every change of the page acknowledged (or refused…
+                rejects.record_oversized(self.conn, self.producer, self.tracker, STAGE, refused)  # …in the ledger)…
                 self.checkpoint = {"v": CHECKPOINT_VERSION, "source": page.cursor,
                                    "snapshot_done": self.snapshot_done or page.snapshot_done}
                 save_checkpoint(self.conn, self.name, self.checkpoint)  # …then, only then, the position
@@ -147,19 +150,17 @@ class ObjectPoller:
         """After a failed read: continue from what is stored (nothing unconfirmed is assumed)."""
         self.checkpoint = self._load()
 
-    def _publish(self, changes: list[Change], result: PollResult) -> None:
-        snapshot = [c for c in changes if c.op == "r"]
-        if snapshot:  # a backfill goes out in batch envelopes: the streams' cost per record drops
-            kafka.produce_batches(self.producer, self.tracker, self.topic, snapshot)
+    def _publish(self, changes: list[Change], result: PollResult) -> list:
+        """Queue the page's changes, one keyed message each; return those too large to publish."""
+        refused = kafka.produce_changes(self.producer, self.tracker, self.topic, changes)
         for change in changes:
-            if change.op != "r":
-                kafka.produce(self.producer, self.tracker, self.topic, change.to_json(), change.kafka_key())
             result.published[change.op] += 1
             RECORDS.labels(self.crm, self.account, self.obj, change.op).inc()
             moment = parse_timestamp(change.position.get("ts"))
             if moment and (self.newest is None or moment > self.newest):
                 self.newest = moment
         self.producer.poll(0)
+        return refused
 
     def _store_fields(self) -> None:
         """The object's field kinds into crmsync.crm_fields, before any change that uses them is published."""

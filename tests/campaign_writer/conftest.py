@@ -44,6 +44,13 @@ class Commands:
                             object=table, action="upsert", key=key, values=values, cause="test", match=match,
                             source_ts=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
+    def create(self, table: str, *, key: dict, match: dict, expect: dict | None = None, **values: Any) -> ApplyCommand:
+        """A new CRM record's row, with the key the streams allocated (every field expected empty, as they send)."""
+        return ApplyCommand(id=f"cmd-{next(_ids)}-{uuid.uuid4().hex[:6]}", side="campaign", target=self.campaign,
+                            object=table, action="create", key=key, values=values, cause="test", match=match,
+                            expect={name: None for name in values} if expect is None else expect,
+                            source_ts=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
     def delete(self, table: str, *, key: dict | None = None, match: dict | None = None) -> ApplyCommand:
         return ApplyCommand(id=f"cmd-{next(_ids)}-{uuid.uuid4().hex[:6]}", side="campaign", target=self.campaign,
                             object=table, action="delete", key=key, values={}, cause="test", match=match)

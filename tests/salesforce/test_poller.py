@@ -56,8 +56,10 @@ def stamp_of(client: SalesforceClient, record_id: str) -> str:
 
 
 def make_poller(client: SalesforceClient, endpoints: Endpoints, account_name: str, tmp_path, **options) -> poller.Poller:
+    """REST queries throughout: these tests page through shared stamps (the first full read of 10,000+ records
+    would otherwise go through one Bulk 2.0 job: tests/throughput/test_bulk_snapshot.py)."""
     settings = settings_for(account_name, client.account, tmp_path)
-    return poller.build(settings, endpoints, account_name, ["Contact"], client=client, **options)
+    return poller.build(settings, endpoints, account_name, ["Contact"], client=client, bulk_threshold=0, **options)
 
 
 def read_topic(endpoints: Endpoints, account_name: str, expected: int, obj: str = "Contact") -> list[Change]:

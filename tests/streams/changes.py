@@ -65,11 +65,15 @@ def recipient(dsn: str, email: str, **columns) -> dict:
     return {"id": row[0], "updated_at": row[1]}
 
 
+def created_row(decide, out, email: str) -> dict:
+    """What the Campaign writer does with the streams' `create` command of a new CRM record: insert the row
+    with the key the streams allocated, and its CRM link."""
+    [create] = [c for c in out.commands if c.side == "campaign" and c.action == "create"]
+    return recipient(decide.dsn, email, id=create.key["id"], crm_account=create.match["crm_account"],
+                     crm_id=create.match["crm_id"])
+
+
 def linked(decide, crm_id: str, email: str) -> int:
-    decide([crm("c", crm_id, "2026-01-01T10:00:00.000+0000", FirstName="Di", LastName="Ho", Email=email,
-                HasOptedOutOfEmail=False)])
-    row = recipient(decide.dsn, email)
-    decide([campaign("c", row["id"], "2026-01-01T10:00:01Z",
-                     {"id": row["id"], "email": email, "crm_account": ACCOUNT, "crm_id": crm_id},
-                     origin="writer-campaign")])
-    return row["id"]
+    out = decide([crm("c", crm_id, "2026-01-01T10:00:00.000+0000", FirstName="Di", LastName="Ho", Email=email,
+                      HasOptedOutOfEmail=False)])
+    return created_row(decide, out, email)["id"]

@@ -4,13 +4,17 @@ from __future__ import annotations
 import pytest
 
 from crmsync import pg
-from tests.streams.changes import ACCOUNT, campaign, crm, linked, recipient
+from tests.streams.changes import ACCOUNT, campaign, created_row, crm, linked, recipient
 
 def test_new_crm_contact_becomes_a_campaign_insert(decide):
     out = decide([crm("c", "003A", "2026-01-01T10:00:00.000+0000", FirstName="Ann", LastName="Lee",
                       Email="ann@example.com", Birthdate="1990-02-03", HasOptedOutOfEmail=False)])
     [command] = out.commands
-    assert command.side == "campaign" and command.object == "recipients" and command.key is None
+    assert command.side == "campaign" and command.object == "recipients" and command.action == "create"
+    with pg.connect(decide.dsn) as conn:  # the key comes from the table's own sequence, in the deciding transaction
+        allocated = conn.execute("SELECT last_value FROM recipients_id_seq").fetchone()[0]
+        state = conn.execute("SELECT campaign_key FROM crmsync.sync_state WHERE crm_id = '003A'").fetchone()
+    assert command.key == {"id": allocated} and state == (allocated,)
     assert command.match == {"crm_account": ACCOUNT, "crm_object": "Contact", "crm_id": "003A"}
     assert command.values == {"first_name": "Ann", "last_name": "Lee", "email": "ann@example.com",
                               "birth_date": "1990-02-03", "email_opt_out": False}
@@ -31,9 +35,13 @@ def test_matching_email_links_instead_of_duplicating(decide):
 
 
 def test_echoes_of_our_own_writes_are_dropped(decide):
-    decide([crm("c", "003C", "2026-01-01T10:00:00.000+0000", FirstName="Cy", LastName="Xu", Email="cy@example.com")])
-    row = recipient(decide.dsn, "cy@example.com")
-    # the Campaign writer's insert comes back through change capture, tagged with its origin
+    out = decide([crm("c", "003C", "2026-01-01T10:00:00.000+0000", FirstName="Cy", LastName="Xu",
+                      Email="cy@example.com")])
+    row = created_row(decide, out, "cy@example.com")  # the key was allocated by the streams: the link is complete
+    with pg.connect(decide.dsn) as conn:
+        assert conn.execute("SELECT campaign_key FROM crmsync.sync_state WHERE crm_id = '003C'").fetchone() == (
+            row["id"],)
+    # where change capture still shows the writer's insert (PostgreSQL < 16), it is tagged with its origin
     echo = campaign("c", row["id"], "2026-01-01T10:00:01Z",
                     {"id": row["id"], "email": "cy@example.com", "first_name": "Cy", "crm_account": ACCOUNT,
                      "crm_id": "003C"}, origin="writer-campaign")

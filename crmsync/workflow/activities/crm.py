@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from crmsync import filters, kafka, topics
+from crmsync import filters, kafka, pg, rejects, topics
 from crmsync.connectors import FieldSpec
 from crmsync.envelope import ApplyCommand, Change, crm_change
 from crmsync.values import canonical, iso_utc, parse_timestamp
@@ -157,13 +157,16 @@ def _iso(stamp: str) -> str:
 
 
 def publish(ctx: RunContext, account: str, obj: str, changes: list[Change]) -> None:
-    """Backfill the CRM change topic (batch envelopes, acknowledged before the activity ends)."""
+    """Backfill the CRM change topic (one keyed message per change, acknowledged before the activity ends; a
+    change too large for a Kafka message goes to the rejects ledger)."""
     topic = topics.changes("crm", account, obj)
     kafka.ensure_topics(ctx.endpoints.bootstrap_servers, [topic], ctx.settings.kafka.partitions,
                         ctx.settings.kafka.replication_factor)
     producer, tracker = kafka.producer(ctx.endpoints.bootstrap_servers), kafka.DeliveryTracker()
-    kafka.produce_batches(producer, tracker, topic, changes)
+    refused = kafka.produce_changes(producer, tracker, topic, changes)
     kafka.flush_all(producer, tracker)
+    with pg.connect(ctx.endpoints.campaign_dsn, autocommit=True, application="crmsync-workflow") as conn:
+        rejects.record_oversized(conn, producer, tracker, "workflow", refused)
 
 
 # -- import deleted ----------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def union(activity: UnionActivity, rows: list[Row], ctx: RunContext, progress: P
 
 # -- update data -------------------------------------------------------------------------------------------------
 def update_data(activity: UpdateDataActivity, rows: list[Row], ctx: RunContext, progress: Progress) -> Outputs:
-    from services.campaign_writer.service import CampaignWriter
+    from services.campaign_writer.service import CampaignWriter, sibling_tables
 
     table = campaign_table(ctx, activity.table)
     if table.primary_key is None:
@@ -140,7 +140,8 @@ def update_data(activity: UpdateDataActivity, rows: list[Row], ctx: RunContext, 
     progress.total(len(rows))
     writer = CampaignWriter(ctx.endpoints.campaign_dsn, ctx.endpoints.bootstrap_servers, ctx.settings.campaign.name,
                             partitions=ctx.settings.kafka.partitions,
-                            replication_factor=ctx.settings.kafka.replication_factor)
+                            replication_factor=ctx.settings.kafka.replication_factor,
+                            sibling_tables=sibling_tables(ctx.settings))
     outputs, counts = Outputs(), {"unchanged": 0, "not found": 0, "exists": 0, "inserted": 0}
     token = uuid.uuid4().hex[:8]  # command ids are new for every execution (the ledger skips settled ids)
     try:
