@@ -36,7 +36,7 @@ import threading
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -259,6 +259,24 @@ class SinkOutcome:
     superseded: list[str] = field(default_factory=list)  # fields left alone (compare-and-set)
     refused_fields: dict[str, str] = field(default_factory=dict)  # field -> why the CRM cannot take its value;
     # the command's other fields were written (ok=True): the writer rejects just these, with the reasons
+
+
+P = TypeVar("P")
+
+
+def plan_commands(commands: Sequence[ApplyCommand],
+                  plan: Callable[[int, ApplyCommand], "SinkOutcome | P"]) -> tuple[dict[int, SinkOutcome], list[P]]:
+    """A sink's first step: plan each command of a batch (`plan(index, command)`); returns the outcomes of the
+    commands refused while planning, by index, and the plans of the others, in order."""
+    refused: dict[int, SinkOutcome] = {}
+    plans: list[P] = []
+    for index, command in enumerate(commands):
+        planned = plan(index, command)
+        if isinstance(planned, SinkOutcome):
+            refused[index] = planned
+        else:
+            plans.append(planned)
+    return refused, plans
 
 
 class Sink(Protocol):
