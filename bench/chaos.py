@@ -11,8 +11,13 @@ Printed per seed: edits, creates, deletes, pairs, kills, the time from a kill to
 stop, divergent records (differ or miss their other side with no open reject saying why; goal 0), emails held
 twice (goal 0), CRM writes once quiet (goal 0: no ping-pong), and whatever else tests/chaos.py found wrong.
 
+`--disasters` adds what tests/faults/test_faults_salesforce.py injects (~10 % CRM faults: rate limits, 503s,
+expired sessions, answers lost to a client timeout) and two disasters: the broker killed and back empty (its
+memory lost) a third of the way in, PostgreSQL crashed two thirds in. That run does not converge every time yet
+(docs/faults.md, "Open"), which is why it is measured here, seed after seed, and not in the test suite.
+
 Run: .venv/bin/python bench/chaos.py [--seconds 90] [--rate 20] [--records 3000] [--kill-every 8.5]
-                                     [--seeds 1 2]   (prints a table; exits 1 if a run found a problem)
+                                     [--seeds 1 2] [--disasters]   (prints a table; exits 1 if a run found a problem)
 """
 from __future__ import annotations
 
@@ -29,20 +34,23 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.chaos import Chaos, Report  # noqa: E402
+from tests.faults.test_faults_salesforce import CRM_FAULTS, REQUEST_TIMEOUT  # noqa: E402
 from tests.pipeline import contacts_pipeline  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 
 
 def run_seed(seed: int, args: argparse.Namespace, base: Path) -> tuple[Report, float]:
     """One world, one chaos run; returns the report and the initial sync's seconds."""
+    extra = {"account": {"request_timeout": REQUEST_TIMEOUT}} if args.disasters else {}
     with contacts_pipeline(base / f"seed-{seed}", contacts=args.records, recipients=args.records,
-                           shared=args.records // 3) as world:
+                           shared=args.records // 3, **extra) as world:
         started = time.monotonic()
         world.supervisor.start()
         wait_for(world.converged, 600, "the initial sync to converge", world.supervisor, every=2)
         initial = time.monotonic() - started
+        faults = dict(crm_faults=CRM_FAULTS, disasters=[(0.3, "broker"), (0.65, "postgres")]) if args.disasters else {}
         report = Chaos(world, seconds=args.seconds, rate=args.rate, pairs=int(args.seconds / 3),
-                       kill_every=args.kill_every, seed=seed).run()
+                       kill_every=args.kill_every, seed=seed, **faults).run()
     return report, initial
 
 
@@ -96,6 +104,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=3000, help="contacts and recipients each")
     parser.add_argument("--kill-every", type=float, default=8.5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--disasters", action="store_true", help="CRM faults, a broker that loses its memory and a "
+                                                                 "PostgreSQL crash on top of the kills")
     args = parser.parse_args()
     console = Console(width=150)
     results: dict[int, tuple[Report, float]] = {}
