@@ -38,6 +38,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/cdc.py
 	$(BIN)/python bench/crms.py
+	$(BIN)/python bench/chaos.py
+	# the fault run with a broker that loses its memory: not yet green every time (docs/faults.md), reported, not fatal
+	-$(BIN)/python bench/chaos.py --disasters --records 300 --seconds 45 --rate 6 --kill-every 5 --seeds 1 2 3 4 5
 
 clean:
 	-$(BIN)/crmsync infra down

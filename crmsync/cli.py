@@ -334,18 +334,9 @@ def demo(ctx: typer.Context, contacts: int = typer.Option(1000, min=1, help="con
 
 def _repair_drift(current: Settings, found: infra.Endpoints) -> None:
     """The periodic drift-repair pass of `crmsync run` (the same as `crmsync reconcile`)."""
-    from crmsync.drift import DriftChecker, open_clients
+    from crmsync.drift import repair_all
 
-    with open_clients(current) as clients:
-        checker = DriftChecker(current, found, clients)
-        for mapping in current.mappings:
-            try:
-                report = checker.compare(mapping)
-                if not report.converged:
-                    console.print(f"drift in {mapping.name}: {report.summary()}; re-published "
-                                  f"{checker.repair(mapping, report)} changes")
-            except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next one
-                console.print(f"[yellow]drift repair of {mapping.name} failed: {exc}[/yellow]")
+    repair_all(current, found, say=lambda line: console.print(f"[yellow]{line}[/yellow]"))
 
 
 SHOW_VALUES_HELP = "show record values in the dashboard's reject reasons (personal data; hidden by default)"
@@ -382,7 +373,8 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
             if workers > effective.kafka.partitions:
                 console.print(f"[yellow]{workers} workers but {effective.kafka.partitions} partitions per topic: "
                               f"{workers - effective.kafka.partitions} of each will idle; raise kafka.partitions[/yellow]")
-            supervisor = Supervisor(plan(effective, workers), found, config_file, log_dir)
+            supervisor = Supervisor(plan(effective, workers), found, config_file, log_dir, settings=effective,
+                                    embedded=current, say=lambda line: console.print(f"[yellow]{line}[/yellow]"))
             running.callback(supervisor.stop)
             supervisor.start()
             if dashboard_port:

@@ -12,17 +12,71 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, TypeAdapter, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from urllib.parse import urlsplit
 
-from crmsync.connectors import AccountBase
+import psycopg
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, TypeAdapter,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+
+from crmsync.connectors import API_NAME, AccountBase
+from crmsync.values import shown as _shown
 
 DEFAULT_CONFIG_FILE = "crmsync.yaml"
 DEFAULT_CAPTURE_TABLES = ["recipients", "organisations", "purchases", "enumerations", "enumeration_values"]
 # Validation context of a file read before the account store was: a mapping may name an account that is not in
 # the file (`crmsync account add`); Settings.check_accounts() is the check once the store's accounts are in.
 ACCOUNTS_FROM_STORE = "accounts_from_store"
+
+
+# -- names ------------------------------------------------------------------------------------------------------
+# A name in crmsync.yaml ends up as a PostgreSQL identifier, in a CRM query, or in topic and group names: checked
+# here, so a bad one is refused with its key when the file is read, not by a service that crashes on it later.
+SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(?P<port>\d{1,5}))?")  # PostgreSQL's rule for replication slot names
+LABEL_MAX = 100  # characters of a name that is only a label (it still becomes part of topic and group names)
+
+
+def _sql_name(value: str) -> str:
+    """Any PostgreSQL identifier (crmsync quotes every one it uses): not empty, no NUL, at most 63 bytes (longer
+    ones are cut short by PostgreSQL, and two names could become one)."""
+    if not value or "\x00" in value or len(value.encode()) > 63:
+        raise ValueError(f"{_shown(value)} is not a PostgreSQL name (1 to 63 bytes, no NUL)")
+    return value
+
+
+def _table_name(value: str) -> str:
+    """`table` or `schema.table`."""
+    schema, _, table = value.rpartition(".")
+    for part in ([schema] if schema else []) + [table]:
+        _sql_name(part)
+    return value
+
+
+def _crm_name(value: str) -> str:
+    if not API_NAME.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a CRM API name (letters, digits and underscores, starting with a "
+                         "letter, at most 255 characters)")
+    return value
+
+
+def _slot_name(value: str) -> str:
+    if not SLOT_NAME.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a replication slot name (lower-case letters, digits and "
+                         "underscores, at most 63)")
+    return value
+
+
+def _label(value: str) -> str:
+    if not value.strip() or len(value) > LABEL_MAX or not value.isprintable():
+        raise ValueError(f"{_shown(value)} is not a usable name (1 to {LABEL_MAX} printable characters)")
+    return value
+
+
+SqlName = Annotated[str, AfterValidator(_sql_name)]
+TableName = Annotated[str, AfterValidator(_table_name)]
+CrmName = Annotated[str, AfterValidator(_crm_name)]
+Label = Annotated[str, AfterValidator(_label)]
 
 
 class ConfigError(Exception):
@@ -54,6 +108,16 @@ class KafkaSettings(_Strict):
     ssl_key_location: Path | None = Field(None, description="its private key (PEM)")
     ssl_key_password: SecretStr | None = None
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str | None) -> str | None:
+        for item in (value.split(",") if value else []):
+            found = HOST_PORT.fullmatch(item.strip())
+            if not found or (found.group("port") and not 1 <= int(found.group("port")) <= 65535):
+                raise ValueError(f"{_shown(item)} is not host:port (a host name or [IPv6 address], then a port from "
+                                 "1 to 65535); separate several with commas")
+        return value
+
     @model_validator(mode="after")
     def _security_is_complete(self) -> "KafkaSettings":
         sasl = self.security_protocol.startswith("SASL_")
@@ -75,10 +139,10 @@ class KafkaSettings(_Strict):
 
 class CampaignSettings(_Strict):
     dsn: str | None = Field(None, description="PostgreSQL DSN; empty = embedded PostgreSQL")
-    name: str = Field("campaign", description="logical name of the Campaign database, used in topic names")
-    capture_tables: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPTURE_TABLES))
-    slot_name: str = "crmsync"
-    publication: str = "crmsync"
+    name: Label = Field("campaign", description="logical name of the Campaign database, used in topic names")
+    capture_tables: list[TableName] = Field(default_factory=lambda: list(DEFAULT_CAPTURE_TABLES))
+    slot_name: Annotated[str, AfterValidator(_slot_name)] = "crmsync"
+    publication: SqlName = "crmsync"
     heartbeat_seconds: float = Field(10.0, gt=0)
     snapshot: Literal["initial", "never"] = Field("initial", description="publish existing rows once, first")
     poll_interval_seconds: float = Field(0.05, gt=0)
@@ -92,8 +156,20 @@ class CampaignSettings(_Strict):
     @field_validator("dsn")
     @classmethod
     def _dsn_is_postgres(cls, value: str | None) -> str | None:
-        if value and not (value.startswith(("postgresql://", "postgres://")) or "=" in value):
-            raise ValueError("expected a PostgreSQL DSN such as postgresql://user@host:5432/campaign")
+        """A DSN libpq will take (never repeated in the error: it may hold a password)."""
+        if not value:
+            return value
+        expected = "expected a PostgreSQL DSN such as postgresql://user@host:5432/campaign"
+        url = value.startswith(("postgresql://", "postgres://"))
+        if "\x00" in value or len(value) > 4096 or not (url or "=" in value):
+            raise ValueError(f"{expected} (at most 4,096 characters, no NUL)")
+        try:
+            if url:
+                urlsplit(value).port  # ValueError when not a number from 0 to 65535
+            psycopg.conninfo.conninfo_to_dict(value)
+        except (ValueError, psycopg.ProgrammingError):
+            raise ValueError(f"{expected}; this one does not parse (check the port, the quoting and the "
+                             "percent-encoding)") from None
         return value
 
 
@@ -135,8 +211,8 @@ Side = Literal["crm", "campaign"]
 class FieldMap(_Strict):
     """One CRM field ⇄ one Campaign column."""
 
-    crm: str
-    campaign: str
+    crm: CrmName
+    campaign: SqlName
     conversion: Conversion = "default"
     direction: Direction | None = Field(None, description="defaults to the mapping's direction")
     owner: Side | None = Field(None, description="this side always wins conflicts on the field")
@@ -147,24 +223,24 @@ class FieldMap(_Strict):
 class MatchKey(_Strict):
     """Fields compared (case- and space-insensitively) to link records that have no link yet."""
 
-    crm: str
-    campaign: str
+    crm: CrmName
+    campaign: SqlName
 
 
 class Filter(_Strict):
     """Only records whose fields equal one of the listed values take part (per side, optional)."""
 
-    crm: dict[str, list[Any]] = Field(default_factory=dict)
-    campaign: dict[str, list[Any]] = Field(default_factory=dict)
+    crm: dict[CrmName, list[Any]] = Field(default_factory=dict)
+    campaign: dict[SqlName, list[Any]] = Field(default_factory=dict)
 
 
 class Mapping(_Strict):
     """A CRM account + object ⇄ a Campaign table, kept in sync by the stream processors."""
 
-    name: str
+    name: Label
     account: str
-    crm_object: str
-    campaign_table: str
+    crm_object: CrmName
+    campaign_table: TableName
     direction: Direction = "both"
     fields: list[FieldMap]
     match: list[MatchKey] = Field(default_factory=list)

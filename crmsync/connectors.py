@@ -36,22 +36,43 @@ import threading
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from crmsync.envelope import ApplyCommand, Change
 from crmsync.filters import Node
-from crmsync.values import Kind
+from crmsync.values import Kind, shown
 
 ENTRY_POINT_GROUP = "crmsync.connectors"
 
 
 # -- accounts ------------------------------------------------------------------------------------------------
+URL_MAX = 2048  # characters of an account URL
+
+
 def https_url(value: str) -> str:
-    """An account URL: https only (crmsync talks to CRMs over HTTPS only), without a trailing slash."""
+    """An account URL: https only (crmsync talks to CRMs over HTTPS only), a host name (IDNA) or address, a port
+    from 1 to 65535, nothing a request line cannot carry, no credentials; without a trailing slash. The error
+    says what is wrong without repeating a long value whole (or credentials at all)."""
     if not value.startswith("https://"):
-        raise ValueError(f"must be an https:// URL (got {value!r}); crmsync talks to CRMs over HTTPS only")
+        raise ValueError(f"must be an https:// URL (got {shown(value)}); crmsync talks to CRMs over HTTPS only")
+    if len(value) > URL_MAX or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{shown(value)} is not a usable URL: at most {URL_MAX} characters, no spaces or control "
+                         "characters")
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
+        raise ValueError("credentials do not belong in the URL: use the account's own settings for them")
+    try:
+        parts.port
+        host = parts.hostname or ""
+        host.encode("idna")
+    except (ValueError, UnicodeError):
+        raise ValueError(f"{shown(value)}: the host must be a host name or an address and the port a number from "
+                         "1 to 65535") from None
+    if not host:
+        raise ValueError(f"{shown(value)}: the URL names no host")
     return value.rstrip("/")
 
 
@@ -66,6 +87,18 @@ class AccountBase(BaseModel):
     # share of the CRM's own daily limit as its client reports it (`Client.usage()`), no pacing if it reports none.
     api_budget_per_day: int | None = Field(None, gt=0)
     api_budget_share: float = Field(0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _no_control_characters(self) -> "AccountBase":
+        """A NUL or another control character cannot travel in a login form, a header or a URL: refused here
+        with the setting's name (never its value) rather than failing inside a login. Line breaks and tabs stay
+        allowed (PEM text holds them)."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if isinstance(text, str) and any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in text):
+                raise ValueError(f"{name}: must not contain control characters (such as NUL)")
+        return self
 
     def secrets(self) -> list[str]:
         """Every secret value of the account (SecretStr fields), longest first; with two or more, also each
@@ -226,6 +259,24 @@ class SinkOutcome:
     superseded: list[str] = field(default_factory=list)  # fields left alone (compare-and-set)
     refused_fields: dict[str, str] = field(default_factory=dict)  # field -> why the CRM cannot take its value;
     # the command's other fields were written (ok=True): the writer rejects just these, with the reasons
+
+
+P = TypeVar("P")
+
+
+def plan_commands(commands: Sequence[ApplyCommand],
+                  plan: Callable[[int, ApplyCommand], "SinkOutcome | P"]) -> tuple[dict[int, SinkOutcome], list[P]]:
+    """A sink's first step: plan each command of a batch (`plan(index, command)`); returns the outcomes of the
+    commands refused while planning, by index, and the plans of the others, in order."""
+    refused: dict[int, SinkOutcome] = {}
+    plans: list[P] = []
+    for index, command in enumerate(commands):
+        planned = plan(index, command)
+        if isinstance(planned, SinkOutcome):
+            refused[index] = planned
+        else:
+            plans.append(planned)
+    return refused, plans
 
 
 class Sink(Protocol):

@@ -115,7 +115,8 @@ def start(settings: Settings, found: Endpoints, running: ExitStack, *, contacts:
         console.print(f"seeding Campaign: {recipients:,} recipients, {len(emails)} sharing an email with a contact …")
         seed(found.campaign_dsn, recipients, shared_emails=emails, vocabularies=_vocabularies(effective, client))
     config_file = write_effective_config(effective, found, settings.state_dir / "run" / "crmsync.yaml")
-    supervisor = Supervisor(plan(effective), found, config_file, log_dir)
+    supervisor = Supervisor(plan(effective), found, config_file, log_dir, settings=effective, embedded=settings,
+                            say=lambda line: console.print(f"[yellow]{line}[/yellow]"))
     running.callback(supervisor.stop)
     supervisor.start()
     console.print(f"services started: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir})")

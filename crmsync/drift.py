@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -45,6 +45,8 @@ class MappingReport:
     duplicates: list[int] = field(default_factory=list)  # unlinked Campaign rows sharing a linked row's key
     rejected: int = 0  # records left out of the comparison: an open reject (on either side of a pair, or of an
     # unlinked record) explains why they differ, and repairing them could undo or delete a live record
+    in_flight: int = 0  # linked pairs left out because the streams decided them while (or just before) both
+    # sides were read: their changes may still be on the way (DriftChecker's `settle_seconds`)
     crm_rows: dict[str, dict] = field(default_factory=dict, repr=False)
     campaign_rows_by_key: dict[int, dict] = field(default_factory=dict, repr=False)
 
@@ -58,20 +60,28 @@ class MappingReport:
                 "missing_in_campaign": len(self.missing_in_campaign), "missing_in_crm": len(self.missing_in_crm),
                 "differing": len(self.differing), "gone_from_crm": len(self.gone_from_crm),
                 "gone_from_campaign": len(self.gone_from_campaign), "duplicates": len(self.duplicates),
+                "in_flight": self.in_flight,
                 "rejected": self.rejected}
 
 
 class DriftChecker:
     """Reads both sides of every mapping (one paged query per CRM object, one SQL query per table)."""
 
-    def __init__(self, settings: Settings, found: Endpoints, clients: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, found: Endpoints, clients: dict[str, Any], *,
+                 settle_seconds: float = 0.0) -> None:
         self.settings = settings
         self.found = found
         self.clients = clients  # account name -> its connector's logged-in client
+        # > 0: pairs whose sync state changed from this long before the reads until after them are left out. A
+        # repair read is stamped per record (the row's updated_at, the CRM's modification stamp), not per field:
+        # re-published while a decision of the same record is still on its way, it can win a field with a
+        # record stamp that our own write moved, over the newer edit (found by tests/faults).
+        self.settle_seconds = settle_seconds
 
     def compare(self, mapping: Mapping) -> MappingReport:
         report = MappingReport(mapping.name)
         with pg.connect(self.found.campaign_dsn, application="crmsync-drift") as conn:
+            reads_began = conn.execute("SELECT clock_timestamp()").fetchone()[0]
             links = conn.cursor(row_factory=dict_row).execute(
                 "SELECT crm_id, campaign_key, deleted FROM crmsync.sync_state WHERE mapping = %s",
                 (mapping.name,)).fetchall()
@@ -82,6 +92,7 @@ class DriftChecker:
             report.campaign_rows_by_key = self._campaign_rows(conn, mapping)
             rejected_crm, rejected_keys = self._open_rejects(conn, mapping)
         report.crm_rows = self._crm_rows(mapping)
+        in_flight = self._decided_since(mapping, reads_began) if self.settle_seconds > 0 else set()
         enums = StoredEnumerations(self.found.campaign_dsn, mapping.account)
         report.rejected = len(rejected_crm) + len(rejected_keys)
         report.crm_records, report.campaign_rows = len(report.crm_rows), len(report.campaign_rows_by_key)
@@ -98,6 +109,9 @@ class DriftChecker:
             linked_keys.add(key)
             if crm_id in rejected_crm or key in rejected_keys:
                 continue  # an open reject on either side explains the difference; "repairing" it could delete
+            if (crm_id, key) in in_flight:
+                report.in_flight += 1
+                continue
             crm_row, campaign_row = report.crm_rows.get(crm_id), report.campaign_rows_by_key.get(key)
             if crm_row is None and campaign_row is not None:
                 report.gone_from_crm.append(crm_id)
@@ -117,6 +131,14 @@ class DriftChecker:
             row_key = self._match_keys(mapping, [report.campaign_rows_by_key[key]])
             (report.duplicates if row_key and row_key <= known else report.missing_in_crm).append(key)
         return report
+
+    def _decided_since(self, mapping: Mapping, reads_began: Any) -> set[tuple[str, int]]:
+        """(CRM id, Campaign key) of the pairs whose sync state changed from `settle_seconds` before the reads
+        began until now."""
+        with pg.connect(self.found.campaign_dsn, application="crmsync-drift") as conn:
+            return {tuple(r) for r in conn.execute(
+                "SELECT crm_id, campaign_key FROM crmsync.sync_state WHERE mapping = %s AND updated_at > "
+                "%s - make_interval(secs => %s)", (mapping.name, reads_began, self.settle_seconds))}
 
     def _match_keys(self, mapping: Mapping, rows: list[dict]) -> set[str]:
         if not mapping.match:
@@ -224,6 +246,26 @@ class DriftChecker:
                 producer.produce(topic, value=change.to_json(), key=change.kafka_key(), on_delivery=tracker)
         kafka.flush_all(producer, tracker)
         return len(crm_changes) + len(campaign_changes)
+
+
+def repair_all(settings: Settings, found: Endpoints, say: Callable[[str], None] = print, *,
+               settle_seconds: float = 0.0) -> int:
+    """One drift-repair pass over every mapping (the periodic pass of `crmsync run`, and its answer to a broker
+    that lost its memory); returns the changes re-published. A mapping whose pass fails is said and skipped:
+    the next pass tries again."""
+    published = 0
+    with open_clients(settings) as clients:
+        checker = DriftChecker(settings, found, clients, settle_seconds=settle_seconds)
+        for mapping in settings.mappings:
+            try:
+                report = checker.compare(mapping)
+                if not report.converged:
+                    count = checker.repair(mapping, report)
+                    published += count
+                    say(f"drift in {mapping.name}: {report.summary()}; re-published {count} changes")
+            except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next one
+                say(f"drift repair of {mapping.name} failed: {exc}")
+    return published
 
 
 def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Union
 
+from crmsync.values import shown
+
 FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 NULL_OPS = ("is empty", "is not empty")
 COMPARE_OPS = ("=", "!=", "<", "<=", ">", ">=")
 DATE_OPS = ("after", "before", "on or after", "on or before")
 STRING_OPS = ("like", "contains", "starts with", "ends with")
 OPS = NULL_OPS + COMPARE_OPS + DATE_OPS + STRING_OPS + ("in", "not in")
+VALUE_MAX = 4000  # characters of one filter value
 REFUSED_LOGIC = {"not": "NOT is not supported", "and not": "AND NOT is not supported",
                  "and_not": "AND NOT is not supported", "except": "EXCEPT (AND NOT) is not supported"}
 
@@ -117,7 +120,19 @@ def _condition(raw: dict, path: str) -> Condition:
         raise FilterError(f"{path}.value", f"'{op}' needs a non-empty list of values")
     if value is None:
         raise FilterError(f"{path}.value", "use op: 'is empty' / 'is not empty' to test for null")
+    for item in value if isinstance(value, list) else [value]:
+        _check_text(item, f"{path}.value")
     return Condition(field, op, value)
+
+
+def _check_text(value: Any, path: str) -> None:
+    """A value every query language can carry: no NUL (no CRM and no PostgreSQL text holds one), at most
+    VALUE_MAX characters (a CRM's query has a size limit, a URL a few thousand characters)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise FilterError(path, "the value contains a NUL character, which no field can hold: remove it")
+    if isinstance(value, str) and len(value) > VALUE_MAX:
+        raise FilterError(path, f"{shown(value, 40)}: the value has {len(value):,} characters; a filter value may have at most "
+                                f"{VALUE_MAX:,}")
 
 
 def conditions(node: Node) -> list[Condition]:

@@ -284,14 +284,15 @@ class EmbeddedPostgres(_EmbeddedServer):
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone():
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
 
-    def stop(self) -> bool:
-        """Fast shutdown (sessions cut, a checkpoint); if that does not finish in time, immediate shutdown (crash
-        recovery at the next start). Raises with pg_ctl's words only if the server still runs after both."""
+    def stop(self, mode: str = "fast") -> bool:
+        """pg_ctl stop. `fast` cuts sessions and checkpoints; if that does not finish in time, immediate shutdown
+        follows (crash recovery at the next start). `immediate` ends every process at once, as a crash would.
+        Raises with pg_ctl's words only if the server still runs after both."""
         if not self.status():
             return False
         said = ""
-        for mode in ("fast", "immediate"):
-            done = subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"],
+        for step in ("fast", "immediate") if mode == "fast" else (mode,):
+            done = subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-m", step, "-w", "-t", "60", "stop"],
                                   capture_output=True, text=True, **self._run_as())
             if done.returncode == 0 or not self.status():
                 return True

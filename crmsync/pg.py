@@ -14,13 +14,39 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
+from psycopg import postgres, sql
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
 # jsonb values (sync state, rejects) are decoded by orjson: the standard json module was a visible cost of
 # the stream processors' batch reads.
 set_json_loads(orjson.loads)
+
+
+class _TemporalOrText(Loader):
+    """A date or timestamp PostgreSQL holds but Python cannot ('99999-01-01', 'infinity', dates BC) is read as its
+    text instead of failing the whole query: one such row used to stop drift repair and the capture snapshot of
+    its table. Values Python can hold load through psycopg's own (C) loader, as before."""
+
+    fast: type
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self._fast = self.fast(oid, context)
+
+    def load(self, data: Any) -> Any:
+        try:
+            return self._fast.load(data)
+        except psycopg.DataError:
+            return bytes(data).decode()
+
+
+for _name in ("date", "timestamp", "timestamptz"):
+    _oid = postgres.types[_name].oid
+    psycopg.adapters.register_loader(_oid, type(f"{_name.title()}OrText", (_TemporalOrText,),
+                                                {"fast": psycopg.adapters.get_loader(_oid, Format.TEXT)}))
 
 MIGRATIONS_PACKAGE = "crmsync.campaign.migrations"
 _MIGRATION_LOCK = 7_400_551  # arbitrary advisory-lock id owned by crmsync

@@ -5,6 +5,11 @@ local Salesforce sandbox as the CRM account, and the shipped mappings. The effec
 to `<state>/run/crmsync.yaml` (mode 0600) and every service process reads it, exactly as a container would
 read its own mounted crmsync.yaml. A service that dies is restarted with backoff; Ctrl-C, SIGTERM and SIGHUP
 stop them all, and they die with this process if it is killed (crmsync/process.py).
+
+The supervisor also tends what the services stand on (a thread, every WATCH_SECONDS): an embedded broker or
+PostgreSQL that stopped is started again (same port, same data), and a broker that lost its memory
+(crmsync/broker_loss.py) gets every service restarted and then one drift-repair pass, so what was lost with it
+is re-published without a human.
 """
 from __future__ import annotations
 
@@ -20,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import logging
+from typing import Callable
+
 import httpx
 import yaml
 
-from crmsync import connectors, infra, kafka, process
+from crmsync import broker_loss, connectors, infra, kafka, process
 from crmsync.config import Settings
 from crmsync.connectors import RunningSandbox
 from crmsync.defaults import default_mappings
@@ -32,6 +40,11 @@ DEFAULT_CRM = "salesforce"  # the CRM whose sandbox runs when nothing is configu
 SANDBOX_ACCOUNT = DEFAULT_CRM  # the name of that sandbox's account
 RESTART_DELAY = 0.2  # seconds before a dead service is started again (doubling while it keeps dying at once)
 HEALTHY_SECONDS = 10.0  # a service that ran this long before dying is restarted at once again
+WATCH_SECONDS = 2.0  # how often the embedded servers and the broker's memory are checked
+READY_WAIT_SECONDS = 60.0  # after a broker loss, the repair waits this long at most for every service to be ready
+REPAIR_SETTLE_SECONDS = 20.0  # a repair pass leaves out records decided this long before its reads (in flight)
+REPAIR_PASSES = (0.0, 45.0)  # seconds after the services are ready: the second pass takes what the first left out
+log = logging.getLogger("crmsync.run")
 
 
 @dataclass
@@ -170,10 +183,26 @@ def write_effective_config(effective: Settings, found: infra.Endpoints, path: Pa
     return path
 
 
-class Supervisor:
-    """Keeps one child process per ServiceSpec alive."""
+@dataclass
+class Recovery:
+    """One broker loss and what the supervisor did about it (monotonic times)."""
 
-    def __init__(self, specs: list[ServiceSpec], found: infra.Endpoints, config_file: Path, log_dir: Path) -> None:
+    noticed_at: float
+    restarted_at: float | None = None
+    ready_at: float | None = None
+    passes: int = 0  # drift-repair passes done (REPAIR_PASSES)
+    repaired_at: float | None = None  # the last pass done
+    republished: int = 0
+
+
+class Supervisor:
+    """Keeps one child process per ServiceSpec alive; with `settings` (the effective settings) it also recovers
+    from a broker that lost its memory, and with `embedded` (settings naming embedded servers) it starts those
+    servers again when they stop."""
+
+    def __init__(self, specs: list[ServiceSpec], found: infra.Endpoints, config_file: Path, log_dir: Path, *,
+                 settings: Settings | None = None, embedded: Settings | None = None,
+                 say: Callable[[str], None] = log.warning) -> None:
         self.specs = specs
         self.found = found
         self.config_file = config_file
@@ -185,6 +214,12 @@ class Supervisor:
         self.next_start: dict[str, float] = {}
         self.workflows_stop = threading.Event()
         self.metrics_ports = {spec.label: _free_port() for spec in specs}  # /metrics, /healthz, /readyz of each
+        self.settings, self.embedded, self.say = settings, embedded, say
+        self.recoveries: list[Recovery] = []
+        self._lost = threading.Event()  # set by the watch thread, handled by check() (children start there)
+        self._repair_due = threading.Event()
+        self._watching = threading.Event()
+        self._watch_thread: threading.Thread | None = None
 
     def metrics_targets(self) -> dict[str, str]:
         """Service label → its /metrics URL (what the dashboard scrapes)."""
@@ -195,6 +230,10 @@ class Supervisor:
         for spec in self.specs:
             self._spawn(spec)
         self._start_workflows()
+        if self.settings is not None or self.embedded is not None:
+            self._watching.set()
+            self._watch_thread = threading.Thread(target=self._watch, daemon=True, name="supervisor-watch")
+            self._watch_thread.start()
 
     def _start_workflows(self) -> None:
         """Scheduled workflows (crmsync.yaml `workflows:`) run in a thread of this process, at their cron times."""
@@ -216,7 +255,10 @@ class Supervisor:
             spec.name, self.found, config_file=self.config_file, log_file=log_file, args=spec.args, extra_env=env)
 
     def check(self) -> list[str]:
-        """Restart services that exited; return the labels restarted now."""
+        """Restart services that exited (all of them after a broker loss); return the labels restarted now."""
+        if self._lost.is_set():
+            self._lost.clear()
+            return self._restart_all()
         restarted = []
         for spec in self.specs:
             child = self.children.get(spec.label)
@@ -236,7 +278,103 @@ class Supervisor:
                 restarted.append(spec.label)
         return restarted
 
+    def _restart_all(self) -> list[str]:
+        """Every service killed and started again at once. SIGKILL, not SIGTERM: a consumer that leaves its group
+        politely while it is joining the group again on the restarted embedded broker leaves that group stuck
+        for good (Tansu 0.6 keeps the departed member as the group's leader: every later member waits for its
+        SyncGroup forever); a killed member is dropped after its session timeout. Every service is built to be
+        killed: what it was doing is done again after the restart."""
+        for child in self.children.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        for spec in self.specs:
+            self.failures[spec.label] = 0
+            self.next_start.pop(spec.label, None)
+            self.restarts[spec.label] = self.restarts.get(spec.label, 0) + 1
+            self._spawn(spec)
+        self.recoveries[-1].restarted_at = time.monotonic()
+        self._repair_due.set()
+        return [spec.label for spec in self.specs]
+
     def stop(self) -> None:
         """Stop every service at once (each has a few seconds to finish its batch, then it is killed)."""
         self.workflows_stop.set()
+        self._watching.clear()
+        if self._watch_thread is not None:
+            self._watch_thread.join(30)
         process.stop_all(self.children.values())
+
+    # -- what the services stand on (the watch thread) -----------------------------------------------------
+    def _watch(self) -> None:
+        while self._watching.is_set():
+            started = time.monotonic()
+            self._revive()
+            self._check_broker_memory()
+            if self._repair_due.is_set():
+                self._repair_when_ready()
+            time.sleep(max(0.0, WATCH_SECONDS - (time.monotonic() - started)))
+
+    def _revive(self) -> None:
+        """Start again the embedded broker or PostgreSQL if it stopped (same port, same data directory)."""
+        if self.embedded is None:
+            return
+        try:
+            found = infra.up(self.embedded)
+        except Exception as exc:  # noqa: BLE001 - tried again next round
+            log.warning("could not start the embedded servers again: %s", exc)
+            return
+        if found.started:
+            self.say(f"started the embedded {' and '.join(found.started)} again (it had stopped)")
+        if (found.bootstrap_servers, found.campaign_dsn) != (self.found.bootstrap_servers, self.found.campaign_dsn):
+            self.say("an embedded server came back on another port: restart crmsync run so the services follow it")
+
+    def _check_broker_memory(self) -> None:
+        if self.settings is None:
+            return
+        try:
+            verdict = broker_loss.check_epoch(self.found.bootstrap_servers, self.found.campaign_dsn, timeout=2)
+        except Exception as exc:  # noqa: BLE001 - the broker or the database is away: no verdict this round
+            log.debug("broker epoch not checked: %s", exc)
+            return
+        if verdict == "lost":
+            self.say("the broker lost its memory (topics, messages not consumed yet, consumer offsets): "
+                     "restarting every service, then a drift-repair pass re-publishes what was lost")
+            self.recoveries.append(Recovery(time.monotonic()))
+            self._lost.set()
+
+    def _repair_when_ready(self) -> None:
+        """Drift-repair passes once every service is ready (REPAIR_PASSES). Each leaves out the records the
+        streams are deciding at that moment (REPAIR_SETTLE_SECONDS): re-publishing a record whose change is on
+        its way would race it with a stamp of the whole record; the second pass takes what the first left."""
+        recovery = self.recoveries[-1]
+        now = time.monotonic()
+        if recovery.ready_at is None:
+            waited = now - (recovery.restarted_at or now)
+            if not self._all_ready() and waited < READY_WAIT_SECONDS:
+                return
+            recovery.ready_at = now
+        if now < recovery.ready_at + REPAIR_PASSES[recovery.passes]:
+            return
+        from crmsync.drift import repair_all
+
+        assert self.settings is not None
+        try:
+            recovery.republished += repair_all(self.settings, self.found, say=self.say,
+                                               settle_seconds=REPAIR_SETTLE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - e.g. the CRM did not answer the login: next round
+            self.say(f"drift repair after the broker loss failed ({exc}); trying again")
+            return
+        recovery.passes += 1
+        if recovery.passes == len(REPAIR_PASSES):
+            recovery.repaired_at = time.monotonic()
+            self._repair_due.clear()
+
+    def _all_ready(self) -> bool:
+        for port in self.metrics_ports.values():
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code != 200:
+                    return False
+            except httpx.HTTPError:
+                return False
+        return True

@@ -4,6 +4,7 @@
     crmsync.apply.<side>.<target>.<object>      commands for the writer of that side
     crmsync.rejects.<side>.<target>             records a stage could not process, with the reason
     crmsync.heartbeat.<side>.<source>           liveness ticks of a capture service (lag measurement)
+    crmsync.epoch.<id>                          the broker's epoch marker: it exists while the broker remembers
 
 `side` is ``crm`` or ``campaign``. Names are lower-case; anything outside [a-z0-9_-] becomes ``_`` so an
 account called "Sales EU" and a table called "Recipients" give valid, stable topic names.
@@ -53,6 +54,11 @@ def rejects(side: Side, target: str) -> str:
 
 def heartbeat(side: Side, source: str) -> str:
     return f"{PREFIX}.heartbeat.{_side(side)}.{_part(source)}"
+
+
+def epoch(epoch_id: str) -> str:
+    """An empty topic whose existence says the broker still remembers what crmsync gave it (crmsync/broker_loss.py)."""
+    return f"{PREFIX}.epoch.{_part(epoch_id)}"
 
 
 def parse(topic: str) -> dict[str, str]:

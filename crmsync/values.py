@@ -210,9 +210,13 @@ _CANONICAL = {"text": _text, "integer": _integer, "number": _number, "boolean": 
               "datetime": _datetime, "time": _time, "json": _json}
 
 
-def _shown(value: Any, limit: int = 80) -> str:
+def shown(value: Any, limit: int = 80) -> str:
+    """`value` as an error message may show it: repr, cut after `limit` characters (a 2 MB value is not repeated)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value))} characters)"
+
+
+_shown = shown
 
 
 # -- multi-select values ---------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ class FastPath:
         edited = {c: v for c, v in values.items() if v != link.agreed.get(c)
                   and not (before is not None and c in before and before[c] == v)}
         if any(self._raced(link, column, side, change_ts) for column in edited) or (
-                side == "campaign" and b._waits_for_parent(link, values, before)):
+                side == "campaign" and (b._waits_for_parent(link, values, before) or self._writing(link, values))):
             del b.out.invalid[mark:]
             return False
         bases = dict(link.agreed)
@@ -139,6 +139,15 @@ class FastPath:
         else:
             b.out.skipped += 1
         return True
+
+    @staticmethod
+    def _writing(link: "Link", values: dict) -> bool:
+        """A write of ours to one of these Campaign fields is remembered (its base, for repair reads): the
+        per-record path decides, and forgets it, as it must."""
+        from streams.reconcile import CAMPAIGN_BASES
+
+        bases = link.pending.get(CAMPAIGN_BASES) or {}
+        return any(column in bases for column in values)
 
     def _raced(self, link: "Link", column: str, side: str, change_ts: float) -> bool:
         """Whether the per-record path would see a conflict for this field (or hand it to its owner)."""

@@ -58,6 +58,7 @@ from crmsync.values import (EnumerationMap, IdentityEnumerations, Kind, canonica
 
 log = logging.getLogger("crmsync.streams")
 WRITER_ORIGINS = ("writer-campaign",)
+CAMPAIGN_BASES = "campaign_bases"  # key of Link.pending: Campaign column -> {"base", "at"} of our last write to it
 PENDING_TTL_SECONDS = 3600  # an in-flight write never acknowledged (rejected, lost) stops shadowing edits
 
 
@@ -72,7 +73,7 @@ class Link:
     match_key: str | None = None
     agreed: dict[str, Any] = field(default_factory=dict)
     field_meta: dict[str, list] = field(default_factory=dict)
-    pending: dict[str, dict[str, dict]] = field(default_factory=dict)
+    pending: dict[str, dict[str, dict]] = field(default_factory=dict)  # "crm" and CAMPAIGN_BASES -> column -> …
     crm_modstamp: str | None = None
     campaign_lsn: int | None = None
     campaign_seq: int | None = None
@@ -739,13 +740,22 @@ class MappingBatch:
             pending = self._pending(link, side, column, change_ts)
             if value == agreed:
                 self._clear_pending(link, side, column)
+                if side == "campaign":
+                    self._clear_pending(link, CAMPAIGN_BASES, column)
                 continue
             if pending and value in pending["sent"]:  # echo of an earlier write of ours, superseded since
                 pending["sent"] = pending["sent"][pending["sent"].index(value) + 1:]
                 link.dirty = True
+                if pending["sent"]:  # it may have landed after the newer one (a late request): assert the newest
+                    back_to_side[column] = agreed
                 continue
             if before is not None and column in before and before[column] == value:
                 continue  # this Campaign update did not touch the column
+            if change.op == "r" and side == "campaign" and self._missed_our_write(link, column, value, change_ts):
+                back_to_side[column] = agreed  # a repair read of a row our write never reached: send it again
+                continue
+            if side == "campaign":
+                self._clear_pending(link, CAMPAIGN_BASES, column)  # Campaign's own edit of the field
             if pending and value == pending["base"] and not change.partial:
                 if change.op == "r":  # a repair read: our write never arrived (e.g. broker data lost)
                     back_to_side[column] = agreed
@@ -853,6 +863,23 @@ class MappingBatch:
         if link.pending.get(side, {}).pop(column, None) is not None:
             link.dirty = True
 
+    def _missed_our_write(self, link: Link, column: str, value: Any, now: float) -> bool:
+        """Does Campaign still hold the value our last write to this field was meant to replace? A repair read
+        has no before-image and the row's `updated_at` may come from an edit of another column, so this is how
+        it tells "our write never arrived" from "Campaign edited the field"."""
+        entry = self._pending(link, CAMPAIGN_BASES, column, now)
+        return entry is not None and entry["base"] == value
+
+    def _track_campaign_bases(self, link: Link, values: dict, bases: dict, ts: float) -> None:
+        """Remember what each Campaign field held when we wrote to it (until a Campaign change shows the field
+        agreed, or Campaign's own edit of it): only repair reads look at it (`_missed_our_write`). Campaign
+        echoes themselves need no bookkeeping: change capture tags our writer's transactions."""
+        per_column = link.pending.setdefault(CAMPAIGN_BASES, {})
+        for column in values:
+            if column in bases:
+                per_column[column] = {"base": bases[column], "at": ts}
+                link.dirty = True
+
     def _track_sent(self, link: Link, values: dict, bases: dict, ts: float) -> None:
         """Remember writes in flight to the CRM: its poller will show them back to us (echoes). Campaign
         echoes need no bookkeeping: change capture tags our writer's transactions."""
@@ -901,6 +928,8 @@ class MappingBatch:
             bases = bases if link.crm_id else None  # a CRM record we create has nothing to compare with yet
         else:
             bases = {} if create else bases  # a new Campaign row: each field must be empty if the row is there
+            if bases:
+                self._track_campaign_bases(link, values, bases, self._change_ts(change))
         action = "create" if create and side == "campaign" and link.inserting else "upsert"
         self._emit(link, side, action, values, change, expect=self._expectations(side, values, bases))
 

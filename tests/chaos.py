@@ -9,8 +9,14 @@ sandbox, the embedded broker and PostgreSQL, drift repair off) first converges o
   creates (~10 %) and deletes (~4 %), with hostile values among them (emoji and other 4-byte UTF-8, quotes,
   text that looks like a timestamp, a number or a boolean, values too long for the CRM field);
 - `pairs` times, one field of one record is edited on both sides less than a second apart, in random order;
-- every `kill_every` seconds one service is killed with SIGKILL, cycling through all of them; the supervisor
-  restarts it as `crmsync run` does.
+- every `kill_every` seconds one service is killed with SIGKILL, cycling through all of them (or picked at
+  random: `kill_order="random"`); the supervisor restarts it as `crmsync run` does;
+- with `crm_faults`, the CRM sandbox answers that share of API requests with its faults (fault levers of its
+  /__sandbox/faults: rate limits, 5xx, expired sessions, stalls past the client's timeout) — the editors' own
+  requests included, which retry like any client;
+- with `disasters`, at those fractions of the run the embedded broker is killed (it comes back empty: memory
+  lost) or PostgreSQL is stopped as by a crash (`pg_ctl -m immediate`); the supervisor starts both again, and
+  recovers from the broker's loss (crmsync/broker_loss.py).
 
 Then quiet: every consumer group catches up and the two sides are compared. `Report.problems` lists what did
 not hold (a test asserts it is empty):
@@ -25,7 +31,11 @@ not hold (a test asserts it is empty):
    CRM record stays: `mark` has no flag to set in the CRM);
 5. no email twice on either side;
 6. no CRM write once quiet (no ping-pong);
-7. every killed service was restarted, and `restart_seconds` says how long it took to work again.
+7. every killed service was restarted, and `restart_seconds` says how long it took to work again;
+8. every server struck by a disaster came back (and a lost broker memory was repaired).
+
+An edit whose outcome the editor could not know (its connection died with PostgreSQL, or the CRM never answered
+after every retry) may or may not have happened: its field is left out of check 2.
 """
 from __future__ import annotations
 
@@ -37,13 +47,15 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import httpx
+import psycopg
 
-from crmsync import lag, pg
+from crmsync import infra, lag, pg
 from crmsync.field_types import FieldTypes
 from crmsync.values import canonical
+from tests.connectors.harnesses import sandbox_admin
 from tests.pipeline import World
 
 AMBIGUITY = 3.0  # seconds: poll interval (2 s) + a poll's duration
@@ -74,17 +86,31 @@ class Kill:
 
 
 @dataclass
+class Disaster:
+    what: str  # "broker" (killed, comes back empty) | "postgres" (stopped as by a crash)
+    at: float
+    back_at: float | None = None  # it answered again
+    wall: float = field(default_factory=time.time)  # epoch seconds of the strike (Edit.at's clock)
+
+
+@dataclass
 class Report:
     edits: int = 0
     creates: int = 0
     deletes: int = 0
     pairs: int = 0
     kills: list[Kill] = field(default_factory=list)
+    disasters: list[Disaster] = field(default_factory=list)
+    faults_injected: dict[str, int] = field(default_factory=dict)  # by kind, as the CRM sandbox counted them
+    uncertain: int = 0  # edits whose outcome the editor could not know
     linked_pairs: int = 0
     explained: int = 0  # records whose difference an open reject explains
-    conflicts: int = 0
+    divergent: int = 0  # records that differ or miss their other side, no open reject saying why (goal 0)
+    duplicates: int = 0  # emails held twice, both sides together (goal 0)
+    conflicts: int = 0  # recorded during the run (the initial sync's are not counted)
     quiet_writes: int = 0
     catch_up_seconds: float = 0.0
+    caught_up: bool = False  # every consumer group's lag stayed 0 for 5 s before the quiet timeout
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -96,9 +122,12 @@ class Chaos:
     """One run of the scenario on a started `World` (see the module docstring)."""
 
     def __init__(self, world: World, *, seconds: float, rate: float, pairs: int, kill_every: float | None,
-                 seed: int, log: Callable[[str], None] = lambda line: None) -> None:
+                 seed: int, log: Callable[[str], None] = lambda line: None, kill_order: str = "cycle",
+                 crm_faults: dict[str, float] | None = None, disasters: Sequence[tuple[float, str]] = ()) -> None:
         self.w, self.seconds, self.rate, self.pairs_wanted = world, seconds, rate, pairs
         self.kill_every, self.rng, self.log = kill_every, random.Random(seed), log
+        self.kill_order, self.crm_faults, self.disasters = kill_order, crm_faults, sorted(disasters)
+        self.uncertain: set[tuple[int, str]] = set()  # (key, column) of edits that may or may not have happened
         self.edits: list[Edit] = []
         self.created_crm: list[str] = []  # emails of contacts created in the CRM
         self.created_campaign: list[str] = []  # emails of recipients created in Campaign
@@ -120,20 +149,36 @@ class Chaos:
         started = time.monotonic()
         next_kill = started + (self.kill_every or 1e9)
         labels = [spec.label for spec in self.w.supervisor.specs]
+        disasters = [(started + fraction * self.seconds, what) for fraction, what in self.disasters]
+        with pg.connect(self.w.found.campaign_dsn) as conn:  # the initial sync's, not this run's
+            conflicts_before = conn.execute("SELECT count(*) FROM crmsync.conflicts").fetchone()[0]
+        if self.crm_faults:
+            sandbox_admin(self.w.sandbox, "reset-stats", {})
+            sandbox_admin(self.w.sandbox, "faults", self.crm_faults)
         try:
             while time.monotonic() - started < self.seconds:
                 self._supervise()
                 if time.monotonic() >= next_kill:
-                    self._kill(labels[len(self.report.kills) % len(labels)])
+                    self._kill(self.rng.choice(labels) if self.kill_order == "random"
+                               else labels[len(self.report.kills) % len(labels)])
                     next_kill += self.kill_every
+                if disasters and time.monotonic() >= disasters[0][0]:
+                    self._strike(disasters.pop(0)[1])
                 time.sleep(0.05)
         finally:
             self.stop.set()
             for thread in threads:
                 thread.join(60)
         self.report.edits, self.report.pairs = len(self.edits), self.report.pairs
-        self._quiet()
+        self.report.uncertain = len(self.uncertain)
+        try:
+            self._quiet()
+        finally:
+            if self.crm_faults:
+                self.report.faults_injected = self.w.sandbox.stats()["faults_injected"]
+                sandbox_admin(self.w.sandbox, "faults", {})
         self._check()
+        self.report.conflicts -= conflicts_before
         return self.report
 
     def _guard(self, body: Callable[[], None]) -> Callable[[], None]:
@@ -176,20 +221,19 @@ class Chaos:
 
     # -- the editors --------------------------------------------------------------------------------------------
     def _crm_editor(self) -> None:
-        sf = self.w.client.sf
         def step() -> None:
             roll = self.rng.random()
             if roll < 0.10:
                 email = f"crm-new-{len(self.created_crm)}-{self.rng.randrange(10**9)}@chaos.example"
-                sf.Contact.create({"LastName": "Created", "FirstName": "In CRM", "Email": email})
-                self.created_crm.append(email)
-                self.report.creates += 1
+                if self._crm_create({"LastName": "Created", "FirstName": "In CRM", "Email": email}):
+                    self.created_crm.append(email)
+                    self.report.creates += 1
             elif roll < 0.14:
                 pair = self._pick()
                 if pair:
                     with self.lock:
-                        self.deleted_crm.add(pair[0])
-                    sf.Contact.delete(pair[0])
+                        self.deleted_crm.add(pair[0])  # even if the outcome stays unknown: left out of the checks
+                    self._crm_delete(pair[0])
                     self.report.deletes += 1
             else:
                 pair = self._pick()
@@ -198,47 +242,93 @@ class Chaos:
                     self._crm_edit(pair, column, self._value(column))
         self._paced(step)
 
-    def _crm_edit(self, pair: tuple[str, int], column: str, value: str) -> None:
+    def _crm_create(self, record: dict[str, str]) -> bool:
+        """One contact, made once: the client's own retries would make a second one when an answer is lost
+        (a stall past the timeout), so a failed create is looked up by email before it is tried again."""
+        from simple_salesforce.exceptions import SalesforceExpiredSession
+
+        client = self.w.client
+        for _ in range(10):
+            try:
+                client.sf.Contact.create(record)
+                return True
+            except SalesforceExpiredSession:
+                client.relogin()
+            except Exception:  # noqa: BLE001 - a fault or a lost answer: did it land? A stalled request is carried
+                time.sleep(float((self.crm_faults or {}).get("slow_seconds", 0)))  # out when its stall ends
+            found = client.call("query", lambda sf: sf.query(f"SELECT Id FROM Contact WHERE Email = '{record['Email']}'"))
+            if found["totalSize"]:
+                return True
+            time.sleep(0.3)
+        return False
+
+    def _crm_delete(self, crm_id: str) -> None:
         from simple_salesforce.exceptions import SalesforceError
 
         try:
-            self.w.client.sf.Contact.update(pair[0], {EDITABLE[column]: value})
+            self.w.client.call("delete", lambda sf: sf.Contact.delete(crm_id))
         except SalesforceError:
+            pass  # already deleted by an attempt whose answer was lost
+
+    def _crm_edit(self, pair: tuple[str, int], column: str, value: str) -> None:
+        from simple_salesforce.exceptions import SalesforceError
+
+        from connectors.salesforce.client import retry_reason
+
+        try:
+            self.w.client.call("update", lambda sf: sf.Contact.update(pair[0], {EDITABLE[column]: value}))
+        except SalesforceError as exc:
+            if retry_reason(exc) is not None:  # out of retries: an earlier attempt may have landed
+                self._uncertain(pair[1], column)
             return  # refused by the CRM itself (e.g. too long): not an edit that happened
+        except Exception:  # noqa: BLE001 - timeouts and connection errors after every retry
+            self._uncertain(pair[1], column)
+            return
         self._record(Edit("crm", pair[0], pair[1], column, value, time.time()))
 
     def _campaign_editor(self) -> None:
-        with pg.connect(self.w.found.campaign_dsn, autocommit=True) as conn:
-            def step() -> None:
-                roll = self.rng.random()
-                if roll < 0.10:
-                    email = f"campaign-new-{len(self.created_campaign)}-{self.rng.randrange(10**9)}@chaos.example"
-                    conn.execute("INSERT INTO recipients (email, first_name, last_name) VALUES (%s, 'In', 'Campaign')",
-                                 (email,))
+        db = CampaignSession(self.w.found.campaign_dsn, self.stop)
+
+        def step() -> None:
+            roll = self.rng.random()
+            if roll < 0.10:
+                email = f"campaign-new-{len(self.created_campaign)}-{self.rng.randrange(10**9)}@chaos.example"
+                if db.execute("INSERT INTO recipients (email, first_name, last_name) VALUES (%s, 'In', 'Campaign')",
+                              (email,)):
                     self.created_campaign.append(email)
                     self.report.creates += 1
-                elif roll < 0.14:
-                    pair = self._pick()
-                    if pair:
-                        with self.lock:
-                            self.deleted_keys.add(pair[1])
-                        conn.execute("DELETE FROM recipients WHERE id = %s", (pair[1],))
-                        self.report.deletes += 1
-                else:
-                    pair = self._pick()
-                    if pair:
-                        column = self.rng.choice(list(EDITABLE))
-                        self._campaign_edit(conn, pair, column, self._value(column))
+            elif roll < 0.14:
+                pair = self._pick()
+                if pair:
+                    with self.lock:
+                        self.deleted_keys.add(pair[1])  # even if the outcome stays unknown: left out of the checks
+                    db.execute("DELETE FROM recipients WHERE id = %s", (pair[1],))
+                    self.report.deletes += 1
+            else:
+                pair = self._pick()
+                if pair:
+                    column = self.rng.choice(list(EDITABLE))
+                    self._campaign_edit(db, pair, column, self._value(column))
+        try:
             self._paced(step)
+        finally:
+            db.close()
 
-    def _campaign_edit(self, conn: Any, pair: tuple[str, int], column: str, value: str) -> None:
-        conn.execute(f"UPDATE recipients SET {column} = %s WHERE id = %s", (value, pair[1]))
-        self._record(Edit("campaign", pair[0], pair[1], column, value, time.time()))
+    def _campaign_edit(self, db: "CampaignSession", pair: tuple[str, int], column: str, value: str) -> None:
+        if db.execute(f"UPDATE recipients SET {column} = %s WHERE id = %s", (value, pair[1])):
+            self._record(Edit("campaign", pair[0], pair[1], column, value, time.time()))
+        else:
+            self._uncertain(pair[1], column)
+
+    def _uncertain(self, key: int, column: str) -> None:
+        with self.lock:
+            self.uncertain.add((key, column))
 
     def _pair_maker(self) -> None:
         """Same field, both sides, less than a second apart, in random order."""
         period = self.seconds / max(self.pairs_wanted, 1)
-        with pg.connect(self.w.found.campaign_dsn, autocommit=True) as conn:
+        db = CampaignSession(self.w.found.campaign_dsn, self.stop)
+        try:
             while not self.stop.wait(period * self.rng.uniform(0.6, 1.0)):
                 pair = self._pick()
                 if pair is None:
@@ -252,12 +342,14 @@ class Chaos:
                     if side == "crm":
                         self._crm_edit(pair, column, value)
                     else:
-                        self._campaign_edit(conn, pair, column, value)
+                        self._campaign_edit(db, pair, column, value)
                     if side == first:
                         time.sleep(self.rng.uniform(0.0, 0.9))
                 self.report.pairs += 1
                 with self.lock:
                     self.busy.discard(pair[1])
+        finally:
+            db.close()
 
     def _record(self, edit: Edit) -> None:
         with self.lock:
@@ -266,12 +358,33 @@ class Chaos:
     # -- killing --------------------------------------------------------------------------------------------------
     def _kill(self, label: str) -> None:
         child = self.w.supervisor.children[label]
-        os.kill(child.pid, signal.SIGKILL)
+        child.kill()  # SIGKILL; nothing when it has died already (e.g. restarted with all after a broker loss)
         child.wait()
         self.report.kills.append(Kill(label, time.monotonic()))
-        self.log(f"killed {label}")
+        self.log(f"killed {label} at {time.time():.1f}")
+
+    def _strike(self, what: str) -> None:
+        """Kill the embedded broker (it comes back empty) or stop PostgreSQL as a crash would; the supervisor
+        starts them again."""
+        state = self.w.state.resolve()
+        if what == "broker":
+            running = infra.EmbeddedBroker(state).status()
+            assert running, "the embedded broker is not running"
+            os.kill(running["pid"], signal.SIGKILL)
+        elif what == "postgres":
+            infra.EmbeddedPostgres(state).stop(mode="immediate")
+        else:
+            raise ValueError(f"unknown disaster {what!r}")
+        self.report.disasters.append(Disaster(what, time.monotonic()))
+        self.log(f"struck the {what} at {time.time():.1f}")
 
     def _supervise(self) -> None:
+        for disaster in self.report.disasters:
+            if disaster.back_at is None:
+                server = (infra.EmbeddedBroker if disaster.what == "broker" else infra.EmbeddedPostgres)(
+                    self.w.state.resolve())
+                if server.status():
+                    disaster.back_at = time.monotonic()
         for label in self.w.supervisor.check():
             for kill in reversed(self.report.kills):
                 if kill.label == label and kill.restarted_at is None:
@@ -297,8 +410,10 @@ class Chaos:
             self._supervise()
             behind = sum(lag.total(lag.group_lag(self.w.found.bootstrap_servers, g.group, list(g.topics)))[1]
                          for g in groups)
-            settled = settled + 1 if behind == 0 else 0
+            repairing = any(r.repaired_at is None for r in self.w.supervisor.recoveries)  # passes still to come
+            settled = settled + 1 if behind == 0 and not repairing else 0
             if settled >= 10:  # 10 consecutive probes with nothing left: pollers and writers are idle too
+                self.report.caught_up = True
                 break
             time.sleep(0.5)
         self.report.catch_up_seconds = time.monotonic() - started
@@ -320,12 +435,14 @@ class Chaos:
                 continue
             crm_row, row = compared.crm_rows[crm_id], compared.campaign_rows_by_key[key]
             shown = {f: (crm_row.get(_crm_name(mapping, f)), row.get(f)) for f in fields}
+            report.divergent += 1
             problems.append(f"contact {crm_id} / recipient {key} differ (CRM, Campaign): {shown}")
         for what, items in (("missing in Campaign", compared.missing_in_campaign),
                             ("missing in the CRM", compared.missing_in_crm),
                             ("gone from the CRM but linked", compared.gone_from_crm),
                             ("gone from Campaign but linked", compared.gone_from_campaign)):
             unexplained = [i for i in items if i not in explained]
+            report.divergent += len(unexplained)
             if unexplained:
                 problems.append(f"{len(unexplained)} {what}: {unexplained[:10]}")
         self._check_last_edit_wins(compared, explained)
@@ -338,6 +455,13 @@ class Chaos:
         for kill in report.kills:
             if kill.restarted_at is None:
                 problems.append(f"{kill.label} was killed and never restarted")
+        for disaster in report.disasters:
+            if disaster.back_at is None:
+                problems.append(f"the {disaster.what} never came back")
+        if any(d.what == "broker" for d in report.disasters):
+            recoveries = self.w.supervisor.recoveries
+            if not recoveries or recoveries[-1].repaired_at is None:
+                problems.append(f"the broker's loss was not repaired (recoveries: {recoveries})")
 
     def _records_with_rejects(self) -> set:
         """CRM ids and Campaign keys of records with a reject that is not resolved (their difference is known)."""
@@ -366,7 +490,8 @@ class Chaos:
         wrong = []
         for (key, column), edits in by_field.items():
             crm_id = edits[0].crm_id
-            if key in explained or crm_id in explained or key in self.deleted_keys or crm_id in self.deleted_crm:
+            if key in explained or crm_id in explained or key in self.deleted_keys or crm_id in self.deleted_crm \
+                    or (key, column) in self.uncertain:
                 continue
             row = compared.campaign_rows_by_key.get(key)
             if row is None:
@@ -378,7 +503,8 @@ class Chaos:
             final = canonical(row.get(column), kinds[column])
             if final not in [canonical(v, kinds[column]) for v in allowed]:
                 wrong.append(f"recipient {key} {column} = {row.get(column)!r}, last edits "
-                             f"{[(e.side, e.value, round(e.at - last.at, 2)) for e in edits[-3:]]}")
+                             f"{[(e.side, e.value, round(e.at - last.at, 2)) for e in edits[-3:]]}, disasters "
+                             f"{[(d.what, round(d.wall - last.at, 2)) for d in self.report.disasters]}")
         if wrong:
             self.report.problems.append(f"{len(wrong)} fields do not hold their last edit: {wrong[:10]}")
 
@@ -421,8 +547,41 @@ class Chaos:
                 "SELECT email FROM recipients WHERE email IS NOT NULL AND NOT deleted"))
         for side, counts in (("CRM", crm), ("Campaign", campaign)):
             twice = [e for e, n in counts.items() if n > 1]
+            self.report.duplicates += len(twice)
             if twice:
                 self.report.problems.append(f"{len(twice)} emails twice in the {side}: {twice[:5]}")
+
+
+class CampaignSession:
+    """An editor's connection to Campaign that outlives a PostgreSQL restart: `execute` answers True when the
+    statement committed, False when the connection died under it (the outcome is unknown) — then it connects
+    again, waiting for the server as long as the run goes on."""
+
+    def __init__(self, dsn: str, stop: threading.Event) -> None:
+        self.dsn, self.stop = dsn, stop
+        self.conn: Any = None
+
+    def execute(self, statement: str, params: tuple) -> bool:
+        while self.conn is None and not self.stop.is_set():
+            try:
+                self.conn = pg.connect(self.dsn, autocommit=True, application="chaos-editor")
+            except psycopg.OperationalError:
+                self.stop.wait(0.5)
+        if self.conn is None:
+            return False
+        try:
+            self.conn.execute(statement, params)
+            return True
+        except psycopg.OperationalError:
+            self.close()
+            return False
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
 
 
 def _crm_name(mapping: Any, column: str) -> str:

@@ -38,10 +38,11 @@ class World:
 
 
 @contextmanager
-def contacts_pipeline(state: Path, *, contacts: int, recipients: int, shared: int,
+def contacts_pipeline(state: Path, *, contacts: int, recipients: int, shared: int, account: dict | None = None,
                       **mapping: Any) -> Iterator[World]:
     """Seeded and configured; the caller starts `world.supervisor`. Everything is stopped on the way out.
-    `mapping` overrides settings of the contacts mapping (e.g. crm_external_id=None)."""
+    `mapping` overrides settings of the contacts mapping (e.g. crm_external_id=None), `account` settings of the
+    sandbox account (e.g. request_timeout=3)."""
     base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
     found = infra.up(base)
     pg.migrate(found.campaign_dsn)
@@ -51,11 +52,16 @@ def contacts_pipeline(state: Path, *, contacts: int, recipients: int, shared: in
         effective = only_mappings(effective_settings(base, sandbox), ["contacts"])
         if mapping:
             effective = effective.model_copy(update={"mappings": [effective.mappings[0].model_copy(update=mapping)]})
+        if account:
+            name = effective.mappings[0].account
+            effective = effective.model_copy(update={"accounts": {
+                name: effective.accounts[name].model_copy(update=account)}})
         client = clients_for(effective)["salesforce"]
         seed(found.campaign_dsn, recipients, shared_emails=[r["Email"] for page in client.query_all_pages(
             f"SELECT Email FROM Contact ORDER BY Id LIMIT {shared}") for r in page])
         config_file = write_effective_config(effective, found, state / "run" / "crmsync.yaml")
-        supervisor = Supervisor(plan(effective), found, config_file, state / "logs")
+        supervisor = Supervisor(plan(effective), found, config_file, state / "logs", settings=effective,
+                                embedded=base, say=lambda line: print(f"supervisor: {line}"))
         yield World(effective, found, sandbox, supervisor, client, config_file, state)
     finally:
         if supervisor:

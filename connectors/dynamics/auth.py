@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from crmsync.connectors import AccountBase
+from crmsync.connectors import AccountBase, https_url
 
 log = logging.getLogger("crmsync.dynamics.auth")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -94,9 +94,7 @@ class DynamicsAccount(AccountBase):
     @field_validator("url", "authority")
     @classmethod
     def _https(cls, value: str) -> str:
-        if not value.startswith("https://"):
-            raise ValueError(f"{value!r} must be an https:// URL: Dataverse and Entra ID only serve HTTPS")
-        return value.rstrip("/")
+        return https_url(value)  # Dataverse and Entra ID only serve HTTPS
 
     @field_validator("api_version")
     @classmethod

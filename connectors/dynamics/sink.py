@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 
 from prometheus_client import Counter
 
-from crmsync.connectors import SinkOutcome
+from crmsync.connectors import SinkOutcome, plan_commands
 from crmsync.envelope import ApplyCommand
 
 from .client import DataverseApiError, DataverseClient, Operation, Outcome, format_key
@@ -126,14 +126,8 @@ class DynamicsSink:
         self._targets: dict[str, str] = {}  # record id -> table, for polymorphic lookups (kept for this sink)
 
     def apply(self, commands: Sequence[ApplyCommand]) -> list[SinkOutcome]:
-        outcomes: list[SinkOutcome | None] = [None] * len(commands)
-        plans: list[Plan] = []
-        for index, command in enumerate(commands):
-            planned = self._plan(index, command)
-            if isinstance(planned, SinkOutcome):
-                outcomes[index] = planned
-            else:
-                plans.append(planned)
+        refused, plans = plan_commands(commands, self._plan)
+        outcomes: list[SinkOutcome | None] = [refused.get(index) for index in range(len(commands))]
         self._resolve_lookups(plans, outcomes)
         for round_plans in _rounds([p for p in plans if outcomes[p.index] is None]):
             for plan, outcome in self._run_round(round_plans):

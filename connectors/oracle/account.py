@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 
-from crmsync.connectors import AccountBase
+from crmsync.connectors import AccountBase, https_url
 
 from .config import OracleConfig
 
@@ -43,9 +43,7 @@ class OracleAccount(AccountBase):
     @field_validator("url")
     @classmethod
     def _https_only(cls, value: str) -> str:
-        if not value.startswith("https://"):
-            raise ValueError(f"url must start with https:// (Oracle CRM On Demand speaks HTTPS only), got {value!r}")
-        return value.rstrip("/")
+        return https_url(value)  # Oracle CRM On Demand speaks HTTPS only
 
     @field_validator("user_timezone")
     @classmethod

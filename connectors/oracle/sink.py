@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from prometheus_client import Counter
 
-from crmsync.connectors import SinkOutcome
+from crmsync.connectors import SinkOutcome, plan_commands
 from crmsync.envelope import ApplyCommand
 
 from .connection import OracleConnection
@@ -88,14 +88,7 @@ class OracleSink:
         self.echo = echo
 
     def apply(self, commands: Sequence[ApplyCommand]) -> list[SinkOutcome]:
-        outcomes: dict[int, SinkOutcome] = {}
-        plans: list[Planned] = []
-        for index, command in enumerate(commands):
-            planned = self._plan(index, command)
-            if isinstance(planned, SinkOutcome):
-                outcomes[index] = planned
-            else:
-                plans.append(planned)
+        outcomes, plans = plan_commands(commands, self._plan)
         outcomes.update(self._compare_and_set(plans))
         for group in _rounds([p for p in plans if p.index not in outcomes]):
             outcomes.update(self._carry_out(group))

@@ -17,7 +17,7 @@ import re
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from crmsync.connectors import AccountBase, https_url
 
@@ -37,6 +37,8 @@ class SalesforceAccount(AccountBase):
     sandbox: bool = False
     api_version: str = "59.0"
     auth: Literal["oauth", "soap"] = "oauth"
+    request_timeout: float = Field(120.0, gt=0, description="seconds to wait for Salesforce's answer to a call "
+                                   "before it counts as lost and is retried")
     cdc: bool = True
     pubsub_endpoint: str | None = None  # host:port of the Pub/Sub API (gRPC over TLS)
     cdc_objects: list[str] | None = None

@@ -64,9 +64,10 @@ class HttpSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
-def http_session(account: SalesforceAccount, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> HttpSession:
-    """The HTTP session every call of this account goes through: verification on, plus the sandbox CA if set."""
-    session = HttpSession(timeout)
+def http_session(account: SalesforceAccount, timeout: tuple[float, float] | None = None) -> HttpSession:
+    """The HTTP session every call of this account goes through: verification on, plus the sandbox CA if set;
+    answers are awaited `account.request_timeout` seconds unless `timeout` says otherwise."""
+    session = HttpSession(timeout or (DEFAULT_TIMEOUT[0], account.request_timeout))
     session.verify = str(account.ca_file) if account.ca_file else True
     return session
 

@@ -11,6 +11,8 @@ Per group of commands (`SalesforceSink.apply`):
 3. Group the plan by (object, operation), 200 records per call, ``allOrNone=false`` so one bad record never
    blocks the others. Commands for the same record keep their order (a second command for a record flushes what
    is pending first). A group of at least ``bulk_threshold`` records goes through Bulk API 2.0 instead.
+   A call refused as a whole for one record's value (HTTP 400 JSON_PARSER_ERROR: a value of the wrong type for
+   its field) is bisected until the refused records stand alone; the others are applied.
 4. Every record's result becomes an outcome: success (with the record's Id, and whether it was created), or
    Salesforce's statusCode and message.
 
@@ -42,6 +44,10 @@ log = logging.getLogger("crmsync.salesforce.sink")
 
 Kind = Literal["create", "update", "upsert", "delete"]
 IDEMPOTENT_DELETE_CODES = frozenset({"ENTITY_IS_DELETED"})
+# A whole collections request refused (HTTP 400) for what one record holds: Salesforce reads the body into typed
+# sObjects before any record runs, and a value of the wrong type for its field fails the request.
+REFUSED_FOR_A_VALUE = frozenset({"JSON_PARSER_ERROR", "INVALID_TYPE_ON_FIELD_IN_RECORD"})
+BISECT_CALLS = 64  # calls spent finding the refused records of one chunk (4 bad records in 200); then it stops
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,12 @@ class SalesforceSink:
             outcomes.update(results)
         return outcomes
 
-    def _collections(self, chunk: list[Planned]) -> list[tuple[int, SinkOutcome]]:
+    def _collections(self, chunk: list[Planned], budget: list[int] | None = None) -> list[tuple[int, SinkOutcome]]:
+        """One collections call for `chunk`. A call Salesforce refuses as a whole because of one record's value
+        (REFUSED_FOR_A_VALUE) is bisected: each half is sent again until the refused records stand alone, so
+        the others are applied and only those are rejected, with Salesforce's code. One bad record among 200
+        costs at most 2 × 8 more calls; after BISECT_CALLS the records still together are rejected together."""
+        budget = [BISECT_CALLS] if budget is None else budget
         first = chunk[0]
         obj, kind = first.command.object, first.kind
         headers = {"Sforce-Auto-Assign": self.options.auto_assign}
@@ -210,6 +221,12 @@ class SalesforceSink:
             if retry_reason(exc) is not None or not hasattr(exc, "status"):
                 raise  # transient and out of retries, or not Salesforce's answer: retry the whole batch later
             code, message = error_code(exc) or f"HTTP_{exc.status}", error_message(exc)
+            if len(chunk) > 1 and code in REFUSED_FOR_A_VALUE and budget[0] >= 2:
+                budget[0] -= 2
+                log.info("%s refused a call of %d %s records (%s); sending it again in halves to find the record",
+                         obj, len(chunk), kind, code)
+                half = len(chunk) // 2
+                return self._collections(chunk[:half], budget) + self._collections(chunk[half:], budget)
             return [(id(p), _outcome(p, False, code=code, message=message)) for p in chunk]
         return [(id(p), self._result(p, r)) for p, r in zip(chunk, results)]
 

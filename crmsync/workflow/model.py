@@ -12,10 +12,12 @@ from typing import Annotated, Any, Literal, Union
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crmsync.config import Conversion, explain_validation_error, read_yaml_mapping
+from crmsync.config import Conversion, CrmName, Label, SqlName, TableName, explain_validation_error, read_yaml_mapping
 from crmsync import filters
+from crmsync.values import shown
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
+PATH_MAX = 4096  # characters of a file path
 
 
 class WorkflowError(Exception):
@@ -56,16 +58,23 @@ class OrderBy(_Strict):
         return {"field": data} if isinstance(data, str) else data
 
 
+def _file_path(value: str | None) -> str | None:
+    if value is not None and ("\x00" in value or not value.strip() or len(value) > PATH_MAX):
+        raise ValueError(f"{shown(value, 40)} is not a usable file path (1 to {PATH_MAX} characters, no NUL)")
+    return value
+
+
 class _Activity(_Strict):
     name: str
-    label: str | None = None
+    label: Label | None = None
     then: Then = Field(default_factory=Then)
 
     @field_validator("name")
     @classmethod
     def _name_form(cls, value: str) -> str:
         if not NAME_RE.match(value):
-            raise ValueError(f"{value!r}: activity names start with a letter and use letters, digits, - and _")
+            raise ValueError(f"{shown(value, 40)}: activity names start with a letter and use letters, digits, - "
+                             "and _ (at most 100)")
         return value
 
 
@@ -79,8 +88,8 @@ class QueryActivity(_Activity):
     """Rows of a Campaign table, filtered (bound parameters only)."""
 
     type: Literal["query"]
-    table: str
-    columns: list[str] | None = None
+    table: TableName
+    columns: list[SqlName] | None = None
     where: Any = None
     order_by: list[OrderBy] = Field(default_factory=list)
     limit: int | None = Field(None, ge=1)
@@ -104,8 +113,8 @@ class CrmField(_Strict):
 class ExportField(_Strict):
     """Campaign column (of the inbound rows) → CRM field, with a conversion."""
 
-    campaign: str
-    crm: str
+    campaign: SqlName
+    crm: CrmName
     conversion: Conversion = "default"
 
 
@@ -123,7 +132,7 @@ class CrmActivity(_Activity):
     type: Literal["crm"]
     operation: Literal["import", "export", "import-deleted", "delete"]
     account: str | None = None  # default: the workflow's account
-    object: str
+    object: CrmName
     # import
     fields: list[CrmField] = Field(default_factory=list)
     filter: Any = None
@@ -134,10 +143,10 @@ class CrmActivity(_Activity):
     publish: bool = True  # an import is a backfill of the CRM change topic
     # export
     mapping: list[ExportField] = Field(default_factory=list)
-    key: str = "id"  # Campaign key column: sent as the external id, journal key
-    crm_id: str = "crm_id"  # column holding the CRM id: update when set, insert otherwise
-    external_id: str | None = None  # CRM field holding the Campaign key; default: the connector's
-    write_back: str | None = None  # Campaign table whose rows get the new CRM ids (crm_account, crm_id)
+    key: SqlName = "id"  # Campaign key column: sent as the external id, journal key
+    crm_id: SqlName = "crm_id"  # column holding the CRM id: update when set, insert otherwise
+    external_id: CrmName | None = None  # CRM field holding the Campaign key; default: the connector's
+    write_back: TableName | None = None  # Campaign table whose rows get the new CRM ids (crm_account, crm_id)
     batch: bool = False  # Bulk API 2.0 instead of sObject Collections
     batch_size: int = Field(200, ge=1, le=200)
     assignment_rule: str = "none"  # none | default | <AssignmentRule id>
@@ -151,13 +160,7 @@ class CrmActivity(_Activity):
     rejection_file: str | None = None
 
     _check_filter = field_validator("filter")(classmethod(lambda cls, v: _checked_filter(v, "filter")))
-
-    @field_validator("object")
-    @classmethod
-    def _object_name(cls, value: str) -> str:
-        if not filters.FIELD_RE.match(value):
-            raise ValueError(f"{value!r} is not an object name (e.g. Contact, Lead, My_Object__c)")
-        return value
+    _check_file = field_validator("rejection_file")(classmethod(lambda cls, v: _file_path(v)))
 
     @model_validator(mode="after")
     def _operation_needs(self) -> "CrmActivity":
@@ -252,8 +255,8 @@ ACTIVITY_TYPES = ("query", "crm", "enrich", "reconcile", "deduplicate", "update-
 
 
 class Workflow(_Strict):
-    name: str
-    label: str | None = None
+    name: Label
+    label: Label | None = None
     account: str = "salesforce"  # default CRM account of crm activities
     schedule: str | None = None  # cron expression, honoured by `crmsync run`
     activities: list[Activity] = Field(min_length=1)
@@ -262,7 +265,7 @@ class Workflow(_Strict):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None and not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month weekday, "
+            raise ValueError(f"{shown(value, 40)} is not a cron expression (five fields: minute hour day month weekday, "
                              "e.g. '*/15 * * * *')")
         return value
 

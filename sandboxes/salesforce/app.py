@@ -159,7 +159,8 @@ async def api_entry(request: Request) -> Response:
     body = await request.body()
     decision = sandbox.faults.decide()
     if decision.delay:
-        await asyncio.sleep(decision.delay)
+        sandbox.stats.faults["slow"] += 1  # a stall before the request is carried out (past a client's timeout:
+        await asyncio.sleep(decision.delay)  # its answer is lost, the write still happens)
     call = Call(sandbox=sandbox, method=request.method, path="/" + request.path_params.get("rest", ""),
                 raw_path=_raw_rest(request, version), query=dict(request.query_params),
                 headers={k.lower(): v for k, v in request.headers.items()}, body=body, version=version[1:],

@@ -6,12 +6,22 @@ order, whatever happened to each record; per-record errors use `statusCode` (not
 ALL_OR_NONE_OPERATION_ROLLED_BACK. Each record runs in its own savepoint inside one transaction, which gives
 both behaviours from the same loop.
 
+Before any record runs, the request body is read into typed sObjects, as Salesforce does: a value its field's
+type cannot hold (text in a date or number field, an object or array where a value belongs) refuses the *whole*
+request with HTTP 400 JSON_PARSER_ERROR, "Cannot deserialize instance of date from VALUE_STRING value
+2024-02-30 or request may be missing a required field at [line:1, column:N]", and no record is processed
+("If the request isn't well formed, the API returns a 400 Bad Request HTTP Status",
+https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_composite_sobjects_collections_update.htm;
+the message is Salesforce's own deserialization error). Everything else — a too-long string, a validation rule,
+a duplicate — is decided per record.
+
 `composite/batch` runs up to 25 sub-requests through the normal dispatcher (sub-request URLs may be
 `/services/data/vXX.X/...` or `vXX.X/...`) and counts as one API request.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -19,7 +29,7 @@ from starlette.responses import Response
 
 from .context import Call, json_response
 from .errors import SalesforceError
-from .encoding import normalize_id
+from .encoding import coerce, normalize_id
 from .store import WriteResult
 
 MAX_RECORDS = 200
@@ -40,7 +50,7 @@ def collections_create(call: Call) -> Response:
         result = call.sandbox.store.create(object_name, record, user_id=call.user_id, auto_assign=assign)
         return {"id": result.id, "success": True, "errors": []}, (object_name, "create", result)
 
-    return _run(call, _records(body), bool(body.get("allOrNone")), create, id_of=lambda r: None)
+    return _run(call, _deserialized(call, _records(body)), bool(body.get("allOrNone")), create, id_of=lambda r: None)
 
 
 def collections_update(call: Call) -> Response:
@@ -53,7 +63,7 @@ def collections_update(call: Call) -> Response:
         result = call.sandbox.store.update(object_name, rid, values, user_id=call.user_id, auto_assign=assign)
         return {"id": result.id, "success": True, "errors": []}, (object_name, "update", result)
 
-    return _run(call, _records(body), bool(body.get("allOrNone")), update,
+    return _run(call, _deserialized(call, _records(body)), bool(body.get("allOrNone")), update,
                 id_of=lambda r: r.get("id") if isinstance(r, dict) else None)
 
 
@@ -94,7 +104,8 @@ def collections_upsert(call: Call) -> Response:
         return ({"id": result.id, "success": True, "errors": [], "created": result.created},
                 (obj.name, "upsert", result))
 
-    return _run(call, _records(body), bool(body.get("allOrNone")), upsert, id_of=lambda r: None)
+    return _run(call, _deserialized(call, _records(body), obj.name), bool(body.get("allOrNone")), upsert,
+                id_of=lambda r: None)
 
 
 def _run(call: Call, items: list[Any], all_or_none: bool, operation: RecordOp,
@@ -139,6 +150,54 @@ def _records(body: dict[str, Any]) -> list[Any]:
         raise SalesforceError("JSON_PARSER_ERROR", "records: a non-empty array of sObjects is required")
     _check_size(records)
     return records
+
+
+def _deserialized(call: Call, records: list[Any], default_type: str | None = None) -> list[Any]:
+    """`records`, once every value of a known field has a JSON type its field can take; otherwise the whole
+    request is refused (JSON_PARSER_ERROR, with where the value is in the body). Unknown types and fields, and
+    relationship values ({"Account": {"Key__c": …}}), are left to the per-record checks."""
+    model = call.sandbox.model
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            continue
+        attributes = record.get("attributes")
+        obj = model.object((attributes.get("type") if isinstance(attributes, dict) else None) or default_type or "")
+        if obj is None:
+            continue
+        for key, value in record.items():
+            field = obj.field(key) if key != "attributes" and key.lower() != "id" else None
+            if field is None or _relationship_value(value):
+                continue
+            try:
+                coerce(field, value, csv=False)
+            except SalesforceError as exc:
+                if exc.code != "JSON_PARSER_ERROR":
+                    raise
+                line, column = _position(call.body, index, key)
+                raise SalesforceError("JSON_PARSER_ERROR", f"{exc.message} at [line:{line}, column:{column}]") from None
+    return records
+
+
+def _relationship_value(value: Any) -> bool:
+    return isinstance(value, dict) and len([k for k in value if k != "attributes"]) == 1
+
+
+def _position(body: bytes, index: int, key: str) -> tuple[int, int]:
+    """Line and column (1-based) just after the value of `key` in record `index` of the body's `records`
+    array, where Salesforce's parser stops; (1, 1) when the body cannot be walked."""
+    text, decoder = body.decode("utf-8", "replace"), json.JSONDecoder()
+    try:
+        start = re.search(r'"records"\s*:\s*\[', text)
+        position = start.end() if start else 0
+        for _ in range(index + 1):
+            position = len(text) - len(text[position:].lstrip(" \t\r\n,"))
+            record_start = position
+            _, position = decoder.raw_decode(text, position)
+        found = re.compile(re.escape(json.dumps(key)) + r"\s*:\s*").search(text, record_start, position)
+        _, end = decoder.raw_decode(text, found.end()) if found else (None, record_start)
+    except (ValueError, AttributeError):
+        return 1, 1
+    return text.count("\n", 0, end) + 1, end - text.rfind("\n", 0, end)
 
 
 def _check_size(items: list[Any]) -> None:

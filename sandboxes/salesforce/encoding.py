@@ -102,8 +102,24 @@ def coerce(f: FieldDef, value: Any, csv: bool) -> Any:
             raise SalesforceError("INVALID_TYPE_ON_FIELD_IN_RECORD",
                                   f"{f.label}: value not of required type: {value}", [f.name]) from None
         raise SalesforceError("JSON_PARSER_ERROR", f"Cannot deserialize instance of {f.type} from "
-                              f"{type(value).__name__} value {value} or request may be missing a required field",
+                              f"{json_token(value)} or request may be missing a required field",
                               [f.name]) from None
+
+
+def json_token(value: Any) -> str:
+    """How Salesforce's JSON parser (Jackson) names the token it could not deserialize: `VALUE_STRING value
+    abc`, `VALUE_NUMBER_INT value 7`, `START_OBJECT value {`."""
+    if isinstance(value, dict):
+        return "START_OBJECT value {"
+    if isinstance(value, list):
+        return "START_ARRAY value ["
+    if isinstance(value, bool):
+        return f"VALUE_{str(value).upper()} value {str(value).lower()}"
+    if isinstance(value, int):
+        return f"VALUE_NUMBER_INT value {value}"
+    if isinstance(value, float):
+        return f"VALUE_NUMBER_FLOAT value {value}"
+    return f"VALUE_STRING value {value}"
 
 
 def _coerce_value(f: FieldDef, value: Any, csv: bool) -> Any:

@@ -37,7 +37,7 @@ Command semantics (what the stream processors send):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from psycopg import sql
@@ -59,6 +59,8 @@ class Planned:
     identities: tuple[str, ...]  # every way it names its row (key and CRM link): one per statement
     shape: tuple
     row: dict[str, Any]  # keys k (key), a/o/x (CRM link), vI (value I), vIa/vIx (reference I), eI (expected I)
+    refused: dict[str, str] = field(default_factory=dict)  # columns left out of `command` (as sent) -> why
+    sent: ApplyCommand | None = None  # the command as it came, when `refused` columns were taken out of it
 
 
 @dataclass

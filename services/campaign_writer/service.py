@@ -21,6 +21,12 @@ Per batch (up to 2,000 commands from ``topics.apply('campaign', <campaign>, <tab
    others land. A command whose ``$ref`` parent is missing *waits* (status 'waiting', PARENT_NOT_FOUND).
 4. The rejects ledger is written in the same transaction; commands of a record that still has an open reject
    wait behind it (WAITING_FOR_EARLIER), so a record's commands never overtake each other, even across retries.
+   A value its column cannot hold (a data exception, SQLSTATE class 22: too long, out of range, not a date; or
+   a number with more decimals than the column keeps, which PostgreSQL would round silently) is the value's
+   fault, not the record's: the command is applied without that column, the column becomes a reject of its own
+   (`<id>#refused`, CRMSYNC_INVALID_VALUE), and such rejects are abandoned at once — the same value fails the
+   same way until someone fixes it or the schema (then `crmsync rejects retry`) — so they never hold back the
+   record's later commands.
 5. Commit; publish the rejects and wait for the broker; only then does `run` commit the Kafka offsets. A crash
    anywhere replays the batch, and replaying changes nothing (every statement writes only what differs).
 
@@ -36,8 +42,9 @@ import signal
 import threading
 import time
 from collections import Counter as Tally
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Callable, Collection, Iterator, Sequence
 
 import psycopg
@@ -51,17 +58,21 @@ from crmsync.envelope import ApplyCommand, Reject
 from crmsync.infra import Endpoints
 from crmsync.rejects import PARENT_NOT_FOUND, WAITING_FOR_EARLIER, RetryLoop, RetryPolicy, decode_commands
 from crmsync.catalog import Catalog
-from services.campaign_writer.plan import Invalid, Planned, Planner, command_record_key, describe_value
+from services.campaign_writer.plan import (LINK_COLUMNS, Invalid, Planned, Planner, command_record_key,
+                                           describe_value)
 
 log = logging.getLogger("crmsync.campaign_writer")
 
 STAGE = "writer-campaign"
+INVALID_VALUE = "CRMSYNC_INVALID_VALUE"  # the columns of a command that were left out (code shared with the CRM writer)
 PARENT_MISSING_SQLSTATE = "CS404"  # raised by crmsync.missing_parent (migration 003)
 # Not the record's fault, so the whole batch is tried again instead of rejecting anything: connection trouble,
 # deadlocks, serialization failures, shutdowns, resource limits, and statement errors (class 42: a schema that
 # changed under us, a missing migration, a missing privilege). Data errors (22, 23) are the record's.
 SYSTEMIC_SQLSTATE_CLASSES = ("08", "40", "42", "53", "55", "57", "58", "XX")
-NOT_RETRYABLE = frozenset({"CRMSYNC_BAD_COMMAND", "CRMSYNC_WRONG_TARGET", "CRMSYNC_BAD_TABLE"})
+NOT_RETRYABLE = frozenset({"CRMSYNC_BAD_COMMAND", "CRMSYNC_WRONG_TARGET", "CRMSYNC_BAD_TABLE", INVALID_VALUE})
+DATA_EXCEPTION_CLASS = "22"  # a value the column cannot hold: retrying the same value cannot help
+_NUMERIC_SCALE = re.compile(r"numeric\(\s*\d+\s*,\s*(\d+)\s*\)")
 _SEPARATOR = chr(31)  # ASCII unit separator: never part of a command id or record key
 
 APPLIED = Counter("crmsync_writer_applied_total", "Apply commands carried out", ["writer", "table", "action"])
@@ -111,9 +122,11 @@ class Outcome:
     created: bool = False
     code: str | None = None  # None: applied
     reason: str = ""
-    status: str = "pending"  # for a reject: 'pending' or 'waiting'
+    status: str = "pending"  # for a reject: 'pending', 'waiting', or 'abandoned' (retrying cannot help)
     duplicate: bool = False
     superseded: list[str] = field(default_factory=list)  # compare-and-set columns a user changed meanwhile
+    refused: dict[str, str] = field(default_factory=dict)  # columns left out of the applied command -> why
+    sent: ApplyCommand | None = None  # the command as it came, when columns were left out
 
     @property
     def ok(self) -> bool:
@@ -307,7 +320,13 @@ class CampaignWriter:
                 return Invalid(command, command_record_key(command), "CRMSYNC_WRONG_TARGET",
                                f"command for {command.side}/{command.target} reached the Campaign writer of "
                                f"{self.name}")
-            return self.planner.plan(command)
+            planned = self.planner.plan(command)
+            inexact = self._inexact_numbers(planned) if isinstance(planned, Planned) else {}
+            if not inexact:
+                return planned
+            return self._without(planned, inexact) or Invalid(
+                command, planned.record_key, INVALID_VALUE,
+                "; ".join(f'column "{c}": {why}' for c, why in inexact.items()))
         except (AttributeError, TypeError, ValueError) as exc:  # e.g. `values` that is not an object
             return Invalid(command, f"{command.object}|id|{command.id}", "CRMSYNC_BAD_COMMAND",
                            f"malformed apply command: {exc}")
@@ -444,14 +463,53 @@ class CampaignWriter:
         except psycopg.Error as exc:
             if _systemic(exc):
                 raise
+            if (exc.sqlstate or "").startswith(DATA_EXCEPTION_CLASS):
+                bad = [exc.diag.column_name] if exc.diag.column_name else self._columns_with_bad_input(plan)
+                why = f"{_sqlstate_name(exc.sqlstate)}: {exc.diag.message_primary or str(exc).strip()}"
+                rest = self._without(plan, {c: why for c in bad if c in (plan.command.values or {})})
+                if rest is not None:
+                    return self._run_one(rest)  # fewer columns each time: ends
             return self._failure(plan, exc)
         return self._outcome(plan, row[1:4] if row else None)
+
+    def _without(self, plan: Planned, refused: dict[str, str]) -> Planned | None:
+        """The plan of `plan`'s command without the `refused` columns (kept on the plan, with the command as
+        sent); None when nothing would be left to write or the rest cannot run."""
+        values = plan.command.values or {}
+        rest = {c: v for c, v in values.items() if c not in refused}
+        if not refused or not rest or rest.keys() <= set(LINK_COLUMNS):
+            return None
+        expect = {c: v for c, v in (plan.command.expect or {}).items() if c not in refused} or None
+        planned = self.planner.plan(replace(plan.command, values=rest, expect=expect))
+        if not isinstance(planned, Planned):
+            return None
+        planned.refused = {**plan.refused, **refused}
+        planned.sent = plan.sent or plan.command
+        return planned
+
+    def _inexact_numbers(self, plan: Planned) -> dict[str, str]:
+        """Columns given a number with more decimals than their numeric(p, s) keeps (PostgreSQL would round it
+        and the two sides would differ for good) -> why."""
+        table = self.catalog.table(plan.table)
+        found = {}
+        for column, value in (plan.command.values or {}).items():
+            scale = _NUMERIC_SCALE.fullmatch(table.full_types.get(column, "")) if table else None
+            if scale is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                continue
+            try:
+                number = Decimal(str(value))
+            except InvalidOperation:
+                continue  # not a number at all: PostgreSQL says so (a data exception)
+            if number.is_finite() and number != number.quantize(Decimal(1).scaleb(-int(scale[1])), ROUND_HALF_EVEN):
+                found[column] = (f"{describe_value(value)} has more decimals than {table.full_types[column]} keeps "
+                                 f"({scale[1]}); it would be rounded: round it at the source or widen the column")
+        return found
 
     def _outcome(self, plan: Planned, row: tuple | None) -> Outcome:
         command = plan.command
         if row is not None:
             return Outcome(command, plan.record_key, campaign_key=row[0], created=bool(row[1]),
-                           superseded=list(row[2] or ()))
+                           superseded=list(row[2] or ()), refused=plan.refused, sent=plan.sent)
         if plan.kind == "delete":  # already gone: deleting is idempotent
             return Outcome(command, plan.record_key, campaign_key=plan.row.get("k"))
         return Outcome(command, plan.record_key, code="NOT_FOUND",
@@ -461,8 +519,11 @@ class CampaignWriter:
         if exc.sqlstate == PARENT_MISSING_SQLSTATE:
             return Outcome(plan.command, plan.record_key, code=PARENT_NOT_FOUND, status="waiting",
                            reason=exc.diag.message_primary or str(exc))
-        return Outcome(plan.command, plan.record_key, code=_sqlstate_name(exc.sqlstate),
-                       reason=self._reason(plan, exc))
+        sent = plan.sent or plan.command
+        refused = "".join(f'; column "{c}" left out before: {why}' for c, why in plan.refused.items())
+        return Outcome(sent, plan.record_key, code=_sqlstate_name(exc.sqlstate),
+                       reason=self._reason(plan, exc) + refused,
+                       status="abandoned" if (exc.sqlstate or "").startswith(DATA_EXCEPTION_CLASS) else "pending")
 
     def _reason(self, plan: Planned, exc: psycopg.Error) -> str:
         """PostgreSQL's message, plus the column(s) and value(s) it is about when PostgreSQL does not say."""
@@ -518,6 +579,10 @@ class CampaignWriter:
                              command.id, command.object, outcome.campaign_key, ", ".join(outcome.superseded))
                 if command.id in queues.had_open_row:
                     resolved.append(command.id)
+                if outcome.refused:
+                    left_out, reject = self._refused_columns(outcome)
+                    result.rejects.append(reject)
+                    entries.append(rejects.Entry(reject, left_out, "abandoned", None, outcome.record_key))
             else:
                 reject = self._reject(outcome)
                 (result.waiting if outcome.status == "waiting" else result.rejects).append(reject)
@@ -535,10 +600,21 @@ class CampaignWriter:
         with backoff, or — when retrying the same command cannot help — abandoned at once (still listed, and
         `rejects retry` can still requeue it). Only open rows hold back the later commands of their record."""
         command = outcome.command
-        if outcome.code in NOT_RETRYABLE:
+        if outcome.code in NOT_RETRYABLE or outcome.status == "abandoned":
             return rejects.Entry(reject, command, "abandoned", None, outcome.record_key)
         retry_in = 0.0 if outcome.code == WAITING_FOR_EARLIER else self.policy.delay(command.attempt)
         return rejects.Entry(reject, command, outcome.status, retry_in, outcome.record_key)
+
+    def _refused_columns(self, outcome: Outcome) -> tuple[ApplyCommand, Reject]:
+        """The columns left out of an applied command, as a command of their own (abandoned: fixed by a person,
+        then `crmsync rejects retry`)."""
+        sent = outcome.sent or outcome.command
+        command = replace(sent, id=f"{sent.id}#refused",
+                          values={c: v for c, v in (sent.values or {}).items() if c in outcome.refused},
+                          expect={c: v for c, v in (sent.expect or {}).items() if c in outcome.refused} or None)
+        reason = "; ".join(f'column "{c}": {why}' for c, why in outcome.refused.items())
+        log.info("command %s for %s: written without %s", sent.id, sent.object, ", ".join(outcome.refused))
+        return command, self._reject(Outcome(command, outcome.record_key, code=INVALID_VALUE, reason=reason))
 
     def _reject(self, outcome: Outcome) -> Reject:
         command = outcome.command

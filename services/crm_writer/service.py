@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
+import psycopg
 from confluent_kafka import Consumer, Message
 from prometheus_client import Counter
 
@@ -94,6 +95,7 @@ class CrmWriter:
         kafka.ensure_topics(bootstrap_servers, names, partitions, replication_factor)
         self.producer = kafka.producer(bootstrap_servers)
         self.tracker = kafka.DeliveryTracker()
+        self.dsn = dsn
         self.conn = pg.connect(dsn, autocommit=True, application=f"crmsync-writer-{account_name}")
         self.retry_policy = crm_rejects.DEFAULT_POLICY
         self.retry_loop = crm_rejects.RetryLoop(dsn, self.producer, policy=self.retry_policy, stage=STAGE,
@@ -164,9 +166,20 @@ class CrmWriter:
             except Exception:
                 log.exception("batch for %s failed; it will be consumed again", self.account_name)
                 self._rewind()
+                self._reconnect_if_lost()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 60.0)
         self.close()
+
+    def _reconnect_if_lost(self) -> None:
+        """A database connection lost (PostgreSQL restarted, the connection cut) is made again; retrying on the
+        dead one would fail every batch forever. If the server is still away, the next failure tries again."""
+        if not (self.conn.closed or self.conn.broken):
+            return
+        try:
+            self.conn = pg.connect(self.dsn, autocommit=True, application=f"crmsync-writer-{self.account_name}")
+        except psycopg.OperationalError as exc:
+            log.warning("the database is not reachable yet (%s); trying again with the next batch", exc)
 
     def _rewind(self) -> None:
         """Drop the consumer so the next one resumes from the last committed offsets."""

@@ -55,7 +55,7 @@ def select(table: Table, columns: list[str], activity: QueryActivity) -> tuple[s
     if activity.where is not None:
         node = filters.parse(activity.where, "where")
         check_columns(table, [c.field for c in filters.conditions(node)], "where")
-        statement += sql.SQL(" WHERE ") + where_sql(node, params)
+        statement += sql.SQL(" WHERE ") + where_sql(node, params, table.columns)
     if activity.order_by:
         check_columns(table, [o.field for o in activity.order_by], "order_by")
         statement += sql.SQL(" ORDER BY ") + sql.SQL(", ").join(
@@ -66,20 +66,27 @@ def select(table: Table, columns: list[str], activity: QueryActivity) -> tuple[s
     return statement, params
 
 
-def where_sql(node: Node, params: list[Any]) -> sql.Composable:
-    """The tree as SQL; values are appended to `params` (placeholders only in the text)."""
+def where_sql(node: Node, params: list[Any], types: dict[str, str] | None = None) -> sql.Composable:
+    """The tree as SQL; values are appended to `params` (placeholders only in the text). With the columns' `types`
+    (Catalog), a value that cannot be compared with its column (a date that is no date, text for a number) is
+    refused here with its place, instead of failing inside PostgreSQL."""
+    return _where(node, params, types or {}, "where")
+
+
+def _where(node: Node, params: list[Any], types: dict[str, str], path: str) -> sql.Composable:
     if isinstance(node, Group):
-        joined = sql.SQL(f" {node.logic.upper()} ").join(where_sql(item, params) for item in node.items)
+        joined = sql.SQL(f" {node.logic.upper()} ").join(
+            _where(item, params, types, f"{path}.{node.logic}[{i}]") for i, item in enumerate(node.items))
         return sql.SQL("({})").format(joined)
-    return _condition(node, params)
+    return _condition(node, params, types.get(node.field, ""), path)
 
 
-def _condition(cond: Condition, params: list[Any]) -> sql.Composable:
+def _condition(cond: Condition, params: list[Any], pg_type: str, path: str) -> sql.Composable:
     column = sql.Identifier(cond.field)
     if cond.op in filters.NULL_OPS:
         return sql.SQL("{} IS NULL" if cond.op == "is empty" else "{} IS NOT NULL").format(column)
     if cond.op in ("in", "not in"):
-        params.append(list(cond.value))
+        params.append([_operand(v, cond, pg_type, path) for v in cond.value])
         return sql.SQL("{} = ANY(%s)" if cond.op == "in" else "NOT ({} = ANY(%s))").format(column)
     if cond.op in filters.STRING_OPS:
         text = str(cond.value)
@@ -88,8 +95,29 @@ def _condition(cond: Condition, params: list[Any]) -> sql.Composable:
             text = {"contains": f"%{text}%", "starts with": f"{text}%", "ends with": f"%{text}"}[cond.op]
         params.append(text)
         return sql.SQL("{}::text ILIKE %s").format(column)
-    value = cond.value
-    if cond.op in filters.DATE_OPS:
-        value = filters.parse_moment(value)
-    params.append(value)
+    if cond.op in filters.DATE_OPS and pg_type and not _is_temporal(pg_type):
+        raise filters.FilterError(f"{path}.op", f"'{cond.op}' compares dates, but {cond.field} is a {pg_type} column")
+    params.append(_operand(cond.value, cond, pg_type or ("date" if cond.op in filters.DATE_OPS else ""), path))
     return sql.SQL("{} " + _COMPARE[cond.op] + " %s").format(column)
+
+
+_TEMPORAL = ("date", "timestamp", "timestamptz")
+_NUMERIC = ("int2", "int4", "int8", "numeric", "float4", "float8")
+
+
+def _is_temporal(pg_type: str) -> bool:
+    return pg_type.rsplit(".", 1)[-1] in _TEMPORAL
+
+
+def _operand(value: Any, cond: Condition, pg_type: str, path: str) -> Any:
+    """`value` as its column can compare it: dates parsed (ISO 8601 or the seed's forms), numbers checked."""
+    name = pg_type.rsplit(".", 1)[-1]
+    if name in _TEMPORAL:
+        try:
+            return filters.parse_moment(value)
+        except ValueError as exc:
+            raise filters.FilterError(f"{path}.value", f"{cond.field} is a {name} column: {exc}") from None
+    if name in _NUMERIC and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise filters.FilterError(f"{path}.value", f"{cond.field} is a {name} column: the value must be a number, "
+                                                   f"got {filters.shown(value)}")
+    return value
