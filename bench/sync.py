@@ -675,7 +675,8 @@ def import_backfill(root: Path, name: str, n: int, console: Console, *, workers:
     return result
 
 
-def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False, account: dict | None = None) -> dict:
+def export_backfill(root: Path, n: int, console: Console, *, raw: bool = False,
+                    account: dict | None = None) -> dict:
     """N recipients (N/5 organisations, N/2 purchases) in Campaign, an empty CRM, the shipped mappings: from
     starting the services until the CRM holds every one of them. With `raw`, the Campaign read alone first.
     `account`: settings of the sandbox account to change (e.g. {"cdc": False}: the poller polls)."""

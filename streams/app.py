@@ -10,8 +10,8 @@ re-decides the same commands (or finds them decided: stale changes are skipped).
 
 faust-streaming hosts the worker (the design card's stream processor): `crmsync service streams` runs a faust
 worker — process lifecycle, signals, logging, timers — whose app starts the hot path as a service of its own
-(`HotPath`: StreamsWorker's take-decide-commit loop in a thread). The hot path does not go through faust agents: an agent costs Python work per event (its stream, its
-acking, aiokafka's decoding) — measured ~3,700 events/s per worker, below every other stage — while librdkafka
+(`HotPath`: StreamsWorker's take-decide-commit loop in a thread). The hot path does not go through faust
+agents: an agent costs Python work per event (its stream, its acking, aiokafka's decoding) — measured ~3,700 events/s per worker, below every other stage — while librdkafka
 fetches and decompresses in C and hands over a whole take in one call. The faust app opens no Kafka client of
 its own (`HostApp`: `producer_only`, producer off): it joins no consumer group, so it cannot mix its assignor
 into `crmsync-streams`; its timers and services start at once instead of waiting for a table recovery that never
@@ -123,9 +123,9 @@ class BatchHandler:
 
     def handle(self, changes: list[Change], partitions: dict[str, int] | None = None) -> Decisions:
         """Decide `changes` in one transaction (the agent hands them over in slices of about
-        MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages). `partitions`: the
-        change topic partition each change (by id) was consumed from, kept with the changes it defers. A deadlock or
-        serialization failure is retried here, from scratch: nothing is published before the database work is
+        MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages). `partitions`:
+        the change topic partition each change (by id) was consumed from, kept with the changes it defers. A
+        deadlock or serialization failure is retried here, from scratch: nothing is published before the database work is
         done, so a rolled-back attempt has told nobody anything."""
         for attempt in range(1, LOCK_RETRIES + 1):
             try:
