@@ -11,8 +11,9 @@ re-decides the same commands (or finds them decided: stale changes are skipped).
 faust-streaming hosts the worker (the design card's stream processor): `crmsync service streams` runs a faust
 worker — process lifecycle, signals, logging, timers — whose app starts the hot path as a service of its own
 (`HotPath`: StreamsWorker's take-decide-commit loop in a thread). The hot path does not go through faust
-agents: an agent costs Python work per event (its stream, its acking, aiokafka's decoding) — measured ~3,700 events/s per worker, below every other stage — while librdkafka
-fetches and decompresses in C and hands over a whole take in one call. The faust app opens no Kafka client of
+agents: an agent costs Python work per event (its stream, its acking, aiokafka's decoding) — measured ~3,700
+events/s per worker, below every other stage — while librdkafka fetches and decompresses in C and hands over a
+whole take in one call. The faust app opens no Kafka client of
 its own (`HostApp`: `producer_only`, producer off): it joins no consumer group, so it cannot mix its assignor
 into `crmsync-streams`; its timers and services start at once instead of waiting for a table recovery that never
 comes; and all Kafka traffic goes through crmsync/kafka.py with the configured security settings. See
