@@ -126,8 +126,8 @@ class BatchHandler:
         """Decide `changes` in one transaction (the agent hands them over in slices of about
         MAX_CHANGES_PER_TRANSACTION: bounded memory and lock time even for backfill messages). `partitions`:
         the change topic partition each change (by id) was consumed from, kept with the changes it defers. A
-        deadlock or serialization failure is retried here, from scratch: nothing is published before the database work is
-        done, so a rolled-back attempt has told nobody anything."""
+        deadlock or serialization failure is retried here, from scratch: nothing is published before the
+        database work is done, so a rolled-back attempt has told nobody anything."""
         for attempt in range(1, LOCK_RETRIES + 1):
             try:
                 return self._decide_and_publish(changes, partitions or {})
