@@ -389,6 +389,10 @@ class Connector(Protocol):
     stamp_resolution: ClassVar[float]  # seconds one modification stamp stands for: 0.001 (ms), 1.0 (whole seconds)
     deleted_flag: ClassVar[str | None]  # field marking a deleted record a query may return (None: never returned)
     multi_select_separator: ClassVar[str]  # how the API writes a multi-select value ('a;b': ";")
+    # The CRM's error codes for a value it can never take as it is (too long, not an email, not in a restricted
+    # picklist): retrying the same command cannot help, so its reject is abandoned at once instead of retried for
+    # minutes while the record's later edits wait behind it; `crmsync rejects retry` still requeues it by hand.
+    value_error_codes: ClassVar[frozenset[str]]
     objects: ClassVar[dict[str, str]]  # the seed objects: "contacts" | "accounts" | "opportunities" -> object name
     # Optional: the change-source modes the connector offers, polling first ("poll", then push modes such as
     # Salesforce's "cdc"); `change_source(..., mode=...)` picks one. Without it a connector has one mode.

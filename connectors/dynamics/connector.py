@@ -99,6 +99,8 @@ class DynamicsConnector:
     stamp_resolution: ClassVar[float] = 1.0  # modifiedon is stamped to the second
     deleted_flag: ClassVar[str | None] = None  # a Web API query never returns a deleted row
     multi_select_separator: ClassVar[str] = ","  # multi-select choices are written "1,2,3"
+    # validation (e.g. a string over MaxLength), a choice value not in the option set, a payload of the wrong type
+    value_error_codes: ClassVar[frozenset[str]] = frozenset({"0x80044331", "0x8004431a", "0x80048d19"})
     objects: ClassVar[dict[str, str]] = {"contacts": "contact", "accounts": "account",
                                          "opportunities": "opportunity"}
 

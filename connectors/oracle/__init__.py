@@ -41,6 +41,8 @@ class OracleConnector:
     stamp_resolution: ClassVar[float] = 1.0  # ModifiedDate is stamped to the second
     deleted_flag: ClassVar[str | None] = "IsDeleted"  # records(include_deleted=True): Deleted Items carry it true
     multi_select_separator: ClassVar[str] = ";"  # multi-select picklist values as one string, "a;b"
+    # a value not in a bounded picklist, longer than the field, not valid for the field's type
+    value_error_codes: ClassVar[frozenset[str]] = frozenset({"SBL-DAT-00225", "SBL-DAT-00235", "SBL-DAT-00359"})
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
 
     def client(self, account_name: str, account: AccountBase) -> OracleConnection:

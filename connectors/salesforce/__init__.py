@@ -37,6 +37,9 @@ class SalesforceConnector:
     stamp_resolution: ClassVar[float] = 0.001  # SystemModstamp has milliseconds
     deleted_flag: ClassVar[str | None] = "IsDeleted"  # set on records queryAll returns from the recycle bin
     multi_select_separator: ClassVar[str] = ";"
+    value_error_codes: ClassVar[frozenset[str]] = frozenset({
+        "STRING_TOO_LONG", "INVALID_EMAIL_ADDRESS", "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        "INVALID_TYPE_ON_FIELD_IN_RECORD", "JSON_PARSER_ERROR", "NUMBER_OUTSIDE_VALID_RANGE"})
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
     source_modes: ClassVar[tuple[str, ...]] = ("poll", "cdc")
 

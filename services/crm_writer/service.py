@@ -41,6 +41,10 @@ from crmsync.observability import observe_freshness, progress
 log = logging.getLogger("crmsync.crm_writer")
 
 STAGE = "writer-crm"
+# rejects that retrying the same command cannot fix: abandoned at once (still listed; `crmsync rejects retry`
+# requeues one by hand), so the record's later commands do not wait behind them — with the connector's own
+# `value_error_codes` (a value the CRM can never take as it is)
+HOPELESS_CODES = frozenset({"CRMSYNC_WRONG_TARGET", "CRMSYNC_INVALID_VALUE"})
 OnApplied = Callable[[ApplyCommand, str, bool], None]
 BATCH_FILLS_A_CALL = 200  # a batch at least this large means a flow is on (gather longer)
 
@@ -283,8 +287,8 @@ class CrmWriter:
         entries = []
         for reject in rejects:
             command = crm_rejects.command_of(reject)
-            wrong_target = reject.error_code == "CRMSYNC_WRONG_TARGET"
-            retry_in = self.retry_policy.delay(reject.attempt) if command and not wrong_target else None
+            hopeless = reject.error_code in HOPELESS_CODES or reject.error_code in self.connector.value_error_codes
+            retry_in = self.retry_policy.delay(reject.attempt) if command and not hopeless else None
             status = "pending" if retry_in is not None else "abandoned"
             entries.append(crm_rejects.Entry(reject, command, status, retry_in))
         with self.conn.transaction():

@@ -269,6 +269,7 @@ class MemoryConnector:
     stamp_resolution: ClassVar[float] = 0.000001
     deleted_flag: ClassVar[str | None] = None
     multi_select_separator: ClassVar[str] = ";"
+    value_error_codes: ClassVar[frozenset[str]] = frozenset()
     objects: ClassVar[dict[str, str]] = {"contacts": "Person"}
 
     def client(self, account_name: str, account: Any) -> MemoryClient:

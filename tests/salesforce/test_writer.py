@@ -187,6 +187,31 @@ def test_rejects_land_in_topic_and_table_while_the_rest_lands(module_sandbox, ca
         [("FIELD_CUSTOM_VALIDATION_EXCEPTION", "pending")] * 5
 
 
+def test_a_value_salesforce_can_never_take_is_abandoned_and_does_not_hold_the_record_back(
+        module_sandbox, campaign_endpoints, tmp_path) -> None:
+    """STRING_TOO_LONG cannot be fixed by retrying the same command: its reject is abandoned at once (a validation
+    rule's refusal stays pending: it may pass later), and the record's next edit is applied, not parked behind it."""
+    name, marker = unique_name("w9"), f"h-{uuid.uuid4().hex[:8]}"
+    w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
+    try:
+        produce(campaign_endpoints.bootstrap_servers, name, [upsert_command(name, f"{marker}-1", marker)])
+        assert drain(w, 1) == (1, 0)
+        [contact] = marked(make_client(module_sandbox), marker)
+        too_long = command(name, "upsert", {"id": contact["Id"]}, {"Title": "x" * 300})
+        fine = command(name, "upsert", {"id": contact["Id"]}, {"Title": "Head of Data"})
+        produce(campaign_endpoints.bootstrap_servers, name, [too_long])
+        assert drain(w, 1) == (0, 1)
+        produce(campaign_endpoints.bootstrap_servers, name, [fine])
+        assert drain(w, 1) == (1, 0)
+    finally:
+        w.close()
+    with psycopg.connect(campaign_endpoints.campaign_dsn) as conn:
+        rows = conn.execute("SELECT error_code, status FROM crmsync.rejects WHERE target = %s", (name,)).fetchall()
+    assert rows == [("STRING_TOO_LONG", "abandoned")]
+    soql = f"SELECT Title FROM Contact WHERE Id = '{contact['Id']}'"
+    assert [r["Title"] for page in make_client(module_sandbox).query_all_pages(soql) for r in page] == ["Head of Data"]
+
+
 def test_commands_for_one_record_keep_their_order(module_sandbox, campaign_endpoints, tmp_path) -> None:
     name = unique_name("w5")
     setup = make_client(module_sandbox)
