@@ -284,12 +284,18 @@ class EmbeddedPostgres(_EmbeddedServer):
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone():
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
 
-    def stop(self, mode: str = "fast") -> bool:
+    def stop(self, mode: str = "fast", wait: bool = True) -> bool:
         """pg_ctl stop. `fast` cuts sessions and checkpoints; if that does not finish in time, immediate shutdown
         follows (crash recovery at the next start). `immediate` ends every process at once, as a crash would.
-        Raises with pg_ctl's words only if the server still runs after both."""
+        Raises with pg_ctl's words only if the server still runs after both. `wait=False` only sends the signal:
+        for a caller that lets something else (crmsync run's supervisor) start the server again, since pg_ctl's
+        wait would see the new server's pid file and report that the old one did not stop."""
         if not self.status():
             return False
+        if not wait:
+            done = subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-W", "stop"],
+                                  capture_output=True, text=True, **self._run_as())
+            return done.returncode == 0
         said = ""
         for step in ("fast", "immediate") if mode == "fast" else (mode,):
             done = subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-m", step, "-w", "-t", "60", "stop"],

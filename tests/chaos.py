@@ -372,7 +372,8 @@ class Chaos:
             assert running, "the embedded broker is not running"
             os.kill(running["pid"], signal.SIGKILL)
         elif what == "postgres":
-            infra.EmbeddedPostgres(state).stop(mode="immediate")
+            # no waiting: the supervisor's watch thread may start the server again before pg_ctl saw it gone
+            assert infra.EmbeddedPostgres(state).stop(mode="immediate", wait=False), "PostgreSQL did not take the stop"
         else:
             raise ValueError(f"unknown disaster {what!r}")
         self.report.disasters.append(Disaster(what, time.monotonic()))

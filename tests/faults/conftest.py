@@ -50,7 +50,7 @@ class ValuePipeline:
         return wait_for(predicate, timeout, what, self.world.supervisor, every=0.5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down when tests/faults is done, not at the end of the suite
 def values() -> Iterator[ValuePipeline]:
     state = Path(tempfile.mkdtemp(prefix="crmsync-bad-values-"))
     with contacts_pipeline(state, contacts=40, recipients=40, shared=40) as world:
