@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -36,10 +34,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crmsync import config, connectors, infra, pg, process  # noqa: E402
-from crmsync.drift import open_clients  # noqa: E402
+from crmsync import connectors, pg  # noqa: E402
 from crmsync.envelope import ApplyCommand  # noqa: E402
-from crmsync.run import Supervisor, effective_settings, only_mappings, plan, start_sandbox, write_effective_config  # noqa: E402
+from crmsync.run import Supervisor  # noqa: E402
+from tests.pipeline import CrmWorld, crm_pipeline  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 
 DEFAULTS = {"dynamics": (100_000, 10_000), "oracle": (5_000, 1_000), "salesforce": (20_000, 10_000)}
 APPLIED = re.compile(r'^crmsync_crm_writer_applied_total\{[^}]*\} ([0-9.e+]+)$', re.M)
@@ -81,70 +80,44 @@ class WindowSampler(threading.Thread):
             self.peak = max([self.peak, *window.values()])
 
 
-@contextmanager
-def pipeline(crm: str, state: Path, records: int) -> Iterator[tuple[Any, Any, Supervisor, Any]]:
-    base = config.load(environ={"CRMSYNC_STATE_DIR": str(state)})
-    found = infra.up(base)
-    pg.migrate(found.campaign_dsn)
-    sandbox = start_sandbox(state, crm=crm, seed_contacts=records, log_file=state / f"sandbox-{crm}.log")
-    supervisor = None
-    try:
-        settings = only_mappings(effective_settings(base, sandbox), ["contacts"])
-        config_file = write_effective_config(settings, found, state / "run" / "crmsync.yaml")
-        supervisor = Supervisor(plan(settings), found, config_file, state / "logs")
-        yield settings, found, supervisor, sandbox
-    finally:
-        if supervisor:
-            supervisor.stop()
-        process.stop(sandbox.process)
-        infra.down(base)
-
-
-def wait(condition, supervisor: Supervisor, timeout: float, what: str, poll: float = 0.5) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
-        supervisor.check()
-        time.sleep(poll)
-
-
-def linked(dsn: str) -> int:
+def linked(dsn: str, mapping: str) -> int:
     with pg.connect(dsn) as conn:
-        return conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE mapping = 'contacts' AND crm_id IS NOT NULL "
-                            "AND campaign_key IS NOT NULL").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE mapping = %s AND crm_id IS NOT NULL "
+                            "AND campaign_key IS NOT NULL", (mapping,)).fetchone()[0]
 
 
 def bench(crm: str, records: int, updates: int, edits: int, console: Console) -> Figures:
     figures = Figures(crm, records, updates)
     with tempfile.TemporaryDirectory(prefix=f"crmsync-bench-{crm}-") as tmp, \
-            pipeline(crm, Path(tmp) / "state", records) as (settings, found, supervisor, sandbox):
-        dsn, writer_metrics = found.campaign_dsn, supervisor.metrics_targets()[f"writer-crm {crm}"]
+            crm_pipeline(Path(tmp) / "state", crms={crm: records}, recipients=0) as world:
+        supervisor, sandbox, mapping = world.supervisor, world.sandboxes[crm], world.mapping(crm).name
+        dsn, writer_metrics = world.found.campaign_dsn, supervisor.metrics_targets()[f"writer-crm {crm}"]
         sampler = WindowSampler(sandbox) if crm == "dynamics" else None
         if sampler:
             sampler.start()
         console.print(f"{crm}: backfill of {records:,} contacts …")
         before, started = api_requests(sandbox), time.monotonic()
         supervisor.start()
-        wait(lambda: linked(dsn) >= records, supervisor, 3600, "the backfill")
+        wait_for(lambda: linked(dsn, mapping) >= records, 3600, "the backfill", supervisor, every=0.5)
         figures.backfill_seconds, figures.backfill_requests = time.monotonic() - started, api_requests(sandbox) - before
 
         console.print(f"{crm}: {updates:,} Campaign updates …")
-        wait(lambda: _reachable(writer_metrics), supervisor, 60, "the CRM writer's metrics")
+        wait_for(lambda: _reachable(writer_metrics), 60, "the CRM writer's metrics", supervisor, every=0.5)
         applied_before, before = applied_count(writer_metrics), api_requests(sandbox)
         started = time.monotonic()
         with pg.connect(dsn) as conn:
             conn.execute("UPDATE recipients SET job_title = 'bench ' || id WHERE id IN (SELECT campaign_key FROM "
-                         "crmsync.sync_state WHERE mapping = 'contacts' ORDER BY campaign_key LIMIT %s)", (updates,))
-        wait(lambda: applied_count(writer_metrics) - applied_before >= updates, supervisor, 3600, "the updates")
+                         "crmsync.sync_state WHERE mapping = %s ORDER BY campaign_key LIMIT %s)", (mapping, updates))
+        wait_for(lambda: applied_count(writer_metrics) - applied_before >= updates, 3600, "the updates", supervisor,
+                 every=0.5)
         figures.update_seconds, figures.update_requests = time.monotonic() - started, api_requests(sandbox) - before
         if sampler:
             sampler.halt.set()
             figures.peak_window = sampler.peak
 
         console.print(f"{crm}: freshness, {edits} edits each way …")
-        figures.to_crm = freshness_to_crm(dsn, writer_metrics, supervisor, edits)
-        figures.to_campaign = freshness_to_campaign(settings, dsn, supervisor, edits)
+        figures.to_crm = freshness_to_crm(dsn, mapping, writer_metrics, supervisor, edits)
+        figures.to_campaign = freshness_to_campaign(world, crm, edits)
     return figures
 
 
@@ -155,31 +128,30 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def freshness_to_crm(dsn: str, writer_metrics: str, supervisor: Supervisor, edits: int) -> list[float]:
+def freshness_to_crm(dsn: str, mapping: str, writer_metrics: str, supervisor: Supervisor, edits: int) -> list[float]:
     times = []
     with pg.connect(dsn, autocommit=True) as conn:
-        keys = [k for (k,) in conn.execute("SELECT campaign_key FROM crmsync.sync_state WHERE mapping = 'contacts' "
-                                           "ORDER BY campaign_key DESC LIMIT %s", (edits,))]
+        keys = [k for (k,) in conn.execute("SELECT campaign_key FROM crmsync.sync_state WHERE mapping = %s "
+                                           "ORDER BY campaign_key DESC LIMIT %s", (mapping, edits))]
         for key in keys:
             applied = applied_count(writer_metrics)
             conn.execute("UPDATE recipients SET job_title = %s WHERE id = %s", (f"fresh {uuid.uuid4().hex[:8]}", key))
             started = time.monotonic()
-            wait(lambda: applied_count(writer_metrics) > applied, supervisor, 120, "a Campaign edit's write", 0.02)
+            wait_for(lambda: applied_count(writer_metrics) > applied, 120, "a Campaign edit's write", supervisor,
+                     every=0.02)
             times.append(time.monotonic() - started)
             time.sleep(0.5)
     return times
 
 
-def freshness_to_campaign(settings: Any, dsn: str, supervisor: Supervisor, edits: int) -> list[float]:
-    account = next(iter(settings.accounts))
-    mapping = settings.mapping("contacts")
+def freshness_to_campaign(world: CrmWorld, account: str, edits: int) -> list[float]:
+    mapping = world.mapping(account)
     title = next(f.crm for f in mapping.fields if f.campaign == "job_title")
-    connector = connectors.for_account(settings.accounts[account])
+    sink = connectors.for_account(world.settings.accounts[account]).sink(world.clients[account])
     times = []
-    with open_clients(settings) as clients, pg.connect(dsn, autocommit=True) as conn:
-        sink = connector.sink(clients[account])
-        pairs = conn.execute("SELECT crm_id, campaign_key FROM crmsync.sync_state WHERE mapping = 'contacts' "
-                             "ORDER BY campaign_key LIMIT %s", (edits,)).fetchall()
+    with pg.connect(world.found.campaign_dsn, autocommit=True) as conn:
+        pairs = conn.execute("SELECT crm_id, campaign_key FROM crmsync.sync_state WHERE mapping = %s "
+                             "ORDER BY campaign_key LIMIT %s", (mapping.name, edits)).fetchall()
         for crm_id, key in pairs:
             value = f"crm {uuid.uuid4().hex[:8]}"
             [outcome] = sink.apply([ApplyCommand(id=f"bench:{uuid.uuid4().hex}", side="crm", target=account,
@@ -188,8 +160,8 @@ def freshness_to_campaign(settings: Any, dsn: str, supervisor: Supervisor, edits
             if not outcome.ok:
                 raise RuntimeError(f"the CRM refused the bench edit: {outcome.code} {outcome.message}")
             started = time.monotonic()
-            wait(lambda: conn.execute("SELECT job_title FROM recipients WHERE id = %s", (key,)).fetchone()[0] == value,
-                 supervisor, 120, "a CRM edit's arrival", 0.02)
+            wait_for(lambda: conn.execute("SELECT job_title FROM recipients WHERE id = %s", (key,)).fetchone()[0] == value,
+                     120, "a CRM edit's arrival", world.supervisor, every=0.02)
             times.append(time.monotonic() - started)
             time.sleep(0.5)
     return times

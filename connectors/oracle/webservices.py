@@ -287,8 +287,8 @@ class WebServices:
                     f"{self._header()}<soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>").encode()
         attempt = expiries = rate_refusals = 0
         while True:
-            session = {} if self.config.ws_stateless else self.session.cookie()
-            headers = {**session, "Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
+            cookie = {} if self.config.ws_stateless else self.session.cookie()
+            headers = {**cookie, "Content-Type": "text/xml; charset=utf-8", "SOAPAction": action}
             self.session.pacer.acquire()
             self.calls += 1
             try:
