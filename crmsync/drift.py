@@ -248,12 +248,24 @@ class DriftChecker:
         return len(crm_changes) + len(campaign_changes)
 
 
+@dataclass
+class RepairPass:
+    """What one pass over every mapping did."""
+    published: int = 0  # changes re-published
+    failed: list[str] = field(default_factory=list)  # mappings whose pass failed (said): a later pass must retry
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
 def repair_all(settings: Settings, found: Endpoints, say: Callable[[str], None] = print, *,
-               settle_seconds: float = 0.0) -> int:
+               settle_seconds: float = 0.0) -> RepairPass:
     """One drift-repair pass over every mapping (the periodic pass of `crmsync run`, and its answer to a broker
-    that lost its memory); returns the changes re-published. A mapping whose pass fails is said and skipped:
-    the next pass tries again."""
-    published = 0
+    that lost its memory). A mapping whose pass fails (the database restarting, the CRM not answering) is said
+    and skipped, and named in the result: a caller that needs the repair done (after a broker loss) repeats the
+    pass until it is complete."""
+    result = RepairPass()
     with open_clients(settings) as clients:
         checker = DriftChecker(settings, found, clients, settle_seconds=settle_seconds)
         for mapping in settings.mappings:
@@ -261,11 +273,12 @@ def repair_all(settings: Settings, found: Endpoints, say: Callable[[str], None] 
                 report = checker.compare(mapping)
                 if not report.converged:
                     count = checker.repair(mapping, report)
-                    published += count
+                    result.published += count
                     say(f"drift in {mapping.name}: {report.summary()}; re-published {count} changes")
             except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next one
                 say(f"drift repair of {mapping.name} failed: {exc}")
-    return published
+                result.failed.append(mapping.name)
+    return result
 
 
 def campaign_rows(conn: psycopg.Connection, table: str) -> dict[int, dict]:

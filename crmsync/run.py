@@ -360,10 +360,13 @@ class Supervisor:
 
         assert self.settings is not None
         try:
-            recovery.republished += repair_all(self.settings, self.found, say=self.say,
-                                               settle_seconds=REPAIR_SETTLE_SECONDS)
+            done = repair_all(self.settings, self.found, say=self.say, settle_seconds=REPAIR_SETTLE_SECONDS)
         except Exception as exc:  # noqa: BLE001 - e.g. the CRM did not answer the login: next round
             self.say(f"drift repair after the broker loss failed ({exc}); trying again")
+            return
+        recovery.republished += done.published
+        if not done.complete:  # e.g. PostgreSQL restarting: this pass counts only once every mapping was repaired
+            self.say(f"drift repair after the broker loss did not reach {', '.join(done.failed)}; trying again")
             return
         recovery.passes += 1
         if recovery.passes == len(REPAIR_PASSES):

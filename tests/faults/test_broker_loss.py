@@ -3,13 +3,16 @@ in crmsync/run.py): before, after the embedded broker restarted nothing recreate
 either side arrived any more, silently."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import socket
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
 from crmsync import broker_loss, infra, kafka, pg, topics
+from crmsync.drift import repair_all
 from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
 
@@ -59,3 +62,15 @@ def test_the_pipeline_recovers_by_itself_from_a_broker_restart_that_lost_its_mem
             assert conn.execute("SELECT job_title FROM recipients WHERE crm_id = %s",
                                 (crm_id,)).fetchone()[0] == "edited while the broker was down"
         assert len(supervisor.recoveries) == 1
+
+        # A pass that cannot reach the database (PostgreSQL restarting) says it did not repair the mapping, so
+        # the supervisor repeats it: once it counted as done, and the broker's losses stayed lost.
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        unreachable = dataclasses.replace(world.found, campaign_dsn=f"postgresql://postgres@127.0.0.1:"
+                                                                    f"{closed.getsockname()[1]}/campaign")
+        try:
+            attempt = repair_all(world.settings, unreachable, say=print)
+        finally:
+            closed.close()
+        assert attempt.failed == ["contacts"] and not attempt.complete
