@@ -175,6 +175,13 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
             raise RuntimeError(f"topics still missing after {timeout}s: {missing}")
 
 
+def delete_group(bootstrap_servers: str, group: str, timeout: float = 10) -> None:
+    """Delete a consumer group and its committed offsets (the supervisor's cure for a group the embedded
+    broker left stuck: crmsync.run.Supervisor._unstick_groups)."""
+    admin = AdminClient(client_config(bootstrap_servers))
+    admin.delete_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+
+
 class DeliveryTracker:
     """Counts acknowledgements and remembers the first delivery error, so a caller can `flush()` and then
     know whether *everything* it produced is durable before it commits its source position. Messages the

@@ -21,6 +21,17 @@ def mirror_group(account: str) -> str:
     return f"crmsync-mirror-{account}"
 
 
+def service_group(service: str, campaign: str, account: str | None) -> str | None:
+    """The consumer group a service of `crmsync run` consumes in (None: it is not a consumer)."""
+    if service == "streams":
+        return STREAMS_GROUP
+    if service == "writer-campaign":
+        return campaign_writer_group(campaign)
+    if service in ("writer-crm", "mirror") and account:
+        return crm_writer_group(account) if service == "writer-crm" else mirror_group(account)
+    return None
+
+
 def poller_checkpoint(account: str, obj: str) -> str:
     """The checkpoint (crmsync.checkpoints) of one object's change source: {"v", "snapshot_done", "source"}."""
     return f"poller:{account}:{obj}"

@@ -91,6 +91,9 @@ def observe_freshness(writer: str, table: str, source_timestamps: Iterable[str |
     freshness_last(writer, table).set(min(ages))
 
 
+WAITING_FOR_GROUP = "not in its consumer group yet (waiting for partitions)"  # a /readyz reason the supervisor reads
+
+
 class Progress:
     """Whether this process is doing its work: ready means working, not merely started. A service's main loop
     calls `tick()` every round (idle rounds included); a consumer also calls `joined()` when its group assigned
@@ -116,7 +119,7 @@ class Progress:
 
     def check(self, max_idle: float = 15.0) -> None:
         if self.consumer and self.joined_at is None:
-            raise RuntimeError("not in its consumer group yet (waiting for partitions)")
+            raise RuntimeError(WAITING_FOR_GROUP)
         if self.ticked_at is None:
             raise RuntimeError("starting")
         idle = time.monotonic() - self.ticked_at

@@ -31,9 +31,10 @@ from typing import Callable
 import httpx
 import yaml
 
-from crmsync import broker_loss, connectors, infra, kafka, process
+from crmsync import broker_loss, connectors, infra, kafka, names, process
 from crmsync.config import Settings
 from crmsync.connectors import RunningSandbox
+from crmsync.observability import WAITING_FOR_GROUP
 from crmsync.defaults import default_mappings
 
 DEFAULT_CRM = "salesforce"  # the CRM whose sandbox runs when nothing is configured
@@ -44,6 +45,7 @@ WATCH_SECONDS = 2.0  # how often the embedded servers and the broker's memory ar
 READY_WAIT_SECONDS = 60.0  # after a broker loss, the repair waits this long at most for every service to be ready
 REPAIR_SETTLE_SECONDS = 20.0  # a repair pass leaves out records decided this long before its reads (in flight)
 REPAIR_PASSES = (0.0, 45.0)  # seconds after the services are ready: the second pass takes what the first left out
+GROUP_STUCK_SECONDS = 20.0  # a consumer waiting this long for partitions from the embedded broker: its group is stuck
 log = logging.getLogger("crmsync.run")
 
 
@@ -52,6 +54,11 @@ class ServiceSpec:
     name: str
     args: list[str] = field(default_factory=list)
     instance: int = 0  # 0: the one process of its service; 1…N: one of N workers sharing its consumer group
+
+    @property
+    def account(self) -> str | None:
+        """The CRM account a per-account service (poller, CRM writer, mirror) works for."""
+        return self.args[self.args.index("--account") + 1] if "--account" in self.args else None
 
     @property
     def label(self) -> str:
@@ -220,6 +227,8 @@ class Supervisor:
         self._repair_due = threading.Event()
         self._watching = threading.Event()
         self._watch_thread: threading.Thread | None = None
+        self._waiting_since: dict[str, float] = {}  # service label → when it was first seen waiting for its group
+        self.groups_reset: list[str] = []  # consumer groups deleted because the embedded broker left them stuck
 
     def metrics_targets(self) -> dict[str, str]:
         """Service label → its /metrics URL (what the dashboard scrapes)."""
@@ -311,6 +320,7 @@ class Supervisor:
             started = time.monotonic()
             self._revive()
             self._check_broker_memory()
+            self._unstick_groups()
             if self._repair_due.is_set():
                 self._repair_when_ready()
             time.sleep(max(0.0, WATCH_SECONDS - (time.monotonic() - started)))
@@ -342,6 +352,46 @@ class Supervisor:
                      "restarting every service, then a drift-repair pass re-publishes what was lost")
             self.recoveries.append(Recovery(time.monotonic()))
             self._lost.set()
+
+    def _unstick_groups(self) -> None:
+        """The embedded broker (Tansu 0.6) can leave a consumer group stuck for good: when a member leaves it
+        politely while the group is rebalancing (a service exiting on an error — PostgreSQL crashed — while a
+        restarted one joins), every later member waits for its partitions forever and the sync stops, silently
+        (found by bench/chaos.py --disasters). A service that has waited GROUP_STUCK_SECONDS for its partitions,
+        with the broker and the database reachable, gets its group deleted: the members join a fresh group and
+        read its topics again from the beginning — a replay, which the writers' compare-and-set and the
+        streams' echo handling make harmless. Apache Kafka does not need this, so it is done on the embedded
+        broker only."""
+        if self.settings is None or self.embedded is None or not self.embedded.uses_embedded_broker:
+            return
+        now = time.monotonic()
+        for spec in self.specs:
+            group = names.service_group(spec.name, self.settings.campaign.name, spec.account)
+            child = self.children.get(spec.label)
+            if group is None or child is None or child.poll() is not None or not self._waits_for_group(spec.label):
+                self._waiting_since.pop(spec.label, None)
+                continue
+            since = self._waiting_since.setdefault(spec.label, now)
+            if now - since < GROUP_STUCK_SECONDS:
+                continue
+            try:
+                kafka.delete_group(self.found.bootstrap_servers, group)
+            except Exception as exc:  # noqa: BLE001 - tried again next round
+                log.warning("could not delete the stuck consumer group %s: %s", group, exc)
+                continue
+            self.groups_reset.append(group)
+            self._waiting_since.pop(spec.label, None)
+            self.say(f"{spec.label} waited {now - since:.0f} s for its partitions: the embedded broker left consumer "
+                     f"group {group} stuck; deleted it, so its members join afresh (they read its topics again)")
+
+    def _waits_for_group(self, label: str) -> bool:
+        """The service answers /readyz, and the one thing it waits for is its consumer group."""
+        try:
+            checks = httpx.get(f"http://127.0.0.1:{self.metrics_ports[label]}/readyz", timeout=1).json()["checks"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+        problems = {name: reason for name, reason in checks.items() if reason != "ok"}
+        return list(problems) == ["working"] and WAITING_FOR_GROUP in problems["working"]
 
     def _repair_when_ready(self) -> None:
         """Drift-repair passes once every service is ready (REPAIR_PASSES). Each leaves out the records the
