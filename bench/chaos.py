@@ -17,7 +17,7 @@ memory lost) a third of the way in, PostgreSQL crashed two thirds in. That run d
 (docs/faults.md, "Open"), which is why it is measured here, seed after seed, and not in the test suite.
 
 Run: .venv/bin/python bench/chaos.py [--seconds 90] [--rate 20] [--records 3000] [--kill-every 8.5]
-                                     [--seeds 1 2] [--disasters]   (prints a table; exits 1 if a run found a problem)
+                                     [--seeds 1 2] [--disasters] [--keep DIR]   (prints a table; exits 1 if a run found a problem)
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -106,10 +107,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--disasters", action="store_true", help="CRM faults, a broker that loses its memory and a "
                                                                  "PostgreSQL crash on top of the kills")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="run the worlds in DIR and keep them (logs, "
+                                                                 "data) for an investigation")
     args = parser.parse_args()
     console = Console(width=150)
     results: dict[int, tuple[Report, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="crmsync-bench-chaos-") as base:
+    with (nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="crmsync-bench-chaos-")) as base:
         for seed in args.seeds:
             console.print(f"seed {seed}: seeding {args.records:,} records per side and running the chaos …")
             results[seed] = run_seed(seed, args, Path(base))

@@ -11,7 +11,7 @@ creates, deletes, same-field pairs, hostile values):
 - PostgreSQL is stopped as by a crash and comes back (crash recovery).
 
 The same run with the broker also killed and coming back empty (memory lost: topics, unconsumed messages,
-consumer offsets) is `bench/faults.py`: it does not converge every time yet (docs/faults.md, "Open"), so it is
+consumer offsets) is `bench/chaos.py --disasters`: it does not converge every time yet (docs/faults.md, "Open"), so it is
 measured there, run after run, instead of failing the suite at random; tests/faults/test_broker_loss.py checks
 the loss is noticed and repaired.
 
