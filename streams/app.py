@@ -49,7 +49,7 @@ from faust.app.base import BootStrategy
 import mode
 import psycopg
 import psycopg.errors
-from confluent_kafka import Consumer, Message
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
 from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, names, pg, rejects, topics
@@ -361,6 +361,7 @@ class StreamsWorker:
                 except Exception:
                     log.exception("a take of changes failed; it is taken again from the committed offsets")
                     self._rewind()
+                    self._reconnect_broken()
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
         finally:
@@ -423,6 +424,38 @@ class StreamsWorker:
             handler.record_unreadable(unreadable)
 
     def _rewind(self) -> None:
+        """Take the failed take again: every assigned partition goes back to its committed offset. The consumer
+        stays in its group — leaving and joining again costs a rebalance, and on the embedded broker a member
+        that leaves while the group rebalances strands the group (crmsync/run.py `_unstick_groups`). Only if
+        that fails is the consumer closed and a new one made."""
+        if self.consumer is None:
+            return
+        try:
+            assigned = self.consumer.assignment()
+            for tp in self.consumer.committed(assigned, timeout=10):
+                tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING  # none committed: as auto.offset.reset
+                self.consumer.seek(tp)
+        except Exception:  # noqa: BLE001 - e.g. the broker away: start over with a new consumer
+            log.warning("could not rewind the consumer to its committed offsets; making a new one", exc_info=True)
+            self._close_consumer()
+
+    def _reconnect_broken(self) -> None:
+        """A side whose database connection broke (PostgreSQL restarted) gets a new handler, so the next take
+        can succeed without restarting the process."""
+        for side, handler in list(self.handlers.items()):
+            if handler.conn.closed or handler.conn.broken:
+                try:
+                    replacement = BatchHandler(self.settings, self.found, side)
+                except Exception as exc:  # noqa: BLE001 - still down: tried again after the next failed take
+                    log.warning("the %s side cannot reconnect to the database yet: %s", side, exc)
+                    continue
+                try:
+                    handler.close()
+                except Exception:  # noqa: BLE001 - its connection is gone anyway
+                    log.debug("closing the broken %s handler failed", side, exc_info=True)
+                self.handlers[side] = replacement
+
+    def _close_consumer(self) -> None:
         if self.consumer is not None:
             try:
                 self.consumer.close()
@@ -431,7 +464,7 @@ class StreamsWorker:
             self.consumer = None
 
     def close(self) -> None:
-        self._rewind()
+        self._close_consumer()
         self.sides.shutdown(wait=True)
         for handler in self.handlers.values():
             handler.close()
@@ -507,9 +540,21 @@ def build_app(settings: Settings, found: Endpoints) -> faust.App:
     republisher: list[BatchHandler] = []  # its own connection: the hot path's are busy in their threads
 
     def republish_due() -> int:
-        if not republisher:
-            republisher.append(BatchHandler(settings, found, "campaign"))
-        return republisher[0].republish_unowned()
+        """Never fails the app: a crash here stopped the whole worker (its consumer leaving the group politely)
+        each time PostgreSQL restarted; now the handler is made again at the next tick."""
+        try:
+            if not republisher:
+                republisher.append(BatchHandler(settings, found, "campaign"))
+            return republisher[0].republish_unowned()
+        except Exception as exc:  # noqa: BLE001 - the database or the broker away: the next tick tries again
+            log.warning("putting parked deferred changes back failed (%s); trying again in %.0f s",
+                        type(exc).__name__, REPUBLISH_EVERY)
+            if republisher:
+                try:
+                    republisher.pop().close()
+                except Exception:  # noqa: BLE001 - its connection may be gone
+                    pass
+            return 0
 
     @app.timer(interval=REPUBLISH_EVERY)
     async def republish_deferred() -> None:
