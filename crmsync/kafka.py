@@ -18,13 +18,14 @@ certificate chain and the host name are checked); nothing here turns it off.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from crmsync.config import KafkaSettings
@@ -173,6 +174,21 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
                     raise RuntimeError(f"could not create topic {name}: {exc}") from exc
         if time.monotonic() > deadline:
             raise RuntimeError(f"topics still missing after {timeout}s: {missing}")
+
+
+def rewind(c: Consumer) -> bool:
+    """Take a failed batch again: every assigned partition back to its committed offset (none committed: the
+    beginning, as auto.offset.reset says). The consumer stays in its group — closing it and joining again costs
+    a rebalance, and the embedded broker strands a group that a member leaves during one
+    (crmsync.run.Supervisor._unstick_groups). False if it could not: then close the consumer and make another."""
+    try:
+        for tp in c.committed(c.assignment(), timeout=10):
+            tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            c.seek(tp)
+        return True
+    except KafkaException as exc:
+        logging.getLogger("crmsync.kafka").warning("could not rewind to the committed offsets (%s)", exc)
+        return False
 
 
 def delete_group(bootstrap_servers: str, group: str, timeout: float = 10) -> None:

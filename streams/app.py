@@ -49,7 +49,7 @@ from faust.app.base import BootStrategy
 import mode
 import psycopg
 import psycopg.errors
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message
+from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, names, pg, rejects, topics
@@ -424,19 +424,9 @@ class StreamsWorker:
             handler.record_unreadable(unreadable)
 
     def _rewind(self) -> None:
-        """Take the failed take again: every assigned partition goes back to its committed offset. The consumer
-        stays in its group — leaving and joining again costs a rebalance, and on the embedded broker a member
-        that leaves while the group rebalances strands the group (crmsync/run.py `_unstick_groups`). Only if
-        that fails is the consumer closed and a new one made."""
-        if self.consumer is None:
-            return
-        try:
-            assigned = self.consumer.assignment()
-            for tp in self.consumer.committed(assigned, timeout=10):
-                tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING  # none committed: as auto.offset.reset
-                self.consumer.seek(tp)
-        except Exception:  # noqa: BLE001 - e.g. the broker away: start over with a new consumer
-            log.warning("could not rewind the consumer to its committed offsets; making a new one", exc_info=True)
+        """The failed take is taken again from the committed offsets, the consumer staying in its group
+        (kafka.rewind); only if that fails is it closed and a new one made."""
+        if self.consumer is not None and not kafka.rewind(self.consumer):
             self._close_consumer()
 
     def _reconnect_broken(self) -> None:

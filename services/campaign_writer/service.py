@@ -684,7 +684,8 @@ class CampaignWriter:
                     backoff = 1.0
                 except Exception:
                     log.exception("batch failed; it will be consumed again from the committed offsets")
-                    consumer = _close(consumer)
+                    if consumer is not None and not kafka.rewind(consumer):  # consumed again, still in the group
+                        consumer = _close(consumer)
                     if self.conn.closed or self.conn.broken:
                         self.conn = self._connect()
                     else:  # the schema may have changed under us: read it again

@@ -186,7 +186,12 @@ class CrmWriter:
             log.warning("the database is not reachable yet (%s); trying again with the next batch", exc)
 
     def _rewind(self) -> None:
-        """Drop the consumer so the next one resumes from the last committed offsets."""
+        """The failed batch is consumed again from the committed offsets, the consumer staying in its group
+        (kafka.rewind); only if that fails is it closed, so the next one resumes from them."""
+        if self.consumer is not None and not kafka.rewind(self.consumer):
+            self._close_consumer()
+
+    def _close_consumer(self) -> None:
         if self.consumer is not None:
             try:
                 self.consumer.close()
@@ -194,7 +199,7 @@ class CrmWriter:
                 self.consumer = None
 
     def close(self) -> None:
-        self._rewind()
+        self._close_consumer()
         self.producer.flush(10)
         self.conn.close()
         if self.owned_client is not None:
