@@ -13,8 +13,8 @@ twice (goal 0), CRM writes once quiet (goal 0: no ping-pong), and whatever else 
 
 `--disasters` adds what tests/faults/test_faults_salesforce.py injects (~10 % CRM faults: rate limits, 503s,
 expired sessions, answers lost to a client timeout) and two disasters: the broker killed and back empty (its
-memory lost) a third of the way in, PostgreSQL crashed two thirds in. That run does not converge every time yet
-(docs/faults.md, "Open"), which is why it is measured here, seed after seed, and not in the test suite.
+memory lost) a third of the way in, PostgreSQL crashed two thirds in: the suite's fault run
+(tests/faults/test_faults_salesforce.py), seed after seed (docs/faults.md has the runs).
 
 Run: .venv/bin/python bench/chaos.py [--seconds 90] [--rate 20] [--records 3000] [--kill-every 8.5]
                                      [--seeds 1 2] [--disasters] [--keep DIR]   (prints a table; exits 1 if a run found a problem)
