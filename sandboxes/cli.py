@@ -31,11 +31,9 @@ from crmsync.tls import ensure_ca
 from sandboxes.control import DEFAULT_ADMIN_TOKEN
 
 from .dynamics.settings import DEFAULT_CREDENTIALS as _DYN
-from .oracle.server import DEFAULT_TIMEZONE as ORACLE_TIMEZONE, serve as serve_oracle
-from .oracle.settings import DEFAULT_CREDENTIALS as ORACLE_CREDENTIALS, Credentials as OracleCredentials
-from .salesforce.cdc import DEFAULT_RETENTION_SECONDS
-from .salesforce.server import DEFAULT_STATE_DIR, StreamingOptions, serve
-from .salesforce.settings import DEFAULT_CREDENTIALS, Credentials
+from .oracle.settings import DEFAULT_CREDENTIALS as ORACLE_CREDENTIALS, DEFAULT_TIMEZONE as ORACLE_TIMEZONE
+from .oracle.settings import Credentials as OracleCredentials
+from .salesforce.settings import DEFAULT_CREDENTIALS, DEFAULT_RETENTION_SECONDS, DEFAULT_STATE_DIR, Credentials
 
 SANDBOXES_DIR = DEFAULT_STATE_DIR.parent
 _D = DEFAULT_CREDENTIALS
@@ -105,6 +103,8 @@ def salesforce(
 ) -> None:
     """Run the Salesforce sandbox (REST, SOQL, composite, Bulk API 1.0 and 2.0, OAuth and SOAP login, Change Data
     Capture over the Pub/Sub API and the Streaming API)."""
+    from .salesforce.server import StreamingOptions, serve  # here: every crmsync command would load the server
+
     objects = [o.strip() for o in cdc_objects.split(",") if o.strip()] if cdc_objects is not None else None
     streaming = StreamingOptions(pubsub_port=pubsub_port, pubsub_keepalive_seconds=pubsub_keepalive,
                                  cdc_objects=objects, cdc_retention_seconds=cdc_retention,
@@ -164,6 +164,8 @@ def oracle(
     log_level: str = _log_level(),
 ) -> None:
     """Run the Oracle CRM On Demand sandbox (REST API, Web Services v2.0, DeletedItemQueryPage)."""
+    from .oracle.server import serve as serve_oracle  # here: every crmsync command would load the server
+
     try:
         ZoneInfo(user_timezone)
     except (ZoneInfoNotFoundError, ValueError):

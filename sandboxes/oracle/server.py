@@ -12,10 +12,9 @@ from sandboxes.serving import prepare_tls, serve_https, setup_logging
 
 from .app import build_app, create_sandbox
 from .seed import seed_contacts
-from .settings import DEFAULT_CREDENTIALS, Credentials
+from .settings import DEFAULT_CREDENTIALS, DEFAULT_TIMEZONE, Credentials
 
 DEFAULT_STATE_DIR = Path(".crmsync/sandboxes/oracle")
-DEFAULT_TIMEZONE = "America/Los_Angeles"
 BANNER = "Oracle CRM On Demand sandbox: "
 
 

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+DEFAULT_TIMEZONE = "America/Los_Angeles"  # the API user's time zone: REST datetimes are written and read in it
+
 SETTINGS_FILE = "settings.json"
 
 

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 from .encoding import parse_datetime
 from .events import CHANGE_TYPES, EventLayout, StoredEvent, epoch_millis
 from .model import Model, ObjectDef
+from .settings import DEFAULT_RETENTION_SECONDS
 
 if TYPE_CHECKING:
     from .store import Store
 
 DEFAULT_OBJECTS = ("Contact", "Account", "Opportunity", "Lead")
 ALL_CHANGES = "/data/ChangeEvents"
-DEFAULT_RETENTION_SECONDS = 72 * 3600
 OVERFLOW_LIMIT = 100_000
 GAP_TYPES = ("GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE", "GAP_OVERFLOW")
 _COMMIT_BASE = 10_729_887_640  # commit numbers look like Salesforce's system change numbers

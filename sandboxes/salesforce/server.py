@@ -17,12 +17,10 @@ from typing import AsyncIterator, Sequence
 from sandboxes.serving import WILDCARD_HOSTS, bracket, prepare_tls, serve_https, setup_logging
 
 from .app import build_app, create_sandbox
-from .cdc import DEFAULT_RETENTION_SECONDS
 from .pubsub import BANNER as PUBSUB_BANNER
 from .pubsub import pubsub_server
-from .settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, Credentials
+from .settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CREDENTIALS, DEFAULT_RETENTION_SECONDS, DEFAULT_STATE_DIR, Credentials
 
-DEFAULT_STATE_DIR = Path(".crmsync/sandboxes/salesforce")
 BANNER = "Salesforce sandbox: "
 URI_LIMIT_SLACK = 1024 * 1024  # h11 must read long request lines so wire.py can answer 414 like Salesforce
 

@@ -18,6 +18,9 @@ from typing import Any, Mapping
 
 from sandboxes import control
 
+DEFAULT_STATE_DIR = Path(".crmsync/sandboxes/salesforce")
+DEFAULT_RETENTION_SECONDS = 72 * 3600  # change events are kept 72 hours, like Salesforce's
+
 SETTINGS_FILE = "settings.json"
 
 
