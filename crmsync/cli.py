@@ -354,7 +354,7 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
             ) -> None:
     """Start every service for the configured mappings (embedded defaults and the sandbox when nothing is
     configured) and keep them running until Ctrl-C."""
-    from crmsync.run import Supervisor, effective_settings, plan, start_sandbox, write_effective_config
+    from crmsync.run import CHECK_SECONDS, Supervisor, effective_settings, plan, start_sandbox, write_effective_config
 
     process.interrupt_on_stop_signals()  # SIGTERM / SIGHUP stop the services and the sandbox, like Ctrl-C
     with contextlib.ExitStack() as running:  # whatever was started is stopped, in reverse order
@@ -385,7 +385,7 @@ def run_all(ctx: typer.Context, repair_minutes: float = typer.Option(
             console.print(f"running: {', '.join(s.label for s in supervisor.specs)} (logs: {log_dir}); Ctrl-C stops")
             next_repair = time.monotonic() + repair_minutes * 60
             while True:
-                time.sleep(1)
+                time.sleep(CHECK_SECONDS)
                 for label in supervisor.check():
                     console.print(f"[yellow]restarted {label}[/yellow]")
                 if repair_minutes and time.monotonic() >= next_repair:

@@ -40,6 +40,7 @@ from crmsync.defaults import default_mappings
 DEFAULT_CRM = "salesforce"  # the CRM whose sandbox runs when nothing is configured
 SANDBOX_ACCOUNT = DEFAULT_CRM  # the name of that sandbox's account
 RESTART_DELAY = 0.2  # seconds before a dead service is started again (doubling while it keeps dying at once)
+CHECK_SECONDS = 0.25  # how often `crmsync run` and the demo look for dead services (a restart is due 0.2 s after)
 HEALTHY_SECONDS = 10.0  # a service that ran this long before dying is restarted at once again
 WATCH_SECONDS = 2.0  # how often the embedded servers and the broker's memory are checked
 READY_WAIT_SECONDS = 60.0  # after a broker loss, the repair waits this long at most for every service to be ready
