@@ -30,6 +30,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from crmsync.config import KafkaSettings
 
+log = logging.getLogger("crmsync.kafka")
+
 
 _security: dict[str, str] = {}  # librdkafka properties of the configured security protocol (secrets revealed)
 
@@ -187,7 +189,7 @@ def rewind(c: Consumer) -> bool:
             c.seek(tp)
         return True
     except KafkaException as exc:
-        logging.getLogger("crmsync.kafka").warning("could not rewind to the committed offsets (%s)", exc)
+        log.warning("could not rewind to the committed offsets (%s)", exc)
         return False
 
 

@@ -27,8 +27,10 @@ def service_group(service: str, campaign: str, account: str | None) -> str | Non
         return STREAMS_GROUP
     if service == "writer-campaign":
         return campaign_writer_group(campaign)
-    if service in ("writer-crm", "mirror") and account:
-        return crm_writer_group(account) if service == "writer-crm" else mirror_group(account)
+    if service == "writer-crm" and account:
+        return crm_writer_group(account)
+    if service == "mirror" and account:
+        return mirror_group(account)
     return None
 
 

@@ -34,8 +34,8 @@ import yaml
 from crmsync import broker_loss, connectors, infra, kafka, names, process
 from crmsync.config import Settings
 from crmsync.connectors import RunningSandbox
-from crmsync.observability import WAITING_FOR_GROUP
 from crmsync.defaults import default_mappings
+from crmsync.observability import WAITING_FOR_GROUP
 
 DEFAULT_CRM = "salesforce"  # the CRM whose sandbox runs when nothing is configured
 SANDBOX_ACCOUNT = DEFAULT_CRM  # the name of that sandbox's account

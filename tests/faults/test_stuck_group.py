@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 from confluent_kafka import Consumer
@@ -32,7 +33,7 @@ def _member(bootstrap: str, group: str, topic_names: list[str]) -> tuple[Consume
     return consumer, events
 
 
-def _poll_until(consumers: list[Consumer], done: callable, seconds: float) -> bool:
+def _poll_until(consumers: list[Consumer], done: Callable[[], Any], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for consumer in consumers:
