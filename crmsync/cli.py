@@ -218,6 +218,7 @@ def service(ctx: typer.Context, name: str = typer.Argument(..., help=f"one of: {
     logs.setup(name, log_level)
     process.exit_within(stop_grace)
     process.steady_heap()
+    process.fewer_collections()
     from crmsync import observability
 
     readiness = observability.Readiness()

@@ -26,8 +26,20 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _plain(text: str) -> bool:
+    """Printable ASCII: what orjson and json.dumps(ensure_ascii=True) write alike."""
+    return text.isascii() and text.isprintable()
+
+
 def record_key(key: dict[str, Any]) -> bytes:
-    """Kafka message key for a record: its primary key as canonical JSON, so equal keys hash alike."""
+    """Kafka message key for a record: its primary key as canonical JSON, so equal keys hash alike.
+
+    The bytes decide a record's partition, so they never change: json.dumps(sort_keys, compact separators,
+    ASCII escapes). orjson writes exactly those bytes for printable ASCII text and 64-bit integers — every CRM id and Campaign key —
+    at a tenth of the cost (one key per message); anything else goes through json.dumps."""
+    if all((type(value) is int and -2**63 < value < 2**63) or (type(value) is str and _plain(value))
+           for value in key.values()) and all(type(name) is str and _plain(name) for name in key):
+        return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
     return json.dumps(key, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 

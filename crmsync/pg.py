@@ -87,7 +87,9 @@ ORIGIN_FILTERING_VERSION = 160000  # pgoutput's `origin = none` option: PostgreS
 class WriterOrigin:
     """Marks a writer session's transactions with a replication origin (`pg_replication_origin_session_setup`),
     so change capture, asking pgoutput for `origin = none`, never decodes, publishes or reads them back: the
-    sync's own writes cost nothing downstream. Each session needs an origin of its own (PostgreSQL lets one
+    sync's own writes cost nothing downstream. Used by the Campaign writer (its rows) and by the streams (the
+    sync state: not published, but without an origin every peek of capture's slot decoded it again until the
+    slot moved past it). Each session needs an origin of its own (PostgreSQL lets one
     session at a time use an origin), so it takes the first free one of `crmsync_writer_0 … _63`.
 
     Not available before PostgreSQL 16, or to a user who may not call the origin functions (superuser, or
