@@ -70,6 +70,7 @@ def settings(ctx: typer.Context) -> Settings:
             console.print(f"[red]configuration error[/red]\n{exc}", highlight=False)
             raise typer.Exit(2)
         kafka.use_security(ctx.obj["settings"].kafka)  # every Kafka client of this process: TLS / SASL
+        kafka.use_compression(ctx.obj["settings"].kafka)
     return ctx.obj["settings"]
 
 

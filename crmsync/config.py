@@ -94,6 +94,9 @@ class KafkaSettings(_Strict):
 
     bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; empty = embedded broker")
     partitions: int = Field(4, ge=1, le=1024)
+    compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = Field(
+        "lz4", description="how producers compress their batches: lz4 costs the least CPU (what a small machine runs "
+        "out of); zstd makes ~20 % smaller batches for ~40 % more client CPU (docs/benchmarks.md)")
     replication_factor: int = Field(1, ge=1)
     session_timeout_ms: int | None = Field(None, ge=100, description="consumer group session timeout; empty = "
                                            "1 s on the embedded broker, 10 s (with static membership) otherwise")

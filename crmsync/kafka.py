@@ -4,8 +4,8 @@ Producers are idempotent with acks=all, so a retry never reorders or duplicates 
 services commit their own source position only after `flush()` reports every delivery acknowledged.
 
 One message is one record change (or one apply command), keyed by its record: throughput comes from the
-producer batching many messages per request (`linger.ms`, `batch.size`) and compressing each batch (lz4: the
-cheapest codec per byte on CPU, which is what a 2-core machine runs out of first), never from packing several
+producer batching many messages per request (`linger.ms`, `batch.size`) and compressing each batch (lz4 by default: the
+cheapest codec per byte on CPU, which is what a 2-core machine runs out of first; `kafka.compression` chooses), never from packing several
 records into one message. A single message over `message.max.bytes` can never be sent: `produce` raises
 `MessageTooLarge` at once (librdkafka checks the size before queueing), and a broker that refuses one later
 (its own limit is lower) is told through `DeliveryTracker.too_large`; the caller records the record in the
@@ -56,6 +56,13 @@ def client_config(bootstrap_servers: str, properties: dict[str, Any] | None = No
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's message.max.bytes default, and about Apache Kafka's broker default
 COMPRESSION = "lz4"  # accepted by Apache Kafka and by Tansu (the embedded broker); measured in docs/benchmarks.md
+_compression = COMPRESSION
+
+
+def use_compression(settings: KafkaSettings) -> None:
+    """Every producer made from now on in this process compresses as `settings.compression` says."""
+    global _compression
+    _compression = settings.compression
 
 
 def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
@@ -67,7 +74,7 @@ def producer(bootstrap_servers: str, **overrides: Any) -> Producer:
         "linger.ms": 10,
         "batch.size": 1_000_000,
         "batch.num.messages": 10000,
-        "compression.type": COMPRESSION,
+        "compression.type": _compression,
         "message.max.bytes": MAX_MESSAGE_BYTES,
         "queue.buffering.max.messages": 500000,
         "message.timeout.ms": 120000,
