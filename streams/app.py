@@ -27,7 +27,9 @@ of one record meet only in the database, where the rows are locked in a stable o
 Deferred changes (a parent not in the CRM yet, the CRM's first read not decided yet, an echo ahead of its link)
 wait in ``crmsync.deferred_changes`` with the partition they were consumed from. Between takes, the worker that
 owns that partition decides the due ones again, straight from the table, in the same kind of transaction as a
-take (deleted when decided, parked again with a longer wait otherwise). They are never published again on the
+take (deleted when decided, parked again with a longer wait otherwise; a change waiting for a parent is due as
+soon as a batch links that parent to its CRM record, one waiting for the CRM's first read as soon as that read has
+been decided). They are never published again on the
 change topic: a subscriber reads each record version once, and a deferral costs no message. (Rows parked before
 the partition was recorded are put back on their topic once by a faust timer, `republish_unowned`.)
 """
@@ -58,7 +60,7 @@ from crmsync.enums import StoredEnumerations
 from crmsync.envelope import Change, Reject, changes_from_message, dumps, record_key
 from crmsync.infra import Endpoints
 from crmsync.observability import progress
-from streams.reconcile import Decisions, Reconciler, match_index_sql, save_conflicts
+from streams.reconcile import FIRST_READ, Decisions, Reconciler, match_index_sql, save_conflicts
 
 log = logging.getLogger("crmsync.streams")
 APP_ID = names.STREAMS_GROUP
@@ -116,11 +118,14 @@ class BatchHandler:
         self.settings = settings
         self.side = side
         self.conn = pg.connect(found.campaign_dsn, application=f"crmsync-streams-{side}")
+        # the sync state written here is nothing change capture publishes: never decoded (see pg.WriterOrigin)
+        pg.WriterOrigin(self.conn).mark(True)
         self.producer = kafka.producer(found.bootstrap_servers)
         self.tracker = kafka.DeliveryTracker()
+        self.readiness = CrmReadiness(self.conn, found.bootstrap_servers)
         self.reconciler = Reconciler(settings, settings.campaign.name,
                                      enums=StoredEnumerations(found.campaign_dsn, max_age=ENUM_MAPS_MAX_AGE),
-                                     crm_ready=CrmReadiness(self.conn, found.bootstrap_servers))
+                                     crm_ready=self.readiness)
 
     def handle(self, changes: list[Change], partitions: dict[str, int] | None = None) -> Decisions:
         """Decide `changes` in one transaction (the agent hands them over in slices of about
@@ -148,7 +153,9 @@ class BatchHandler:
             rejects.record_many(self.conn, [entry for entry in found])
             save_conflicts(self.conn, outcome.conflicts)
             self._defer(outcome, partitions)
-            self._forget_deferred(changes, outcome)
+            if outcome.deferred or self._anything_deferred():  # (one look per batch: usually nothing waits)
+                self._forget_deferred(changes, outcome)
+                self._wake_children(outcome)
             # last step before the commit: the writers may apply these commands from now on, and an echo of
             # them must find this batch's state committed (or it waits in deferred_changes)
             for command in outcome.commands:
@@ -167,10 +174,11 @@ class BatchHandler:
             CONFLICTS.labels(conflict.mapping).inc()
         return outcome
 
+    def _anything_deferred(self) -> bool:
+        return self.conn.execute("SELECT EXISTS (SELECT 1 FROM crmsync.deferred_changes)").fetchone()[0]
+
     def _forget_deferred(self, changes: list[Change], outcome: Decisions) -> None:
         """Changes that came back from deferred_changes and were decided now leave it."""
-        if self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM crmsync.deferred_changes)").fetchone()[0]:
-            return
         waiting = {item.change.id for item in outcome.deferred}
         self.conn.execute("DELETE FROM crmsync.deferred_changes WHERE id = ANY(%s)",
                           ([c.id for c in changes if c.id not in waiting],))
@@ -211,6 +219,29 @@ class BatchHandler:
             found.append(rejects.Entry(reject, None, "abandoned", None))
         return found
 
+    def _wake_children(self, outcome: Decisions) -> None:
+        """Changes waiting for a parent this batch linked to its CRM record are due now (decided again between
+        the next takes), not after their backoff: a Campaign → CRM backfill follows the CRM writes, not a timer."""
+        if outcome.linked:
+            self._wake(outcome.linked)
+
+    def _wake_after_first_reads(self) -> None:
+        """Changes waiting for the CRM's first read of their mapping are due once that read has been decided,
+        not at the end of their backoff (a Campaign → CRM backfill into an empty CRM started 10 s late)."""
+        mappings = {m.name: m for m in self.settings.mappings}
+        with self.conn.transaction():
+            waiting = [name for (name,) in self.conn.execute(
+                "SELECT DISTINCT substr(parent, %s) FROM crmsync.deferred_parents WHERE starts_with(parent, %s)",
+                (len(FIRST_READ) + 1, FIRST_READ)).fetchall()]
+            ready = [FIRST_READ + name for name in waiting if name in mappings and self.readiness(mappings[name])]
+            if ready:
+                self._wake(ready)
+
+    def _wake(self, waited_for: list[str]) -> None:
+        self.conn.execute("UPDATE crmsync.deferred_changes d SET next_retry_at = now() "
+                          "FROM crmsync.deferred_parents p WHERE p.parent = ANY(%s::text[]) "
+                          "AND d.id = p.change_id AND d.next_retry_at > now()", (waited_for,))
+
     def _defer(self, outcome: Decisions, partitions: dict[str, int]) -> None:
         """Changes that must wait are parked in the database with their partition, and decided again later by
         the partition's owner (never dropped, never published again)."""
@@ -221,6 +252,7 @@ class BatchHandler:
                                  "kafka_partition": partitions.get(item.change.id),
                                  "message_key": item.change.kafka_key().hex(), "payload": item.change.to_json().hex(),
                                  "reason": item.reason} for item in outcome.deferred}
+        waits = {(parent, item.change.id) for item in outcome.deferred for parent in item.waiting_for}
         self.conn.execute(
             """INSERT INTO crmsync.deferred_changes (id, topic, kafka_partition, message_key, payload, reason,
                                                      next_retry_at)
@@ -234,12 +266,20 @@ class BatchHandler:
                    next_retry_at = now() + least(interval '10 seconds',
                        interval '2 seconds' * power(2, crmsync.deferred_changes.attempts + 1))""",
             (dumps(list(rows.values())).decode(),))
+        # what each waits for now replaces what it waited for before (a change first waiting for the CRM's
+        # first read, then for its parent, must not be woken again by that read, every second)
+        self.conn.execute("DELETE FROM crmsync.deferred_parents WHERE change_id = ANY(%s)", (list(rows),))
+        if waits:
+            self.conn.execute("INSERT INTO crmsync.deferred_parents (parent, change_id) SELECT * FROM "
+                              "unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                              ([parent for parent, _ in waits], [change_id for _, change_id in waits]))
 
     def decide_due_deferred(self, owned: list[tuple[str, int]], limit: int = MAX_CHANGES_PER_TRANSACTION) -> int:
         """Decide again the due deferred changes of the partitions this worker owns (`owned`: this side's
         (topic, partition) pairs of the consumer's assignment). Returns how many were looked at."""
         if not owned:
             return 0
+        self._wake_after_first_reads()
         with self.conn.transaction():
             rows = self.conn.execute(
                 """SELECT d.kafka_partition, d.payload FROM crmsync.deferred_changes d

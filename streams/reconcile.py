@@ -122,10 +122,19 @@ class Conflict:
     policy: str
 
 
+PARENT_NOT_IN_CRM = "a referenced parent is not in the CRM yet"
+FIRST_READ = "crm-read:"  # + mapping name: what a change waiting for the CRM's first read of its mapping waits for
+
+
 @dataclass
 class Deferred:
+    """A change that must wait. `waiting_for`: the parents it waits for ('<mapping>:<Campaign key>'; the batch
+    that links one of them wakes it: `Decisions.linked`), or the CRM's first read of its mapping (FIRST_READ +
+    mapping name; woken when that read has been decided)."""
+
     change: Change
     reason: str
+    waiting_for: tuple[str, ...] = ()
 
 
 @dataclass
@@ -158,6 +167,7 @@ class Decisions:
     duplicates: list[Duplicate] = field(default_factory=list)
     invalid: list[InvalidValue] = field(default_factory=list)
     skipped: int = 0  # echoes, duplicates, out-of-filter records
+    linked: list[str] = field(default_factory=list)  # '<mapping>:<Campaign key>' of the records linked to the CRM
     fast: Counter = field(default_factory=Counter)  # changes the fast path decided, per case (streams/fast.py)
 
 
@@ -458,6 +468,7 @@ class MappingBatch:
                 f"""UPDATE crmsync.sync_state s SET ({STATE_COLUMNS}, updated_at) = ({_prefixed("x")}, now())
                     FROM jsonb_to_recordset(%s::jsonb) AS x(id bigint, {STATE_TYPES}) WHERE s.id = x.id""",
                 (dumps(changed).decode(),))
+        self.out.linked.extend(f"{self.m.name}:{key}" for _, key in linked)
         if linked:
             self.conn.execute(
                 """INSERT INTO crmsync.identity_links (crm_account, crm_object, crm_id, campaign_table, campaign_key)
@@ -583,10 +594,11 @@ class MappingBatch:
             return
         if not self.r.crm_ready(self.m):
             self.out.deferred.append(Deferred(change, "waiting for the first CRM read of "
-                                                      f"{self.m.crm_object} to finish (matching needs it)"))
+                                                      f"{self.m.crm_object} to finish (matching needs it)",
+                                              (f"{FIRST_READ}{self.m.name}",)))
             return
         if self._unresolved_parent(values):
-            self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
+            self._wait_for_parents(change, values)
             return
         twin = self._linked_twin(key)
         if twin is not None:
@@ -729,7 +741,7 @@ class MappingBatch:
         values = self._values(change)
         before = self._values(replace(change, after=change.before), report=False) if change.before else None
         if side == "campaign" and self._waits_for_parent(link, values, before):
-            self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
+            self._wait_for_parents(change, values)
             return  # decided when it comes back: nothing of it is taken in before then
         change_ts = self._change_ts(change)
         to_other: dict[str, Any] = {}
@@ -909,6 +921,12 @@ class MappingBatch:
     def _unresolved_parent(self, values: dict) -> bool:
         return any(isinstance(values.get(fm.campaign), dict) for fm in self.m.fields if fm.reference)
 
+    def _wait_for_parents(self, change: Change, values: dict) -> None:
+        """Park `change` until the parents it points at are in the CRM; linking one of them wakes it."""
+        waiting = tuple(f"{fm.reference}:{values[fm.campaign]['campaign_key']}" for fm in self.m.fields
+                        if fm.reference and isinstance(values.get(fm.campaign), dict))
+        self.out.deferred.append(Deferred(change, PARENT_NOT_IN_CRM, waiting))
+
     def _send(self, link: Link, side: str, values: dict, change: Change, *, bases: dict | None = None,
               create: bool = False, link_only: bool = False) -> None:
         """Send canonical `values` to `side` (converted there). CRM writes are remembered as in flight; Campaign
@@ -922,7 +940,7 @@ class MappingBatch:
         if side == "crm":
             values = self._resolve_parents(link, values)
             if self._unresolved_parent(values):
-                self.out.deferred.append(Deferred(change, "a referenced parent is not in the CRM yet"))
+                self._wait_for_parents(change, values)
                 return
             self._track_sent(link, values, bases or {}, self._change_ts(change))
             bases = bases if link.crm_id else None  # a CRM record we create has nothing to compare with yet

@@ -1,0 +1,95 @@
+"""A change deferred until its parent is in the CRM is due again the moment a batch links that parent, not after
+its backoff (issue 16: the Campaign → CRM backfill waited on the timer — 2, 4, 8, then every 10 s — for each
+contact whose organisation, and each purchase whose contact, had just been written to the CRM and read back).
+
+Real PostgreSQL and broker, the streams' own batch handlers (one per side), no poller: the CRM side's changes
+are built as the poller would publish them."""
+from __future__ import annotations
+
+import time
+
+from crmsync import names, pg, topics
+from crmsync.envelope import crm_change
+from crmsync.infra import Endpoints
+from streams.app import BatchHandler
+from tests.streams.changes import ACCOUNT, campaign
+
+
+def _crm_first_read_done(dsn: str) -> None:
+    """The CRM's first read of every object counts as decided (matching needs it before a new row is sent)."""
+    with pg.connect(dsn, autocommit=True) as conn:
+        for obj in ("Account", "Contact", "Opportunity"):
+            conn.execute("INSERT INTO crmsync.checkpoints (name, position) VALUES (%s, '{\"snapshot_done\": true}')",
+                         (names.poller_checkpoint(ACCOUNT, obj),))
+
+
+def _deferred(dsn: str) -> list[tuple]:
+    with pg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT array_agg(p.parent), d.next_retry_at <= now() FROM crmsync.deferred_changes d "
+                            "JOIN crmsync.deferred_parents p ON p.change_id = d.id GROUP BY d.id").fetchall()
+
+
+def test_linking_a_parent_wakes_the_changes_waiting_for_it(decide, endpoints):
+    _crm_first_read_done(decide.dsn)
+    found = Endpoints(endpoints.bootstrap_servers, decide.dsn)
+    campaign_side = BatchHandler(decide.settings, found, "campaign")
+    crm_side = BatchHandler(decide.settings, found, "crm")
+    try:
+        with pg.connect(decide.dsn, autocommit=True) as conn:
+            org = conn.execute("INSERT INTO organisations (name) VALUES ('Acme') RETURNING id").fetchone()[0]
+        organisation = campaign("c", org, "2026-01-04T10:00:00Z", {"id": org, "name": "Acme"})
+        organisation.object = "organisations"
+        created = campaign_side.handle([organisation])
+        assert [(c.action, c.object) for c in created.commands] == [("upsert", "Account")]
+
+        person = {"id": 7001, "email": "wo@example.com", "first_name": "Wo", "last_name": "Ke",
+                  "organisation_id": org}
+        waiting = campaign_side.handle([campaign("c", 7001, "2026-01-04T10:00:01Z", person)], {})
+        assert [d.waiting_for for d in waiting.deferred] == [(f"accounts:{org}",)]
+        assert _deferred(decide.dsn) == [([f"accounts:{org}"], False)]  # parked on its backoff
+
+        # the Account the writer created, read back from the CRM: it carries the organisation's Campaign key
+        read_back = crm_change(ACCOUNT, "Account", "c", "001WAKE", "2026-01-04T10:00:02.000+0000",
+                               "2026-01-04T10:00:02Z", after={"Id": "001WAKE", "Name": "Acme",
+                                                              "Campaign_Key__c": str(org)})
+        linking = crm_side.handle([read_back])
+        assert f"accounts:{org}" in linking.linked
+        assert _deferred(decide.dsn) == [([f"accounts:{org}"], True)]  # due now
+
+        topic = topics.changes("campaign", "campaign", "recipients")
+        with pg.connect(decide.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE crmsync.deferred_changes SET kafka_partition = 0")
+        assert campaign_side.decide_due_deferred([(topic, 0)]) == 1
+        assert _deferred(decide.dsn) == []
+        with pg.connect(decide.dsn, autocommit=True) as conn:  # its parents went with it
+            assert conn.execute("SELECT count(*) FROM crmsync.deferred_parents").fetchone()[0] == 0
+    finally:
+        campaign_side.close()
+        crm_side.close()
+
+
+def test_the_crms_first_read_wakes_the_changes_waiting_for_it(decide, endpoints):
+    """A new Campaign row waits until the CRM's first read of its mapping is decided (matching needs it); it is
+    due again as soon as that read is, not after its backoff (2, 4, 8, then every 10 s). Deferred again for
+    another reason, it waits for that reason only."""
+    campaign_side = BatchHandler(decide.settings, Endpoints(endpoints.bootstrap_servers, decide.dsn), "campaign")
+    try:
+        person = {"id": 7101, "email": "early@example.com", "first_name": "Ear", "last_name": "Ly",
+                  "organisation_id": 4242}  # an organisation not in the CRM either
+        waiting = campaign_side.handle([campaign("c", 7101, "2026-01-04T11:00:00Z", person)], {})
+        assert [d.waiting_for for d in waiting.deferred] == [("crm-read:contacts",)]
+        assert _deferred(decide.dsn) == [(["crm-read:contacts"], False)]
+
+        topic = topics.changes("campaign", "campaign", "recipients")
+        with pg.connect(decide.dsn, autocommit=True) as conn:
+            # as after a few looks: its backoff is now 10 s
+            conn.execute("UPDATE crmsync.deferred_changes SET kafka_partition = 0, "
+                         "next_retry_at = now() + interval '10 seconds'")
+        assert campaign_side.decide_due_deferred([(topic, 0)]) == 0  # the CRM's first read is not done: it waits
+        _crm_first_read_done(decide.dsn)
+        time.sleep(2.1)  # (the readiness check is repeated at most every 2 s)
+        assert campaign_side.decide_due_deferred([(topic, 0)]) == 1  # due at once, decided again…
+        # …and now waits for its organisation only, on its backoff: the first read, decided, wakes it no more
+        assert _deferred(decide.dsn) == [(["accounts:4242"], False)]
+    finally:
+        campaign_side.close()
