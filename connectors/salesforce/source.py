@@ -59,7 +59,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import islice
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from simple_salesforce.exceptions import SalesforceError
 
@@ -214,7 +214,7 @@ class SalesforceSource:
         resume = dict(state.bulk or {})
         if not resume:
             state = CursorState()
-        types = {f["name"]: f.get("type", "") for f in self._describe()}
+        converters = _bulk_converters({f["name"]: f.get("type", "") for f in self._describe()})
         current, skip = resume.get("locator", ""), int(resume.get("done", 0))  # the page under way, rows handed out
         pages = self.client.bulk2_query_pages(self.obj, soql, job_id=resume.get("job"), locator=current,
                                               max_records=self.bulk_page_records)
@@ -226,7 +226,7 @@ class SalesforceSource:
                 done, piece = skip, list(islice(rows, self.bulk_slice_records))
                 while True:
                     following = list(islice(rows, self.bulk_slice_records)) if piece else []
-                    changes = [c for row in piece if (c := self._consider(state, _typed_row(row, types), True, None))]
+                    changes = [c for row in piece if (c := self._consider(state, _typed_row(row, converters), True, None))]
                     done += len(piece)
                     if following:
                         state.bulk = {"job": job_id, "locator": current, "done": done}
@@ -295,7 +295,7 @@ class SalesforceSource:
 
     def _consider(self, state: CursorState, record: dict[str, Any], snapshot: bool,
                   window_start: datetime | None) -> Change | None:
-        row = {k: v for k, v in record.items() if k != "attributes"}
+        row = {k: v for k, v in record.items() if k != "attributes"} if "attributes" in record else record
         rid, stamp = row["Id"], row["SystemModstamp"]
         state.advance(stamp, rid)
         delivered = state.seen.get(rid)
@@ -356,22 +356,24 @@ class SalesforceSource:
                           before=before, modstamp=stamp)
 
 
-def _typed_row(row: dict[str, str], types: dict[str, str]) -> dict[str, Any]:
+def _bulk_datetime(text: str) -> str:
+    return text[:-1] + "+0000" if text.endswith("Z") else text
+
+
+_BULK_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "boolean": lambda text: text.lower() == "true", "int": lambda text: int(float(text)),
+    "long": lambda text: int(float(text)), "double": float, "currency": float, "percent": float,
+    "datetime": _bulk_datetime}
+
+
+def _bulk_converters(types: dict[str, str]) -> dict[str, Callable[[str], Any]]:
+    """Per field, how its Bulk CSV text becomes the REST API's value (fields kept as text have none)."""
+    return {name: _BULK_CONVERTERS[kind] for name, kind in types.items() if kind in _BULK_CONVERTERS}
+
+
+def _typed_row(row: dict[str, str], converters: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
     """A Bulk CSV row as the REST API returns the record: empty = null, booleans, numbers, and datetimes
-    spelled `…+0000` (Bulk writes `…Z`), so the change is the same whichever API read it."""
-    typed: dict[str, Any] = {}
-    for name, text in row.items():
-        kind = types.get(name, "")
-        if text == "" or text is None:
-            typed[name] = None
-        elif kind == "boolean":
-            typed[name] = text.lower() == "true"
-        elif kind in ("int", "long"):
-            typed[name] = int(float(text))
-        elif kind in ("double", "currency", "percent"):
-            typed[name] = float(text)
-        elif kind == "datetime" and text.endswith("Z"):
-            typed[name] = text[:-1] + "+0000"
-        else:
-            typed[name] = text
-    return typed
+    spelled `…+0000` (Bulk writes `…Z`), so the change is the same whichever API read it. (The converters are
+    looked up once per job: this runs for every record of a snapshot.)"""
+    return {name: None if not text else (convert(text) if (convert := converters.get(name)) else text)
+            for name, text in row.items()}
