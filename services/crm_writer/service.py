@@ -13,8 +13,8 @@ Per batch of consumed `ApplyCommand`s (`crmsync service writer-crm --account NAM
 4. Only when the rejects are acknowledged and stored are the consumer offsets committed. A crash before that
    re-applies the batch: updates, upserts and deletes are idempotent (creates carry an external id).
 
-While commands keep coming (the last batch filled a call), it gathers for `busy_linger`, so a sustained flow goes
-out in bulk jobs; a trickle goes out within `max_linger`.
+While commands keep coming (the last batch filled a call), it gathers for `busy_linger` (ending early at a pause of
+`busy_pause`), so a sustained flow goes out in bulk jobs; a trickle goes out within `max_linger`.
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ class WriterOptions:
     linger: float = 0.05  # then keep collecting while more arrive within this many seconds…
     max_linger: float = 0.5  # …but never longer than this in all (a batch's latency stays bounded)
     busy_linger: float = 3.0  # while commands keep coming, gather this long: a sustained stream goes out in bulk
+    busy_pause: float = 1.5  # …unless nothing new came for this long (longer than the streams' 1 s between takes)
 
 
 @dataclass
@@ -145,14 +146,19 @@ class CrmWriter:
         return result
 
     def _consume_batch(self) -> list[Message]:
-        """Wait up to poll_timeout for commands, then keep taking what is already there (up to max_batch)."""
+        """Wait up to poll_timeout for commands, then keep taking what is already there (up to max_batch).
+        While a flow is on, keep gathering up to busy_linger — but not past a pause of busy_pause with nothing
+        new: the flow (a burst, one level of a backfill's parents) has ended, and its tail should not wait."""
         assert self.consumer is not None
         batch = self.consumer.consume(self.options.max_batch, self.options.poll_timeout)
         busy = self._last_batch_size >= BATCH_FILLS_A_CALL
         deadline = time.monotonic() + (self.options.busy_linger if busy else self.options.max_linger)
+        last_arrival = time.monotonic()
         while batch and len(batch) < self.options.max_batch and time.monotonic() < deadline:
             more = self.consumer.consume(self.options.max_batch - len(batch), self.options.linger)
-            if not more and not busy:
+            if more:
+                last_arrival = time.monotonic()
+            elif not busy or time.monotonic() - last_arrival >= self.options.busy_pause:
                 break
             batch += more
         self._last_batch_size = len(batch)

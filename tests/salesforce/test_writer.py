@@ -293,3 +293,26 @@ def test_a_field_edited_in_salesforce_after_the_decision_is_left_alone(module_sa
     assert (after["Title"], after["Department"]) == ("CMO", "Marketing")
     requests = module_sandbox.admin("stats")["requests"]
     assert requests.get("PATCH collections_update") == 2 and requests.get("GET query") == 2
+
+
+def test_a_flow_that_pauses_goes_out_without_waiting_out_the_busy_linger(module_sandbox, campaign_endpoints,
+                                                                         tmp_path) -> None:
+    """While commands keep coming the writer gathers up to 3 s (bulk jobs); once nothing new arrived for
+    busy_pause (1.5 s) the flow has ended and what was gathered goes out: a Campaign → CRM backfill's parents
+    (then children) come in bursts, and each burst's tail used to wait the whole 3 s."""
+    name, marker = unique_name("w-pause"), f"p-{uuid.uuid4().hex[:8]}"
+    w = make_writer(module_sandbox, campaign_endpoints, name, tmp_path=tmp_path)
+    try:
+        produce(campaign_endpoints.bootstrap_servers, name,
+                [upsert_command(name, f"{marker}-a{i:04d}", marker) for i in range(400)])
+        assert drain(w, 400) == (400, 0)  # a batch that filled a call: the writer now gathers as for a flow
+        produce(campaign_endpoints.bootstrap_servers, name,
+                [upsert_command(name, f"{marker}-b{i:04d}", marker) for i in range(300)])
+        time.sleep(0.5)  # all of the burst is on the broker
+        started = time.monotonic()
+        batch = w._consume_batch()
+        took = time.monotonic() - started
+        assert len(batch) == 300
+        assert took < 2.5, f"the burst's batch waited {took:.1f} s (busy_linger is {w.options.busy_linger} s)"
+    finally:
+        w.close()
