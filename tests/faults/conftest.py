@@ -6,9 +6,7 @@ Each case edits its own linked pair, so the cases never disturb each other."""
 from __future__ import annotations
 
 import itertools
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -51,8 +49,8 @@ class ValuePipeline:
 
 
 @pytest.fixture(scope="package")  # torn down when tests/faults is done, not at the end of the suite
-def values() -> Iterator[ValuePipeline]:
-    state = Path(tempfile.mkdtemp(prefix="crmsync-bad-values-"))
+def values(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValuePipeline]:
+    state = tmp_path_factory.mktemp("bad-values")  # (pytest keeps the last few runs' and removes older ones)
     with contacts_pipeline(state, contacts=40, recipients=40, shared=40) as world:
         for name, kind in (("Score__c", "double"), ("Code__c", "string")):
             sandbox_admin(world.sandbox, "fields", {"object": "Contact", "name": name, "type": kind})
