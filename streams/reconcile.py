@@ -986,7 +986,7 @@ class MappingBatch:
             match = ({self.m.crm_external_id: str(link.campaign_key)}
                      if self.m.crm_external_id and link.campaign_key is not None else None)
             target, obj = self.m.account, self.m.crm_object
-        if self._merged_into_earlier(link, side, action, payload, expect, key, match):
+        if self._merged_into_earlier(link, side, action, payload, expect, key, match, observed=change.side == side):
             return
         command = ApplyCommand(
             id=f"{change.id}>{self.m.name}>{side}", side=side, target=target, object=obj, action=action,
@@ -1001,16 +1001,20 @@ class MappingBatch:
             self.emitted.pop((side, id(link)), None)
 
     def _merged_into_earlier(self, link: Link, side: str, action: str, payload: dict, expect: dict | None,
-                             key: dict | None, match: dict | None) -> bool:
+                             key: dict | None, match: dict | None, *, observed: bool = False) -> bool:
         """A second upsert for one record on one side in this batch joins the first: newest value per field,
-        the first expectation per field (what the field held before this batch's writes)."""
+        and per field the expectation of what that side holds when the write lands. An expectation derived
+        from the agreed values (a change from the other side) assumed this batch's earlier writes: the first
+        one stands. One `observed` on that side itself (a later version of the record, read back in this
+        batch) is newer than any earlier one and replaces it — else a late write of ours that the later version
+        showed made the merged write expect a value the side no longer held, and compare-and-set left it out."""
         earlier = self.emitted.get((side, id(link)))
         if action != "upsert" or earlier is None:
             return False
         earlier.values.update(payload)
         if expect is not None or earlier.expect is not None:
-            merged = dict(expect or {})
-            merged.update(earlier.expect or {})
+            first, later = earlier.expect or {}, expect or {}
+            merged = {**first, **later} if observed else {**later, **first}
             earlier.expect = {c: v for c, v in merged.items() if c in earlier.values}
         earlier.key, earlier.match = key or earlier.key, match or earlier.match
         return True

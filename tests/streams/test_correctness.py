@@ -156,3 +156,25 @@ def test_a_crm_undelete_unmarks_the_recipient(decide):
     back = decide([crm("c", "003U", "2026-01-04T11:01:00.000+0000", FirstName="Di", LastName="Ho",
                        Email="uma@example.com", Title="Back")])
     assert [(c.key, c.values) for c in back.commands] == [({"id": key}, {"deleted": False, "job_title": "Back"})]
+
+
+def test_a_late_write_seen_in_the_same_batch_as_the_edit_it_overwrote_is_undone(decide):
+    """Our write of a Campaign edit reached the CRM after a CRM user's later edit of the same field (Salesforce's
+    compare-and-set is a read before the write: a narrow window). The streams see both CRM versions in one
+    batch: the user's edit wins, and the winner is re-asserted twice — once per version — merged into one
+    command. That command must expect what the CRM holds last (our late write), not what the first version
+    showed: with the first, the CRM writer's compare-and-set left it out, and the two sides kept each other's
+    values (found by tests/sync/test_chaos.py)."""
+    key = linked(decide, "003LATE", "late@example.com")
+    base = _row(key, "late@example.com", crm_id="003LATE", phone="+1 555 0100")
+    decide([crm("u", "003LATE", "2026-01-06T09:00:00.000+0000", FirstName="Di", LastName="Ho",
+                Email="late@example.com", HasOptedOutOfEmail=False, Phone="+1 555 0100")])
+    sent = decide([campaign("u", key, "2026-01-06T12:00:00Z", {**base, "phone": "campaign-value"}, before=base)])
+    assert [c.values.get("Phone") for c in sent.commands] == ["campaign-value"]
+    fields = dict(FirstName="Di", LastName="Ho", Email="late@example.com", HasOptedOutOfEmail=False)
+    out = decide([crm("u", "003LATE", "2026-01-06T12:00:05.000+0000", **fields, Phone="crm-value"),  # the user
+                  crm("u", "003LATE", "2026-01-06T12:00:06.000+0000", **fields, Phone="campaign-value")])  # ours, late
+    to_crm = [c for c in out.commands if c.side == "crm"]
+    assert [(c.values.get("Phone"), (c.expect or {}).get("Phone")) for c in to_crm] == [("crm-value", "campaign-value")]
+    assert [c.values.get("phone") for c in out.commands if c.side == "campaign"] == ["crm-value"]
+
