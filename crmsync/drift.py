@@ -83,7 +83,7 @@ class DriftChecker:
         with pg.connect(self.found.campaign_dsn, application="crmsync-drift") as conn:
             reads_began = conn.execute("SELECT clock_timestamp()").fetchone()[0]
             links = conn.cursor(row_factory=dict_row).execute(
-                "SELECT crm_id, campaign_key, deleted FROM crmsync.sync_state WHERE mapping = %s",
+                "SELECT crm_id, campaign_key, deleted, campaign_lsn FROM crmsync.sync_state WHERE mapping = %s",
                 (mapping.name,)).fetchall()
             parents = self._parent_crm_ids(conn, mapping)
             types = FieldTypes(conn)
@@ -115,6 +115,8 @@ class DriftChecker:
             crm_row, campaign_row = report.crm_rows.get(crm_id), report.campaign_rows_by_key.get(key)
             if crm_row is None and campaign_row is not None:
                 report.gone_from_crm.append(crm_id)
+            elif campaign_row is None and crm_row is not None and link["campaign_lsn"] is None:
+                linked_crm.discard(crm_id)  # a row the streams never saw a change of: our insert of it was lost
             elif campaign_row is None and crm_row is not None:
                 report.gone_from_campaign.append(key)
             elif crm_row is not None and campaign_row is not None:
@@ -219,20 +221,27 @@ class DriftChecker:
         campaign_topic = topics.changes("campaign", self.settings.campaign.name, mapping.campaign_table)
         crm_changes, campaign_changes = [], []
         version_field = next(iter(self._connector(mapping).index_fields), None)
+        # a record missing on one side is marked so: the streams then send all of it there, not only what differs
+        # from what they agreed (nothing, for a record whose create was decided and then lost)
+        missing_in_campaign = set(report.missing_in_campaign)
         for crm_id in [*report.missing_in_campaign, *(d[0] for d in report.differing)]:
             row = report.crm_rows[crm_id]
             version = str(row.get(version_field) or stamp) if version_field else stamp
+            missing = {"missing": "campaign"} if crm_id in missing_in_campaign else {}
             crm_changes.append(crm_change(mapping.account, mapping.crm_object, "r", crm_id, version,
-                                          _iso(version, stamp), after=row, id_prefix=f"repair:{stamp}", repair=True))
+                                          _iso(version, stamp), after=row, id_prefix=f"repair:{stamp}", repair=True,
+                                          **missing))
         for crm_id in report.gone_from_crm:
             crm_changes.append(crm_change(mapping.account, mapping.crm_object, "d", crm_id, stamp, stamp, after=None,
                                           id_prefix=f"repair:{stamp}:gone", repair=True))
+        missing_in_crm = set(report.missing_in_crm)
         for key in [*report.missing_in_crm, *(d[1] for d in report.differing)]:
             row = report.campaign_rows_by_key[key]
+            position = {"repair": True, **({"missing": "crm"} if key in missing_in_crm else {})}
             campaign_changes.append(Change(id=f"repair:{stamp}:campaign:{key}", side="campaign",
                                            source=self.settings.campaign.name, object=mapping.campaign_table,
                                            op="r", key={"id": key}, after=row,
-                                           position={"repair": True}, source_ts=row.get("updated_at")))
+                                           position=position, source_ts=row.get("updated_at")))
         for key in report.gone_from_campaign:
             campaign_changes.append(Change(id=f"repair:{stamp}:campaign-gone:{key}", side="campaign",
                                            source=self.settings.campaign.name, object=mapping.campaign_table,

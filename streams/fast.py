@@ -53,8 +53,9 @@ class FastPath:
         return [c for c in changes if once[_record(c)] > 1 or not self._decided(c)]
 
     def _decided(self, change: Change) -> bool:
-        if change.op == "d" or change.partial or not self.b._in_filter(change):
-            return False  # deletes and partial changes (only the touched fields: never a new record) per record
+        if change.op == "d" or change.partial or change.position.get("missing") or not self.b._in_filter(change):
+            return False  # deletes, partial changes (only the touched fields: never a new record) and repair
+            # reads of records the other side never received, per record
         link = self.b._find_link_quietly(change)
         if link is None:
             case = "new CRM record" if change.side == "crm" else "new Campaign row"

@@ -782,12 +782,29 @@ class MappingBatch:
             else:
                 back_to_side[column] = agreed
         self._note_position(change, link)
-        if to_other:
+        if self._lost_on(other, link, change):
+            self._send_whole_record(link, other, change)
+        elif to_other:
             self._send(link, other, to_other, change, bases=bases)
         if back_to_side:
             self._send(link, side, back_to_side, change, bases=values)
         if not to_other and not back_to_side:
             self.out.skipped += 1
+
+    def _lost_on(self, side: str, link: Link, change: Change) -> bool:
+        """Is this a drift repair's read of a record that `side` never received (its create was decided, and
+        lost on the way: e.g. with the broker's memory)? The repair says so (`position["missing"]`); the link
+        agrees: no CRM id yet, or (Campaign) a row the streams never saw a change of."""
+        if change.op != "r" or change.position.get("missing") != side:
+            return False
+        return link.crm_id is None if side == "crm" else link.campaign_lsn is None
+
+    def _send_whole_record(self, link: Link, side: str, change: Change) -> None:
+        """Send everything agreed to `side` again, as a create. A merge alone sends only what differs from the
+        agreement, i.e. nothing: the record never arrived. Harmless if it did meanwhile: a CRM create is an
+        upsert by external id, a Campaign create with its key updates the row it finds."""
+        link.inserting = side == "campaign" and link.campaign_key is not None
+        self._send(link, side, dict(link.agreed), change, create=True)
 
     def _waits_for_parent(self, link: Link, values: dict, before: dict | None) -> bool:
         """A Campaign edit pointing at a parent the CRM does not have yet cannot be sent: the whole change waits

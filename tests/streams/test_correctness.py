@@ -7,6 +7,7 @@ after a newer Campaign edit and applied over it, and two batches deadlocking on 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 import time
 
 import pytest
@@ -17,7 +18,7 @@ from crmsync.field_types import store_crm_fields
 from crmsync.infra import Endpoints
 from services.campaign_writer.service import CampaignWriter
 from streams.app import BatchHandler
-from tests.streams.changes import ACCOUNT, campaign, crm, linked
+from tests.streams.changes import ACCOUNT, campaign, crm, linked, recipient
 
 TEXTS = ["2021-06-01T00:30:00+01:00", "0001-01-01T00:30:00+01:00", "2024-02-30", "007", "1e3", "-0", "true",
          "False", "  spaced  ", "NaN", "1990-02-03"]
@@ -178,3 +179,30 @@ def test_a_late_write_seen_in_the_same_batch_as_the_edit_it_overwrote_is_undone(
     assert [(c.values.get("Phone"), (c.expect or {}).get("Phone")) for c in to_crm] == [("crm-value", "campaign-value")]
     assert [c.values.get("phone") for c in out.commands if c.side == "campaign"] == ["crm-value"]
 
+
+def test_a_repair_read_of_a_row_whose_crm_create_was_lost_creates_it_again(decide):
+    """A Campaign row was decided (its link has no CRM id yet, the create command is in flight) and the command was
+    lost with the broker's memory. The drift repair re-publishes the row as a read: the create goes out again
+    (the row's values equal what the link agreed, so the merge alone sent nothing and the record never reached
+    the CRM; found by tests/faults/test_faults_salesforce.py)."""
+    row = recipient(decide.dsn, "lost-create@example.com", first_name="Lo", last_name="St")
+    after = {**_row(row["id"], "lost-create@example.com", crm_id=None, first_name="Lo", last_name="St"),
+             "crm_account": None}
+    first = decide([campaign("c", row["id"], "2026-01-07T10:00:00Z", after)])
+    created = [(c.action, c.match, c.values.get("Email")) for c in first.commands if c.side == "crm"]
+    assert created == [("upsert", {"Campaign_Key__c": str(row["id"])}, "lost-create@example.com")]
+    repair = campaign("r", row["id"], "2026-01-07T10:00:00Z", after)
+    again = decide([replace(repair, position={"repair": True, "missing": "crm"})])  # as crmsync/drift.py has it
+    assert [(c.action, c.match, c.values.get("Email")) for c in again.commands if c.side == "crm"] == created
+
+
+def test_a_repair_read_of_a_crm_record_whose_campaign_insert_was_lost_inserts_it_again(decide):
+    """The same, the other way: a new CRM record was decided (its Campaign key allocated, the insert in flight)
+    and the insert was lost. The repair's read of the CRM record sends the row again."""
+    fields = dict(FirstName="Lo", LastName="St", Email="lost-insert@example.com", HasOptedOutOfEmail=False)
+    first = decide([crm("c", "003LOST", "2026-01-07T11:00:00.000+0000", **fields)])
+    inserted = [(c.action, c.key, c.values.get("email")) for c in first.commands if c.side == "campaign"]
+    assert [action for action, _, _ in inserted] == ["create"]
+    repair = crm("r", "003LOST", "2026-01-07T11:00:00.000+0000", **fields)
+    again = decide([replace(repair, position={**repair.position, "repair": True, "missing": "campaign"})])
+    assert [(c.action, c.key, c.values.get("email")) for c in again.commands if c.side == "campaign"] == inserted

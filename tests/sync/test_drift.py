@@ -21,17 +21,27 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         checker, mapping = world.checker(), world.settings.mappings[0]
         wait_for(lambda: checker.compare(mapping).converged, 300, "the initial sync", every=1, supervisor=supervisor)
 
-        # 1. commands lost with the broker: the CRM writer is held, the streams decide, the broker restarts empty
-        writer = next(c for label, c in supervisor.children.items() if label.startswith("writer-crm"))
-        writer.send_signal(signal.SIGSTOP)
+        # 1. commands lost with the broker: the writers are held, the streams decide, the broker restarts empty.
+        # Edits, and creates both ways (the created record's link is there, the record never arrives)
+        writers = [c for label, c in supervisor.children.items() if label.startswith("writer-")]
+        for writer in writers:
+            writer.send_signal(signal.SIGSTOP)
         with pg.connect(found.campaign_dsn, autocommit=True) as conn:
             lost = [r[0] for r in conn.execute("SELECT id FROM recipients WHERE crm_id IS NOT NULL ORDER BY id LIMIT 10")]
             conn.execute("UPDATE recipients SET job_title = 'lost with the broker' WHERE id = ANY(%s)", (lost,))
+            new_rows = [conn.execute("INSERT INTO recipients (email, first_name, last_name) VALUES (%s, 'Lo', 'St') "
+                                     "RETURNING id", (f"lost-create-{i}@example.com",)).fetchone()[0] for i in range(3)]
+        new_contacts = [client.sf.Contact.create({"LastName": "Lost", "Email": f"lost-insert-{i}@example.com"})["id"]
+                        for i in range(3)]
         with pg.connect(found.campaign_dsn) as conn:
             wait_for(lambda: conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE campaign_key = ANY(%s) AND "
                                           "agreed->>'job_title' = 'lost with the broker'", (lost,)).fetchone()[0] == 10,
                      60, "the streams to decide the edits", every=1)
-        writer.kill()  # a stopped process would sit out SIGTERM
+            wait_for(lambda: conn.execute("SELECT count(*) FROM crmsync.sync_state WHERE campaign_key = ANY(%s) OR "
+                                          "crm_id = ANY(%s)", (new_rows, new_contacts)).fetchone()[0] == 6,
+                     60, "the streams to decide the creates", every=1)
+        for writer in writers:
+            writer.kill()  # a stopped process would sit out SIGTERM
         supervisor.stop()
         broker = infra.EmbeddedBroker(state.resolve())
         broker.stop()
@@ -45,6 +55,8 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         time.sleep(15)
         before = checker.compare(mapping)
         assert len(before.differing) == 11, before.summary()  # nothing on its own brings the CRM back in line
+        assert (sorted(before.missing_in_crm), sorted(before.missing_in_campaign)) == (new_rows, sorted(new_contacts))
+        assert not before.gone_from_campaign  # a row never inserted is missing, not deleted (which would delete)
 
         result = subprocess.run([sys.executable, "-m", "crmsync", "--config", str(config_file), "reconcile"],
                                 capture_output=True, text=True, timeout=120)
@@ -53,3 +65,9 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         titles = {r["Title"] for page in client.query_all_pages(
             "SELECT Title FROM Contact WHERE Title IN ('lost with the broker', 'never seen')") for r in page}
         assert titles == {"lost with the broker", "never seen"}
+        emails = {r["Email"] for page in client.query_all_pages(
+            "SELECT Email FROM Contact WHERE Email LIKE 'lost-create-%'") for r in page}
+        assert emails == {f"lost-create-{i}@example.com" for i in range(3)}
+        with pg.connect(found.campaign_dsn) as conn:
+            assert sorted(r[0] for r in conn.execute("SELECT crm_id FROM recipients WHERE email LIKE 'lost-insert-%%'")
+                          ) == sorted(new_contacts)
