@@ -238,3 +238,21 @@ def test_crmsync_run_reads_the_selected_objects_through_cdc_unless_turned_off(tm
         assert all(type(connector.change_source(polled, obj)) is SalesforceSource for obj in objects)
     finally:
         process.stop(sandbox.process)
+
+
+def test_the_memory_of_reads_is_pruned_once_per_tenth_of_the_lookback_not_per_event():
+    """A burst of 20,000 creates within the lookback: each event used to rebuild the memory of 20,000 reads
+    (quadratic: most of the poller's CPU in an export backfill). Now at most one pass per tenth of the lookback,
+    and what is older than the lookback (plus that tenth) is still forgotten: memory stays flat."""
+    source = object.__new__(CdcSource)  # only the memory, no subscription
+    source.lookback_millis, source._forget_at = 300_000, 0
+    start = 1_800_000_000_000
+    source._seen = {f"003{i:015d}": start + i for i in range(20_000)}
+    passes = 0
+    for i in range(20_000):  # one event per 10 ms: 200 s, inside the lookback
+        before = source._seen
+        source._forget_before(start + 20_000 + i * 10)
+        passes += source._seen is not before
+    assert passes == 7 and len(source._seen) == 20_000  # one per 30 s of commits (was one per event: 20,000)
+    source._forget_before(start + 20_000 + 400_000)  # 400 s on: everything is older than the lookback
+    assert source._seen == {}
