@@ -49,6 +49,7 @@ log = logging.getLogger("crmsync.salesforce.client")
 T = TypeVar("T")
 
 COLLECTION_LIMIT = 200  # records per sObject Collections call (a Salesforce limit)
+RETRIEVE_LIMIT = 2000  # ids per sObject Collections retrieve (POST) call (a Salesforce limit)
 MAX_QUERY_BATCH = 2000
 
 API_RETRIES = Counter("crmsync_crm_api_retries_total", "CRM API requests retried, by reason", ["account", "reason"])
@@ -288,6 +289,17 @@ class SalesforceClient:
         """PATCH composite/sobjects/<obj>/<ext_field>: insert or update by external id (results say `created`)."""
         return self._collections("collections_upsert", "PATCH", f"composite/sobjects/{obj}/{ext_field}",
                                  [_typed(obj, r) for r in records], all_or_none, headers)
+
+    def collections_retrieve(self, obj: str, ids: list[str], fields: list[str]) -> list[dict[str, Any] | None]:
+        """POST composite/sobjects/<obj> {"ids", "fields"}: up to 2,000 records per call, one entry per id in
+        order (None for an id that is not a live record). Ten times the ids of a GET query, whose URL holds ~300."""
+        results: list[dict[str, Any] | None] = []
+        for start in range(0, len(ids), RETRIEVE_LIMIT):
+            body = {"ids": ids[start:start + RETRIEVE_LIMIT], "fields": fields}
+            answer = self.call("collections_retrieve",
+                               lambda sf: sf.restful(f"composite/sobjects/{obj}", method="POST", json=body))
+            results.extend(answer)
+        return results
 
     def collections_delete(self, ids: list[str], all_or_none: bool = False) -> list[dict[str, Any]]:
         """DELETE composite/sobjects?ids=...: soft delete (to the recycle bin), 200 ids per call."""

@@ -32,7 +32,6 @@ from typing import Any, Literal, Sequence
 
 from simple_salesforce.exceptions import SalesforceError
 
-from connectors.salesforce import soql
 from connectors.salesforce.client import (COLLECTION_LIMIT, Bulk2Result, SalesforceClient, csv_value, error_code,
                                           error_message, retry_reason)
 from connectors.salesforce.types import kind_of
@@ -178,12 +177,13 @@ class SalesforceSink:
                      planned.command.id, planned.command.object, planned.record["id"], ", ".join(planned.superseded))
 
     def _current_values(self, obj: str, fields: list[str], ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Salesforce's current values of `fields` for the records `ids`, by 15-character id."""
+        """Salesforce's current values of `fields` for the records `ids`, by 15-character id: sObject Collections
+        retrieve, 2,000 ids per call (a SOQL `Id IN (…)` query fits ~300 in its URL: 34 calls for 10,000 updates,
+        two thirds of the writer's API calls, now 5)."""
         rows: dict[str, dict[str, Any]] = {}
-        for clause in soql.id_lists(ids):
-            for page in self.client.query_all_pages(f"SELECT Id, {', '.join(fields)} FROM {obj} WHERE {clause}"):
-                for record in page:
-                    rows[str(record["Id"])[:15]] = record
+        for record in self.client.collections_retrieve(obj, ids, ["Id", *fields]):
+            if record is not None:
+                rows[str(record["Id"])[:15]] = record
         return rows
 
     # -- carrying out groups -----------------------------------------------------------------------------------

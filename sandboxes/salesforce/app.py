@@ -67,6 +67,7 @@ API_ROUTES: list[tuple[str, str, Callable[[Call], Response]]] = [
     ("POST", "/composite/sobjects", composite.collections_create),
     ("PATCH", "/composite/sobjects", composite.collections_update),
     ("DELETE", "/composite/sobjects", composite.collections_delete),
+    ("POST", "/composite/sobjects/{sobject}", composite.collections_retrieve),
     ("PATCH", "/composite/sobjects/{sobject}/{field}", composite.collections_upsert),
     ("POST", "/composite/batch", composite.batch),
     ("POST", "/jobs/ingest", bulk.create_ingest),

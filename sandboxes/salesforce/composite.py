@@ -30,6 +30,7 @@ from starlette.responses import Response
 from .context import Call, json_response
 from .errors import SalesforceError
 from .encoding import coerce, normalize_id
+from .rest import fetch_fields_checked, run_soql
 from .store import WriteResult
 
 MAX_RECORDS = 200
@@ -83,6 +84,37 @@ def collections_delete(call: Call) -> Response:
         return {"id": rid, "success": True, "errors": []}, (obj.name, "delete", WriteResult(rid, False))
 
     return _run(call, ids, call.query.get("allOrNone", "").lower() == "true", delete, id_of=lambda i: i)
+
+
+MAX_RETRIEVE = 2000
+SOQL_IN_CHUNK = 500  # ids per IN list of the sandbox's SQL (SQLite refuses expression trees deeper than 1,000)
+
+
+def collections_retrieve(call: Call) -> Response:
+    """POST composite/sobjects/{Type} {"ids": [...], "fields": [...]}: up to 2,000 records of one type in one call,
+    one entry per id in request order — the record (its `attributes`, `Id` and the fields asked for), or null for
+    an id that is malformed or not a live record of the type. An unknown field refuses the call (400
+    INVALID_FIELD), as Salesforce does
+    (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_composite_sobjects_collections_retrieve_post.htm)."""
+    obj = call.sandbox.store.object(call.params["sobject"])
+    body = call.json_object()
+    ids, fields = body.get("ids"), body.get("fields")
+    if not isinstance(ids, list) or not ids:
+        raise SalesforceError("MISSING_ARGUMENT", "ids: no ids provided")
+    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+        raise SalesforceError("MISSING_ARGUMENT", "fields: no fields provided")
+    if len(ids) > MAX_RETRIEVE:
+        raise SalesforceError("EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than {MAX_RETRIEVE} "
+                              "records into this call")
+    fetch_fields_checked(obj, fields)
+    wanted = {rid[:15] for i in ids if isinstance(i, str) and (rid := normalize_id(i))}
+    names = list(dict.fromkeys(["Id", *fields]))
+    found, ordered = {}, sorted(wanted)
+    for start in range(0, len(ordered), SOQL_IN_CHUNK):
+        listed = ", ".join(f"'{rid}'" for rid in ordered[start:start + SOQL_IN_CHUNK])
+        found.update({str(r["Id"])[:15]: r for r in run_soql(
+            call, f"SELECT {', '.join(names)} FROM {obj.name} WHERE Id IN ({listed})", include_deleted=False).records})
+    return json_response([found.get((normalize_id(i) or "")[:15]) if isinstance(i, str) else None for i in ids])
 
 
 def collections_upsert(call: Call) -> Response:

@@ -149,16 +149,21 @@ def ext_delete(call: Call) -> Response:
 def fetch_record(call: Call, obj: ObjectDef, rid: str, fields: list[str] | None = None) -> dict[str, Any]:
     """One record as REST returns it (all fields, or `fields`), read through the SOQL engine."""
     if fields is not None:
-        for name in fields:
-            if obj.field(name) is None:
-                raise SalesforceError("INVALID_FIELD", f"No such column '{name}' on entity '{obj.name}'. If you "
-                                      "are attempting to use a custom field, be sure to append the '__c' after the "
-                                      "custom field name.")
+        fetch_fields_checked(obj, fields)
     names = fields or list(obj.fields)
     result = run_soql(call, f"SELECT {', '.join(names)} FROM {obj.name} WHERE Id = '{rid}'", include_deleted=True)
     if not result.records:
         raise not_found()
     return result.records[0]
+
+
+def fetch_fields_checked(obj: ObjectDef, fields: list[str]) -> None:
+    """Fields asked for by name must exist: Salesforce refuses the call with 400 INVALID_FIELD."""
+    for name in fields:
+        if obj.field(name) is None:
+            raise SalesforceError("INVALID_FIELD", f"No such column '{name}' on entity '{obj.name}'. If you "
+                                  "are attempting to use a custom field, be sure to append the '__c' after the "
+                                  "custom field name.")
 
 
 def _write(call: Call, obj: ObjectDef, operation: str, write: Callable[[bool], WriteResult]) -> WriteResult:

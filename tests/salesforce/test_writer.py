@@ -292,7 +292,7 @@ def test_a_field_edited_in_salesforce_after_the_decision_is_left_alone(module_sa
     after = client.sf.Contact.get(record["id"])
     assert (after["Title"], after["Department"]) == ("CMO", "Marketing")
     requests = module_sandbox.admin("stats")["requests"]
-    assert requests.get("PATCH collections_update") == 2 and requests.get("GET query") == 2
+    assert requests.get("PATCH collections_update") == 2 and requests.get("POST collections_retrieve") == 2
 
 
 def test_a_flow_that_pauses_goes_out_without_waiting_out_the_busy_linger(module_sandbox, campaign_endpoints,

@@ -316,6 +316,29 @@ def test_collections_report_per_record_errors_and_roll_back_all_or_none(sandbox:
     assert upserted[0]["created"] is True
 
 
+def test_sobject_collections_retrieve_by_post(sandbox: RunningSandbox) -> None:
+    """POST composite/sobjects/Contact {"ids", "fields"}: one entry per id in order, null for a malformed id or
+    one that is no live Contact; an unknown field refuses the call; at most 2,000 ids."""
+    sf = oauth_client(sandbox)
+    tag = unique("retrieve")
+    made = [sf.Contact.create({"LastName": f"{tag}-{i}", "Title": f"T{i}"})["id"] for i in range(3)]
+    sf.Contact.delete(made[2])
+    answer = sf.restful("composite/sobjects/Contact", method="POST",
+                        json={"ids": [made[1], "bogus", made[0][:15], made[2]], "fields": ["LastName", "Title"]})
+    assert [r and (r["attributes"]["type"], r["Id"], r["LastName"], r["Title"]) for r in answer] == [
+        ("Contact", made[1], f"{tag}-1", "T1"), None, ("Contact", made[0], f"{tag}-0", "T0"), None]
+    unknown_ids = [f"003{i:012d}" for i in range(1, 1999)]  # a full call: 2,000 ids (the writer's chunk)
+    full = sf.restful("composite/sobjects/Contact", method="POST", json={"ids": [*made[:2], *unknown_ids],
+                                                                        "fields": ["Title"]})
+    assert len(full) == 2000 and [r["Title"] for r in full[:2]] == ["T0", "T1"] and not any(full[2:])
+    with pytest.raises(SalesforceMalformedRequest) as unknown:
+        sf.restful("composite/sobjects/Contact", method="POST", json={"ids": made[:1], "fields": ["Nope__c"]})
+    assert error_code(unknown.value) == "INVALID_FIELD"
+    with pytest.raises(SalesforceMalformedRequest) as big:
+        sf.restful("composite/sobjects/Contact", method="POST", json={"ids": made[:1] * 2001, "fields": ["Title"]})
+    assert error_code(big.value) == "EXCEEDED_ID_LIMIT"
+
+
 def test_composite_batch_accepts_both_url_forms(sandbox: RunningSandbox) -> None:
     sf = oauth_client(sandbox)
     answer = sf.restful("composite/batch", method="POST", json={"haltOnError": True, "batchRequests": [
