@@ -158,6 +158,7 @@ def subprocess_writer(found: infra.Endpoints, dsn: str, cfg: Path, state: Path):
 
 
 def main() -> None:
+    process.interrupt_on_stop_signals()  # a SIGTERM (timeout, CI) unwinds: the servers started are stopped
     console = Console()
     state = Path(tempfile.mkdtemp(prefix="crmsync-bench-"))
     settings = config.load(environ={"CRMSYNC_STATE_DIR": str(state), **{k: v for k, v in os.environ.items()

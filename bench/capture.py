@@ -20,7 +20,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crmsync import config, infra, pg  # noqa: E402
+from crmsync import config, infra, pg, process  # noqa: E402
 from crmsync.campaign.seed import seed  # noqa: E402
 from services.capture.service import CaptureService  # noqa: E402
 
@@ -93,6 +93,7 @@ def latency(found, rate: int = 500, seconds: int = 20) -> dict:
 
 
 def main() -> None:
+    process.interrupt_on_stop_signals()  # a SIGTERM (timeout, CI) unwinds: the servers started are stopped
     console = Console()
     state = Path(tempfile.mkdtemp(prefix="crmsync-bench-"))
     settings = config.load(environ={"CRMSYNC_STATE_DIR": str(state), **{k: v for k, v in __import__("os").environ.items()

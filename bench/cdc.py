@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sync import (POLL_INTERVAL, SANDBOX_ACCOUNT, calls_per_minute, crm_to_campaign, wait_linked,  # noqa: E402
                   wait_quiet, world)
 
-from crmsync import pg  # noqa: E402
+from crmsync import pg, process  # noqa: E402
 from services.crm_poller import service as poller  # noqa: E402
 from services.crm_poller.budget import SECONDS_PER_DAY  # noqa: E402
 
@@ -147,6 +147,7 @@ def report(results: dict, console: Console, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    process.interrupt_on_stop_signals()  # a SIGTERM (timeout, CI) unwinds: the servers started are stopped
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=20, help="CRM changes per second in the freshness runs")
     parser.add_argument("--seconds", type=int, default=20, help="length of each freshness run")

@@ -34,6 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from crmsync import process  # noqa: E402
 from tests.chaos import Chaos, Report  # noqa: E402
 from tests.faults.test_faults_salesforce import CRM_FAULTS, REQUEST_TIMEOUT  # noqa: E402
 from tests.pipeline import contacts_pipeline  # noqa: E402
@@ -99,6 +100,7 @@ def table(results: dict[int, tuple[Report, float]], args: argparse.Namespace) ->
 
 
 def main() -> int:
+    process.interrupt_on_stop_signals()  # a SIGTERM (timeout, CI) unwinds: the servers started are stopped
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=90)
     parser.add_argument("--rate", type=float, default=20, help="edits per second on each side")

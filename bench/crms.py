@@ -34,7 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crmsync import connectors, pg  # noqa: E402
+from crmsync import connectors, pg, process  # noqa: E402
 from crmsync.envelope import ApplyCommand  # noqa: E402
 from crmsync.run import Supervisor  # noqa: E402
 from tests.pipeline import CrmWorld, crm_pipeline  # noqa: E402
@@ -188,6 +188,7 @@ def table(results: list[Figures]) -> Table:
 
 
 def main() -> None:
+    process.interrupt_on_stop_signals()  # a SIGTERM (timeout, CI) unwinds: the servers started are stopped
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crm", action="append", choices=sorted(DEFAULTS), help="repeatable; default dynamics, oracle")
     parser.add_argument("--records", type=int, help="contacts to backfill (default per CRM)")

@@ -28,7 +28,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crmsync import config, infra, kafka, pg, topics  # noqa: E402
+from crmsync import config, infra, kafka, pg, process, topics  # noqa: E402
 from connectors.salesforce.account import SalesforceAccount
 from crmsync.config import Settings  # noqa: E402
 from crmsync.envelope import ApplyCommand, record_key  # noqa: E402
@@ -114,6 +114,7 @@ def bench_write(settings: Settings, found: infra.Endpoints, name: str, client: S
 
 
 def main() -> None:
+    process.interrupt_on_stop_signals()  # a SIGTERM (timeout, CI) unwinds: the servers started are stopped
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=20_000)
     args = parser.parse_args()

@@ -1074,6 +1074,7 @@ def run_all(args: argparse.Namespace, root: Path, console: Console) -> dict:
 
 
 def main() -> None:
+    process.interrupt_on_stop_signals()  # a SIGTERM (timeout, CI) unwinds: the servers started are stopped
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for development")
     parser.add_argument("--contacts", type=int, default=None, help="contacts (and recipients) to backfill")
