@@ -107,14 +107,14 @@ def collections_retrieve(call: Call) -> Response:
         raise SalesforceError("EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than {MAX_RETRIEVE} "
                               "records into this call")
     fetch_fields_checked(obj, fields)
-    wanted = {rid[:15] for i in ids if isinstance(i, str) and (rid := normalize_id(i))}
+    normalized = [normalize_id(i) if isinstance(i, str) else None for i in ids]
     names = list(dict.fromkeys(["Id", *fields]))
-    found, ordered = {}, sorted(wanted)
+    found, ordered = {}, sorted({rid[:15] for rid in normalized if rid})
     for start in range(0, len(ordered), SOQL_IN_CHUNK):
         listed = ", ".join(f"'{rid}'" for rid in ordered[start:start + SOQL_IN_CHUNK])
         found.update({str(r["Id"])[:15]: r for r in run_soql(
             call, f"SELECT {', '.join(names)} FROM {obj.name} WHERE Id IN ({listed})", include_deleted=False).records})
-    return json_response([found.get((normalize_id(i) or "")[:15]) if isinstance(i, str) else None for i in ids])
+    return json_response([found.get(rid[:15]) if rid else None for rid in normalized])
 
 
 def collections_upsert(call: Call) -> Response:
