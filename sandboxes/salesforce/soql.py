@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Iterator, Union
 
+from .encoding import normalize_id
 from .model import FieldDef, Model, ObjectDef
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -910,13 +911,11 @@ class _Compiler:
                 return f"{expr} = {self.param(floor)}" if exact else "0"
             ceil = floor if exact else _format_datetime(instant + timedelta(milliseconds=1))
             return f"{expr} {op} {self.param({'<': ceil, '<=': floor, '>': floor, '>=': ceil}[op])}"
-        value = self.sql_value(lit)
+        value = self.sql_value(lit, family)
         if family == "text":
             return f"{expr} {op} {self.param(value)} COLLATE SOQL_CI"
         if family == "multi":
             return f"soql_mp_equals({expr}, {self.param(value)})"
-        if family == "id" and op == "=" and isinstance(value, str) and len(value) == 15:
-            return f"substr({expr}, 1, 15) = {self.param(value)}"
         return f"{expr} {op} {self.param(value)}"
 
     def in_list(self, family: str, expr: str, values: tuple[Literal, ...]) -> str:
@@ -924,8 +923,8 @@ class _Compiler:
         parts = []
         for lit in values:
             simple = lit.kind in ("string", "number", "boolean", "date") and family != "multi"
-            if simple and not (family == "id" and len(str(lit.value)) == 15):
-                plain.append(self.sql_value(lit))
+            if simple:
+                plain.append(self.sql_value(lit, family))
             else:
                 parts.append(self.compare(family, expr, "=", lit))
         if plain:
@@ -938,7 +937,12 @@ class _Compiler:
         return self.any_of(parts)
 
     @staticmethod
-    def sql_value(lit: Literal) -> object:
+    def sql_value(lit: Literal, family: str) -> object:
+        """The stored form of a literal. A 15-character id becomes its 18-character form: every stored id and
+        reference carries its checksum, so the two match exactly when their first 15 characters do, and the
+        comparison stays an indexed lookup (`Id IN (...)` of 2,000 ids is a read-back of every writer)."""
+        if family == "id" and isinstance(lit.value, str) and len(lit.value) == 15:
+            return normalize_id(lit.value) or lit.value
         if lit.kind == "boolean":
             return int(bool(lit.value))
         if lit.kind == "date":

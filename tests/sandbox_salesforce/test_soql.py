@@ -208,6 +208,7 @@ CASES: list[tuple[str, list[str]]] = [
     (f"SELECT Id FROM Contact WHERE Id = '{C['C1'][:15]}'", ["C1"]),
     (f"SELECT Id FROM Contact WHERE Id IN ('{C['C2'][:15]}', '{C['C3']}')", ["C2", "C3"]),
     (f"SELECT Id FROM Contact WHERE AccountId = '{A['A1']}'", ["C1", "C2", "C8"]),
+    (f"SELECT Id FROM Contact WHERE AccountId IN ('{A['A1'][:15]}') AND Id != '{C['C2'][:15]}'", ["C1", "C8"]),
     # --- numbers
     ("SELECT Id FROM Account WHERE AnnualRevenue > 500000", ["A1"]),
     ("SELECT Id FROM Account WHERE AnnualRevenue = 250000.0 OR AnnualRevenue = 5.5", ["A2", "A5"]),
