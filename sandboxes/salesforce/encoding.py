@@ -97,7 +97,7 @@ def coerce(f: FieldDef, value: Any, csv: bool) -> Any:
         return None
     try:
         return _coerce_value(f, value, csv)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (overflow: a moment before year 1 once in UTC)
         if csv:
             raise SalesforceError("INVALID_TYPE_ON_FIELD_IN_RECORD",
                                   f"{f.label}: value not of required type: {value}", [f.name]) from None

@@ -22,6 +22,7 @@ from tests.salesforce.conftest import make_client
 from tests.sandbox_salesforce.conftest import RunningSandbox, launch
 
 WRONG_TYPES = [("Birthdate", "2024-02-30"), ("Birthdate", "0000-01-01"), ("Birthdate", {}),
+               ("Birthdate", "0001-01-01T00:30:00+01:00"),  # before year 1 once in UTC (a 500 here once)
                ("HasOptedOutOfEmail", "maybe"), ("FirstName", {"a": 1, "b": 2}), ("FirstName", [1])]
 
 
