@@ -356,12 +356,17 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
                                     docs="docs/configuration.md")
 
 
+# libyaml's safe loader when PyYAML was built with it (the wheels are): the same documents and errors as the
+# pure-Python one, ~50x faster (a 2 MB value took 2.7 s to read)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml_mapping(path: Path, expected: str, error: type[Exception] | None = None) -> dict[str, Any]:
     """A YAML file whose top level is a mapping; any other content raises `error` naming the file, the line and
     column of a syntax error, or what the top level should have been (`expected`)."""
     error = error or ConfigError
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
