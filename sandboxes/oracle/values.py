@@ -90,6 +90,12 @@ class Dialect:
         return self.datetime_to_storage(raw, field)
 
     def datetime_to_storage(self, raw: Any, field: Field) -> str:
+        try:
+            return self._datetime_to_storage(raw, field)
+        except OverflowError:  # a moment before year 1 once in UTC: refused like any value that is no datetime
+            return _bad(raw, "datetime", field)
+
+    def _datetime_to_storage(self, raw: Any, field: Field) -> str:
         text = raw.strip() if isinstance(raw, str) else _bad(raw, "datetime", field)
         if self.datetimes == "rest":
             match = _REST_DATETIME.match(text)

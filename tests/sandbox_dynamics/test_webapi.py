@@ -170,7 +170,8 @@ def test_write_validation_errors(sandbox: RunningSandbox) -> None:
              ({"lastname": "x", "gendercode": 99}, "0x8004431a"), ({"lastname": "x", "numberofchildren": "two"},
                                                                    "0x80048d19"),
              ({"lastname": "x", "_parentcustomerid_value": str(uuid.uuid4())}, "0x80060888"),
-             ({"lastname": "x", "parentcustomerid_account@odata.bind": f"/accounts({uuid.uuid4()})"}, "0x80040217")]
+             ({"lastname": "x", "parentcustomerid_account@odata.bind": f"/accounts({uuid.uuid4()})"}, "0x80040217"),
+             ({"lastname": "x", "birthdate": "0001-01-01T00:30:00+01:00"}, "0x80048d19")]  # before year 1 in UTC
     for body, code in cases:
         response = session.post(f"{sandbox.api}/contacts", json=body, timeout=30)
         assert response.status_code in (400, 404) and response.json()["error"]["code"] == code, (body, response.text)

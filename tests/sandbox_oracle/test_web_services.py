@@ -169,6 +169,14 @@ def test_query_page_datetime_forms(oracle: RunningOracle) -> None:
     assert hits("&gt; '2024-07-01T16:00:00Z'") == 0
 
 
+def test_a_datetime_before_year_1_in_utc_is_refused_as_a_bad_value(oracle: RunningOracle) -> None:
+    """0001-01-01T00:30:00+01:00 is a valid-looking XSD dateTime that lies before year 1 once in UTC: the
+    field's value error (SBL-DAT-00359), like any other value that is no datetime — never a server error."""
+    fault = fault_of(oracle.soap(contact_call("Insert", contact(ContactFirstName="T", ContactLastName=unique(),
+                                                                CustomDateTime0="0001-01-01T00:30:00+01:00"))))
+    assert fault["code"] == "SBL-DAT-00359", fault
+
+
 def test_query_page_errors(oracle: RunningOracle, levers: Any) -> None:
     assert fault_of(query(oracle, "<Nope/>"))["code"] == "SBL-EAI-04127"
     assert fault_of(query(oracle, "<ContactLastName>= 'open</ContactLastName>"))["code"] == "SBL-ODS-00125"
