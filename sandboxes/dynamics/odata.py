@@ -173,7 +173,12 @@ class _Parser:
                 return Literal(None, "null")
             return Prop(value)
         self.pos += 1
-        return _literal(kind, value)
+        try:
+            return _literal(kind, value)
+        except (ValueError, OverflowError):  # 2024-02-30, month 13, a moment before year 1 in UTC
+            edm = {"datetime": "Edm.DateTimeOffset", "date": "Edm.Date"}.get(kind, "Edm.Decimal")
+            raise bad_request(f"Unrecognized '{edm}' literal '{value}' at '{token[2]}' in '{self.text}'.",
+                              INVALID_PROPERTY) from None
 
     def list_literal(self) -> Literal:
         self.take("[")
@@ -454,7 +459,7 @@ def storage_value(attr: Attribute, value: Any, kind: str, entity: str) -> Any:
         if kind == "string":
             try:
                 value = parse_datetime(value) if "T" in str(value) else date.fromisoformat(str(value))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise mismatch from None
         if isinstance(value, datetime):
             return value.date().isoformat() if attr.date_only else format_datetime(value)

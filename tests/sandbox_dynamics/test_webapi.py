@@ -7,6 +7,7 @@ import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 
 from .conftest import RunningSandbox
@@ -175,6 +176,15 @@ def test_write_validation_errors(sandbox: RunningSandbox) -> None:
     for body, code in cases:
         response = session.post(f"{sandbox.api}/contacts", json=body, timeout=30)
         assert response.status_code in (400, 404) and response.json()["error"]["code"] == code, (body, response.text)
+
+
+@pytest.mark.parametrize("expression", ["birthdate eq 2024-02-30", "modifiedon lt 2024-13-01T00:00:00Z",
+                                        "modifiedon lt 0001-01-01T00:30:00+01:00", "birthdate eq '2024-02-30'"])
+def test_an_impossible_date_in_a_filter_is_a_query_error(sandbox: RunningSandbox, expression: str) -> None:
+    """The OData layer refuses the literal (400, 0x80060888, the literal named), never a server error."""
+    response = sandbox.api_session().get(f"{sandbox.api}/contacts", params={"$filter": expression}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "0x80060888"
 
 
 def test_bulk_actions(sandbox: RunningSandbox) -> None:
