@@ -289,7 +289,7 @@ class CdcSource:
         """Events until the stream is quiet (or the read has lasted max_read_seconds)."""
         deadline = time.monotonic() + self.max_read
         while self._subscription is not None:
-            quiet = self._open_wait_left() if self._fresh else self.settle
+            quiet = self._open_wait_left(self._subscription) if self._fresh else self.settle
             item = self._subscription.take(min(quiet, max(0.0, deadline - time.monotonic())))
             if item is None:
                 return
@@ -304,12 +304,11 @@ class CdcSource:
             if time.monotonic() >= deadline:
                 return
 
-    def _open_wait_left(self) -> float:
+    def _open_wait_left(self, subscription: Subscription) -> float:
         """A new subscription gets `open_seconds` from its opening to deliver its first events, not from the end
         of the read by query that follows it: a snapshot that took that long already gave it the time (a wait
         after each object's snapshot held up the next object's: 2 s per object in a first run)."""
-        opened = self._subscription.opened_at if self._subscription is not None else time.time()
-        return max(self.settle, opened + self.open_wait - time.time())
+        return max(self.settle, subscription.opened_at + self.open_wait - time.time())
 
     def _recover(self, state: CdcCursor, error: PubSubError) -> Iterator[SourcePage]:
         """A refused replay id: start at the tip and re-read from `since`. An expired session: log in again.

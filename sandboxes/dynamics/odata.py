@@ -175,7 +175,7 @@ class _Parser:
         self.pos += 1
         try:
             return _literal(kind, value)
-        except (ValueError, OverflowError):  # 2024-02-30, month 13, a moment before year 1 in UTC
+        except ValueError:  # 2024-02-30, month 13, a moment before year 1 in UTC
             edm = {"datetime": "Edm.DateTimeOffset", "date": "Edm.Date"}.get(kind, "Edm.Decimal")
             raise bad_request(f"Unrecognized '{edm}' literal '{value}' at '{token[2]}' in '{self.text}'.",
                               INVALID_PROPERTY) from None
@@ -240,7 +240,8 @@ def parse_filter(text: str) -> Any:
 
 
 def parse_datetime(text: str) -> datetime:
-    """An ISO date-time (fraction up to 7 digits, `Z` or offset) as an aware UTC datetime."""
+    """An ISO date-time (fraction up to 7 digits, `Z` or offset) as an aware UTC datetime; ValueError for one
+    that is no date-time, or lies before year 1 once in UTC (0001-01-01T00:30:00+01:00)."""
     head, dot, rest = text.partition(".")
     if dot:
         digits = re.match(r"\d+", rest).group(0)  # type: ignore[union-attr]
@@ -248,7 +249,10 @@ def parse_datetime(text: str) -> datetime:
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{text!r} lies before year 1 in UTC") from None
 
 
 def format_datetime(moment: datetime) -> str:
@@ -459,7 +463,7 @@ def storage_value(attr: Attribute, value: Any, kind: str, entity: str) -> Any:
         if kind == "string":
             try:
                 value = parse_datetime(value) if "T" in str(value) else date.fromisoformat(str(value))
-            except (ValueError, OverflowError):
+            except ValueError:
                 raise mismatch from None
         if isinstance(value, datetime):
             return value.date().isoformat() if attr.date_only else format_datetime(value)

@@ -221,7 +221,7 @@ def _moment(attr: Attribute, value: Any, entity: Entity) -> str:
             day = date.fromisoformat(value)
             return day.isoformat() if attr.date_only else f"{day.isoformat()}T00:00:00Z"
         moment = parse_datetime(value)
-    except (ValueError, OverflowError):  # (overflow: a moment before year 1 once in UTC)
+    except ValueError:
         raise _cannot_convert(value, edm, entity) from None
     return moment.date().isoformat() if attr.date_only else format_datetime(moment)
 

@@ -75,7 +75,8 @@ def format_datetime(moment: datetime) -> str:
 
 
 def parse_datetime(text: str) -> datetime:
-    """Parse the datetime forms clients send (`Z`, `+00:00`, `+0000`, 0-9 fractional digits); naive means UTC."""
+    """Parse the datetime forms clients send (`Z`, `+00:00`, `+0000`, 0-9 fractional digits); naive means UTC.
+    ValueError for text that is no datetime, or one before year 1 once in UTC (0001-01-01T00:30:00+01:00)."""
     match = _DT_RE.match(text.strip())
     if not match:
         raise ValueError(f"invalid datetime {text!r}")
@@ -87,7 +88,10 @@ def parse_datetime(text: str) -> datetime:
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
         offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
-        moment -= sign * offset
+        try:
+            moment -= sign * offset
+        except OverflowError:
+            raise ValueError(f"{text!r} lies before year 1 in UTC") from None
     return moment
 
 
@@ -97,7 +101,7 @@ def coerce(f: FieldDef, value: Any, csv: bool) -> Any:
         return None
     try:
         return _coerce_value(f, value, csv)
-    except (TypeError, ValueError, OverflowError):  # (overflow: a moment before year 1 once in UTC)
+    except (TypeError, ValueError):
         if csv:
             raise SalesforceError("INVALID_TYPE_ON_FIELD_IN_RECORD",
                                   f"{f.label}: value not of required type: {value}", [f.name]) from None
