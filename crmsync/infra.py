@@ -33,6 +33,7 @@ from crmsync.config import Settings
 
 PG_USER = "postgres"
 PG_DATABASE = "campaign"
+SOCKET_PATH_MAX = 107  # bytes of a Unix-domain socket's path on Linux (sun_path, less its NUL)
 PG_SETTINGS = {
     "wal_level": "logical",
     "max_replication_slots": "20",
@@ -176,6 +177,15 @@ class EmbeddedPostgres(_EmbeddedServer):
         self.state = _StateFile(self.dir / "postgres.json")
         self.passfile = state_dir / "secrets" / "postgres.pgpass"  # outside self.dir: not handed to the server's user
 
+    @property
+    def socket_dir(self) -> Path | None:
+        """Where the server's Unix socket goes: the state dir's `sockets`, if the socket's path fits a socket
+        address (108 bytes with its NUL, `.s.PGSQL.<port>` included); otherwise none at all. crmsync connects over
+        TCP on loopback, and a deep state dir (a CI workspace, a test's tmp dir) must not stop the server from
+        starting ("Unix-domain socket path ... is too long")."""
+        path = self.dir / "sockets"
+        return path if len(os.fsencode(path / ".s.PGSQL.65535")) <= SOCKET_PATH_MAX else None
+
     def _bin(self, name: str) -> str:
         return str(_postgres_bin_path() / name)
 
@@ -248,15 +258,20 @@ class EmbeddedPostgres(_EmbeddedServer):
         if fresh and self.data.exists():
             shutil.rmtree(self.data)
         port = _reuse_or_pick_port(self.state)
-        (self.dir / "sockets").mkdir(mode=0o700, exist_ok=True)
+        if self.socket_dir:
+            self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         run_as = self._run_as()
         if fresh:
             self._initdb(run_as)
         options = " ".join(f"-c {k}={v}" for k, v in {**PG_SETTINGS, "port": str(port)}.items())
-        options += f" -k {self.dir / 'sockets'}"
-        subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "postgres.log"), "-w",
-                        "-t", "60", "-o", options, "start"], check=True, capture_output=True,
-                       stdin=subprocess.DEVNULL, **run_as)
+        options += f" -k {self.socket_dir}" if self.socket_dir else " -c unix_socket_directories=''"
+        log_file = self.dir / "postgres.log"
+        started = subprocess.run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(log_file), "-w", "-t", "60",
+                                  "-o", options, "start"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                 **run_as)
+        if started.returncode != 0:
+            raise RuntimeError(f"the embedded PostgreSQL did not start: {_server_said(log_file, started.stderr)} "
+                               f"(its log: {log_file}; its data: {self.data})")
         info = {"port": port, "dsn": self.dsn(port)}
         self.state.write(info)
         if self._trusting():
@@ -315,6 +330,20 @@ def _postgres_bin_path() -> Path:
     return POSTGRES_BIN_PATH
 
 
+def _server_said(log_file: Path, stderr: str) -> str:
+    """The reason a server gave for not starting: its log's FATAL/PANIC lines (else pg_ctl's own words)."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()[-50:]
+    except OSError:
+        lines = []
+    fatal = [line.split("FATAL:", 1)[-1].split("PANIC:", 1)[-1].strip() for line in lines
+             if "FATAL:" in line or "PANIC:" in line]
+    if fatal:
+        return "; ".join(fatal[-3:])
+    said = stderr.strip().splitlines()
+    return said[-1] if said else "no reason given"
+
+
 def _wait_for(check, what: str, timeout: float = 30, on_timeout=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -328,19 +357,26 @@ def _wait_for(check, what: str, timeout: float = 30, on_timeout=None) -> None:
 
 
 def up(settings: Settings) -> Endpoints:
-    """Start whatever embedded service the settings do not replace; return where everything is."""
+    """Start whatever embedded service the settings do not replace; return where everything is. If one fails to
+    start, the ones this call started are stopped again before the error goes up: a failed `up` leaves nothing
+    running that nobody will stop."""
     state_dir = settings.state_dir.resolve()
-    started = []
+    started: list[str] = []
     with _locked(state_dir):
         bootstrap, dsn = settings.kafka.bootstrap_servers, settings.campaign.dsn
-        if not bootstrap:
-            broker = EmbeddedBroker(state_dir)
-            started += [] if broker.status() else ["broker"]
-            bootstrap = broker.start()["bootstrap_servers"]
-        if not dsn:
-            postgres = EmbeddedPostgres(state_dir)
-            started += [] if postgres.status() else ["postgres"]
-            dsn = postgres.start()["dsn"]
+        try:
+            if not bootstrap:
+                broker = EmbeddedBroker(state_dir)
+                started += [] if broker.status() else ["broker"]
+                bootstrap = broker.start()["bootstrap_servers"]
+            if not dsn:
+                postgres = EmbeddedPostgres(state_dir)
+                started += [] if postgres.status() else ["postgres"]
+                dsn = postgres.start()["dsn"]
+        except BaseException:
+            if "broker" in started:
+                EmbeddedBroker(state_dir).stop()
+            raise
     return Endpoints(bootstrap_servers=bootstrap, campaign_dsn=dsn, started=tuple(started))
 
 

@@ -76,6 +76,37 @@ def test_starting_twice_reuses_the_running_servers(tmp_path: Path):
     assert infra.status(settings) == {"broker": None, "postgres": None}
 
 
+def test_a_state_dir_too_deep_for_a_unix_socket_still_starts_postgres(tmp_path: Path):
+    """A socket address holds 107 bytes: PostgreSQL refused to start at all when its socket, put in the state
+    dir, had a longer path (a CI workspace, pytest-xdist's tmp dirs). It then listens on loopback TCP only."""
+    deep = tmp_path / ("d" * 60) / "state"
+    settings = config.load(environ={"CRMSYNC_STATE_DIR": str(deep)})
+    assert infra.EmbeddedPostgres(deep).socket_dir is None
+    assert infra.EmbeddedPostgres(tmp_path / "s").socket_dir == tmp_path / "s" / "postgres" / "sockets"
+    try:
+        found = infra.up(settings)
+        with psycopg.connect(found.campaign_dsn) as conn:
+            assert conn.execute("SHOW unix_socket_directories").fetchone()[0] == ""
+    finally:
+        assert infra.down(settings) == {"broker": True, "postgres": True}
+
+
+def test_a_failed_start_says_why_and_leaves_no_server_running(tmp_path: Path):
+    """PostgreSQL refusing to start (here: a setting it cannot read) is a clear error with the server's reason
+    and its log's path, and the broker this same `up` had started is stopped again."""
+    settings = config.load(environ={"CRMSYNC_STATE_DIR": str(tmp_path / "state")})
+    infra.up(settings)
+    infra.down(settings)
+    conf = infra.EmbeddedPostgres(tmp_path / "state").data / "postgresql.auto.conf"
+    conf.write_text(conf.read_text() + "shared_buffers = 'lots'\n")
+    with pytest.raises(RuntimeError) as refused:
+        infra.up(settings)
+    said = str(refused.value)
+    assert said.startswith("the embedded PostgreSQL did not start: ") and "postgres.log" in said
+    assert "configuration file" in said and "contains errors" in said, said
+    assert infra.status(settings) == {"broker": None, "postgres": None}
+
+
 def test_topic_names_follow_one_rule():
     assert topics.changes("crm", "Sales EU", "Contact") == "crmsync.crm.sales_eu.contact"
     assert topics.changes("campaign", "campaign", "recipients") == "crmsync.campaign.campaign.recipients"
