@@ -28,8 +28,12 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
 
+# the suite runs in TEST_WORKERS processes (pytest-xdist; each has its own embedded broker and PostgreSQL, and
+# most tests wait on services more than they compute): TEST_WORKERS=0 runs it in this process alone
+TEST_WORKERS ?= 2
+
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/capture.py
