@@ -37,3 +37,9 @@ def service_group(service: str, campaign: str, account: str | None) -> str | Non
 def poller_checkpoint(account: str, obj: str) -> str:
     """The checkpoint (crmsync.checkpoints) of one object's change source: {"v", "snapshot_done", "source"}."""
     return f"poller:{account}:{obj}"
+
+
+def first_read_decided(mapping: str) -> str:
+    """The checkpoint (crmsync.checkpoints) the streams store once the CRM's first read of a mapping is decided:
+    {"v": 1}. A restarted worker finds it there instead of waiting for its group to catch up again."""
+    return f"streams:first-read:{mapping}"

@@ -32,6 +32,11 @@ soon as a batch links that parent to its CRM record, one waiting for the CRM's f
 been decided). They are never published again on the
 change topic: a subscriber reads each record version once, and a deferral costs no message. (Rows parked before
 the partition was recorded are put back on their topic once by a faust timer, `republish_unowned`.)
+
+The Campaign snapshot of a first run usually arrives before the CRM's first read has been decided, and none of its
+new rows could be decided before (matching needs that read). Its partitions are *held* instead (paused, set back
+to the first held change, nothing of them committed) until that read is decided, then consumed as any change: a
+backfill no longer parks the whole snapshot in deferred_changes to decide it a second time (`_hold_unready`).
 """
 from __future__ import annotations
 
@@ -51,7 +56,7 @@ from faust.app.base import BootStrategy
 import mode
 import psycopg
 import psycopg.errors
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, names, pg, rejects, topics
@@ -86,7 +91,10 @@ class CrmReadiness:
     """Campaign-only records may create CRM records only once the CRM's first full read has been *decided*
     by the streams: otherwise a person who exists on both sides would be created twice instead of matched.
     Ready = the poller finished its snapshot (checkpoint), and afterwards this consumer group had consumed
-    its CRM change topic to the end. Once ready, a mapping stays ready."""
+    its CRM change topic to the end. Once ready, a mapping stays ready — across restarts too, while the
+    poller's checkpoint says its snapshot is done (`names.first_read_decided`, stored with the decision): a
+    worker restarted under steady CRM traffic, whose group is rarely caught up to the last message, must not
+    wait for that again. Call it inside a transaction of `conn`."""
 
     def __init__(self, conn, bootstrap_servers: str) -> None:
         self.conn = conn
@@ -104,11 +112,17 @@ class CrmReadiness:
                                 (names.poller_checkpoint(mapping.account, mapping.crm_object),)).fetchone()
         if not (row and (row[0] or {}).get("snapshot_done")):
             return False
-        topic = topics.changes("crm", mapping.account, mapping.crm_object)
-        _, behind = lag.total(lag.group_lag(self.bootstrap_servers, APP_ID, [topic]))
-        if behind == 0:
-            self.ready.add(mapping.name)
-        return behind == 0
+        decided = self.conn.execute("SELECT 1 FROM crmsync.checkpoints WHERE name = %s",
+                                    (names.first_read_decided(mapping.name),)).fetchone()
+        if not decided:
+            topic = topics.changes("crm", mapping.account, mapping.crm_object)
+            _, behind = lag.total(lag.group_lag(self.bootstrap_servers, APP_ID, [topic]))
+            if behind:
+                return False
+            self.conn.execute("INSERT INTO crmsync.checkpoints (name, position) VALUES (%s, '{\"v\": 1}') "
+                              "ON CONFLICT (name) DO NOTHING", (names.first_read_decided(mapping.name),))
+        self.ready.add(mapping.name)
+        return True
 
 
 class BatchHandler:
@@ -388,6 +402,14 @@ class StreamsWorker:
         self.sides = ThreadPoolExecutor(2, thread_name_prefix="streams")
         self.consumer: Consumer | None = None
         self.deferred_due = 0.0  # time.monotonic() of the next look at the due deferred changes
+        # Campaign change topic -> the mappings on its table that may create CRM records (they need the CRM's
+        # first read decided before a new row is decided), and the partitions held for them meanwhile
+        self.first_read_needed = {
+            topics.changes("campaign", settings.campaign.name, m.campaign_table): [
+                other for other in settings.mappings
+                if other.campaign_table == m.campaign_table and other.direction != "import"]
+            for m in settings.mappings}
+        self.held: set[tuple[str, int]] = set()
 
     def run(self) -> None:
         """Take, decide, commit — until `stop`; a failed take is taken again from the committed offsets."""
@@ -413,13 +435,63 @@ class StreamsWorker:
             self.consumer = kafka.consumer(self.found.bootstrap_servers, APP_ID,
                                            **{"queued.max.messages.kbytes": PREFETCH_KBYTES})
             kafka.subscribe(self.consumer, self.topics)
+        self._release_ready()
         messages = kafka.without_errors(self.consumer.consume(TAKE, TAKE_WITHIN), log)
         progress.tick()
+        messages = self._hold_unready(messages)
         if not messages:
             return 0
         self.decide(messages)
         self.consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)
         return len(messages)
+
+    # -- Campaign changes held until the CRM's first read is decided ------------------------------------------
+    def _waits_for_first_read(self, topic: str) -> bool:
+        """Whether a Campaign change topic's table has a mapping whose CRM first read is not decided yet."""
+        needed = self.first_read_needed.get(topic)
+        if not needed:
+            return False
+        handler = self.handlers["campaign"]  # not deciding now: its connection is free between takes
+        with handler.conn.transaction():
+            return not all([handler.readiness(m) for m in needed])
+
+    def _hold_unready(self, messages: list[Message]) -> list[Message]:
+        """A Campaign snapshot usually arrives before the CRM's first read is decided, and its new rows could not be
+        decided yet (matching needs that read): rather than decide each one into deferred_changes and again
+        later, their partitions are paused and set back to the first of them, uncommitted — the changes stay
+        in Kafka until `_release_ready`. Returns the messages to decide now. A rebalance meanwhile is harmless:
+        nothing of a held partition was committed, so its next owner starts from the held change."""
+        waiting = {topic for topic in {m.topic() for m in messages}
+                   if _side_of(topic) == "campaign" and self._waits_for_first_read(topic)}
+        if not waiting:
+            return messages
+        first: dict[tuple[str, int], int] = {}
+        for m in messages:
+            if m.topic() in waiting:
+                key = (m.topic(), m.partition())
+                first[key] = min(first.get(key, m.offset()), m.offset())
+        self.consumer.pause([TopicPartition(t, p) for t, p in first])
+        for (t, p), offset in first.items():
+            self.consumer.seek(TopicPartition(t, p, offset))
+        if not self.held:
+            log.info("holding the Campaign changes of %s until the CRM's first read is decided", sorted(waiting))
+        self.held |= set(first)
+        return [m for m in messages if m.topic() not in waiting]
+
+    def _release_ready(self) -> None:
+        """Held partitions whose CRM first reads are decided now are consumed again, from the held change."""
+        if not self.held:
+            return
+        ready = {(t, p) for t, p in self.held if not self._waits_for_first_read(t)}
+        if not ready:
+            return
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        resumed = [TopicPartition(t, p) for t, p in ready & assigned]
+        if resumed:  # (one revoked meanwhile starts unpaused wherever it is assigned next)
+            self.consumer.resume(resumed)
+        self.held -= ready
+        if not self.held:
+            log.info("the CRM's first reads are decided: the Campaign changes are decided again")
 
     def decide_deferred(self) -> None:
         """Between takes, at most every DEFERRED_EVERY seconds: the due deferred changes of the partitions this
@@ -486,6 +558,7 @@ class StreamsWorker:
                 self.handlers[side] = replacement
 
     def _close_consumer(self) -> None:
+        self.held = set()  # a new consumer starts with nothing paused (and from the committed offsets)
         if self.consumer is not None:
             try:
                 self.consumer.close()

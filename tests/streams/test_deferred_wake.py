@@ -7,11 +7,14 @@ are built as the poller would publish them."""
 from __future__ import annotations
 
 import time
+import uuid
 
-from crmsync import names, pg, topics
+from confluent_kafka import Consumer, TopicPartition
+
+from crmsync import kafka, names, pg, topics
 from crmsync.envelope import crm_change
 from crmsync.infra import Endpoints
-from streams.app import BatchHandler
+from streams.app import BatchHandler, CrmReadiness
 from tests.streams.changes import ACCOUNT, campaign
 
 
@@ -93,3 +96,45 @@ def test_the_crms_first_read_wakes_the_changes_waiting_for_it(decide, endpoints)
         assert _deferred(decide.dsn) == [(["accounts:4242"], False)]
     finally:
         campaign_side.close()
+
+
+def test_a_decided_first_read_is_remembered_across_a_restart(decide, endpoints):
+    """Campaign changes wait for the CRM's first read to be decided: the poller's snapshot done, then the streams'
+    group caught up with its topic. Once decided, that is stored: a restarted worker whose group lags behind steady
+    CRM traffic does not wait again (it would hold the Campaign side until a quiet moment) — while the poller's
+    checkpoint still says its snapshot is done."""
+    unique = uuid.uuid4().hex[:8]
+    mapping = next(m for m in decide.settings.mappings if m.crm_object == "Contact")
+    mapping = mapping.model_copy(update={"name": f"contacts_{unique}", "account": f"acct_{unique}"})
+    bootstrap = endpoints.bootstrap_servers
+    topic = topics.changes("crm", mapping.account, mapping.crm_object)
+    kafka.ensure_topics(bootstrap, [topic], 1, 1)
+    producer = kafka.producer(bootstrap)
+
+    def crm_traffic() -> None:
+        producer.produce(topic, b"{}", key=b"k")
+        producer.flush(10)
+
+    def ask(readiness: CrmReadiness) -> bool:
+        readiness.checked_at.clear()  # (it looks at most every 2 s)
+        with conn.transaction():
+            return readiness(mapping)
+
+    crm_traffic()
+    with pg.connect(decide.dsn) as conn:
+        first = CrmReadiness(conn, bootstrap)
+        assert not ask(first)  # the poller's snapshot is not done
+        with conn.transaction():
+            conn.execute("INSERT INTO crmsync.checkpoints (name, position) VALUES (%s, '{\"snapshot_done\": true}')",
+                         (names.poller_checkpoint(mapping.account, mapping.crm_object),))
+        assert not ask(first)  # done, but the streams have not consumed it
+        group = Consumer(kafka.client_config(bootstrap, {"group.id": names.STREAMS_GROUP}))
+        group.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+        group.close()
+        assert ask(first)
+        crm_traffic()  # steady CRM traffic: the group lags again
+        assert ask(CrmReadiness(conn, bootstrap))  # a restarted worker: ready at once
+        with conn.transaction():
+            conn.execute("UPDATE crmsync.checkpoints SET position = '{\"snapshot_done\": false}' WHERE name = %s",
+                         (names.poller_checkpoint(mapping.account, mapping.crm_object),))
+        assert not ask(CrmReadiness(conn, bootstrap))  # the poller reads everything again: wait for it
