@@ -110,7 +110,8 @@ class CrmReadiness:
         self.checked_at[mapping.name] = time.monotonic()
         row = self.conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
                                 (names.poller_checkpoint(mapping.account, mapping.crm_object),)).fetchone()
-        if not (row and (row[0] or {}).get("snapshot_done")):
+        if not (row and (row[0] or {}).get("snapshot_done")):  # (again, if it reads the object from scratch)
+            self.conn.execute("DELETE FROM crmsync.checkpoints WHERE name = %s", (names.first_read_decided(mapping.name),))
             return False
         decided = self.conn.execute("SELECT 1 FROM crmsync.checkpoints WHERE name = %s",
                                     (names.first_read_decided(mapping.name),)).fetchone()

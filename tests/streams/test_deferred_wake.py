@@ -137,4 +137,8 @@ def test_a_decided_first_read_is_remembered_across_a_restart(decide, endpoints):
         with conn.transaction():
             conn.execute("UPDATE crmsync.checkpoints SET position = '{\"snapshot_done\": false}' WHERE name = %s",
                          (names.poller_checkpoint(mapping.account, mapping.crm_object),))
-        assert not ask(CrmReadiness(conn, bootstrap))  # the poller reads everything again: wait for it
+        assert not ask(CrmReadiness(conn, bootstrap))  # the poller reads everything again: wait for it…
+        with conn.transaction():
+            conn.execute("UPDATE crmsync.checkpoints SET position = '{\"snapshot_done\": true}' WHERE name = %s",
+                         (names.poller_checkpoint(mapping.account, mapping.crm_object),))
+        assert not ask(CrmReadiness(conn, bootstrap))  # …and for the streams to have consumed what it read
