@@ -9,12 +9,16 @@ import signal
 import socket
 from pathlib import Path
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from crmsync import broker_loss, infra, kafka, pg, topics
 from crmsync.drift import repair_all
 from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
+
+# kills processes and servers on timing: run alone, after the parallel part of `make test` (Makefile)
+pytestmark = pytest.mark.alone
 
 
 def test_the_epoch_marker_tells_a_first_start_a_broker_that_remembers_and_one_that_forgot(endpoints, campaign_db):

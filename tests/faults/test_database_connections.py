@@ -7,9 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from crmsync import pg
 from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
+
+# kills processes and servers on timing: run alone, after the parallel part of `make test` (Makefile)
+pytestmark = pytest.mark.alone
 
 
 def _cut_every_connection(dsn: str) -> int:

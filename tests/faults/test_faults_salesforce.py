@@ -23,9 +23,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import Chaos, Report
 from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
+
+# kills processes and servers on timing: run alone, after the parallel part of `make test` (Makefile)
+pytestmark = pytest.mark.alone
 
 CRM_FAULTS = {"request_limit_exceeded": 0.03, "unavailable_503": 0.03, "session_expiry": 0.02,
               "slow_probability": 0.02, "slow_seconds": 2.0, "seed": 13}

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+import pytest
 from confluent_kafka import Consumer
 
 from crmsync import kafka, names, pg, topics
 from crmsync.observability import WAITING_FOR_GROUP
 from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
+
+# kills processes and servers on timing: run alone, after the parallel part of `make test` (Makefile)
+pytestmark = pytest.mark.alone
 
 
 def _member(bootstrap: str, group: str, topic_names: list[str]) -> tuple[Consumer, list[str]]:

@@ -15,6 +15,9 @@ from tests.chaos import Chaos
 from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
 
+# kills processes and servers on timing: run alone, after the parallel part of `make test` (Makefile)
+pytestmark = pytest.mark.alone
+
 
 @pytest.mark.parametrize("seed", [11])
 def test_concurrent_edits_and_kills_leave_no_silent_divergence(tmp_path: Path, seed: int):
