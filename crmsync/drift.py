@@ -91,6 +91,7 @@ class DriftChecker:
                                                    fm.campaign) for fm in mapping.fields}
             report.campaign_rows_by_key = self._campaign_rows(conn, mapping)
             rejected_crm, rejected_keys = self._open_rejects(conn, mapping)
+            created = self._created_and_gone(conn, mapping, links, report.campaign_rows_by_key)
         report.crm_rows = self._crm_rows(mapping)
         in_flight = self._decided_since(mapping, reads_began) if self.settle_seconds > 0 else set()
         enums = StoredEnumerations(self.found.campaign_dsn, mapping.account)
@@ -115,7 +116,7 @@ class DriftChecker:
             crm_row, campaign_row = report.crm_rows.get(crm_id), report.campaign_rows_by_key.get(key)
             if crm_row is None and campaign_row is not None:
                 report.gone_from_crm.append(crm_id)
-            elif campaign_row is None and crm_row is not None and link["campaign_lsn"] is None:
+            elif campaign_row is None and crm_row is not None and link["campaign_lsn"] is None and key not in created:
                 linked_crm.discard(crm_id)  # a row the streams never saw a change of: our insert of it was lost
             elif campaign_row is None and crm_row is not None:
                 report.gone_from_campaign.append(key)
@@ -133,6 +134,18 @@ class DriftChecker:
             row_key = self._match_keys(mapping, [report.campaign_rows_by_key[key]])
             (report.duplicates if row_key and row_key <= known else report.missing_in_crm).append(key)
         return report
+
+    @staticmethod
+    def _created_and_gone(conn: Any, mapping: Mapping, links: list[dict], rows_by_key: dict) -> set[int]:
+        """Keys of linked rows that are missing although our writer created them (crmsync.created_rows): deleted
+        since, by a person — not an insert of ours that was lost, which would be sent again."""
+        missing = [link["campaign_key"] for link in links
+                   if link["campaign_key"] is not None and link["campaign_key"] not in rows_by_key]
+        if not missing:
+            return set()
+        return {key for (key,) in conn.execute(
+            "SELECT campaign_key FROM crmsync.created_rows WHERE campaign_table = %s AND campaign_key = ANY(%s)",
+            (mapping.campaign_table, missing))}
 
     def _decided_since(self, mapping: Mapping, reads_began: Any) -> set[tuple[str, int]]:
         """(CRM id, Campaign key) of the pairs whose sync state changed from `settle_seconds` before the reads

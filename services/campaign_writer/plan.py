@@ -26,8 +26,9 @@ Command semantics (what the stream processors send):
                                           with `expect`: UPDATE the linked row (compare-and-set), else INSERT
     upsert, key + match                   UPDATE row n, set its crm_account/crm_id, + identity link ('match')
     create, key + match                   INSERT row n (its key allocated by the streams) with its CRM link,
-                                          + identity link ('sync'); a replay finds row n and UPDATEs it with
-                                          compare-and-set (the insert expected every field empty)
+                                          + identity link ('sync'), noted in crmsync.created_rows; a replay
+                                          finds row n and UPDATEs it with compare-and-set (the insert expected
+                                          every field empty) — or, row n deleted since, does nothing
     delete, key and/or match              DELETE by key (else by CRM link) and its identity links; a missing
                                           row is a success
     value {"$ref": {"table", "crm_account", "crm_id"}}
@@ -457,28 +458,35 @@ def _checked_upsert_sql(table: Table, source: sql.Composed, names: list[str], ch
 
 def _create_sql(table: Table, source: sql.Composed, names: list[str], checks: list[Check]) -> sql.Composed:
     """key + match of a row that does not exist yet: insert it with its key and CRM link. A replay (the row is
-    there) updates it column by column with compare-and-set, like any update of a linked row."""
+    there) updates it column by column with compare-and-set, like any update of a linked row. A row we created
+    before and that is gone now (`crmsync.created_rows`: a user deleted it since) is not inserted again: the
+    command is answered as done (`created` false), and that delete is a change the streams decide."""
     pk = sql.Identifier(table.primary_key)
     targets = _ids(["crm_account", "crm_id"] + names)
     guarded = [sql.SQL("i.a"), sql.SQL("i.x"), *_guarded(names, checks)]
     return sql.SQL(
         "WITH {source}, "
         "existing AS (SELECT i.n, t.{pk} AS k, {superseded} AS superseded FROM input i JOIN {t} t ON t.{pk} = i.k), "
+        "gone AS (SELECT i.n, i.k FROM input i JOIN crmsync.created_rows c ON c.campaign_table = {name} "
+        "AND c.campaign_key = i.k WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.n = i.n)), "
         "up AS (UPDATE {t} AS t SET {sets} FROM input i JOIN existing e ON e.n = i.n WHERE t.{pk} = i.k "
         "AND {old} IS DISTINCT FROM {new}), "
         "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i "
-        "WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.n = i.n) ORDER BY i.n "
+        "WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.n = i.n) "
+        "AND NOT EXISTS (SELECT 1 FROM gone g WHERE g.n = i.n) ORDER BY i.n "
         "ON CONFLICT DO NOTHING RETURNING t.{pk} AS k), "
+        "{mark}, "
         "found AS (SELECT i.n, i.a, i.o, i.x, COALESCE(e.k, ins.k) AS k, ins.k IS NOT NULL AS created, "
         "COALESCE(e.superseded, {none}) AS superseded FROM input i LEFT JOIN existing e ON e.n = i.n "
         "LEFT JOIN ins ON ins.k = i.k), "
-        "{link} SELECT n, k, created, superseded FROM found WHERE k IS NOT NULL ORDER BY n").format(
-        source=source, t=table.ident, pk=pk, superseded=_superseded(names, checks),
+        "{link} SELECT n, k, created, superseded FROM found WHERE k IS NOT NULL "
+        "UNION ALL SELECT n, k, false, {none} FROM gone ORDER BY n").format(
+        source=source, t=table.ident, pk=pk, superseded=_superseded(names, checks), name=sql.Literal(table.name),
         sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in zip(targets, guarded)),
         old=_row([sql.SQL("t.{}").format(c) for c in targets]), new=_row(guarded),
         cols=sql.SQL(", ").join(_ids([table.primary_key, "crm_account", "crm_id"] + names)),
         vals=sql.SQL(", ").join([sql.SQL("i.k"), sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]),
-        none=_NO_SUPERSEDED, link=_link_found(table))
+        none=_NO_SUPERSEDED, link=_link_found(table), mark=_mark_created(table))
 
 
 def _insert_new_sql(table: Table, source: sql.Composed, names: list[str]) -> sql.Composed:
@@ -487,14 +495,22 @@ def _insert_new_sql(table: Table, source: sql.Composed, names: list[str]) -> sql
     pk = sql.Identifier(table.primary_key)
     return sql.SQL(
         "WITH {source}, "
-        "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i ORDER BY i.n "
+        "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i WHERE NOT EXISTS (SELECT 1 FROM "
+        "crmsync.created_rows c WHERE c.campaign_table = {name} AND c.campaign_key = i.k) ORDER BY i.n "
         "ON CONFLICT DO NOTHING RETURNING t.{pk} AS k), "
+        "{mark}, "
         "found AS (SELECT i.n, i.a, i.o, i.x, i.k FROM input i JOIN ins ON ins.k = i.k), "
         "{link} SELECT n, k, true, {none} FROM found ORDER BY n").format(
         source=source, t=table.ident, pk=pk, cols=sql.SQL(", ").join(_ids([table.primary_key, "crm_account", "crm_id"]
                                                                           + names)),
         vals=sql.SQL(", ").join([sql.SQL("i.k"), sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]),
-        none=_NO_SUPERSEDED, link=_link_found(table))
+        none=_NO_SUPERSEDED, link=_link_found(table), mark=_mark_created(table), name=sql.Literal(table.name))
+
+
+def _mark_created(table: Table) -> sql.Composed:
+    """The rows a create statement inserted, noted in crmsync.created_rows (a CTE named `mark`, over `ins`)."""
+    return sql.SQL("mark AS (INSERT INTO crmsync.created_rows (campaign_table, campaign_key) "
+                   "SELECT {name}, k FROM ins ON CONFLICT DO NOTHING)").format(name=sql.Literal(table.name))
 
 
 def _link_found(table: Table) -> sql.Composed:

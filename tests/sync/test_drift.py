@@ -46,17 +46,25 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         broker = infra.EmbeddedBroker(state.resolve())
         broker.stop()
         assert broker.start()["bootstrap_servers"] == found.bootstrap_servers  # same address, nothing in it
-        # 2. an edit the streams never see (tagged as if crmsync's own writer made it)
+        # 2. an edit the streams never see (tagged as if crmsync's own writer made it), and a delete of a row our
+        # writer created for a CRM contact, never seen either (its change lost with the broker, say)
         with pg.connect(found.campaign_dsn) as conn:
             unseen = conn.execute("SELECT id FROM recipients WHERE crm_id IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()[0]
             conn.execute("SELECT pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')")
             conn.execute("UPDATE recipients SET job_title = 'never seen' WHERE id = %s", (unseen,))
+        with pg.connect(found.campaign_dsn) as conn:
+            deleted = conn.execute("SELECT r.id FROM recipients r JOIN crmsync.created_rows c ON c.campaign_table = "
+                                   "'recipients' AND c.campaign_key = r.id WHERE r.id <> %s ORDER BY r.id LIMIT 1",
+                                   (unseen,)).fetchone()[0]
+            conn.execute("SELECT pg_logical_emit_message(true, 'crmsync.origin', 'writer-campaign')")
+            conn.execute("DELETE FROM recipients WHERE id = %s", (deleted,))
         supervisor.start()
         time.sleep(15)
         before = checker.compare(mapping)
         assert len(before.differing) == 11, before.summary()  # nothing on its own brings the CRM back in line
         assert (sorted(before.missing_in_crm), sorted(before.missing_in_campaign)) == (new_rows, sorted(new_contacts))
-        assert not before.gone_from_campaign  # a row never inserted is missing, not deleted (which would delete)
+        # a row never inserted is missing (sent again), one we created and a person deleted is gone (not sent again)
+        assert before.gone_from_campaign == [deleted], before.summary()
 
         result = subprocess.run([sys.executable, "-m", "crmsync", "--config", str(config_file), "reconcile"],
                                 capture_output=True, text=True, timeout=120)
@@ -71,3 +79,4 @@ def test_reconcile_repairs_commands_lost_with_the_broker_and_unseen_edits(tmp_pa
         with pg.connect(found.campaign_dsn) as conn:
             assert sorted(r[0] for r in conn.execute("SELECT crm_id FROM recipients WHERE email LIKE 'lost-insert-%%'")
                           ) == sorted(new_contacts)
+            assert conn.execute("SELECT count(*) FROM recipients WHERE id = %s", (deleted,)).fetchone()[0] == 0
