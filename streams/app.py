@@ -450,9 +450,9 @@ class StreamsWorker:
     def _waits_for_first_read(self, topic: str) -> bool:
         """Whether a Campaign change topic's table has a mapping whose CRM first read is not decided yet."""
         needed = self.first_read_needed.get(topic)
-        if not needed:
-            return False
         handler = self.handlers["campaign"]  # not deciding now: its connection is free between takes
+        if not needed or all(m.name in handler.readiness.ready for m in needed):
+            return False  # (the usual case, answered without a round trip: once ready, a mapping stays ready)
         with handler.conn.transaction():
             return not all([handler.readiness(m) for m in needed])
 
