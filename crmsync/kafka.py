@@ -162,6 +162,46 @@ def subscribe(c: Consumer, topic_names: list[str]) -> None:
     c.subscribe(topic_names, on_assign=progress.joined, on_revoke=progress.left, on_lost=progress.left)
 
 
+class HeldPartitions:
+    """Partitions a consumer sets aside for a while: paused, and set back to their first held message, with
+    nothing of them committed, so they are consumed again from that message once released (or, if the group
+    gives them to another consumer meanwhile, from the committed offset, by that consumer).
+
+    Invariant: a partition stays here until it is resumed while assigned. librdkafka keeps a paused partition
+    paused across a rebalance that assigns it back to the same consumer, and resumes only partitions assigned
+    at that moment; forgetting a held partition that is not assigned right now (a rebalance in progress) would
+    leave it paused for good when it comes back. A new consumer starts with nothing held (`clear`)."""
+
+    def __init__(self) -> None:
+        self.partitions: set[tuple[str, int]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.partitions)
+
+    def hold(self, c: Consumer, messages: list) -> None:
+        """Pause the partitions of `messages` and set each back to its first message among them."""
+        first: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic(), m.partition())
+            first[key] = min(first.get(key, m.offset()), m.offset())
+        c.pause([TopicPartition(t, p) for t, p in first])
+        for (t, p), offset in first.items():
+            c.seek(TopicPartition(t, p, offset))
+        self.partitions |= set(first)
+
+    def release(self, c: Consumer, topics: set[str]) -> int:
+        """Resume the held partitions of `topics` that are assigned to `c` now; returns how many."""
+        assigned = {(tp.topic, tp.partition) for tp in c.assignment()}
+        resumed = {(t, p) for t, p in self.partitions if t in topics} & assigned
+        if resumed:
+            c.resume([TopicPartition(t, p) for t, p in resumed])
+            self.partitions -= resumed
+        return len(resumed)
+
+    def clear(self) -> None:
+        self.partitions = set()
+
+
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 4,
                   replication_factor: int = 1, timeout: float = 30) -> None:
     """Create the topics that do not exist yet. The embedded broker forgets topics on restart, so every

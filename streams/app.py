@@ -56,7 +56,7 @@ from faust.app.base import BootStrategy
 import mode
 import psycopg
 import psycopg.errors
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 from prometheus_client import Counter, Histogram
 
 from crmsync import kafka, lag, names, pg, rejects, topics
@@ -108,20 +108,21 @@ class CrmReadiness:
         if time.monotonic() - self.checked_at.get(mapping.name, 0.0) < 2.0:
             return False
         self.checked_at[mapping.name] = time.monotonic()
-        row = self.conn.execute("SELECT position FROM crmsync.checkpoints WHERE name = %s",
-                                (names.poller_checkpoint(mapping.account, mapping.crm_object),)).fetchone()
-        if not (row and (row[0] or {}).get("snapshot_done")):  # (again, if it reads the object from scratch)
-            self.conn.execute("DELETE FROM crmsync.checkpoints WHERE name = %s", (names.first_read_decided(mapping.name),))
+        poller = names.poller_checkpoint(mapping.account, mapping.crm_object)
+        decided = names.first_read_decided(mapping.name)
+        stored = dict(self.conn.execute("SELECT name, position FROM crmsync.checkpoints WHERE name = ANY(%s)",
+                                        ([poller, decided],)).fetchall())
+        if not (stored.get(poller) or {}).get("snapshot_done"):  # (again, if it reads the object from scratch)
+            if decided in stored:
+                self.conn.execute("DELETE FROM crmsync.checkpoints WHERE name = %s", (decided,))
             return False
-        decided = self.conn.execute("SELECT 1 FROM crmsync.checkpoints WHERE name = %s",
-                                    (names.first_read_decided(mapping.name),)).fetchone()
-        if not decided:
+        if decided not in stored:
             topic = topics.changes("crm", mapping.account, mapping.crm_object)
             _, behind = lag.total(lag.group_lag(self.bootstrap_servers, APP_ID, [topic]))
             if behind:
                 return False
             self.conn.execute("INSERT INTO crmsync.checkpoints (name, position) VALUES (%s, '{\"v\": 1}') "
-                              "ON CONFLICT (name) DO NOTHING", (names.first_read_decided(mapping.name),))
+                              "ON CONFLICT (name) DO NOTHING", (decided,))
         self.ready.add(mapping.name)
         return True
 
@@ -405,12 +406,13 @@ class StreamsWorker:
         self.deferred_due = 0.0  # time.monotonic() of the next look at the due deferred changes
         # Campaign change topic -> the mappings on its table that may create CRM records (they need the CRM's
         # first read decided before a new row is decided), and the partitions held for them meanwhile
-        self.first_read_needed = {
-            topics.changes("campaign", settings.campaign.name, m.campaign_table): [
-                other for other in settings.mappings
-                if other.campaign_table == m.campaign_table and other.direction != "import"]
-            for m in settings.mappings}
-        self.held: set[tuple[str, int]] = set()
+        self.first_read_needed: dict[str, list[Mapping]] = {}
+        for m in settings.mappings:
+            needed = self.first_read_needed.setdefault(
+                topics.changes("campaign", settings.campaign.name, m.campaign_table), [])
+            if m.direction != "import":
+                needed.append(m)
+        self.held = kafka.HeldPartitions()
 
     def run(self) -> None:
         """Take, decide, commit — until `stop`; a failed take is taken again from the committed offsets."""
@@ -461,37 +463,22 @@ class StreamsWorker:
         decided yet (matching needs that read): rather than decide each one into deferred_changes and again
         later, their partitions are paused and set back to the first of them, uncommitted — the changes stay
         in Kafka until `_release_ready`. Returns the messages to decide now. A rebalance meanwhile is harmless:
-        nothing of a held partition was committed, so its next owner starts from the held change."""
-        waiting = {topic for topic in {m.topic() for m in messages}
-                   if _side_of(topic) == "campaign" and self._waits_for_first_read(topic)}
+        nothing of a held partition was committed, so its next owner starts from the held change (and one that
+        comes back to this consumer is still paused: it stays held until released, kafka.HeldPartitions)."""
+        waiting = {topic for topic in {m.topic() for m in messages} if self._waits_for_first_read(topic)}
         if not waiting:
             return messages
-        first: dict[tuple[str, int], int] = {}
-        for m in messages:
-            if m.topic() in waiting:
-                key = (m.topic(), m.partition())
-                first[key] = min(first.get(key, m.offset()), m.offset())
-        self.consumer.pause([TopicPartition(t, p) for t, p in first])
-        for (t, p), offset in first.items():
-            self.consumer.seek(TopicPartition(t, p, offset))
         if not self.held:
             log.info("holding the Campaign changes of %s until the CRM's first read is decided", sorted(waiting))
-        self.held |= set(first)
+        self.held.hold(self.consumer, [m for m in messages if m.topic() in waiting])
         return [m for m in messages if m.topic() not in waiting]
 
     def _release_ready(self) -> None:
         """Held partitions whose CRM first reads are decided now are consumed again, from the held change."""
         if not self.held:
             return
-        ready = {(t, p) for t, p in self.held if not self._waits_for_first_read(t)}
-        if not ready:
-            return
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        resumed = [TopicPartition(t, p) for t, p in ready & assigned]
-        if resumed:  # (one revoked meanwhile starts unpaused wherever it is assigned next)
-            self.consumer.resume(resumed)
-        self.held -= ready
-        if not self.held:
+        ready = {t for t in {t for t, _ in self.held.partitions} if not self._waits_for_first_read(t)}
+        if ready and self.held.release(self.consumer, ready) and not self.held:
             log.info("the CRM's first reads are decided: the Campaign changes are decided again")
 
     def decide_deferred(self) -> None:
@@ -559,7 +546,7 @@ class StreamsWorker:
                 self.handlers[side] = replacement
 
     def _close_consumer(self) -> None:
-        self.held = set()  # a new consumer starts with nothing paused (and from the committed offsets)
+        self.held.clear()  # a new consumer starts with nothing paused (and from the committed offsets)
         if self.consumer is not None:
             try:
                 self.consumer.close()
