@@ -494,7 +494,11 @@ class StreamsWorker:
         started = time.time()
         futures = {side: self.sides.submit(self.handlers[side].decide_due_deferred, pairs)
                    for side, pairs in owned.items()}
-        looked_at = sum(future.result() for future in futures.values())
+        looked = [future.result() for future in futures.values()]
+        if any(n >= MAX_CHANGES_PER_TRANSACTION for n in looked):
+            self.deferred_due = 0.0  # more are due (a backfill's children woken by their parents): look again
+            # right after the next take, not a second later
+        looked_at = sum(looked)
         if looked_at and log.isEnabledFor(logging.DEBUG):  # as a take's line: tests/streams/test_scale_out.py
             log.debug("decided %s", dumps({
                 "partitions": {f"{t}:{p}": ["deferred"] for pairs in owned.values() for t, p in pairs},

@@ -6,7 +6,8 @@ MappingBatch (streams/reconcile.py) collapse to a few lines:
 - **a new CRM record that matches no Campaign row** (a CRM → Campaign backfill): its values become the
   agreement, a `create` command carries the Campaign key allocated for it;
 - **a new Campaign row that duplicates no linked record** (a Campaign → CRM backfill): its values become the
-  agreement, an upsert by the Campaign key creates the CRM record;
+  agreement, an upsert by the Campaign key creates the CRM record; one whose parent is not in the CRM yet (a
+  backfill's contacts, before their accounts are linked) is parked for that parent, as the per-record path does;
 - **an edit of a linked record that nobody raced** (no write of ours in flight to that side, the other side
   did not edit an edited field later, no owner of a field on the other side, no parent still missing): the
   fields it changed become agreed and go to the other side, with compare-and-set on what they held.
@@ -15,7 +16,7 @@ They are recognised here from what the batch already loaded in a few set-based s
 whole batch, its match candidates, the keys allocated for it, its duplicates' twins, its parents: one
 statement each, MappingBatch.run), and decided without the per-record machinery's detours; a record with
 more than one change in the batch, and every other case (a match by email, a conflict, a delete, a partial
-change, a change that waits), goes to the per-record path unchanged. The state of the whole batch, fast and per-record, is
+change, an edit that waits), goes to the per-record path unchanged. The state of the whole batch, fast and per-record, is
 written by one statement per kind (MappingBatch._save_links).
 
 Invariant (tests/streams/test_fast_path.py compares both ways on randomized batches): the decisions — apply
@@ -101,11 +102,10 @@ class FastPath:
         key = match_key(b._match_value(change))
         if b._linked_twin(key) is not None:
             return False
-        mark = len(b.out.invalid)
         values = b._values(change)
         if b._unresolved_parent(values):
-            del b.out.invalid[mark:]  # the per-record path reports them when it decides the change
-            return False
+            b._wait_for_parents(change, values)  # (as the per-record path: a twin is looked for once it is woken)
+            return True
         from streams.reconcile import Link
 
         link = b._remember(Link(mapping=m.name, campaign_key=int(change.key["id"]), match_key=key, dirty=True))
