@@ -59,10 +59,10 @@ class DynamicsSandboxKit:
 
     def start(self, state_dir: Path, *, seed_contacts: int = 0, log_file: Path | None = None) -> RunningSandbox:
         """State under `state_dir`/sandboxes/dynamics (the CA one level up, shared by every sandbox)."""
-        from sandboxes.launch import launch
+        from sandboxes.launch import launch, seeded_timeout
 
         launched = launch("dynamics", state_dir / "sandboxes" / "dynamics", ["--seed-contacts", str(seed_contacts)],
-                          log_file=log_file)
+                          log_file=log_file, timeout=seeded_timeout(seed_contacts))
         return self._running(launched.process, launched.url, launched.ca_file)
 
     def attach(self, url: str, ca_file: Path) -> RunningSandbox:

@@ -11,7 +11,7 @@ from typing import Any
 
 from crmsync.connectors import RunningSandbox
 from sandboxes.control import DEFAULT_ADMIN_TOKEN
-from sandboxes.launch import answers, launch
+from sandboxes.launch import answers, launch, seeded_timeout
 from sandboxes.oracle.settings import DEFAULT_CREDENTIALS
 
 
@@ -19,7 +19,7 @@ class OracleSandboxKit:
     def start(self, state_dir: Path, *, seed_contacts: int = 0, log_file: Path | None = None) -> RunningSandbox:
         """State under `state_dir`/sandboxes/oracle (the CA one level up, shared by every sandbox)."""
         started = launch("oracle", state_dir / "sandboxes" / "oracle", ["--seed-contacts", str(seed_contacts)],
-                         log_file=log_file)
+                         log_file=log_file, timeout=seeded_timeout(seed_contacts))
         return RunningSandbox(started.process, started.url, started.ca_file,
                               self.account(started.url, started.ca_file), DEFAULT_ADMIN_TOKEN)
 

@@ -9,7 +9,7 @@ from typing import Any
 from crmsync.connectors import RunningSandbox
 from crmsync.process import stop
 from sandboxes.control import DEFAULT_ADMIN_TOKEN
-from sandboxes.launch import answers, launch
+from sandboxes.launch import answers, launch, seeded_timeout
 
 
 class SalesforceSandboxKit:
@@ -17,7 +17,8 @@ class SalesforceSandboxKit:
         """`crmsync sandbox salesforce` (state under `state_dir`/sandboxes/salesforce, the CA one level up),
         returned once it answers."""
         started = launch("salesforce", state_dir / "sandboxes" / "salesforce",
-                         ["--seed-contacts", str(seed_contacts), "--pubsub-port", "0"], log_file=log_file)
+                         ["--seed-contacts", str(seed_contacts), "--pubsub-port", "0"], log_file=log_file,
+                         timeout=seeded_timeout(seed_contacts))
         try:
             pubsub = pubsub_endpoint(started.url, started.ca_file)
         except BaseException:
