@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -192,3 +192,40 @@ def test_created_updated_and_hard_deleted(seeded_sandbox: RunningSandbox, campai
     assert Counter(c.op for c in changes) == Counter({"r": 20, "c": 5, "d": 10})
     assert {c.key["id"] for c in changes if c.op == "c"} == set(created)
     assert {c.key["id"] for c in changes if c.op == "d"} == set(leads[:10])
+
+
+def _stamp(seconds: float) -> str:
+    """A SystemModstamp as Salesforce writes it, `seconds` after 2026-01-01."""
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
+
+
+def test_the_cursor_forgets_exactly_what_left_the_window_and_skips_the_work_when_nothing_did() -> None:
+    """`CursorState.prune` keeps the records delivered within the lookback window (a re-read of the same version
+    is not delivered again) and forgets the older ones; it knows a lower bound of what it holds, so a page whose
+    records are all newer than the window (a freshly loaded org: every one of a million) costs nothing, and a
+    cursor read back from its checkpoint (the bound unknown) is pruned in full the first time."""
+    window = timedelta(seconds=300)
+    state = CursorState()
+    for second in range(1000):
+        state.delivered(f"003{second:015d}", _stamp(second))
+        state.advance(_stamp(second), f"003{second:015d}")
+    state.delivered("003000000000000000", _stamp(999))  # delivered again, newer: it stays
+    state.prune(window)
+    assert set(state.seen) == {f"003{s:015d}" for s in range(699, 1000)} | {"003000000000000000"}
+    assert state.oldest == parse_modstamp(_stamp(699))
+
+    back = CursorState.from_json(state.to_json(300))  # a restarted poller: what it holds is unknown, pruned in full
+    assert not back.oldest_known
+    back.delivered("003new", _stamp(1200))
+    back.advance(_stamp(1200), "003new")
+    back.prune(window)
+    assert set(back.seen) == {f"003{s:015d}" for s in range(900, 1000)} | {"003000000000000000", "003new"}
+
+    fresh = CursorState()  # every record newer than the window: nothing to forget, nothing re-parsed
+    for i in range(200_000):
+        fresh.delivered(f"003{i:015d}", _stamp(i / 10_000))
+    fresh.advance(_stamp(20), "003x")
+    held = fresh.seen
+    fresh.prune(window)
+    assert fresh.seen is held and len(held) == 200_000  # not rebuilt: no stamp was parsed again

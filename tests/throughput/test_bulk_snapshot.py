@@ -49,6 +49,7 @@ def test_a_restart_goes_on_from_the_locator_and_nothing_is_repeated_or_missed(sa
     client = make_client(sandbox)
     first, cursor = _read(SalesforceSource(client, "Contact", bulk_threshold=1000, bulk_page_records=1000), pages=1)
     assert len(first) == 1000 and cursor["bulk"]["locator"] and not cursor["snapshot_done"]
+    assert cursor["seen"] == {}  # a snapshot's checkpoints carry no memory: the job tells it again on a restart
     source = SalesforceSource(client, "Contact", bulk_threshold=1000, bulk_page_records=1000)  # a new process
     rest, cursor = _read(source, cursor)
     assert len({c.key["id"] for c in first + rest}) == len(first + rest) == CONTACTS
@@ -79,3 +80,18 @@ def test_a_restart_in_the_middle_of_a_page_skips_the_rows_already_handed_out(san
     rest, cursor = _read(source(), cursor)  # a new process
     assert len({c.key["id"] for c in first + rest}) == len(first + rest) == CONTACTS
     assert cursor["snapshot_done"] and "bulk" not in cursor
+    _, whole = _read(source())  # read without a restart: the same memory (what the job's pages handed out)
+    assert cursor["seen"] == whole["seen"] and cursor["cursor"] == whole["cursor"]
+    assert _read(source(), cursor)[0] == []  # the first read after it: nothing again
+
+
+def test_a_restart_on_a_later_page_remembers_the_pages_before_it(sandbox):
+    client = make_client(sandbox)
+    first, cursor = _read(SalesforceSource(client, "Contact", bulk_threshold=1000, bulk_page_records=1000), pages=2)
+    assert len(first) == 2000 and cursor["bulk"]["locator"] and cursor["seen"] == {}
+    source = SalesforceSource(client, "Contact", bulk_threshold=1000, bulk_page_records=1000)  # a new process
+    rest, cursor = _read(source, cursor)
+    assert len({c.key["id"] for c in first + rest}) == len(first + rest) == CONTACTS
+    _, whole = _read(SalesforceSource(client, "Contact", bulk_threshold=1000, bulk_page_records=1000))
+    assert cursor["seen"] == whole["seen"] and cursor["cursor"] == whole["cursor"] and cursor["seen"]
+    assert _read(source, cursor)[0] == []
