@@ -178,6 +178,10 @@ class HeldPartitions:
     def __bool__(self) -> bool:
         return bool(self.partitions)
 
+    @property
+    def topics(self) -> set[str]:
+        return {t for t, _ in self.partitions}
+
     def hold(self, c: Consumer, messages: list) -> None:
         """Pause the partitions of `messages` and set each back to its first message among them."""
         first: dict[tuple[str, int], int] = {}

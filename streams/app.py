@@ -477,7 +477,7 @@ class StreamsWorker:
         """Held partitions whose CRM first reads are decided now are consumed again, from the held change."""
         if not self.held:
             return
-        ready = {t for t in {t for t, _ in self.held.partitions} if not self._waits_for_first_read(t)}
+        ready = {t for t in self.held.topics if not self._waits_for_first_read(t)}
         if ready and self.held.release(self.consumer, ready) and not self.held:
             log.info("the CRM's first reads are decided: the Campaign changes are decided again")
 

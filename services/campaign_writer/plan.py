@@ -467,8 +467,8 @@ def _create_sql(table: Table, source: sql.Composed, names: list[str], checks: li
     return sql.SQL(
         "WITH {source}, "
         "existing AS (SELECT i.n, t.{pk} AS k, {superseded} AS superseded FROM input i JOIN {t} t ON t.{pk} = i.k), "
-        "gone AS (SELECT i.n, i.k FROM input i JOIN crmsync.created_rows c ON c.campaign_table = {name} "
-        "AND c.campaign_key = i.k WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.n = i.n)), "
+        "gone AS (SELECT i.n, i.k FROM input i WHERE {created_before} "
+        "AND NOT EXISTS (SELECT 1 FROM existing e WHERE e.n = i.n)), "
         "up AS (UPDATE {t} AS t SET {sets} FROM input i JOIN existing e ON e.n = i.n WHERE t.{pk} = i.k "
         "AND {old} IS DISTINCT FROM {new}), "
         "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i "
@@ -481,7 +481,8 @@ def _create_sql(table: Table, source: sql.Composed, names: list[str], checks: li
         "LEFT JOIN ins ON ins.k = i.k), "
         "{link} SELECT n, k, created, superseded FROM found WHERE k IS NOT NULL "
         "UNION ALL SELECT n, k, false, {none} FROM gone ORDER BY n").format(
-        source=source, t=table.ident, pk=pk, superseded=_superseded(names, checks), name=sql.Literal(table.name),
+        source=source, t=table.ident, pk=pk, superseded=_superseded(names, checks),
+        created_before=_created_before(table),
         sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in zip(targets, guarded)),
         old=_row([sql.SQL("t.{}").format(c) for c in targets]), new=_row(guarded),
         cols=sql.SQL(", ").join(_ids([table.primary_key, "crm_account", "crm_id"] + names)),
@@ -495,8 +496,7 @@ def _insert_new_sql(table: Table, source: sql.Composed, names: list[str]) -> sql
     pk = sql.Identifier(table.primary_key)
     return sql.SQL(
         "WITH {source}, "
-        "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i WHERE NOT EXISTS (SELECT 1 FROM "
-        "crmsync.created_rows c WHERE c.campaign_table = {name} AND c.campaign_key = i.k) ORDER BY i.n "
+        "ins AS (INSERT INTO {t} AS t ({cols}) SELECT {vals} FROM input i WHERE NOT {created_before} ORDER BY i.n "
         "ON CONFLICT DO NOTHING RETURNING t.{pk} AS k), "
         "{mark}, "
         "found AS (SELECT i.n, i.a, i.o, i.x, i.k FROM input i JOIN ins ON ins.k = i.k), "
@@ -504,7 +504,13 @@ def _insert_new_sql(table: Table, source: sql.Composed, names: list[str]) -> sql
         source=source, t=table.ident, pk=pk, cols=sql.SQL(", ").join(_ids([table.primary_key, "crm_account", "crm_id"]
                                                                           + names)),
         vals=sql.SQL(", ").join([sql.SQL("i.k"), sql.SQL("i.a"), sql.SQL("i.x"), *_inputs(len(names))]),
-        none=_NO_SUPERSEDED, link=_link_found(table), mark=_mark_created(table), name=sql.Literal(table.name))
+        none=_NO_SUPERSEDED, link=_link_found(table), mark=_mark_created(table), created_before=_created_before(table))
+
+
+def _created_before(table: Table) -> sql.Composed:
+    """Whether input row `i`'s key is one this writer created before (crmsync.created_rows)."""
+    return sql.SQL("EXISTS (SELECT 1 FROM crmsync.created_rows c WHERE c.campaign_table = {name} "
+                   "AND c.campaign_key = i.k)").format(name=sql.Literal(table.name))
 
 
 def _mark_created(table: Table) -> sql.Composed:
