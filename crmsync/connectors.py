@@ -397,6 +397,12 @@ class Connector(Protocol):
     # Optional: the change-source modes the connector offers, polling first ("poll", then push modes such as
     # Salesforce's "cdc"); `change_source(..., mode=...)` picks one. Without it a connector has one mode.
     source_modes: ClassVar[tuple[str, ...]]
+    # Optional (False without it): a reference can be written as its parent's external id — an ApplyCommand
+    # value {"$ref": {"object": "Account", "external_id": {"Campaign_Key__c": "42"}}} that the CRM resolves when
+    # it writes the record (Salesforce's relationship by external id). The streams then send a new Campaign row
+    # whose parent's create is on its way without waiting until the parent's CRM id is read back; the sink
+    # writes the parents of a batch before their children.
+    references_by_external_id: ClassVar[bool]
 
     def client(self, account_name: str, account: AccountBase) -> Client: ...
 

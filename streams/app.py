@@ -236,10 +236,11 @@ class BatchHandler:
         return found
 
     def _wake_children(self, outcome: Decisions) -> None:
-        """Changes waiting for a parent this batch linked to its CRM record are due now (decided again between
-        the next takes), not after their backoff: a Campaign → CRM backfill follows the CRM writes, not a timer."""
-        if outcome.linked:
-            self._wake(outcome.linked)
+        """Changes waiting for a parent this batch linked to its CRM record, or sent to the CRM (a child may go
+        with its parent's external id), are due now (decided again between the next takes), not after their
+        backoff: a Campaign → CRM backfill follows the CRM writes, not a timer."""
+        if outcome.linked or outcome.sent:
+            self._wake([*outcome.linked, *outcome.sent])
 
     def _wake_after_first_reads(self) -> None:
         """Changes waiting for the CRM's first read of their mapping are due once that read has been decided,

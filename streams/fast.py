@@ -7,7 +7,8 @@ MappingBatch (streams/reconcile.py) collapse to a few lines:
   agreement, a `create` command carries the Campaign key allocated for it;
 - **a new Campaign row that duplicates no linked record** (a Campaign → CRM backfill): its values become the
   agreement, an upsert by the Campaign key creates the CRM record; one whose parent is not in the CRM yet (a
-  backfill's contacts, before their accounts are linked) is parked for that parent, as the per-record path does;
+  backfill's contacts, before their accounts are linked) goes with the parent's external id where the CRM
+  resolves one and the parent's create is on its way, or is parked for that parent, as the per-record path does;
 - **an edit of a linked record that nobody raced** (no write of ours in flight to that side, the other side
   did not edit an edited field later, no owner of a field on the other side, no parent still missing): the
   fields it changed become agreed and go to the other side, with compare-and-set on what they held.
@@ -103,7 +104,7 @@ class FastPath:
         if b._linked_twin(key) is not None:
             return False
         values = b._values(change)
-        if b._unresolved_parent(values):
+        if b._must_wait_for_parents(values):
             b._wait_for_parents(change, values)  # (as the per-record path: a twin is looked for once it is woken)
             return True
         from streams.reconcile import Link
@@ -118,8 +119,9 @@ class FastPath:
     def _unraced_edit(self, change: Change, link: "Link") -> bool:
         b, side = self.b, change.side
         other = "campaign" if side == "crm" else "crm"
-        if link.deleted or link.pending.get(side) or not self._known(change, link) or b._is_stale(change, link):
-            return False
+        if (link.deleted or link.pending.get(side) or not self._known(change, link) or b._is_stale(change, link)
+                or any(isinstance(link.agreed.get(c), dict) for c in self.references)):
+            return False  # (a parent agreed by its external id is resolved per record first)
         mark = len(b.out.invalid)
         values = b._values(change)
         before = b._values(replace(change, after=change.before), report=False) if change.before else None

@@ -123,6 +123,7 @@ class Conflict:
 
 
 PARENT_NOT_IN_CRM = "a referenced parent is not in the CRM yet"
+PARENT_NOT_LINKED = "the CRM resolved a parent sent by its external id; which one is known once that parent is linked"
 FIRST_READ = "crm-read:"  # + mapping name: what a change waiting for the CRM's first read of its mapping waits for
 
 
@@ -168,6 +169,8 @@ class Decisions:
     invalid: list[InvalidValue] = field(default_factory=list)
     skipped: int = 0  # echoes, duplicates, out-of-filter records
     linked: list[str] = field(default_factory=list)  # '<mapping>:<Campaign key>' of the records linked to the CRM
+    sent: list[str] = field(default_factory=list)  # … of new records whose create went to the CRM (its children may
+    # go now, by the parent's external id, where the CRM resolves one: MappingBatch.by_external_id)
     fast: Counter = field(default_factory=Counter)  # changes the fast path decided, per case (streams/fast.py)
 
 
@@ -202,6 +205,7 @@ class Reconciler:
         self.field_types = field_types
         self.key_sequences: dict[str, str | None] = {}  # Campaign table -> the sequence of its primary key
         self._stamp_slack: dict[str, float] = {}
+        self._by_external_id: dict[str, bool] = {}
 
     def key_sequence(self, conn: psycopg.Connection, table: str) -> str | None:
         """The sequence that numbers `table`'s rows (serial or identity key), or None: then a record the CRM
@@ -221,6 +225,15 @@ class Reconciler:
             resolution = getattr(connectors.connector(account.type), "stamp_resolution", 0.0) if account else 0.0
             self._stamp_slack[mapping.account] = max(0.0, float(resolution) - 0.001)
         return self._stamp_slack[mapping.account]
+
+    def references_by_external_id(self, mapping: Mapping) -> bool:
+        """Whether `mapping`'s CRM resolves a reference given as the parent's external id (a connector
+        capability, crmsync/connectors.py)."""
+        if mapping.account not in self._by_external_id:
+            account = self.settings.accounts.get(mapping.account)
+            found = getattr(connectors.connector(account.type), "references_by_external_id", False) if account else False
+            self._by_external_id[mapping.account] = bool(found)
+        return self._by_external_id[mapping.account]
 
     # -- routing ------------------------------------------------------------------------------------------
     def mappings_for(self, change: Change) -> list[Mapping]:
@@ -279,6 +292,12 @@ class MappingBatch:
         self.allowed_from = {side: {f.campaign for f in mapping.fields if mapping.allows(f, side)}
                              for side in ("crm", "campaign")}  # the fields each side may change
         self.parents = {f.campaign: reconciler.settings.mapping(f.reference) for f in mapping.fields if f.reference}
+        # references a new record may carry as its parent's Campaign key (the parent's external id in the CRM,
+        # which resolves it) while the parent's create is on its way: no wait for the parent's read-back
+        self.by_external_id = {column: parent for column, parent in self.parents.items()
+                               if parent.crm_external_id and parent.account == mapping.account
+                               and reconciler.references_by_external_id(mapping)}
+        self.parents_sent: set[tuple[str, int]] = set()  # (mapping, key) of parents linked without a CRM id yet
         self.now = utc_now_iso()  # when this batch's commands were made
         self._kinds: dict[str, Kind | None] = {}
 
@@ -291,6 +310,7 @@ class MappingBatch:
         if side == "crm":
             self._prefetch_matches(changes)
             self._allocate_keys(changes)
+            self._prefetch_agreed_parents()
         else:
             self._prefetch_twins(changes)
             self._prefetch_parents(changes)
@@ -469,6 +489,8 @@ class MappingBatch:
                     FROM jsonb_to_recordset(%s::jsonb) AS x(id bigint, {STATE_TYPES}) WHERE s.id = x.id""",
                 (dumps(changed).decode(),))
         self.out.linked.extend(f"{self.m.name}:{key}" for _, key in linked)
+        self.out.sent.extend(f"{self.m.name}:{row['campaign_key']}" for row in new
+                             if row["crm_id"] is None and row["campaign_key"] is not None)
         if linked:
             self.conn.execute(
                 """INSERT INTO crmsync.identity_links (crm_account, crm_object, crm_id, campaign_table, campaign_key)
@@ -522,7 +544,7 @@ class MappingBatch:
         if (fm.reference, key) not in self.parent_ids:
             row = self.conn.execute("SELECT crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = %s",
                                     (fm.reference, key)).fetchone()
-            self.parent_ids[(fm.reference, key)] = row[0] if row else None
+            self._note_parent(fm.reference, key, row is not None, row[0] if row else None)
         return self.parent_ids[(fm.reference, key)] or {"campaign_key": key}
 
     def _prefetch_parents(self, changes: list[Change]) -> None:
@@ -537,7 +559,27 @@ class MappingBatch:
                 found = dict(self.conn.execute(
                     "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%s)",
                     (fm.reference, keys)).fetchall())
-                self.parent_ids.update({(fm.reference, key): found.get(key) for key in keys})
+                for key in keys:
+                    self._note_parent(fm.reference, key, key in found, found.get(key))
+
+    def _note_parent(self, mapping: str, key: int, has_link: bool, crm_id: str | None) -> None:
+        self.parent_ids[(mapping, key)] = crm_id
+        if has_link and crm_id is None:
+            self.parents_sent.add((mapping, key))
+
+    def _prefetch_agreed_parents(self) -> None:
+        """The parents named by external id in the loaded links' agreement (records sent before their parent's
+        CRM id was known), one query per referenced mapping: their read-back is compared once they are known."""
+        for column in self.by_external_id:
+            fm = self._field(column)
+            keys = sorted({marker["campaign_key"] for link in self.links_by_crm.values()
+                           for marker in [link.agreed.get(column)] if isinstance(marker, dict)})
+            if keys:
+                found = dict(self.conn.execute(
+                    "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%s)",
+                    (fm.reference, keys)).fetchall())
+                for key in keys:
+                    self._note_parent(fm.reference, key, key in found, found.get(key))
 
     def _change_ts(self, change: Change) -> float:
         if change.side == "crm":
@@ -597,7 +639,7 @@ class MappingBatch:
                                                       f"{self.m.crm_object} to finish (matching needs it)",
                                               (f"{FIRST_READ}{self.m.name}",)))
             return
-        if self._unresolved_parent(values):
+        if self._must_wait_for_parents(values):
             self._wait_for_parents(change, values)
             return
         twin = self._linked_twin(key)
@@ -743,6 +785,10 @@ class MappingBatch:
         if side == "campaign" and self._waits_for_parent(link, values, before):
             self._wait_for_parents(change, values)
             return  # decided when it comes back: nothing of it is taken in before then
+        unknown_parents = self._resolve_agreed_parents(link, values)
+        if side == "crm" and unknown_parents:
+            self.out.deferred.append(Deferred(change, PARENT_NOT_LINKED, unknown_parents))
+            return
         change_ts = self._change_ts(change)
         to_other: dict[str, Any] = {}
         back_to_side: dict[str, Any] = {}
@@ -938,6 +984,38 @@ class MappingBatch:
     def _unresolved_parent(self, values: dict) -> bool:
         return any(isinstance(values.get(fm.campaign), dict) for fm in self.m.fields if fm.reference)
 
+    def _must_wait_for_parents(self, values: dict) -> bool:
+        """Whether a record pointing at parents without a CRM id must wait for them. It need not where the CRM
+        resolves a parent's external id and that parent's create is on its way (linked, no CRM id yet): the
+        record goes now with the parent's Campaign key, and the CRM writer writes parents first."""
+        for fm in self.m.fields:
+            marker = values.get(fm.campaign)
+            if fm.reference and isinstance(marker, dict) and not (
+                    fm.campaign in self.by_external_id and (fm.reference, marker["campaign_key"]) in self.parents_sent):
+                return True
+        return False
+
+    def _resolve_agreed_parents(self, link: Link, values: dict) -> tuple[str, ...]:
+        """A record sent with a parent's external id holds that parent's marker as agreed until the parent's CRM
+        id is known; then the id replaces it (in what was sent too, so the read-back is recognised as ours).
+        Returns the parents still unknown for which `values` hold something else: a CRM read-back carrying the
+        id the CRM resolved, compared once that parent is linked (the change waits for it)."""
+        unknown = []
+        for column in self.by_external_id:
+            marker = link.agreed.get(column)
+            if not isinstance(marker, dict):
+                continue
+            crm_id = self._parent_crm_id(self._field(column), marker["campaign_key"])
+            if isinstance(crm_id, dict):
+                if column in values and values[column] != marker:
+                    unknown.append(f"{self.parents[column].name}:{marker['campaign_key']}")
+                continue
+            link.agreed[column], link.dirty = crm_id, True
+            entry = link.pending.get("crm", {}).get(column)
+            if entry:
+                entry["sent"] = [crm_id if sent == marker else sent for sent in entry["sent"]]
+        return tuple(unknown)
+
     def _wait_for_parents(self, change: Change, values: dict) -> None:
         """Park `change` until the parents it points at are in the CRM; linking one of them wakes it."""
         waiting = tuple(f"{fm.reference}:{values[fm.campaign]['campaign_key']}" for fm in self.m.fields
@@ -956,7 +1034,7 @@ class MappingBatch:
             return
         if side == "crm":
             values = self._resolve_parents(link, values)
-            if self._unresolved_parent(values):
+            if self._must_wait_for_parents(values):
                 self._wait_for_parents(change, values)
                 return
             self._track_sent(link, values, bases or {}, self._change_ts(change))
@@ -1043,6 +1121,10 @@ class MappingBatch:
         return value
 
     def _to_crm(self, fm: FieldMap, value: Any) -> Any:
+        if fm.reference and isinstance(value, dict):  # a parent whose create is on its way: by its external id
+            parent = self.by_external_id[fm.campaign]
+            return {"$ref": {"object": parent.crm_object,
+                             "external_id": {parent.crm_external_id: str(value["campaign_key"])}}}
         if fm.enumeration and value is not None:
             return self.r.enums.to_crm(fm.enumeration, value)
         return value

@@ -42,6 +42,7 @@ class SalesforceConnector:
         "INVALID_TYPE_ON_FIELD_IN_RECORD", "JSON_PARSER_ERROR", "NUMBER_OUTSIDE_VALID_RANGE"})
     objects: ClassVar[dict[str, str]] = {"contacts": "Contact", "accounts": "Account", "opportunities": "Opportunity"}
     source_modes: ClassVar[tuple[str, ...]] = ("poll", "cdc")
+    references_by_external_id: ClassVar[bool] = True  # {"Account": {"Campaign_Key__c": …}}, Account.… columns
 
     def client(self, account_name: str, account: Any) -> Any:
         from connectors.salesforce.client import SalesforceClient

@@ -4,7 +4,11 @@ Per group of commands (`SalesforceSink.apply`):
 
 1. Plan each command: ``key {'id': ...}`` → update (PATCH); no key but ``match`` on an external-id field →
    upsert by that field (``PATCH composite/sobjects/<Type>/<Field>``); otherwise → create (POST);
-   ``action 'delete'`` → ``DELETE composite/sobjects?ids=``.
+   ``action 'delete'`` → ``DELETE composite/sobjects?ids=``. A reference given as its parent's external id
+   (``{"$ref": {"object": "Account", "external_id": {"Campaign_Key__c": "42"}}}`` for ``AccountId``) is written
+   as Salesforce's relationship by external id (``"Account": {"Campaign_Key__c": "42"}``, a Bulk column
+   ``Account.Campaign_Key__c``): Salesforce resolves it when it writes the record. The commands of a batch
+   are carried out parents first (an object before the objects whose commands reference it that way).
 2. Compare-and-set: updates carrying ``expect`` first read the expected fields (one SOQL query per 300 records)
    and leave out the fields Salesforce no longer holds as expected (a user edited them after the decision: that
    edit is news the change source brings to the streams). They are named in the outcome's ``superseded``.
@@ -65,6 +69,7 @@ class Planned:
     record: dict[str, Any]
     ext_field: str | None = None
     identity: tuple | None = None  # same identity = same Salesforce record (keeps per-record order)
+    parents: frozenset[str] = frozenset()  # objects this record references by external id (written before it)
     superseded: list[str] = field(default_factory=list)
 
 
@@ -87,7 +92,7 @@ class SalesforceSink:
         outcomes: dict[int, SinkOutcome] = {}
         pending: list[list[Planned]] = []  # open groups, in the order they were opened
         identities: set[tuple] = set()
-        for planned in plans:
+        for planned in _parents_first(plans):
             if isinstance(planned, SinkOutcome) or id(planned) in settled:
                 continue
             if planned.identity is not None and planned.identity in identities:
@@ -107,6 +112,15 @@ class SalesforceSink:
     def _plan(self, command: ApplyCommand) -> Planned | SinkOutcome:
         record_id = (command.key or {}).get("id")
         values = {k: v for k, v in command.values.items() if k not in ("Id", "id", "attributes")}
+        parents: set[str] = set()
+        for name, value in list(values.items()):
+            if isinstance(value, dict) and "$ref" in value:
+                relationship = self._by_external_id(command.object, name, value["$ref"])
+                if isinstance(relationship, str):
+                    return SinkOutcome(command, False, code="CRMSYNC_INVALID_VALUE", message=relationship)
+                del values[name]
+                values.update(relationship)
+                parents.add(value["$ref"]["object"])
         if command.action == "delete":
             if not record_id:
                 return SinkOutcome(command, False, code="CRMSYNC_NO_KEY",
@@ -118,8 +132,19 @@ class SalesforceSink:
         if ext_field:
             value = command.match[ext_field]
             return Planned(command, "upsert", {**values, ext_field: value}, ext_field,
-                           identity=("ext", command.object, ext_field, str(value).lower()))
-        return Planned(command, "create", values)
+                           identity=("ext", command.object, ext_field, str(value).lower()), parents=frozenset(parents))
+        return Planned(command, "create", values, parents=frozenset(parents))
+
+    def _by_external_id(self, obj: str, name: str, ref: Any) -> dict[str, dict[str, Any]] | str:
+        """`{"Account": {"Campaign_Key__c": "42"}}` for reference field `name` (AccountId) given as the parent's
+        external id, or why it cannot be written."""
+        field = self._fields(obj).get(name, {})
+        relationship = field.get("relationshipName")
+        external = ref.get("external_id") if isinstance(ref, dict) else None
+        if field.get("type") != "reference" or not relationship or not isinstance(external, dict) or len(external) != 1:
+            return (f"{obj}.{name}: a reference by external id needs a reference field and one external-id value "
+                    f"({{'$ref': {{'object': …, 'external_id': {{field: value}}}}}}), got {ref!r}")
+        return {relationship: dict(external)}
 
     def _fields(self, obj: str) -> dict[str, dict[str, Any]]:
         """The object's describe by field name (cached; an unknown object has none: the write then says why)."""
@@ -244,8 +269,7 @@ class SalesforceSink:
     def _bulk(self, group: list[Planned]) -> list[tuple[int, SinkOutcome]]:
         first = group[0]
         operation = {"create": "insert", "update": "update", "upsert": "upsert", "delete": "delete"}[first.kind]
-        records = [({"Id": p.record["id"]} if p.kind == "delete" else
-                    {("Id" if k == "id" else k): v for k, v in p.record.items()}) for p in group]
+        records = [({"Id": p.record["id"]} if p.kind == "delete" else _bulk_columns(p.record)) for p in group]
         result = self.client.bulk2_ingest(first.command.object, operation, records, ext_field=first.ext_field,
                                           poll_interval=self.options.bulk_poll_interval)
         if result.state != "JobComplete":
@@ -262,7 +286,36 @@ def _comparable(value: Any, kind: Any) -> Any:
 
 
 def _group_key(planned: Planned) -> tuple:
-    return planned.command.object, planned.kind, planned.ext_field
+    return planned.command.object, planned.kind, planned.ext_field, planned.parents
+
+
+def _bulk_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as a Bulk API 2.0 CSV row: `Id`, and a relationship by external id as an `Account.Key__c` column."""
+    row: dict[str, Any] = {}
+    for name, value in record.items():
+        if isinstance(value, dict):
+            row.update({f"{name}.{field}": key for field, key in value.items()})
+        else:
+            row["Id" if name == "id" else name] = value
+    return row
+
+
+def _parents_first(plans: list[Planned | SinkOutcome]) -> list[Planned | SinkOutcome]:
+    """`plans` with every object before the objects that reference it by external id in this batch (a parent
+    must exist when Salesforce resolves its child's reference); otherwise in order (a record's commands too)."""
+    referenced = {(p.command.object, parent) for p in plans if isinstance(p, Planned) for parent in p.parents
+                  if parent != p.command.object}
+    if not referenced:
+        return plans
+    depth: dict[str, int] = {}
+
+    def depth_of(obj: str, seen: frozenset[str] = frozenset()) -> int:
+        if obj not in depth:
+            parents = [parent for child, parent in referenced if child == obj and parent not in seen]
+            depth[obj] = 1 + max((depth_of(parent, seen | {obj}) for parent in parents), default=-1)
+        return depth[obj]
+
+    return sorted(plans, key=lambda p: depth_of(p.command.object))
 
 
 def _bulk_row_key(kind: Kind, ext_field: str | None, row: dict[str, Any]) -> tuple:

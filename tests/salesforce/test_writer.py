@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import time
 import uuid
 from typing import Any
@@ -316,3 +317,40 @@ def test_a_flow_that_pauses_goes_out_without_waiting_out_the_busy_linger(module_
         assert took < 2.5, f"the burst's batch waited {took:.1f} s (busy_linger is {w.options.busy_linger} s)"
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["collections", "bulk"])
+def test_children_go_with_their_parents_external_id_parents_written_first(module_sandbox, bulk) -> None:
+    """A contact whose account is created in the same batch references it by the account's Campaign key
+    ({"$ref": …} → Salesforce's `"Account": {"Campaign_Key__c": …}`, a Bulk `Account.Campaign_Key__c` column):
+    the sink writes the accounts first, whatever the order of the commands, and Salesforce resolves each
+    reference to the account it created."""
+    from connectors.salesforce.sink import SalesforceSink, SinkOptions
+
+    marker, count = f"x-{uuid.uuid4().hex[:8]}", 2100 if bulk else 30
+    client = make_client(module_sandbox)
+    sink = SalesforceSink(client, SinkOptions(bulk_threshold=2000 if bulk else 10_000, bulk_poll_interval=0.1))
+    children = [ApplyCommand(
+        id=f"c-{i}", side="crm", target="sf", object="Contact", action="upsert", key=None,
+        match={"Campaign_Key__c": f"{marker}-c{i}"}, cause="test",
+        values={"LastName": f"Child {i}", "Description": marker,
+                "AccountId": {"$ref": {"object": "Account", "external_id": {"Campaign_Key__c": f"{marker}-a{i % 7}"}}}})
+        for i in range(count)]
+    parents = [ApplyCommand(id=f"a-{i}", side="crm", target="sf", object="Account", action="upsert", key=None,
+                            match={"Campaign_Key__c": f"{marker}-a{i}"}, values={"Name": f"Parent {i}"}, cause="test")
+               for i in range(7)]
+    outcomes = sink.apply([*children, *parents])
+    assert [(o.ok, o.code) for o in outcomes] == [(True, None)] * (count + 7)
+    accounts = {r["Campaign_Key__c"]: r["Id"] for page in client.query_all_pages(
+        f"SELECT Id, Campaign_Key__c FROM Account WHERE Campaign_Key__c LIKE '{marker}-%'") for r in page}
+    contacts = {r["Campaign_Key__c"]: r["AccountId"] for page in client.query_all_pages(
+        f"SELECT Campaign_Key__c, AccountId FROM Contact WHERE Description = '{marker}'") for r in page}
+    assert len(accounts) == 7 and len(contacts) == count
+    assert all(contacts[f"{marker}-c{i}"] == accounts[f"{marker}-a{i % 7}"] for i in range(count))
+
+    orphan = replace(children[0], id="orphan", match={"Campaign_Key__c": f"{marker}-orphan"},
+                     values={**children[0].values, "AccountId": {"$ref": {
+                         "object": "Account", "external_id": {"Campaign_Key__c": f"{marker}-nobody"}}}})
+    [refused] = sink.apply([orphan])  # a parent that is not there: Salesforce's own error, a reject to retry
+    assert (refused.ok, refused.code) == (False, "INVALID_FIELD")
+    assert f"Foreign key external ID: {marker}-nobody not found" in refused.message

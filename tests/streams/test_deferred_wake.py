@@ -1,5 +1,5 @@
-"""A change deferred until its parent is in the CRM is due again the moment a batch links that parent, not after
-its backoff (issue 16: the Campaign → CRM backfill waited on the timer — 2, 4, 8, then every 10 s — for each
+"""A change deferred until its parent is in the CRM (or on its way there) is due again the moment a batch links
+(or sends) that parent, not after its backoff (issue 16: the Campaign → CRM backfill waited on the timer — 2, 4, 8, then every 10 s — for each
 contact whose organisation, and each purchase whose contact, had just been written to the CRM and read back).
 
 Real PostgreSQL and broker, the streams' own batch handlers (one per side), no poller: the CRM side's changes
@@ -32,23 +32,50 @@ def _deferred(dsn: str) -> list[tuple]:
                             "JOIN crmsync.deferred_parents p ON p.change_id = d.id GROUP BY d.id").fetchall()
 
 
-def test_linking_a_parent_wakes_the_changes_waiting_for_it(decide, endpoints):
+def _due_deferred(handler: BatchHandler, dsn: str, side_topic: str) -> int:
+    with pg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE crmsync.deferred_changes SET kafka_partition = 0")
+    return handler.decide_due_deferred([(side_topic, 0)])
+
+
+def _organisation(dsn: str, campaign_side: BatchHandler) -> int:
+    with pg.connect(dsn, autocommit=True) as conn:
+        org = conn.execute("INSERT INTO organisations (name) VALUES ('Acme') RETURNING id").fetchone()[0]
+    organisation = campaign("c", org, "2026-01-04T10:00:00Z", {"id": org, "name": "Acme"})
+    organisation.object = "organisations"
+    created = campaign_side.handle([organisation])
+    assert [(c.action, c.object) for c in created.commands] == [("upsert", "Account")]
+    assert created.sent == [f"accounts:{org}"]
+    return org
+
+
+def test_a_child_goes_with_its_parents_external_id_and_its_read_back_waits_for_the_parents_link(decide, endpoints):
+    """Salesforce resolves a parent given by external id: a contact whose organisation's create is on its way
+    is sent at once with it (AccountId as {"$ref": …Campaign_Key__c}), not parked until the organisation is read
+    back. Its own read-back, carrying the Account id Salesforce resolved, can come before the organisation's:
+    it waits for that organisation's link (woken by it), then is recognised as our write — no command back."""
     _crm_first_read_done(decide.dsn)
     found = Endpoints(endpoints.bootstrap_servers, decide.dsn)
     campaign_side = BatchHandler(decide.settings, found, "campaign")
     crm_side = BatchHandler(decide.settings, found, "crm")
     try:
-        with pg.connect(decide.dsn, autocommit=True) as conn:
-            org = conn.execute("INSERT INTO organisations (name) VALUES ('Acme') RETURNING id").fetchone()[0]
-        organisation = campaign("c", org, "2026-01-04T10:00:00Z", {"id": org, "name": "Acme"})
-        organisation.object = "organisations"
-        created = campaign_side.handle([organisation])
-        assert [(c.action, c.object) for c in created.commands] == [("upsert", "Account")]
-
+        org = _organisation(decide.dsn, campaign_side)
         person = {"id": 7001, "email": "wo@example.com", "first_name": "Wo", "last_name": "Ke",
                   "organisation_id": org}
-        waiting = campaign_side.handle([campaign("c", 7001, "2026-01-04T10:00:01Z", person)], {})
-        assert [d.waiting_for for d in waiting.deferred] == [(f"accounts:{org}",)]
+        sent = campaign_side.handle([campaign("c", 7001, "2026-01-04T10:00:01Z", person)], {})
+        assert sent.deferred == []
+        [command] = sent.commands
+        assert (command.object, command.match) == ("Contact", {"Campaign_Key__c": "7001"})
+        assert command.values["AccountId"] == {"$ref": {"object": "Account",
+                                                        "external_id": {"Campaign_Key__c": str(org)}}}
+
+        contact = crm_change(ACCOUNT, "Contact", "c", "003WAKE", "2026-01-04T10:00:02.000+0000",
+                             "2026-01-04T10:00:02Z", after={
+                                 "Id": "003WAKE", "FirstName": "Wo", "LastName": "Ke", "Email": "wo@example.com",
+                                 "AccountId": "001WAKE", "Campaign_Key__c": "7001"})
+        early = crm_side.handle([contact])
+        assert early.commands == []
+        assert [d.waiting_for for d in early.deferred] == [(f"accounts:{org}",)]
         assert _deferred(decide.dsn) == [([f"accounts:{org}"], False)]  # parked on its backoff
 
         # the Account the writer created, read back from the CRM: it carries the organisation's Campaign key
@@ -59,16 +86,45 @@ def test_linking_a_parent_wakes_the_changes_waiting_for_it(decide, endpoints):
         assert f"accounts:{org}" in linking.linked
         assert _deferred(decide.dsn) == [([f"accounts:{org}"], True)]  # due now
 
-        topic = topics.changes("campaign", "campaign", "recipients")
-        with pg.connect(decide.dsn, autocommit=True) as conn:
-            conn.execute("UPDATE crmsync.deferred_changes SET kafka_partition = 0")
-        assert campaign_side.decide_due_deferred([(topic, 0)]) == 1
+        assert _due_deferred(crm_side, decide.dsn, topics.changes("crm", ACCOUNT, "Contact")) == 1
         assert _deferred(decide.dsn) == []
         with pg.connect(decide.dsn, autocommit=True) as conn:  # its parents went with it
             assert conn.execute("SELECT count(*) FROM crmsync.deferred_parents").fetchone()[0] == 0
+            agreed, pending = conn.execute("SELECT agreed, pending FROM crmsync.sync_state WHERE mapping = 'contacts' "
+                                           "AND campaign_key = 7001").fetchone()
+        assert agreed["organisation_id"] == "001WAKE" and not pending.get("crm")  # an echo: nothing sent back
+        with pg.connect(decide.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM crmsync.conflicts").fetchone()[0] == 0
     finally:
         campaign_side.close()
         crm_side.close()
+
+
+def test_sending_a_parent_wakes_the_changes_waiting_for_it(decide, endpoints):
+    """A contact decided before its organisation waits for it; deciding the organisation (its create goes to
+    the CRM) makes the contact due at once, and it then goes with the organisation's external id."""
+    _crm_first_read_done(decide.dsn)
+    campaign_side = BatchHandler(decide.settings, Endpoints(endpoints.bootstrap_servers, decide.dsn), "campaign")
+    try:
+        with pg.connect(decide.dsn, autocommit=True) as conn:
+            org = conn.execute("SELECT nextval(pg_get_serial_sequence('organisations', 'id'))").fetchone()[0] + 1
+        person = {"id": 7002, "email": "ea@example.com", "first_name": "E", "last_name": "A", "organisation_id": org}
+        waiting = campaign_side.handle([campaign("c", 7002, "2026-01-04T10:00:01Z", person)], {})
+        assert [d.waiting_for for d in waiting.deferred] == [(f"accounts:{org}",)]
+        assert _deferred(decide.dsn) == [([f"accounts:{org}"], False)]  # parked on its backoff
+
+        assert _organisation(decide.dsn, campaign_side) == org
+        assert _deferred(decide.dsn) == [([f"accounts:{org}"], True)]  # due now
+
+        topic = topics.changes("campaign", "campaign", "recipients")
+        assert _due_deferred(campaign_side, decide.dsn, topic) == 1
+        assert _deferred(decide.dsn) == []
+        with pg.connect(decide.dsn, autocommit=True) as conn:
+            sent = conn.execute("SELECT agreed FROM crmsync.sync_state WHERE mapping = 'contacts' "
+                                "AND campaign_key = 7002").fetchone()[0]
+        assert sent["organisation_id"] == {"campaign_key": org}  # agreed by its Campaign key until it is linked
+    finally:
+        campaign_side.close()
 
 
 def test_the_crms_first_read_wakes_the_changes_waiting_for_it(decide, endpoints):
