@@ -785,7 +785,7 @@ class MappingBatch:
         if side == "campaign" and self._waits_for_parent(link, values, before):
             self._wait_for_parents(change, values)
             return  # decided when it comes back: nothing of it is taken in before then
-        unknown_parents = self._resolve_agreed_parents(link, values)
+        unknown_parents = self._resolve_agreed_parents(link, values, change)
         if side == "crm" and unknown_parents:
             self.out.deferred.append(Deferred(change, PARENT_NOT_LINKED, unknown_parents))
             return
@@ -995,11 +995,13 @@ class MappingBatch:
                 return True
         return False
 
-    def _resolve_agreed_parents(self, link: Link, values: dict) -> tuple[str, ...]:
+    def _resolve_agreed_parents(self, link: Link, values: dict, change: Change) -> tuple[str, ...]:
         """A record sent with a parent's external id holds that parent's marker as agreed until the parent's CRM
-        id is known; then the id replaces it (in what was sent too, so the read-back is recognised as ours).
-        Returns the parents still unknown for which `values` hold something else: a CRM read-back carrying the
-        id the CRM resolved, compared once that parent is linked (the change waits for it)."""
+        id is known; then the id replaces it (in what was sent too, so the read-back is recognised as ours). A
+        create event the CRM marks as our own write (`origin`: Salesforce's change events) says which id it
+        resolved the marker to: taken as the agreement at once. Any other read-back (a poll may read the record
+        after a user's edit) holding something else is compared once that parent is linked: the change waits for
+        it. Returns the parents it waits for."""
         unknown = []
         for column in self.by_external_id:
             marker = link.agreed.get(column)
@@ -1007,9 +1009,13 @@ class MappingBatch:
                 continue
             crm_id = self._parent_crm_id(self._field(column), marker["campaign_key"])
             if isinstance(crm_id, dict):
-                if column in values and values[column] != marker:
+                if column not in values or values[column] == marker:
+                    continue
+                if change.side == "crm" and change.op == "c" and change.origin and values[column] is not None:
+                    crm_id = values[column]  # our create, as the CRM resolved it
+                else:
                     unknown.append(f"{self.parents[column].name}:{marker['campaign_key']}")
-                continue
+                    continue
             link.agreed[column], link.dirty = crm_id, True
             entry = link.pending.get("crm", {}).get(column)
             if entry:

@@ -49,33 +49,51 @@ def _organisation(dsn: str, campaign_side: BatchHandler) -> int:
     return org
 
 
-def test_a_child_goes_with_its_parents_external_id_and_its_read_back_waits_for_the_parents_link(decide, endpoints):
+def _contact_read_back(crm_id: str, key: int, person: dict, account_id: str, *, ours: bool):
+    change = crm_change(ACCOUNT, "Contact", "c", crm_id, "2026-01-04T10:00:02.000+0000", "2026-01-04T10:00:02Z",
+                        after={"Id": crm_id, "FirstName": person["first_name"], "LastName": person["last_name"],
+                               "Email": person["email"], "AccountId": account_id, "Campaign_Key__c": str(key)})
+    change.origin = "crmsync" if ours else None  # a change event of our own write, or a polled read
+    return change
+
+
+def _agreed(dsn: str, key: int) -> tuple[dict, dict]:
+    with pg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT agreed, pending FROM crmsync.sync_state WHERE mapping = 'contacts' "
+                            "AND campaign_key = %s", (key,)).fetchone()
+
+
+def test_a_child_goes_with_its_parents_external_id_and_its_read_back_is_recognised(decide, endpoints):
     """Salesforce resolves a parent given by external id: a contact whose organisation's create is on its way
     is sent at once with it (AccountId as {"$ref": …Campaign_Key__c}), not parked until the organisation is read
-    back. Its own read-back, carrying the Account id Salesforce resolved, can come before the organisation's:
-    it waits for that organisation's link (woken by it), then is recognised as our write — no command back."""
+    back. Its read-back, carrying the Account id Salesforce resolved, can come before the organisation's: the
+    create event of our own write is taken as the agreement at once; a polled read (a user may have edited the
+    record since) waits for the organisation's link, woken by it, then is recognised as our write. Neither sends
+    anything back."""
     _crm_first_read_done(decide.dsn)
     found = Endpoints(endpoints.bootstrap_servers, decide.dsn)
     campaign_side = BatchHandler(decide.settings, found, "campaign")
     crm_side = BatchHandler(decide.settings, found, "crm")
     try:
         org = _organisation(decide.dsn, campaign_side)
-        person = {"id": 7001, "email": "wo@example.com", "first_name": "Wo", "last_name": "Ke",
-                  "organisation_id": org}
-        sent = campaign_side.handle([campaign("c", 7001, "2026-01-04T10:00:01Z", person)], {})
+        people = {key: {"id": key, "email": f"p{key}@example.com", "first_name": "Wo", "last_name": f"Ke {key}",
+                        "organisation_id": org} for key in (7001, 7003)}
+        sent = campaign_side.handle([campaign("c", key, "2026-01-04T10:00:01Z", person)
+                                     for key, person in people.items()], {})
         assert sent.deferred == []
-        [command] = sent.commands
-        assert (command.object, command.match) == ("Contact", {"Campaign_Key__c": "7001"})
-        assert command.values["AccountId"] == {"$ref": {"object": "Account",
-                                                        "external_id": {"Campaign_Key__c": str(org)}}}
+        assert [(c.object, c.match) for c in sent.commands] == [("Contact", {"Campaign_Key__c": str(key)})
+                                                               for key in people]
+        assert {str(c.values["AccountId"]) for c in sent.commands} == {str(
+            {"$ref": {"object": "Account", "external_id": {"Campaign_Key__c": str(org)}}})}
 
-        contact = crm_change(ACCOUNT, "Contact", "c", "003WAKE", "2026-01-04T10:00:02.000+0000",
-                             "2026-01-04T10:00:02Z", after={
-                                 "Id": "003WAKE", "FirstName": "Wo", "LastName": "Ke", "Email": "wo@example.com",
-                                 "AccountId": "001WAKE", "Campaign_Key__c": "7001"})
-        early = crm_side.handle([contact])
-        assert early.commands == []
-        assert [d.waiting_for for d in early.deferred] == [(f"accounts:{org}",)]
+        event = crm_side.handle([_contact_read_back("003EVENT", 7001, people[7001], "001WAKE", ours=True)])
+        assert (event.commands, event.deferred) == ([], [])
+        agreed, pending = _agreed(decide.dsn, 7001)
+        assert agreed["organisation_id"] == "001WAKE" and not pending.get("crm")
+
+        polled = crm_side.handle([_contact_read_back("003POLL", 7003, people[7003], "001WAKE", ours=False)])
+        assert polled.commands == []
+        assert [d.waiting_for for d in polled.deferred] == [(f"accounts:{org}",)]
         assert _deferred(decide.dsn) == [([f"accounts:{org}"], False)]  # parked on its backoff
 
         # the Account the writer created, read back from the CRM: it carries the organisation's Campaign key
@@ -90,11 +108,9 @@ def test_a_child_goes_with_its_parents_external_id_and_its_read_back_waits_for_t
         assert _deferred(decide.dsn) == []
         with pg.connect(decide.dsn, autocommit=True) as conn:  # its parents went with it
             assert conn.execute("SELECT count(*) FROM crmsync.deferred_parents").fetchone()[0] == 0
-            agreed, pending = conn.execute("SELECT agreed, pending FROM crmsync.sync_state WHERE mapping = 'contacts' "
-                                           "AND campaign_key = 7001").fetchone()
-        assert agreed["organisation_id"] == "001WAKE" and not pending.get("crm")  # an echo: nothing sent back
-        with pg.connect(decide.dsn, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM crmsync.conflicts").fetchone()[0] == 0
+        agreed, pending = _agreed(decide.dsn, 7003)
+        assert agreed["organisation_id"] == "001WAKE" and not pending.get("crm")  # an echo: nothing sent back
     finally:
         campaign_side.close()
         crm_side.close()
