@@ -206,6 +206,25 @@ class HeldPartitions:
         self.partitions = set()
 
 
+def behind(c: Consumer, partitions: list[TopicPartition], timeout: float = 5.0) -> bool:
+    """Whether `c` has messages of `partitions` still to take: its position (or, before its first message there,
+    its group's committed offset) is below the partition's end. Watermarks as of the consumer's last fetch,
+    asked of the broker when it has not fetched the partition yet."""
+    if not partitions:
+        return False
+    positions = c.position(partitions)
+    unknown = [tp for tp in positions if tp.offset < 0]
+    committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(unknown, timeout=timeout)} if unknown else {}
+    for tp in positions:
+        low, high = c.get_watermark_offsets(tp, cached=True)
+        if high < 0:
+            low, high = c.get_watermark_offsets(tp, timeout=timeout)
+        offset = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
+        if max(offset, low) < high:
+            return True
+    return False
+
+
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 4,
                   replication_factor: int = 1, timeout: float = 30) -> None:
     """Create the topics that do not exist yet. The embedded broker forgets topics on restart, so every

@@ -74,6 +74,7 @@ TAKE_WITHIN = 0.1  # seconds a take waits to fill (the latency a trickle of chan
 MAX_CHANGES_PER_TRANSACTION = 5000
 DEFERRED_EVERY = 1.0  # seconds between two looks of the hot path at the due deferred changes it owns
 REPUBLISH_EVERY = 2.0  # seconds between looks at deferred changes parked without their partition
+PARENTS_HOLD_MAX = 10.0  # seconds a child table's changes wait at most for its parents' (then taken anyway)
 PREFETCH_KBYTES = 16384  # librdkafka's fetch queue per consumer (its 64 MB default made the worker's RSS grow)
 LOCK_RETRIES = 5  # a batch that lost a deadlock is decided again, in place, this many times
 ENUM_MAPS_MAX_AGE = 30.0  # seconds before the enumeration maps (`crmsync enums sync`) are read again
@@ -342,6 +343,21 @@ class BatchHandler:
         self.conn.close()
 
 
+def _parent_topics(settings: Settings) -> dict[str, set[str]]:
+    """Campaign change topic -> the change topics of the tables its mappings reference, parents first
+    (Settings.parents_first: in a cycle of references only the later table waits for the earlier)."""
+    tables = list(dict.fromkeys(m.campaign_table for m in settings.mappings))
+    order = {table: i for i, table in enumerate(settings.parents_first(tables))}
+    found: dict[str, set[str]] = {}
+    for m in settings.mappings:
+        for f in m.fields:
+            parent = settings.mapping(f.reference).campaign_table if f.reference else None
+            if parent is not None and order[parent] < order[m.campaign_table]:
+                found.setdefault(topics.changes("campaign", settings.campaign.name, m.campaign_table), set()).add(
+                    topics.changes("campaign", settings.campaign.name, parent))
+    return found
+
+
 def _record_name(change: Change) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(change.key.items()))
 
@@ -414,6 +430,11 @@ class StreamsWorker:
             if m.direction != "import":
                 needed.append(m)
         self.held = kafka.HeldPartitions()
+        # Campaign change topic -> the change topics of the tables its mappings reference, and since when its
+        # changes wait for theirs (`_parents_behind`)
+        self.parent_topics = _parent_topics(settings)
+        self.waiting_for_parents: dict[str, float] = {}
+        self.held_for_first_read: set[str] = set()  # (for the log: a user waits for that one)
 
     def run(self) -> None:
         """Take, decide, commit — until `stop`; a failed take is taken again from the committed offsets."""
@@ -449,7 +470,7 @@ class StreamsWorker:
         self.consumer.commit(offsets=kafka.next_offsets(messages), asynchronous=False)
         return len(messages)
 
-    # -- Campaign changes held until the CRM's first read is decided ------------------------------------------
+    # -- Campaign changes held until the CRM's first read is decided and their parents' changes are taken ------
     def _waits_for_first_read(self, topic: str) -> bool:
         """Whether a Campaign change topic's table has a mapping whose CRM first read is not decided yet."""
         needed = self.first_read_needed.get(topic)
@@ -459,27 +480,57 @@ class StreamsWorker:
         with handler.conn.transaction():
             return not all([handler.readiness(m) for m in needed])
 
+    def _parents_behind(self, topic: str) -> bool:
+        """Whether this worker still has changes of `topic`'s parent tables to take (a backfill's organisations
+        behind its recipients): a child decided before its parent would be parked, and decided again once the
+        parent is sent. For at most PARENTS_HOLD_MAX seconds in a row (steady parent traffic must not starve the
+        children: they are then taken, and parked if they must). Only the parent partitions this worker owns
+        are looked at (another worker's are not known here: its children are parked as before)."""
+        parents = self.parent_topics.get(topic)
+        if not parents or self.consumer is None:
+            return False
+        since = self.waiting_for_parents.setdefault(topic, time.monotonic())
+        if time.monotonic() - since > PARENTS_HOLD_MAX:
+            return False
+        if not kafka.behind(self.consumer, [tp for tp in self.consumer.assignment() if tp.topic in parents]):
+            del self.waiting_for_parents[topic]
+            return False
+        return True
+
+    def _hold_reason(self, topic: str) -> str | None:
+        if self._waits_for_first_read(topic):
+            return "the CRM's first read"
+        return "their parents" if self._parents_behind(topic) else None
+
     def _hold_unready(self, messages: list[Message]) -> list[Message]:
         """A Campaign snapshot usually arrives before the CRM's first read is decided, and its new rows could not be
-        decided yet (matching needs that read): rather than decide each one into deferred_changes and again
-        later, their partitions are paused and set back to the first of them, uncommitted — the changes stay
-        in Kafka until `_release_ready`. Returns the messages to decide now. A rebalance meanwhile is harmless:
-        nothing of a held partition was committed, so its next owner starts from the held change (and one that
-        comes back to this consumer is still paused: it stays held until released, kafka.HeldPartitions)."""
-        waiting = {topic for topic in {m.topic() for m in messages} if self._waits_for_first_read(topic)}
+        decided yet (matching needs that read); a child table's changes may come before its parents'. Rather
+        than decide each one into deferred_changes and again later, their partitions are paused and set back to
+        the first of them, uncommitted — the changes stay in Kafka until `_release_ready`. Returns the messages
+        to decide now. A rebalance meanwhile is harmless: nothing of a held partition was committed, so its next
+        owner starts from the held change (and one that comes back to this consumer is still paused: it stays
+        held until released, kafka.HeldPartitions)."""
+        reasons = {topic: self._hold_reason(topic) for topic in {m.topic() for m in messages}}
+        waiting = {topic for topic, reason in reasons.items() if reason}
         if not waiting:
             return messages
-        if not self.held:
-            log.info("holding the Campaign changes of %s until the CRM's first read is decided", sorted(waiting))
+        first_reads = {topic for topic in waiting if reasons[topic] == "the CRM's first read"}
+        if first_reads - self.held_for_first_read:
+            log.info("holding the Campaign changes of %s until the CRM's first read is decided", sorted(first_reads))
+        self.held_for_first_read |= first_reads
+        log.debug("holding the Campaign changes of %s until their parents' changes are taken",
+                  sorted(waiting - first_reads))
         self.held.hold(self.consumer, [m for m in messages if m.topic() in waiting])
         return [m for m in messages if m.topic() not in waiting]
 
     def _release_ready(self) -> None:
-        """Held partitions whose CRM first reads are decided now are consumed again, from the held change."""
+        """Held partitions whose CRM first reads are decided, and whose parents' changes are taken, are consumed
+        again, from the held change."""
         if not self.held:
             return
-        ready = {t for t in self.held.topics if not self._waits_for_first_read(t)}
-        if ready and self.held.release(self.consumer, ready) and not self.held:
+        ready = {t for t in self.held.topics if not self._hold_reason(t)}
+        if ready and self.held.release(self.consumer, ready) and self.held_for_first_read & ready:
+            self.held_for_first_read -= ready
             log.info("the CRM's first reads are decided: the Campaign changes are decided again")
 
     def decide_deferred(self) -> None:
@@ -552,6 +603,8 @@ class StreamsWorker:
 
     def _close_consumer(self) -> None:
         self.held.clear()  # a new consumer starts with nothing paused (and from the committed offsets)
+        self.waiting_for_parents.clear()
+        self.held_for_first_read.clear()
         if self.consumer is not None:
             try:
                 self.consumer.close()

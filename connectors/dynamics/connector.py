@@ -101,6 +101,7 @@ class DynamicsConnector:
     multi_select_separator: ClassVar[str] = ","  # multi-select choices are written "1,2,3"
     # validation (e.g. a string over MaxLength), a choice value not in the option set, a payload of the wrong type
     value_error_codes: ClassVar[frozenset[str]] = frozenset({"0x80044331", "0x8004431a", "0x80048d19"})
+    references_by_external_id: ClassVar[bool] = True  # "<navigation>@odata.bind": "/accounts(<alternate key>=…)"
     objects: ClassVar[dict[str, str]] = {"contacts": "contact", "accounts": "account",
                                          "opportunities": "opportunity"}
 

@@ -204,15 +204,24 @@ class DynamicsSink:
         plan.keyed_binds = plan.keyed_binds or isinstance(value, dict)
 
     def _bind(self, column: Column, value: Any) -> tuple[str, Any]:
-        """(body key, value) for a lookup value: a GUID, a {"campaign_key": k} marker, or None (clear). A GUID for
-        a polymorphic lookup gets a placeholder key until its table is known (_resolve_lookups)."""
-        if isinstance(value, dict) and value.get("campaign_key") is not None:
-            target = self._single_target(column)
+        """(body key, value) for a lookup value: a GUID, the parent's external id ({"$ref": {"object", "external_id":
+        {column: value}}}, or a {"campaign_key": k} marker) bound by alternate key, or None (clear). A GUID for a
+        polymorphic lookup gets a placeholder key until its table is known (_resolve_lookups)."""
+        if isinstance(value, dict) and ("$ref" in value or value.get("campaign_key") is not None):
+            ref = value.get("$ref") or {}
+            external = ref.get("external_id") if isinstance(ref, dict) else None
+            if "$ref" in value and not (isinstance(external, dict) and len(external) == 1):
+                raise ValueProblem(f"{column.name}: a reference by external id needs one alternate-key value "
+                                   f"({{'$ref': {{'object': …, 'external_id': {{column: value}}}}}}), got {value!r}")
+            (key_column, key_value), = (external or {self.external_id: value.get("campaign_key")}).items()
+            target = ref.get("object") or self._single_target(column)
+            if target not in column.targets:
+                raise ValueProblem(f"{column.name} points at {' or '.join(column.targets)}, not {target}")
             parent = self.catalog.table(target)
-            if not parent.is_key(self.external_id):
-                raise ValueProblem(f"{column.name}: {target} has no alternate key {self.external_id} to find the "
+            if not parent.is_key(key_column):
+                raise ValueProblem(f"{column.name}: {target} has no alternate key {key_column} to find the "
                                    "parent by its Campaign key")
-            key = format_key({self.external_id: str(value["campaign_key"])})
+            key = format_key({key_column: str(key_value)})
             return f"{column.navigation.get(target, column.name)}@odata.bind", f"/{parent.entity_set}{key}"
         if value is None or value == "":
             target = column.targets[0]

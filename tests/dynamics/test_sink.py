@@ -95,10 +95,12 @@ def test_mixed_work_goes_in_one_batch_parents_first(start_sandbox: Callable[...,
         command("account", {"telephone1": "42"}, key=existing),
         command("contact", {"lastname": "x", "parentcustomerid": str(uuid.uuid4())}, campaign_key=f"{tag}-c3"),
         command("contact", {"lastname": "x"}, key=f"{existing})/../accounts({existing}"),  # not an id
+        command("contact", {"lastname": f"{tag} at new", "parentcustomerid": {"$ref": {  # as the streams send it
+            "object": "account", "external_id": {"crmsync_campaignkey": f"{tag}-acc"}}}}, campaign_key=f"{tag}-c4"),
     ]
     sandbox.admin("reset-stats", {})
     outcomes = sink.apply(work)
-    assert [o.ok for o in outcomes] == [True] * 5 + [False, False]
+    assert [o.ok for o in outcomes] == [True] * 5 + [False, False, True]
     assert outcomes[5].code == "CRMSYNC_INVALID_VALUE" and "no account or contact record" in outcomes[5].message
     assert outcomes[6].code == "CRMSYNC_NO_KEY" and "not a Dataverse record id" in outcomes[6].message
     calls = requests(sandbox)
@@ -108,6 +110,8 @@ def test_mixed_work_goes_in_one_batch_parents_first(start_sandbox: Callable[...,
     linked = {o.crm_id: client.retrieve("contacts", str(o.crm_id), select=["_parentcustomerid_value"])
               for o in outcomes[1:3]}
     assert [row["_parentcustomerid_value"] for row in linked.values()] == [existing, person]  # account, contact
+    at_new = client.retrieve("contacts", str(outcomes[7].crm_id), select=["_parentcustomerid_value"])
+    assert at_new is not None and at_new["_parentcustomerid_value"] == outcomes[3].crm_id
 
 
 def test_values_keep_their_types(dynamics: DynamicsClient) -> None:
