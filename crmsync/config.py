@@ -333,6 +333,24 @@ class Settings(_Strict):
             place(table, frozenset())
         return ordered
 
+    def parents(self, side: str, account: str | None = None) -> dict[str, set[str]]:
+        """What each Campaign table (side 'campaign'), or each CRM object of `account` (side 'crm'), references
+        through its mappings' reference fields, itself left out; in a cycle of references only the table that
+        comes later in `parents_first` names the other."""
+        tables = list(dict.fromkeys(m.campaign_table for m in self.mappings))
+        order = {table: i for i, table in enumerate(self.parents_first(tables))}
+        found: dict[str, set[str]] = {}
+        for mapping in self.mappings:
+            for field in mapping.fields:
+                parent = self.mapping(field.reference) if field.reference else None
+                if parent is None or order[parent.campaign_table] >= order[mapping.campaign_table]:
+                    continue
+                if side == "campaign":
+                    found.setdefault(mapping.campaign_table, set()).add(parent.campaign_table)
+                elif mapping.account == account == parent.account:
+                    found.setdefault(mapping.crm_object, set()).add(parent.crm_object)
+        return found
+
     @property
     def uses_embedded_broker(self) -> bool:
         return not self.kafka.bootstrap_servers

@@ -206,6 +206,34 @@ class HeldPartitions:
         self.partitions = set()
 
 
+class ParentsFirst:
+    """A consumer's wait of a child topic's messages for its parent topics' (a backfill's recipients for their
+    organisations, the CRM writer's opportunities for their contacts): whether the consumer should hold a
+    topic's partitions (HeldPartitions) because it still has messages of the parent topics' partitions it owns
+    to take. At most `max_hold` seconds in a row, so steady parent traffic never starves the children (they are
+    then taken as they come). Partitions another consumer owns are not known here, and not waited for."""
+
+    def __init__(self, parent_topics: dict[str, set[str]], max_hold: float = 10.0) -> None:
+        self.parent_topics = parent_topics
+        self.max_hold = max_hold
+        self.since: dict[str, float] = {}  # topic -> when its wait began (time.monotonic())
+
+    def waits(self, c: Consumer, topic: str) -> bool:
+        parents = self.parent_topics.get(topic)
+        if not parents:
+            return False
+        since = self.since.setdefault(topic, time.monotonic())
+        if time.monotonic() - since > self.max_hold:
+            return False
+        if not behind(c, [tp for tp in c.assignment() if tp.topic in parents]):
+            del self.since[topic]
+            return False
+        return True
+
+    def clear(self) -> None:
+        self.since.clear()
+
+
 def behind(c: Consumer, partitions: list[TopicPartition], timeout: float = 5.0) -> bool:
     """Whether `c` has messages of `partitions` still to take: its position (or, before its first message there,
     its group's committed offset) is below the partition's end. Watermarks as of the consumer's last fetch,

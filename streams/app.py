@@ -343,21 +343,6 @@ class BatchHandler:
         self.conn.close()
 
 
-def _parent_topics(settings: Settings) -> dict[str, set[str]]:
-    """Campaign change topic -> the change topics of the tables its mappings reference, parents first
-    (Settings.parents_first: in a cycle of references only the later table waits for the earlier)."""
-    tables = list(dict.fromkeys(m.campaign_table for m in settings.mappings))
-    order = {table: i for i, table in enumerate(settings.parents_first(tables))}
-    found: dict[str, set[str]] = {}
-    for m in settings.mappings:
-        for f in m.fields:
-            parent = settings.mapping(f.reference).campaign_table if f.reference else None
-            if parent is not None and order[parent] < order[m.campaign_table]:
-                found.setdefault(topics.changes("campaign", settings.campaign.name, m.campaign_table), set()).add(
-                    topics.changes("campaign", settings.campaign.name, parent))
-    return found
-
-
 def _record_name(change: Change) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(change.key.items()))
 
@@ -430,10 +415,11 @@ class StreamsWorker:
             if m.direction != "import":
                 needed.append(m)
         self.held = kafka.HeldPartitions()
-        # Campaign change topic -> the change topics of the tables its mappings reference, and since when its
-        # changes wait for theirs (`_parents_behind`)
-        self.parent_topics = _parent_topics(settings)
-        self.waiting_for_parents: dict[str, float] = {}
+        # a child table's changes wait while this worker has changes of its parent tables to take
+        name = settings.campaign.name
+        self.parents_first = kafka.ParentsFirst(
+            {topics.changes("campaign", name, table): {topics.changes("campaign", name, p) for p in parents}
+             for table, parents in settings.parents("campaign").items()}, PARENTS_HOLD_MAX)
         self.held_for_first_read: set[str] = set()  # (for the log: a user waits for that one)
 
     def run(self) -> None:
@@ -480,27 +466,14 @@ class StreamsWorker:
         with handler.conn.transaction():
             return not all([handler.readiness(m) for m in needed])
 
-    def _parents_behind(self, topic: str) -> bool:
-        """Whether this worker still has changes of `topic`'s parent tables to take (a backfill's organisations
-        behind its recipients): a child decided before its parent would be parked, and decided again once the
-        parent is sent. For at most PARENTS_HOLD_MAX seconds in a row (steady parent traffic must not starve the
-        children: they are then taken, and parked if they must). Only the parent partitions this worker owns
-        are looked at (another worker's are not known here: its children are parked as before)."""
-        parents = self.parent_topics.get(topic)
-        if not parents or self.consumer is None:
-            return False
-        since = self.waiting_for_parents.setdefault(topic, time.monotonic())
-        if time.monotonic() - since > PARENTS_HOLD_MAX:
-            return False
-        if not kafka.behind(self.consumer, [tp for tp in self.consumer.assignment() if tp.topic in parents]):
-            del self.waiting_for_parents[topic]
-            return False
-        return True
-
     def _hold_reason(self, topic: str) -> str | None:
+        """Why `topic`'s changes wait in Kafka now, if they do: the CRM's first read (matching needs it), or
+        changes of its parent tables this worker still has to take (a backfill's organisations behind its
+        recipients: a child decided before its parent would be parked, and decided again once it is sent)."""
         if self._waits_for_first_read(topic):
             return "the CRM's first read"
-        return "their parents" if self._parents_behind(topic) else None
+        waits = self.consumer is not None and self.parents_first.waits(self.consumer, topic)
+        return "their parents" if waits else None
 
     def _hold_unready(self, messages: list[Message]) -> list[Message]:
         """A Campaign snapshot usually arrives before the CRM's first read is decided, and its new rows could not be
@@ -603,7 +576,7 @@ class StreamsWorker:
 
     def _close_consumer(self) -> None:
         self.held.clear()  # a new consumer starts with nothing paused (and from the committed offsets)
-        self.waiting_for_parents.clear()
+        self.parents_first.clear()
         self.held_for_first_read.clear()
         if self.consumer is not None:
             try:

@@ -47,6 +47,7 @@ STAGE = "writer-crm"
 HOPELESS_CODES = frozenset({"CRMSYNC_WRONG_TARGET", "CRMSYNC_INVALID_VALUE"})
 OnApplied = Callable[[ApplyCommand, str, bool], None]
 BATCH_FILLS_A_CALL = 200  # a batch at least this large means a flow is on (gather longer)
+PARENTS_HOLD_MAX = 10.0  # seconds a child object's commands wait at most for its parents' (then taken anyway)
 
 APPLIED = Counter("crmsync_crm_writer_applied_total", "Apply commands carried out in the CRM",
                   ["crm", "account", "object", "action"])
@@ -84,7 +85,10 @@ class CrmWriter:
     def __init__(self, connector: Connector, sink: Sink, account_name: str, bootstrap_servers: str, dsn: str, *,
                  objects: Iterable[str] | None = None, options: WriterOptions | None = None,
                  on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1,
-                 owned_client: Any = None, client: Client | None = None) -> None:
+                 owned_client: Any = None, client: Client | None = None,
+                 parents: dict[str, set[str]] | None = None) -> None:
+        """`parents`: CRM object -> the objects it references by external id (Settings.parents): their commands
+        are taken before its own (`_hold_children`)."""
         self.connector = connector
         self.owned_client = owned_client  # closed with the writer (its CRM session logged off)
         self.client = client or owned_client  # the sink's client: its API budget is published after each batch
@@ -107,6 +111,10 @@ class CrmWriter:
                                                 target=account_name)
         self.consumer: Consumer | None = None
         self._last_batch_size = 0
+        self.held = kafka.HeldPartitions()
+        self.parents_first = kafka.ParentsFirst(
+            {topics.apply("crm", account_name, o): {topics.apply("crm", account_name, p) for p in ps}
+             for o, ps in (parents or {}).items()}, PARENTS_HOLD_MAX)
 
     @property
     def group_id(self) -> str:
@@ -138,7 +146,8 @@ class CrmWriter:
         """Consume one batch, apply it, make the results durable, then commit the offsets."""
         if self.consumer is None:
             self.consumer = self._subscribe()
-        messages = kafka.without_errors(self._consume_batch(), log)
+        self._release_ready()
+        messages = self._hold_children(kafka.without_errors(self._consume_batch(), log))
         if not messages:
             return BatchResult()
         result = self.process_messages(messages)
@@ -163,6 +172,23 @@ class CrmWriter:
             batch += more
         self._last_batch_size = len(batch)
         return batch
+
+    def _hold_children(self, messages: list[Message]) -> list[Message]:
+        """Commands that reference their parent by its external id (the CRM resolves it when it writes the
+        record) must reach the CRM after their parent's create: while this writer still has commands of the
+        parent objects to take, a child object's partitions are held (paused, set back, nothing committed;
+        kafka.ParentsFirst, at most PARENTS_HOLD_MAX s in a row). In a batch the sink writes parents first."""
+        assert self.consumer is not None
+        waiting = {topic for topic in {m.topic() for m in messages} if self.parents_first.waits(self.consumer, topic)}
+        if not waiting:
+            return messages
+        self.held.hold(self.consumer, [m for m in messages if m.topic() in waiting])
+        return [m for m in messages if m.topic() not in waiting]
+
+    def _release_ready(self) -> None:
+        if self.held and self.consumer is not None:
+            self.held.release(self.consumer, {t for t in self.held.topics
+                                              if not self.parents_first.waits(self.consumer, t)})
 
     def run(self, stop: threading.Event) -> None:
         """Apply batches until `stop` is set. A failed batch is consumed again from the committed offsets."""
@@ -198,6 +224,8 @@ class CrmWriter:
             self._close_consumer()
 
     def _close_consumer(self) -> None:
+        self.held.clear()  # a new consumer starts with nothing paused (and from the committed offsets)
+        self.parents_first.clear()
         if self.consumer is not None:
             try:
                 self.consumer.close()
@@ -316,9 +344,11 @@ def build(settings: Settings, endpoints: Endpoints, account_name: str, *, client
     owned = None if client else connector.client(account_name, account)
     sink = connector.sink(client or owned, **sink_options)
     pg.migrate(endpoints.campaign_dsn)
+    by_external_id = getattr(connector, "references_by_external_id", False)  # (children sent before parents' ids)
     return CrmWriter(connector, sink, account_name, endpoints.bootstrap_servers, endpoints.campaign_dsn,
                      objects=objects, options=options, on_applied=on_applied, partitions=settings.kafka.partitions,
-                     replication_factor=settings.kafka.replication_factor, owned_client=owned, client=client)
+                     replication_factor=settings.kafka.replication_factor, owned_client=owned, client=client,
+                     parents=settings.parents("crm", account_name) if by_external_id else None)
 
 
 def run(settings: Settings, endpoints: Endpoints, account_name: str, stop: threading.Event | None = None,

@@ -354,3 +354,45 @@ def test_children_go_with_their_parents_external_id_parents_written_first(module
     [refused] = sink.apply([orphan])  # a parent that is not there: Salesforce's own error, a reject to retry
     assert (refused.ok, refused.code) == (False, "INVALID_FIELD")
     assert f"Foreign key external ID: {marker}-nobody not found" in refused.message
+
+
+def test_a_childs_commands_wait_for_its_parents_commands_on_their_own_topic(module_sandbox, campaign_endpoints,
+                                                                            tmp_path) -> None:
+    """The streams send a contact with its account's external id once the account's create is decided; the two
+    commands are on different topics, which the writer may take in any order. While the writer still has
+    account commands to take, it holds the contacts' partitions (nothing committed), so every contact reaches
+    Salesforce after its account — none is refused for a parent not there yet (the contacts below were published
+    first, and point at the last accounts, beyond the writer's first batch; without the hold they were refused)."""
+    from crmsync.defaults import default_mappings
+    from crmsync.config import Settings
+
+    name, marker = unique_name("w9"), f"h-{uuid.uuid4().hex[:8]}"
+    accounts, contacts = 6000, 300
+    account = account_for(module_sandbox)
+    settings = Settings(state_dir=tmp_path, accounts={name: account}, mappings=default_mappings(name))
+    w = writer.build(settings, campaign_endpoints, name, client=SalesforceClient(name, account, policy=FAST_RETRIES),
+                     objects=["Account", "Contact"], bulk_poll_interval=0.1)
+    children = [ApplyCommand(
+        id=f"c-{i}", side="crm", target=name, object="Contact", action="upsert", key=None,
+        match={"Campaign_Key__c": f"{marker}-c{i}"}, cause="test",
+        values={"LastName": f"Child {i}", "Description": marker, "AccountId": {"$ref": {
+            "object": "Account", "external_id": {"Campaign_Key__c": f"{marker}-a{accounts - 1 - i % 10}"}}}})
+        for i in range(contacts)]
+    parents = [ApplyCommand(id=f"a-{i}", side="crm", target=name, object="Account", action="upsert", key=None,
+                            match={"Campaign_Key__c": f"{marker}-a{i}"}, values={"Name": f"Parent {i}"}, cause="t")
+               for i in range(accounts)]
+    producer, tracker = kafka.producer(campaign_endpoints.bootstrap_servers), kafka.DeliveryTracker()
+    for commands, obj in ((children, "Contact"), (parents, "Account")):
+        topic = topics.apply("crm", name, obj)
+        kafka.ensure_topics(campaign_endpoints.bootstrap_servers, [topic])
+        for c in commands:
+            kafka.produce(producer, tracker, topic, c.to_json(), record_key(c.match))
+    kafka.flush_all(producer, tracker)
+    try:
+        assert drain(w, accounts + contacts) == (accounts + contacts, 0)
+    finally:
+        w.close()
+    client = make_client(module_sandbox)
+    linked = [r["AccountId"] for page in client.query_all_pages(
+        f"SELECT AccountId FROM Contact WHERE Description = '{marker}'") for r in page]
+    assert len(linked) == contacts and all(linked)
