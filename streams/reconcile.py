@@ -570,9 +570,10 @@ class MappingBatch:
     def _prefetch_agreed_parents(self) -> None:
         """The parents named by external id in the loaded links' agreement (records sent before their parent's
         CRM id was known), one query per referenced mapping: their read-back is compared once they are known."""
+        links = [*self.links_by_crm.values(), *self.links_by_key.values()]  # (a read-back of our create: by key)
         for column in self.by_external_id:
             fm = self._field(column)
-            keys = sorted({marker["campaign_key"] for link in self.links_by_crm.values()
+            keys = sorted({marker["campaign_key"] for link in links
                            for marker in [link.agreed.get(column)] if isinstance(marker, dict)})
             if keys:
                 found = dict(self.conn.execute(
