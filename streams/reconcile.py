@@ -555,12 +555,18 @@ class MappingBatch:
                 continue
             keys = sorted({int(v) for c in changes for row in (c.after, c.before) if row
                            for v in [row.get(fm.campaign)] if isinstance(v, int) or (isinstance(v, str) and v.isdigit())})
-            if keys:
-                found = dict(self.conn.execute(
-                    "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%s)",
-                    (fm.reference, keys)).fetchall())
-                for key in keys:
-                    self._note_parent(fm.reference, key, key in found, found.get(key))
+            self._fetch_parents(fm.reference, keys)
+
+    def _fetch_parents(self, mapping: str, keys: list[int]) -> None:
+        """The CRM ids of `mapping`'s records `keys` (one query), and which of them are on their way to the CRM
+        (linked, no CRM id yet: `parents_sent`)."""
+        if not keys:
+            return
+        found = dict(self.conn.execute(
+            "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%s)",
+            (mapping, keys)).fetchall())
+        for key in keys:
+            self._note_parent(mapping, key, key in found, found.get(key))
 
     def _note_parent(self, mapping: str, key: int, has_link: bool, crm_id: str | None) -> None:
         self.parent_ids[(mapping, key)] = crm_id
@@ -573,14 +579,9 @@ class MappingBatch:
         links = [*self.links_by_crm.values(), *self.links_by_key.values()]  # (a read-back of our create: by key)
         for column in self.by_external_id:
             fm = self._field(column)
-            keys = sorted({marker["campaign_key"] for link in links
-                           for marker in [link.agreed.get(column)] if isinstance(marker, dict)})
-            if keys:
-                found = dict(self.conn.execute(
-                    "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%s)",
-                    (fm.reference, keys)).fetchall())
-                for key in keys:
-                    self._note_parent(fm.reference, key, key in found, found.get(key))
+            self._fetch_parents(fm.reference, sorted({marker["campaign_key"] for link in links
+                                                      for marker in [link.agreed.get(column)]
+                                                      if isinstance(marker, dict)}))
 
     def _change_ts(self, change: Change) -> float:
         if change.side == "crm":
