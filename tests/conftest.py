@@ -30,6 +30,15 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def own_state_dir() -> Iterator[Path]:
+    """A state dir of the test's own (its own embedded servers), outside pytest's basetemp as `state_dir` is, and
+    removed afterwards (the tests that made one by hand left one in /tmp per run)."""
+    path = Path(tempfile.mkdtemp(prefix="crmsync-test-own-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def endpoints(state_dir: Path) -> Iterator[infra.Endpoints]:
     settings = config.load(environ={**__import__("os").environ, "CRMSYNC_STATE_DIR": str(state_dir)})

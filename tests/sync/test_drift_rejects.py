@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,8 +14,8 @@ from tests.pipeline import contacts_pipeline
 from tests.waiting import wait_for
 
 
-def test_a_pair_with_an_open_crm_reject_is_left_alone_by_the_repair() -> None:
-    state = Path(tempfile.mkdtemp(prefix="crmsync-drift-rejects-"))
+def test_a_pair_with_an_open_crm_reject_is_left_alone_by_the_repair(own_state_dir: Path) -> None:
+    state = own_state_dir
     with contacts_pipeline(state, contacts=60, recipients=60, shared=20, crm_external_id=None) as world:
         world.supervisor.start()
         checker, mapping = world.checker(), world.settings.mappings[0]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from crmsync import pg, process
@@ -29,8 +28,8 @@ def _row(output: str, mapping: str) -> list[str]:
     return next(cells for cells in rows if cells[:1] == [mapping])
 
 
-def test_reconcile_repairs_against_the_running_sandbox_without_configuration() -> None:
-    state = Path(tempfile.mkdtemp(prefix="crmsync-reconcile-zero-"))
+def test_reconcile_repairs_against_the_running_sandbox_without_configuration(own_state_dir: Path) -> None:
+    state = own_state_dir
     with contacts_pipeline(state, contacts=40, recipients=40, shared=12) as world:
         world.supervisor.start()
         checker, mapping = world.checker(), world.settings.mappings[0]
@@ -52,8 +51,8 @@ def test_reconcile_repairs_against_the_running_sandbox_without_configuration() -
                  120, "the repair to reach the CRM", every=1, supervisor=world.supervisor)
 
 
-def test_reconcile_starts_the_sandbox_for_the_pass_when_none_runs() -> None:
-    state = Path(tempfile.mkdtemp(prefix="crmsync-reconcile-alone-"))
+def test_reconcile_starts_the_sandbox_for_the_pass_when_none_runs(own_state_dir: Path) -> None:
+    state = own_state_dir
     with contacts_pipeline(state, contacts=20, recipients=20, shared=5) as world:
         process.stop(world.sandbox.process)  # nothing runs: no sandbox, no services
         result = _reconcile(state, "--dry-run")
