@@ -313,12 +313,9 @@ class Settings(_Strict):
         before purchases), otherwise in the given order: a snapshot published so is decided parents first, and
         a child finds its parent on its way to the CRM instead of waiting for it."""
         parents: dict[str, set[str]] = {}
-        for mapping in self.mappings:
-            for field in mapping.fields:
-                if field.reference:
-                    parent = self.mapping(field.reference).campaign_table
-                    if parent != mapping.campaign_table:
-                        parents.setdefault(mapping.campaign_table, set()).add(parent)
+        for mapping, parent in self._references():
+            if parent.campaign_table != mapping.campaign_table:
+                parents.setdefault(mapping.campaign_table, set()).add(parent.campaign_table)
         ordered: list[str] = []
 
         def place(table: str, seen: frozenset[str]) -> None:
@@ -340,16 +337,19 @@ class Settings(_Strict):
         tables = list(dict.fromkeys(m.campaign_table for m in self.mappings))
         order = {table: i for i, table in enumerate(self.parents_first(tables))}
         found: dict[str, set[str]] = {}
-        for mapping in self.mappings:
-            for field in mapping.fields:
-                parent = self.mapping(field.reference) if field.reference else None
-                if parent is None or order[parent.campaign_table] >= order[mapping.campaign_table]:
-                    continue
-                if side == "campaign":
-                    found.setdefault(mapping.campaign_table, set()).add(parent.campaign_table)
-                elif mapping.account == account == parent.account:
-                    found.setdefault(mapping.crm_object, set()).add(parent.crm_object)
+        for mapping, parent in self._references():
+            if order[parent.campaign_table] >= order[mapping.campaign_table]:
+                continue
+            if side == "campaign":
+                found.setdefault(mapping.campaign_table, set()).add(parent.campaign_table)
+            elif mapping.account == account == parent.account:
+                found.setdefault(mapping.crm_object, set()).add(parent.crm_object)
         return found
+
+    def _references(self) -> list[tuple[Mapping, Mapping]]:
+        """(mapping, the mapping it references) for every reference field of every mapping."""
+        return [(mapping, self.mapping(field.reference)) for mapping in self.mappings for field in mapping.fields
+                if field.reference]
 
     @property
     def uses_embedded_broker(self) -> bool:

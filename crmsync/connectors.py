@@ -483,6 +483,12 @@ def for_account(account: AccountBase) -> Connector:
     return connector(account.type)
 
 
+def references_by_external_id(found: Connector) -> bool:
+    """Whether the CRM resolves a reference given as the parent's external id (`Connector.references_by_external_id`;
+    False without it)."""
+    return bool(getattr(found, "references_by_external_id", False))
+
+
 def source_modes(found: Connector) -> tuple[str, ...]:
     """The change-source modes a connector offers (`Connector.source_modes`; empty: just its one source)."""
     return tuple(getattr(found, "source_modes", ()))

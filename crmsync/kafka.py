@@ -193,6 +193,12 @@ class HeldPartitions:
             c.seek(TopicPartition(t, p, offset))
         self.partitions |= set(first)
 
+    def set_aside(self, c: Consumer, messages: list, topics: set[str]) -> list:
+        """Hold the messages of `topics` (`hold`); returns the others, to be processed now."""
+        if topics:
+            self.hold(c, [m for m in messages if m.topic() in topics])
+        return [m for m in messages if m.topic() not in topics]
+
     def release(self, c: Consumer, topics: set[str]) -> int:
         """Resume the held partitions of `topics` that are assigned to `c` now; returns how many."""
         assigned = {(tp.topic, tp.partition) for tp in c.assignment()}

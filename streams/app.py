@@ -493,8 +493,7 @@ class StreamsWorker:
         self.held_for_first_read |= first_reads
         log.debug("holding the Campaign changes of %s until their parents' changes are taken",
                   sorted(waiting - first_reads))
-        self.held.hold(self.consumer, [m for m in messages if m.topic() in waiting])
-        return [m for m in messages if m.topic() not in waiting]
+        return self.held.set_aside(self.consumer, messages, waiting)
 
     def _release_ready(self) -> None:
         """Held partitions whose CRM first reads are decided, and whose parents' changes are taken, are consumed

@@ -205,7 +205,6 @@ class Reconciler:
         self.field_types = field_types
         self.key_sequences: dict[str, str | None] = {}  # Campaign table -> the sequence of its primary key
         self._stamp_slack: dict[str, float] = {}
-        self._by_external_id: dict[str, bool] = {}
 
     def key_sequence(self, conn: psycopg.Connection, table: str) -> str | None:
         """The sequence that numbers `table`'s rows (serial or identity key), or None: then a record the CRM
@@ -229,11 +228,8 @@ class Reconciler:
     def references_by_external_id(self, mapping: Mapping) -> bool:
         """Whether `mapping`'s CRM resolves a reference given as the parent's external id (a connector
         capability, crmsync/connectors.py)."""
-        if mapping.account not in self._by_external_id:
-            account = self.settings.accounts.get(mapping.account)
-            found = getattr(connectors.connector(account.type), "references_by_external_id", False) if account else False
-            self._by_external_id[mapping.account] = bool(found)
-        return self._by_external_id[mapping.account]
+        account = self.settings.accounts.get(mapping.account)
+        return account is not None and connectors.references_by_external_id(connectors.for_account(account))
 
     # -- routing ------------------------------------------------------------------------------------------
     def mappings_for(self, change: Change) -> list[Mapping]:
@@ -982,9 +978,6 @@ class MappingBatch:
                         link.agreed[fm.campaign] = crm_id
                         link.dirty = True
         return resolved
-
-    def _unresolved_parent(self, values: dict) -> bool:
-        return any(isinstance(values.get(fm.campaign), dict) for fm in self.m.fields if fm.reference)
 
     def _must_wait_for_parents(self, values: dict) -> bool:
         """Whether a record pointing at parents without a CRM id must wait for them. It need not where the CRM

@@ -98,8 +98,8 @@ class CaptureService:
         if self.cfg.snapshot == "initial" and not self._snapshot_done():
             if slot_exists:  # a snapshot that did not finish: nothing was streamed from this slot yet
                 self.conn.execute("SELECT pg_drop_replication_slot(%s)", (self.cfg.slot_name,))
-            self.snapshot(self.settings.parents_first(tables))  # mirror tables are not snapshotted: the CRM is
-            # their source
+            # parents first; mirror tables are not snapshotted: the CRM is their source
+            self.snapshot(self.settings.parents_first(tables))
         elif not slot_exists:
             self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.cfg.slot_name,))
             log.info("created replication slot %s", self.cfg.slot_name)

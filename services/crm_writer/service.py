@@ -180,10 +180,7 @@ class CrmWriter:
         kafka.ParentsFirst, at most PARENTS_HOLD_MAX s in a row). In a batch the sink writes parents first."""
         assert self.consumer is not None
         waiting = {topic for topic in {m.topic() for m in messages} if self.parents_first.waits(self.consumer, topic)}
-        if not waiting:
-            return messages
-        self.held.hold(self.consumer, [m for m in messages if m.topic() in waiting])
-        return [m for m in messages if m.topic() not in waiting]
+        return self.held.set_aside(self.consumer, messages, waiting)
 
     def _release_ready(self) -> None:
         if self.held and self.consumer is not None:
@@ -344,11 +341,11 @@ def build(settings: Settings, endpoints: Endpoints, account_name: str, *, client
     owned = None if client else connector.client(account_name, account)
     sink = connector.sink(client or owned, **sink_options)
     pg.migrate(endpoints.campaign_dsn)
-    by_external_id = getattr(connector, "references_by_external_id", False)  # (children sent before parents' ids)
     return CrmWriter(connector, sink, account_name, endpoints.bootstrap_servers, endpoints.campaign_dsn,
                      objects=objects, options=options, on_applied=on_applied, partitions=settings.kafka.partitions,
                      replication_factor=settings.kafka.replication_factor, owned_client=owned, client=client,
-                     parents=settings.parents("crm", account_name) if by_external_id else None)
+                     parents=settings.parents("crm", account_name)
+                     if connectors.references_by_external_id(connector) else None)  # (children before parents' ids)
 
 
 def run(settings: Settings, endpoints: Endpoints, account_name: str, stop: threading.Event | None = None,
