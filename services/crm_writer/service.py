@@ -86,9 +86,12 @@ class CrmWriter:
                  objects: Iterable[str] | None = None, options: WriterOptions | None = None,
                  on_applied: OnApplied | None = None, partitions: int = 4, replication_factor: int = 1,
                  owned_client: Any = None, client: Client | None = None,
-                 parents: dict[str, set[str]] | None = None) -> None:
+                 parents: dict[str, set[str]] | None = None, mapped_objects: Iterable[str] = ()) -> None:
         """`parents`: CRM object -> the objects it references by external id (Settings.parents): their commands
-        are taken before its own (`_hold_children`)."""
+        are taken before its own (`_hold_children`). `mapped_objects`: the objects the configuration maps for
+        this account; their apply topics are created here, so a writer subscribed to every object of the
+        account finds them at once (a topic created by someone else only shows at its next metadata refresh,
+        up to 10 s: the head of every first backfill used to wait that long)."""
         self.connector = connector
         self.owned_client = owned_client  # closed with the writer (its CRM session logged off)
         self.client = client or owned_client  # the sink's client: its API budget is published after each batch
@@ -100,7 +103,8 @@ class CrmWriter:
         self.bootstrap_servers = bootstrap_servers
         self.objects = list(objects) if objects is not None else None
         self.rejects_topic = topics.rejects("crm", account_name)
-        names = [self.rejects_topic] + [topics.apply("crm", account_name, o) for o in self.objects or []]
+        names = [self.rejects_topic] + [topics.apply("crm", account_name, o)
+                                        for o in sorted({*(self.objects or []), *mapped_objects})]
         kafka.ensure_topics(bootstrap_servers, names, partitions, replication_factor)
         self.producer = kafka.producer(bootstrap_servers)
         self.tracker = kafka.DeliveryTracker()
@@ -345,7 +349,8 @@ def build(settings: Settings, endpoints: Endpoints, account_name: str, *, client
                      objects=objects, options=options, on_applied=on_applied, partitions=settings.kafka.partitions,
                      replication_factor=settings.kafka.replication_factor, owned_client=owned, client=client,
                      parents=settings.parents("crm", account_name)
-                     if connectors.references_by_external_id(connector) else None)  # (children before parents' ids)
+                     if connectors.references_by_external_id(connector) else None,  # (children before parents' ids)
+                     mapped_objects={m.crm_object for m in settings.mappings if m.account == account_name})
 
 
 def run(settings: Settings, endpoints: Endpoints, account_name: str, stop: threading.Event | None = None,

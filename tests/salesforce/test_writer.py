@@ -396,3 +396,25 @@ def test_a_childs_commands_wait_for_its_parents_commands_on_their_own_topic(modu
     linked = [r["AccountId"] for page in client.query_all_pages(
         f"SELECT AccountId FROM Contact WHERE Description = '{marker}'") for r in page]
     assert len(linked) == contacts and all(linked)
+
+
+def test_a_writer_of_every_object_is_assigned_its_mapped_topics_before_any_command(module_sandbox,
+                                                                                   campaign_endpoints,
+                                                                                   tmp_path) -> None:
+    """A writer subscribed to every apply topic of its account (the pattern `crmsync run` uses) is assigned the
+    topics of the objects its mappings write before the streams have sent anything: it creates them itself.
+    (A topic created by another service shows only at the consumer's next metadata refresh: the first commands
+    of every first backfill waited up to 10 s for it.)"""
+    from crmsync.defaults import default_mappings
+    from crmsync.config import Settings
+
+    name = unique_name("w10")
+    account = account_for(module_sandbox)
+    settings = Settings(state_dir=tmp_path, accounts={name: account}, mappings=default_mappings(name))
+    w = writer.build(settings, campaign_endpoints, name, client=SalesforceClient(name, account, policy=FAST_RETRIES))
+    try:
+        w.connect(timeout=8)
+        assigned = {p.topic for p in w.consumer.assignment()}
+    finally:
+        w.close()
+    assert assigned == {topics.apply("crm", name, m.crm_object) for m in settings.mappings}
