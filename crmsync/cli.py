@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import time
@@ -9,13 +10,48 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.main
+from typer import _click as click
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 
 from crmsync import config, infra, kafka, logs, pg, process
 from crmsync.config import ConfigError, Settings
 
-app = typer.Typer(help="crmsync: two-way CRM ⇄ Campaign sync over Kafka.", no_args_is_help=True)
+# The sub-commands of their own modules are imported when one of them runs (or `--help` lists them): a service
+# process (`crmsync service …`, six of them per `crmsync run`) used to import every connector, the sandboxes, the
+# wizard and the workflow engine first — half of its start-up CPU.
+_SUB_APPS = {  # name -> (module, its Typer app), in the order `--help` lists them
+    "sandbox": ("sandboxes.cli", "sandbox_app"),  # (absent from an install without the sandboxes)
+    "rejects": ("crmsync.rejects_cli", "rejects_app"),
+    "account": ("crmsync.accounts_cli", "account_app"),
+    "wizard": ("crmsync.wizard.cli", "wizard_app"),
+    "enums": ("crmsync.enums_cli", "enums_app"),
+    "workflow": ("crmsync.workflow.cli", "workflow_app"),
+}
+
+
+class _LazyGroup(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in _SUB_APPS if self.get_command(ctx, n) is not None)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in _SUB_APPS:
+            module, attribute = _SUB_APPS[name]
+            try:
+                sub_app = getattr(importlib.import_module(module), attribute)
+            except ModuleNotFoundError as exc:
+                if name == "sandbox" and (exc.name or "").startswith("sandboxes"):
+                    return None
+                raise
+            command = self.commands[name] = typer.main.get_group(sub_app)
+            command.name = name
+        return command
+
+
+app = typer.Typer(help="crmsync: two-way CRM ⇄ Campaign sync over Kafka.", no_args_is_help=True, cls=_LazyGroup)
 infra_app = typer.Typer(help="Start, stop and inspect the embedded broker and PostgreSQL.", no_args_is_help=True)
 campaign_app = typer.Typer(help="The Campaign (marketing) database.", no_args_is_help=True)
 capture_app = typer.Typer(help="Change capture of the Campaign database.", no_args_is_help=True)
@@ -25,32 +61,6 @@ app.add_typer(capture_app, name="capture")
 console = Console()
 SERVICES = ("capture", "streams", "writer-campaign", "poller", "writer-crm", "mirror")
 SERVICE_ALIASES = {"poller-salesforce": "poller", "writer-salesforce": "writer-crm"}  # the names of 0.1, for a release
-
-
-def _sandbox_app() -> typer.Typer | None:
-    try:
-        from sandboxes.cli import sandbox_app
-    except ImportError:
-        return None
-    return sandbox_app
-
-
-if (_sandboxes := _sandbox_app()) is not None:
-    app.add_typer(_sandboxes, name="sandbox")
-
-from crmsync.rejects_cli import rejects_app  # noqa: E402  (after the app, like the other sub-commands)
-
-app.add_typer(rejects_app, name="rejects")
-
-from crmsync.accounts_cli import account_app  # noqa: E402
-from crmsync.enums_cli import enums_app  # noqa: E402
-from crmsync.wizard.cli import wizard_app  # noqa: E402
-from crmsync.workflow.cli import workflow_app  # noqa: E402
-
-app.add_typer(account_app, name="account")
-app.add_typer(wizard_app, name="wizard")
-app.add_typer(enums_app, name="enums")
-app.add_typer(workflow_app, name="workflow")
 
 
 @app.callback()
