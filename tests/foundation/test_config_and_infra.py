@@ -76,6 +76,43 @@ def test_starting_twice_reuses_the_running_servers(tmp_path: Path):
     assert infra.status(settings) == {"broker": None, "postgres": None}
 
 
+def test_a_live_broker_whose_port_does_not_answer_yet_is_waited_for_not_replaced(tmp_path: Path):
+    """Every service finds the embedded broker through broker.json. When the recorded broker's port did not
+    answer at once (busy, under load), a service started a second broker, which took over broker.json: the
+    run's services split between two brokers, and `infra down` stopped only the second one. A recorded broker
+    whose process lives is now waited for. (Its port is played here by a socket that opens a second later.)"""
+    import json
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    state = tmp_path / "state"
+    broker = infra.EmbeddedBroker(state)
+    first = broker.start()
+    late = socket.socket()
+    late.bind(("127.0.0.1", 0))
+    port = late.getsockname()[1]
+    record = state / "broker" / "broker.json"
+    record.write_text(json.dumps({**first, "port": port, "bootstrap_servers": f"127.0.0.1:{port}"}))
+    opener = threading.Timer(1.0, late.listen)
+    opener.start()
+    started = time.monotonic()
+    try:
+        again = broker.start()
+        waited = time.monotonic() - started
+    finally:
+        opener.join()
+        late.close()
+        now = json.loads(record.read_text())
+        for pid in {first["pid"], now["pid"]}:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    assert again["pid"] == first["pid"] and now["pid"] == first["pid"], "a second broker was started"
+    assert waited >= 0.9
+
+
 def test_a_state_dir_too_deep_for_a_unix_socket_still_starts_postgres(tmp_path: Path):
     """A socket address holds 107 bytes: PostgreSQL refused to start at all when its socket, put in the state
     dir, had a longer path (a CI workspace, pytest-xdist's tmp dirs). It then listens on loopback TCP only."""
