@@ -102,6 +102,9 @@ class KafkaSettings(_Strict):
                                            "1 s on the embedded broker, 10 s (with static membership) otherwise")
     static_membership: bool | None = Field(None, description="group.instance.id per replica (restarts keep their "
                                            "partitions); empty = on for a configured broker, off for the embedded one")
+    fetch_wait_ms: int | None = Field(None, ge=1, le=10000, description="how long a consumer's fetch waits at the "
+                                      "broker when nothing is new; empty = 100 ms on the embedded broker, 500 ms "
+                                      "otherwise (crmsync/kafka.py GroupTuning says why)")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

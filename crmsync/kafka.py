@@ -105,20 +105,29 @@ class GroupTuning:
     measured, a service killed with SIGKILL consumes again ~1.1 s after its restart (6 s sessions: ~11 s). An
     Apache Kafka broker refuses sessions under group.min.session.timeout.ms (6 s by default): there each member
     gets a stable `group.instance.id` (static membership), so a restarted member takes its partitions back at
-    once, without waiting for the old session to expire."""
+    once, without waiting for the old session to expire.
+
+    `fetch_wait_ms` bounds how long a fetch waits at the broker when there is nothing new. Apache Kafka answers a
+    waiting fetch as soon as data comes, so there the wait only bounds idle fetches: 500 ms (librdkafka's
+    default). The embedded Tansu does not wake every waiting fetch at once (three groups on one topic, measured:
+    ~150 ms a hop at 500, ~25 ms at 100, ~15 ms at 20), while short waits cost it CPU for every idle consumer
+    (8 of them: 35 % of a core at 20 ms, 22 % at 100, 5 % at 500): 100 ms there (docs/benchmarks.md)."""
 
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
     instance_id: str | None = None  # static membership: one per replica, stable across restarts
+    fetch_wait_ms: int = 100
 
     def config(self, group_id: str) -> dict[str, Any]:
-        found = {"session.timeout.ms": self.session_timeout_ms, "heartbeat.interval.ms": self.heartbeat_interval_ms}
+        found = {"session.timeout.ms": self.session_timeout_ms, "heartbeat.interval.ms": self.heartbeat_interval_ms,
+                 "fetch.wait.max.ms": self.fetch_wait_ms}
         if self.instance_id:
             found["group.instance.id"] = f"{group_id}-{self.instance_id}"
         return found
 
 
-EMBEDDED_TUNING = GroupTuning(1000, 300)
+EMBEDDED_TUNING = GroupTuning(1000, 300, fetch_wait_ms=100)
+CONFIGURED_FETCH_WAIT_MS = 500  # a configured (Apache Kafka) broker's
 _tuning = GroupTuning()
 
 
@@ -131,19 +140,13 @@ def tune_groups(settings: Any) -> GroupTuning:
     session = cfg.session_timeout_ms or (EMBEDDED_TUNING.session_timeout_ms if embedded else 10000)
     static = cfg.static_membership if cfg.static_membership is not None else not embedded
     instance = (os.environ.get("CRMSYNC_INSTANCE_ID") or socket.gethostname()) if static else None
-    _tuning = GroupTuning(session, max(100, session * 3 // 10), instance)
+    fetch_wait = cfg.fetch_wait_ms or (EMBEDDED_TUNING.fetch_wait_ms if embedded else CONFIGURED_FETCH_WAIT_MS)
+    _tuning = GroupTuning(session, max(100, session * 3 // 10), instance, fetch_wait)
     return _tuning
 
 
 def group_tuning() -> GroupTuning:
     return _tuning
-
-
-# The broker answers a fetch as soon as data is there (Kafka and the embedded Tansu alike: 1 ms median from produce
-# to consume here), or after this wait: it only bounds an idle fetch. At 20 ms, 8 idle consumers (a run's services
-# between bursts) kept the embedded broker 35 % of a core busy; at 500 (librdkafka's default) 5 %
-# (tests/foundation/test_kafka_latency.py).
-FETCH_WAIT_MS = 500
 
 
 def consumer(bootstrap_servers: str, group_id: str, **overrides: Any) -> Consumer:
@@ -154,7 +157,6 @@ def consumer(bootstrap_servers: str, group_id: str, **overrides: Any) -> Consume
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         **_tuning.config(group_id),
-        "fetch.wait.max.ms": FETCH_WAIT_MS,
     }
     config.update(overrides)
     return Consumer(config)

@@ -179,6 +179,7 @@ def write_effective_config(effective: Settings, found: infra.Endpoints, path: Pa
         tuning["session_timeout_ms"] = tuning.get("session_timeout_ms") or kafka.EMBEDDED_TUNING.session_timeout_ms
         if tuning.get("static_membership") is None:
             tuning["static_membership"] = False
+        tuning["fetch_wait_ms"] = tuning.get("fetch_wait_ms") or kafka.EMBEDDED_TUNING.fetch_wait_ms
     for name in leave_out:
         data["accounts"].pop(name, None)
     data["kafka"]["bootstrap_servers"] = found.bootstrap_servers

@@ -203,3 +203,28 @@ def test_a_service_serves_prometheus_metrics(tmp_path: Path, endpoints):
         with psycopg.connect(psycopg.conninfo.make_conninfo(endpoints.campaign_dsn, dbname="postgres"), autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
                          (f"slot_{name}",))
+
+
+def test_consumers_wait_briefly_on_an_idle_fetch_from_the_embedded_broker_and_longer_from_kafka(tmp_path: Path):
+    """The embedded broker does not answer every waiting fetch as soon as data comes, so its consumers' fetches
+    wait 100 ms at most (a hop's latency); Apache Kafka does, and there 500 ms only saves idle fetches. The
+    services `crmsync run` starts see the embedded broker as a configured address: its tuning is written for
+    them. `kafka.fetch_wait_ms` wins over both."""
+    from crmsync import kafka, run
+
+    def tuned(environ: dict, path: Path | None = None) -> int:
+        try:
+            return kafka.tune_groups(config.load(path, environ=environ)).config("g")["fetch.wait.max.ms"]
+        finally:
+            kafka.tune_groups(config.load(environ={}))
+
+    embedded = {"CRMSYNC_STATE_DIR": str(tmp_path)}
+    assert tuned(embedded) == 100
+    assert tuned({**embedded, "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}) == 500
+    explicit = tmp_path / "crmsync.yaml"
+    explicit.write_text("kafka:\n  bootstrap_servers: kafka:9092\n  fetch_wait_ms: 250\n")
+    assert tuned({}, explicit) == 250
+    services = run.write_effective_config(config.load(environ=embedded), infra.Endpoints(
+        bootstrap_servers="127.0.0.1:9092", campaign_dsn="postgresql://u@127.0.0.1:5432/campaign"),
+        tmp_path / "run" / "crmsync.yaml")
+    assert tuned({}, services) == 100
