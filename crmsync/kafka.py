@@ -219,6 +219,9 @@ class HeldPartitions:
         self.partitions = set()
 
 
+PARENTS_HOLD_MAX = 10.0  # seconds a child topic's messages wait at most for its parents' (then taken anyway)
+
+
 class ParentsFirst:
     """A consumer's wait of a child topic's messages for its parent topics' (a backfill's recipients for their
     organisations, the CRM writer's opportunities for their contacts): whether the consumer should hold a
@@ -226,7 +229,7 @@ class ParentsFirst:
     to take. At most `max_hold` seconds in a row, so steady parent traffic never starves the children (they are
     then taken as they come). Partitions another consumer owns are not known here, and not waited for."""
 
-    def __init__(self, parent_topics: dict[str, set[str]], max_hold: float = 10.0) -> None:
+    def __init__(self, parent_topics: dict[str, set[str]], max_hold: float = PARENTS_HOLD_MAX) -> None:
         self.parent_topics = parent_topics
         self.max_hold = max_hold
         self.since: dict[str, float] = {}  # topic -> when its wait began (time.monotonic())

@@ -74,7 +74,6 @@ TAKE_WITHIN = 0.1  # seconds a take waits to fill (the latency a trickle of chan
 MAX_CHANGES_PER_TRANSACTION = 5000
 DEFERRED_EVERY = 1.0  # seconds between two looks of the hot path at the due deferred changes it owns
 REPUBLISH_EVERY = 2.0  # seconds between looks at deferred changes parked without their partition
-PARENTS_HOLD_MAX = 10.0  # seconds a child table's changes wait at most for its parents' (then taken anyway)
 PREFETCH_KBYTES = 16384  # librdkafka's fetch queue per consumer (its 64 MB default made the worker's RSS grow)
 LOCK_RETRIES = 5  # a batch that lost a deadlock is decided again, in place, this many times
 ENUM_MAPS_MAX_AGE = 30.0  # seconds before the enumeration maps (`crmsync enums sync`) are read again
@@ -419,7 +418,7 @@ class StreamsWorker:
         name = settings.campaign.name
         self.parents_first = kafka.ParentsFirst(
             {topics.changes("campaign", name, table): {topics.changes("campaign", name, p) for p in parents}
-             for table, parents in settings.parents("campaign").items()}, PARENTS_HOLD_MAX)
+             for table, parents in settings.parents("campaign").items()})
         self.held_for_first_read: set[str] = set()  # (for the log: a user waits for that one)
 
     def run(self) -> None:

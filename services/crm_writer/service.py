@@ -47,7 +47,6 @@ STAGE = "writer-crm"
 HOPELESS_CODES = frozenset({"CRMSYNC_WRONG_TARGET", "CRMSYNC_INVALID_VALUE"})
 OnApplied = Callable[[ApplyCommand, str, bool], None]
 BATCH_FILLS_A_CALL = 200  # a batch at least this large means a flow is on (gather longer)
-PARENTS_HOLD_MAX = 10.0  # seconds a child object's commands wait at most for its parents' (then taken anyway)
 
 APPLIED = Counter("crmsync_crm_writer_applied_total", "Apply commands carried out in the CRM",
                   ["crm", "account", "object", "action"])
@@ -118,7 +117,7 @@ class CrmWriter:
         self.held = kafka.HeldPartitions()
         self.parents_first = kafka.ParentsFirst(
             {topics.apply("crm", account_name, o): {topics.apply("crm", account_name, p) for p in ps}
-             for o, ps in (parents or {}).items()}, PARENTS_HOLD_MAX)
+             for o, ps in (parents or {}).items()})
 
     @property
     def group_id(self) -> str:
@@ -181,7 +180,7 @@ class CrmWriter:
         """Commands that reference their parent by its external id (the CRM resolves it when it writes the
         record) must reach the CRM after their parent's create: while this writer still has commands of the
         parent objects to take, a child object's partitions are held (paused, set back, nothing committed;
-        kafka.ParentsFirst, at most PARENTS_HOLD_MAX s in a row). In a batch the sink writes parents first."""
+        kafka.ParentsFirst, at most kafka.PARENTS_HOLD_MAX s in a row). In a batch the sink writes parents first."""
         assert self.consumer is not None
         waiting = {topic for topic in {m.topic() for m in messages} if self.parents_first.waits(self.consumer, topic)}
         return self.held.set_aside(self.consumer, messages, waiting)

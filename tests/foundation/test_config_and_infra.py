@@ -81,6 +81,7 @@ def test_a_live_broker_whose_port_does_not_answer_yet_is_waited_for_not_replaced
     answer at once (busy, under load), a service started a second broker, which took over broker.json: the
     run's services split between two brokers, and `infra down` stopped only the second one. A recorded broker
     whose process lives is now waited for. (Its port is played here by a socket that opens a second later.)"""
+    import contextlib
     import json
     import os
     import signal
@@ -106,9 +107,11 @@ def test_a_live_broker_whose_port_does_not_answer_yet_is_waited_for_not_replaced
         opener.join()
         late.close()
         now = json.loads(record.read_text())
-        for pid in {first["pid"], now["pid"]}:
-            with __import__("contextlib").suppress(ProcessLookupError):
+        for pid in {first["pid"], now["pid"]}:  # this process's children: stopped, then reaped (no zombie left)
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
     assert again["pid"] == first["pid"] and now["pid"] == first["pid"], "a second broker was started"
     assert waited >= 0.9
 
