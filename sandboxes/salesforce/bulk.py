@@ -16,6 +16,7 @@ import base64
 import csv
 import io
 import time
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -105,14 +106,34 @@ class IngestJob(_Job):
 @dataclass
 class QueryJob(_Job):
     header: list[str] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)  # rendered CSV rows, line ending included
+    text: str = ""  # every result row as CSV, line endings included
+    ends: array = field(default_factory=lambda: array("q"))  # where each row ends in `text`
 
     def info(self, *, detail: bool) -> dict[str, Any]:
         info = self.base_info("V2Query")
         if detail:
-            info.update(numberRecordsProcessed=len(self.lines), retries=0, totalProcessingTime=0,
+            info.update(numberRecordsProcessed=len(self.ends), retries=0, totalProcessingTime=0,
                         isPkChunkingSupported=True)
         return info
+
+    def render(self, rows: Iterable[list[Any]]) -> None:
+        """Write `rows` as this job's results: one CSV writer for all of them (a writer per row cost more than
+        the query), remembering where each row ends so that a page is a slice of the text."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, delimiter=DELIMITERS[self.column_delimiter],
+                            lineterminator=LINE_ENDINGS[self.line_ending], quoting=csv.QUOTE_ALL)
+        end, ends = 0, self.ends
+        for row in rows:
+            end += writer.writerow(row)
+            ends.append(end)
+        self.text = buffer.getvalue()
+
+    def page(self, offset: int, max_records: int) -> tuple[str, int]:
+        """The CSV text of rows [offset, offset + max_records) and the offset after them."""
+        end = min(offset + max_records, len(self.ends))
+        if end <= offset:
+            return "", offset
+        return self.text[self.ends[offset - 1] if offset else 0:self.ends[end - 1]], end
 
 
 class BulkJobs:
@@ -284,7 +305,7 @@ def create_query(call: Call) -> Response:
     operation = body.get("operation", "query")
     if operation not in QUERY_OPERATIONS:
         raise SalesforceError("INVALIDJOB", f"InvalidJob : Invalid operation: {operation}")
-    result = run_soql(call, str(body.get("query") or ""), include_deleted=operation == "queryAll")
+    result = run_soql(call, str(body.get("query") or ""), include_deleted=operation == "queryAll", records=False)
     if result.compound_fields:
         raise SalesforceError("API_ERROR", "Selecting compound data not supported in Bulk Query")
     if not result.columns:
@@ -293,10 +314,10 @@ def create_query(call: Call) -> Response:
     job = QueryJob(id=random_id("750"), operation=operation, object=result.object_name, api_version=call.version,
                    created_by=call.user_id, created=format_datetime(store.now()), state="UploadComplete",
                    **_formats(body), header=result.columns)
-    datetime_columns = {i for i, c in enumerate(result.columns)
-                        if _column_type(call.sandbox.model, result.object_name, c) == "datetime"}
-    job.lines = [job.csv_text([[_csv_value(v, i in datetime_columns) for i, v in enumerate(row)]])
-                 for row in result.flat_rows()]
+    datetime_columns = [_column_type(call.sandbox.model, result.object_name, c) == "datetime"
+                        for c in result.columns]
+    job.render([_csv_value(v, is_datetime) for v, is_datetime in zip(row, datetime_columns)]
+               for row in result.flat_rows())
     answer = job.info(detail=False)
     job.state = "JobComplete"
     call.sandbox.jobs.add(call.sandbox.jobs.query, job)
@@ -340,11 +361,10 @@ def query_results(call: Call) -> Response:
         max_records = 0
     if max_records <= 0:
         raise SalesforceError("INVALIDPARAMETER", "maxRecords must be a positive integer")
-    page = job.lines[offset:offset + max_records]
-    end = offset + len(page)
-    locator = base64.b64encode(str(end).encode()).decode().rstrip("=") if end < len(job.lines) else "null"
-    body = job.csv_text([job.header]) + "".join(page)
-    return Response(body, media_type="text/csv", headers={"Sforce-NumberOfRecords": str(len(page)),
+    page, end = job.page(offset, max_records)
+    locator = base64.b64encode(str(end).encode()).decode().rstrip("=") if end < len(job.ends) else "null"
+    body = job.csv_text([job.header]) + page
+    return Response(body, media_type="text/csv", headers={"Sforce-NumberOfRecords": str(end - offset),
                                                           "Sforce-Locator": locator})
 
 
@@ -352,9 +372,12 @@ def _decode_locator(locator: str | None) -> int:
     if not locator or locator == "null":
         return 0
     try:
-        return int(base64.b64decode(locator + "=" * (-len(locator) % 4)).decode())
+        offset = int(base64.b64decode(locator + "=" * (-len(locator) % 4)).decode())
     except ValueError:
-        raise SalesforceError("INVALIDLOCATOR", f"Invalid locator: {locator}") from None
+        offset = -1
+    if offset < 0:
+        raise SalesforceError("INVALIDLOCATOR", f"Invalid locator: {locator}")
+    return offset
 
 
 def _query_job(call: Call) -> QueryJob:

@@ -270,10 +270,10 @@ def _first_page(call: Call, include_deleted: bool) -> Response:
     return json_response(call.sandbox.cursors.open(result, batch_size(call.headers), call.base))
 
 
-def run_soql(call: Call, soql: str, *, include_deleted: bool) -> QueryResult:
+def run_soql(call: Call, soql: str, *, include_deleted: bool, records: bool = True) -> QueryResult:
     try:
         return execute(call.sandbox.store.conn, call.sandbox.model, soql, include_deleted=include_deleted,
-                       api_version=call.version, now=call.sandbox.store.now())
+                       api_version=call.version, now=call.sandbox.store.now(), records=records)
     except SoqlError as exc:
         raise SalesforceError(exc.error_code, exc.message) from None
 

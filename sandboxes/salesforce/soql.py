@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 from .encoding import normalize_id
 from .model import FieldDef, Model, ObjectDef
@@ -655,6 +656,48 @@ class _Shape:
             record[key] = entry.value(row, base)
         return record
 
+    def reader(self, path: list[str], base: str) -> Callable[[tuple], object]:
+        """Reads the flat column `path` (e.g. ['Account', 'Name']) from a result row as it is in the record
+        `value` makes of that row: None when a relationship on the way is empty, booleans as 'true'/'false',
+        compound values as JSON text."""
+        shape, guards = self, []
+        for key in path[:-1]:
+            entry = shape.entries.get(key)
+            if not isinstance(entry, _Shape):
+                return lambda row: None
+            shape = entry
+            guards.append(entry.id_col)
+        last = shape.entries.get(path[-1])
+        if last is None:
+            return lambda row: None
+        if isinstance(last, _FieldOut):
+            read = _flat_reader(last)
+        else:
+            read = lambda row: _flat_value(last.value(row, base))  # noqa: E731 (compound or relationship)
+        if not guards:
+            return read
+        return lambda row: None if any(row[g] is None for g in guards) else read(row)
+
+
+def _flat_reader(out: _FieldOut) -> Callable[[tuple], object]:
+    """`_flat_value(_to_json(field, row[col]))`, specialised by type once per column (hot in Bulk queries)."""
+    col, kind = out.col, out.field.type
+    if kind == "boolean":
+        return lambda row: None if row[col] is None else ("true" if row[col] else "false")
+    if kind in ("int", "long"):
+        return lambda row: None if row[col] is None else int(row[col])
+    if kind in _NUMBER_TYPES:
+        return lambda row: None if row[col] is None else float(row[col])
+    return operator.itemgetter(col)
+
+
+def _flat_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return value
+
 
 @dataclass
 class _Plan:
@@ -1014,32 +1057,29 @@ def _register_functions(conn: sqlite3.Connection) -> None:
 @dataclass
 class QueryResult:
     total_size: int
-    records: list[dict]  # JSON-ready REST records; empty for COUNT()
+    records: list[dict]  # JSON-ready REST records; empty for COUNT() and when execute(records=False)
     object_name: str  # canonical sObject name
     columns: list[str]  # flat column names in select order, e.g. ['Id', 'Name', 'Account.Name']
     compound_fields: list[str] = field(default_factory=list)  # selected compound fields (Bulk must refuse them)
+    rows: list[tuple] = field(default_factory=list, repr=False)  # the SQL result rows the records are made of
+    shape: _Shape | None = field(default=None, repr=False)
+    base: str = ""  # the sObject URL prefix of the records' attributes
 
     def flat_rows(self) -> Iterator[list[object]]:
         """One list per record with the values of `columns` (for Bulk CSV): None for null, booleans as
-        'true'/'false', compound values as JSON text."""
-        paths = [column.split(".") for column in self.columns]
-        for record in self.records:
-            row: list[object] = []
-            for path in paths:
-                value: object = record
-                for key in path:
-                    value = value.get(key) if isinstance(value, dict) else None
-                if isinstance(value, bool):
-                    value = "true" if value else "false"
-                elif isinstance(value, dict):
-                    value = json.dumps(value)
-                row.append(value)
-            yield row
+        'true'/'false', compound values as JSON text — the values of the REST records, read straight from
+        the SQL rows (a Bulk query of 100,000 records never builds them)."""
+        if self.shape is None:
+            return
+        readers = [self.shape.reader(column.split("."), self.base) for column in self.columns]
+        for row in self.rows:
+            yield [read(row) for read in readers]
 
 
 def execute(conn: sqlite3.Connection, model: Model, soql: str, *, include_deleted: bool = False,
-            api_version: str = "59.0", now: datetime | None = None) -> QueryResult:
-    """Run a SOQL query against the sandbox storage. Raises SoqlError for queries Salesforce would refuse."""
+            api_version: str = "59.0", now: datetime | None = None, records: bool = True) -> QueryResult:
+    """Run a SOQL query against the sandbox storage. Raises SoqlError for queries Salesforce would refuse.
+    `records=False`: no REST records (`flat_rows` only, as Bulk API 2.0 answers)."""
     query = parse(soql)
     plan = _Compiler(model, query, now or datetime.now(UTC), include_deleted).compile()
     _register_functions(conn)
@@ -1051,8 +1091,9 @@ def execute(conn: sqlite3.Connection, model: Model, soql: str, *, include_delete
             count = cursor.fetchone()[0]
             return QueryResult(count, [], plan.object_name, [])
         base = f"/services/data/v{api_version.lstrip('vV')}/sobjects"
-        records = [plan.shape.value(row, base) for row in cursor.fetchall()]
+        rows = cursor.fetchall()
     finally:
         cursor.close()
-    return QueryResult(len(records), records, plan.object_name, plan.columns,  # type: ignore[arg-type]
-                       plan.compound_fields)
+    shape = plan.shape
+    return QueryResult(len(rows), [shape.value(row, base) for row in rows] if records else [],  # type: ignore[misc]
+                       plan.object_name, plan.columns, plan.compound_fields, rows=rows, shape=shape, base=base)

@@ -1,6 +1,7 @@
 """SOQL engine of the Salesforce sandbox, run against a real SQLite database built from a small model."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 
@@ -439,6 +440,34 @@ def test_formula_and_compound_address(conn: sqlite3.Connection, model: Model) ->
     first, second = result.flat_rows()
     assert first[0] == "Ada Lovelace" and '"city": "London"' in first[1]
     assert second == ["Grace Hopper", None, "Acme [Technology]"]
+
+
+def _flattened(record: dict | None, column: str) -> object:
+    """A column of a REST record the way a Bulk CSV shows it (the reference for flat_rows)."""
+    value: object = record
+    for key in column.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, dict) else value
+
+
+@pytest.mark.parametrize("soql", [
+    "SELECT Id, FirstName, Account.Name, Account.Owner.Name, HasOptedOutOfEmail, Birthdate FROM Contact",
+    "SELECT Owner.Name, AnnualRevenue, NumberOfEmployees, Name FROM Account",
+    "SELECT Full_Name__c, MailingAddress, Account.Label__c, Account.Owner.Name, Interests__c FROM Contact",
+])
+def test_flat_rows_are_the_rest_records_flattened(conn: sqlite3.Connection, model: Model, soql: str) -> None:
+    """Bulk reads its rows straight from SQL (no REST record is built); they must be the records' values."""
+    with_records = run(conn, model, soql)
+    without = run(conn, model, soql, records=False)
+    expected = [[_flattened(r, c) for c in with_records.columns] for r in with_records.records]
+    assert len(expected) >= 3 and without.records == []
+    assert list(with_records.flat_rows()) == expected
+    assert list(without.flat_rows()) == expected
+    # every kind of value the flat rows carry shows up in these queries: text, null, 'true'/'false', numbers
+    kinds = {type(v).__name__ for row in expected for v in row}
+    assert {"str", "NoneType"} <= kinds
 
 
 def test_count(conn: sqlite3.Connection, model: Model) -> None:
