@@ -207,7 +207,8 @@ class ChangeLog:
             change_type, record_ids, changed, nulled, values = "GAP_OVERFLOW", [], [], [], {}
         elif not force:
             tx.changes += len(record_ids) * (len(changed) if change_type == "UPDATE" else 1)
-        signature = (obj.name, change_type, tuple(changed), json.dumps(values, sort_keys=True, default=str))
+        values_json = json.dumps(values, sort_keys=True, default=str)  # (once: the signature and the stored event)
+        signature = (obj.name, change_type, tuple(changed), values_json)
         if tx.last is not None and tx.last[1] == signature and change_type not in ("GAP_OVERFLOW",):
             merged = self._merge(tx.last[0], record_ids)
             if merged:
@@ -215,8 +216,7 @@ class ChangeLog:
         cursor = self.conn.execute(
             f"INSERT INTO _cdc_events ({_COLUMNS.split(', ', 1)[1]}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (obj.name, change_type, json.dumps(record_ids), tx.origin, tx.key, count + 1, tx.commit_ts,
-             tx.commit_number, tx.user_id, layout.schema_id, json.dumps(changed), json.dumps(nulled),
-             json.dumps(values)))
+             tx.commit_number, tx.user_id, layout.schema_id, json.dumps(changed), json.dumps(nulled), values_json))
         replay_id = int(cursor.lastrowid or 0)
         tx.last = (replay_id, signature)
         tx.events, tx.newest = count + 1, replay_id
