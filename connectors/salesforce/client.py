@@ -329,10 +329,10 @@ class SalesforceClient:
     # -- Bulk API 2.0 query --------------------------------------------------------------------------------
     def bulk2_query_pages(self, obj: str, soql: str, *, locator: str = "", job_id: str | None = None,
                           max_records: int = 50_000, poll_interval: float = 0.5,
-                          timeout: float = 3600) -> Iterator[tuple[str, str, Iterator[dict[str, str]]]]:
+                          timeout: float = 3600) -> Iterator[tuple[str, str, list[str], Iterator[list[str]]]]:
         """Run `soql` as a Bulk API 2.0 query job (or go on with `job_id` from `locator`) and yield its result
-        pages as (job id, the locator of the next page or "", its rows as CSV dicts of strings, parsed as they
-        are iterated: a page's rows are never all held as dicts at once). Salesforce keeps a job's results for
+        pages as (job id, the locator of the next page or "", its header, its rows as lists of strings, parsed
+        as they are iterated: a page's rows are never all held at once). Salesforce keeps a job's results for
         7 days, so a reader that stopped can continue from the locator it was given.
         https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/query_get_job_results.htm"""
         if job_id is None:
@@ -350,8 +350,8 @@ class SalesforceClient:
         while True:
             page = self.call("bulk2", lambda sf: self._bulk(sf, obj).get_query_results(job_id, locator, max_records))
             locator = page["locator"] or ""
-            text = page["records"]
-            yield job_id, locator, csv.DictReader(io.StringIO(text, newline="")) if text.strip() else iter(())
+            rows = csv.reader(io.StringIO(page["records"], newline=""))
+            yield job_id, locator, next(rows, []), (row for row in rows if row)
             if not locator:
                 return
 
