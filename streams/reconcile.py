@@ -72,7 +72,7 @@ class Link:
     campaign_key: int | None = None
     match_key: str | None = None
     agreed: dict[str, Any] = field(default_factory=dict)
-    field_meta: dict[str, list] = field(default_factory=dict)
+    field_meta: dict[str, list] = field(default_factory=dict)  # column -> [side, epoch seconds of the edit]
     pending: dict[str, dict[str, dict]] = field(default_factory=dict)  # "crm" and CAMPAIGN_BASES -> column -> …
     crm_modstamp: str | None = None
     campaign_lsn: int | None = None
@@ -101,11 +101,37 @@ def _prefixed(alias: str) -> str:
     return ", ".join(f"{alias}.{name}" for name in STATE_FIELDS)
 
 
+SAME_FOR_ALL = "*"  # stored field_meta {"*": [side, ts]}: every agreed column has that [side, ts]
+
+
 def _state_row(link: Link) -> dict[str, Any]:
     row = {name: getattr(link, name) for name in STATE_FIELDS}
+    row["field_meta"] = _stored_meta(link)
     if link.id is not None:
         row["id"] = link.id
     return row
+
+
+def _stored_meta(link: Link) -> dict[str, list]:
+    """field_meta as stored: `{"*": [side, ts]}` when every agreed column has the same one and no other column
+    has any — a record that came whole from one side, as every record of a backfill does. It was about a third
+    of a new sync-state row."""
+    meta = link.field_meta
+    if not meta or len(meta) != len(link.agreed):
+        return meta
+    first = next(iter(meta.values()))
+    if all(value == first for value in meta.values()) and meta.keys() == link.agreed.keys():
+        return {SAME_FOR_ALL: first}
+    return meta
+
+
+def _link_of(row: dict[str, Any]) -> Link:
+    """A sync_state row as a Link; field_meta one entry per column again (see _stored_meta)."""
+    link = Link(**{k: v for k, v in row.items() if k != "updated_at"})
+    meta = link.field_meta
+    if len(meta) == 1 and SAME_FOR_ALL in meta:
+        link.field_meta = {column: list(meta[SAME_FOR_ALL]) for column in link.agreed}
+    return link
 
 
 @dataclass
@@ -437,7 +463,7 @@ class MappingBatch:
         for row in rows:
             if (row["crm_id"] and row["crm_id"] in self.links_by_crm) or row["campaign_key"] in self.links_by_key:
                 continue  # already loaded (and perhaps changed) in this batch
-            self._remember(Link(**{k: v for k, v in row.items() if k != "updated_at"}))
+            self._remember(_link_of(row))
     def _remember(self, link: Link) -> Link:
         if link.crm_id:
             self.links_by_crm[link.crm_id] = link
@@ -663,7 +689,7 @@ class MappingBatch:
         if key is None or not self.m.match:
             return None
         row = self.twins.get(key)
-        return Link(**{k: v for k, v in row.items() if k != "updated_at"}) if row else None
+        return _link_of(row) if row else None
 
     def _prefetch_twins(self, changes: list[Change]) -> None:
         """The linked records that new Campaign rows of this batch would duplicate, in one query (an export

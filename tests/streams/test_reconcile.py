@@ -143,3 +143,21 @@ def test_a_superseded_write_landing_late_is_still_an_echo(decide):
     final_echo = decide([crm("u", "003H", "2026-01-01T12:00:06.000+0000", FirstName="FromCRM", LastName="Ho",
                              Email="hal@example.com")])
     assert final_echo.commands == []
+
+
+def test_a_record_that_came_whole_from_one_side_stores_its_field_stamps_once(decide):
+    """A backfilled record's fields all came from the CRM at one moment: its sync state says so once
+    ({"*": [side, ts]}, a third of the row before). Loaded again, every field has its own entry: an edit of one
+    field stamps that field alone."""
+    def stored_meta() -> dict:
+        with pg.connect(decide.dsn) as conn:
+            return conn.execute("SELECT field_meta FROM crmsync.sync_state WHERE crm_id = '003F'").fetchone()[0]
+
+    created, edited = 1767261600.0, 1767265200.0  # 2026-01-01 10:00 and 11:00 UTC
+    decide([crm("c", "003F", "2026-01-01T10:00:00.000+0000", FirstName="Fay", LastName="Fu",
+                Email="fay@example.com")])
+    assert stored_meta() == {"*": ["crm", created]}
+    [command] = decide([crm("u", "003F", "2026-01-01T11:00:00.000+0000", FirstName="Faye", LastName="Fu",
+                            Email="fay@example.com")]).commands
+    assert command.values == {"first_name": "Faye"}
+    assert stored_meta() == {"first_name": ["crm", edited], "last_name": ["crm", created], "email": ["crm", created]}
