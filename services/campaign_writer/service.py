@@ -35,6 +35,7 @@ Between batches the `RetryLoop` puts due rejects back on their apply topics (exp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -85,6 +86,13 @@ BATCH_SECONDS = Histogram("crmsync_writer_batch_seconds", "Time to apply one bat
 from crmsync.observability import freshness_histogram, freshness_last, progress, source_age  # noqa: E402 - shared by the writers
 
 OnApplied = Callable[[ApplyCommand, "int | None", bool], None]
+
+
+@functools.lru_cache(maxsize=None)
+def _numeric_scale(full_type: str) -> int | None:
+    """The scale of a `numeric(p, s)` column type; None for any other type (asked for every value written)."""
+    match = _NUMERIC_SCALE.fullmatch(full_type)
+    return int(match[1]) if match else None
 
 
 @dataclass(frozen=True)
@@ -493,16 +501,16 @@ class CampaignWriter:
         table = self.catalog.table(plan.table)
         found = {}
         for column, value in (plan.command.values or {}).items():
-            scale = _NUMERIC_SCALE.fullmatch(table.full_types.get(column, "")) if table else None
+            scale = _numeric_scale(table.full_types.get(column, "")) if table else None
             if scale is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 continue
             try:
                 number = Decimal(str(value))
             except InvalidOperation:
                 continue  # not a number at all: PostgreSQL says so (a data exception)
-            if number.is_finite() and number != number.quantize(Decimal(1).scaleb(-int(scale[1])), ROUND_HALF_EVEN):
+            if number.is_finite() and number != number.quantize(Decimal(1).scaleb(-scale), ROUND_HALF_EVEN):
                 found[column] = (f"{describe_value(value)} has more decimals than {table.full_types[column]} keeps "
-                                 f"({scale[1]}); it would be rounded: round it at the source or widen the column")
+                                 f"({scale}); it would be rounded: round it at the source or widen the column")
         return found
 
     def _outcome(self, plan: Planned, row: tuple | None) -> Outcome:
