@@ -58,9 +58,15 @@ def loads(raw: bytes | str) -> Any:
     return orjson.loads(raw)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # message class -> its field names (dataclasses.fields walks them)
+
+
 def _dumps(message: Any) -> bytes:
     """Shallow field dict → JSON. (dataclasses.asdict deep-copies every value: 10x slower on the hot path.)"""
-    return dumps({f.name: getattr(message, f.name) for f in fields(message)})
+    names = _FIELD_NAMES.get(type(message))
+    if names is None:
+        names = _FIELD_NAMES[type(message)] = tuple(f.name for f in fields(message))
+    return dumps({name: getattr(message, name) for name in names})
 
 
 @dataclass(slots=True)
