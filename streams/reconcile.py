@@ -451,14 +451,14 @@ class MappingBatch:
         crm_ids, keys = self._identities(changes)
         if crm_ids or keys:
             self.conn.execute(
-                """SELECT 1 FROM crmsync.sync_state WHERE mapping = %s AND (crm_id = ANY(%s) OR campaign_key = ANY(%s))
+                """SELECT 1 FROM crmsync.sync_state WHERE mapping = %s AND (crm_id = ANY(%b) OR campaign_key = ANY(%b))
                    ORDER BY id FOR UPDATE""", (self.m.name, sorted(crm_ids), sorted(keys)))
 
     def _load_links(self, changes: list[Change], side: str) -> None:
         crm_ids, keys = self._identities(changes)
         rows = self.conn.cursor(row_factory=dict_row).execute(
             """SELECT * FROM crmsync.sync_state
-               WHERE mapping = %s AND (crm_id = ANY(%s) OR campaign_key = ANY(%s))
+               WHERE mapping = %s AND (crm_id = ANY(%b) OR campaign_key = ANY(%b))
                ORDER BY id FOR UPDATE""", (self.m.name, sorted(crm_ids), sorted(keys))).fetchall()
         for row in rows:
             if (row["crm_id"] and row["crm_id"] in self.links_by_crm) or row["campaign_key"] in self.links_by_key:
@@ -516,7 +516,7 @@ class MappingBatch:
         if linked:
             self.conn.execute(
                 """INSERT INTO crmsync.identity_links (crm_account, crm_object, crm_id, campaign_table, campaign_key)
-                   SELECT %s, %s, x.crm_id, %s, x.campaign_key FROM unnest(%s::text[], %s::bigint[])
+                   SELECT %s, %s, x.crm_id, %s, x.campaign_key FROM unnest(%b::text[], %b::bigint[])
                        AS x(crm_id, campaign_key) ON CONFLICT DO NOTHING""",
                 (self.m.account, self.m.crm_object, self.m.campaign_table,
                  [crm_id for crm_id, _ in linked], [key for _, key in linked]))
@@ -585,7 +585,7 @@ class MappingBatch:
         if not keys:
             return
         found = dict(self.conn.execute(
-            "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%s)",
+            "SELECT campaign_key, crm_id FROM crmsync.sync_state WHERE mapping = %s AND campaign_key = ANY(%b)",
             (mapping, keys)).fetchall())
         for key in keys:
             self._note_parent(mapping, key, key in found, found.get(key))
@@ -701,7 +701,7 @@ class MappingBatch:
         if keys:
             self.twins = {row["match_key"]: row for row in self.conn.cursor(row_factory=dict_row).execute(
                 """SELECT DISTINCT ON (match_key) * FROM crmsync.sync_state
-                   WHERE mapping = %s AND match_key = ANY(%s) AND crm_id IS NOT NULL AND NOT deleted
+                   WHERE mapping = %s AND match_key = ANY(%b) AND crm_id IS NOT NULL AND NOT deleted
                    ORDER BY match_key, id""", (self.m.name, keys)).fetchall()}
 
     def _table_ident(self) -> sql.Identifier:
@@ -716,7 +716,7 @@ class MappingBatch:
         new = [c for c in changes if self._find_link_quietly(c) is None]
         table = self._table_ident()
         self.linked_rows = {row["crm_id"]: row for row in self.conn.cursor(row_factory=dict_row).execute(
-            sql.SQL("SELECT t.* FROM {} t WHERE t.crm_account = %s AND t.crm_id = ANY(%s) ORDER BY t.id FOR UPDATE"
+            sql.SQL("SELECT t.* FROM {} t WHERE t.crm_account = %s AND t.crm_id = ANY(%b) ORDER BY t.id FOR UPDATE"
                     ).format(table), (self.m.account, sorted({c.key["id"] for c in new}))).fetchall()} if new else {}
         keys = sorted({k for c in new for k in [match_key(self._match_value(c))] if k})
         if not keys or not self.m.match:
@@ -724,7 +724,7 @@ class MappingBatch:
         expression = match_expression(self.m.match[0].campaign)
         rows = self.conn.cursor(row_factory=dict_row).execute(
             sql.SQL("""SELECT {e} AS crmsync_match, t.* FROM {t} t
-                       WHERE {e} = ANY(%s) AND t.crm_id IS NULL
+                       WHERE {e} = ANY(%b) AND t.crm_id IS NULL
                          AND NOT EXISTS (SELECT 1 FROM crmsync.sync_state s WHERE s.mapping = %s AND s.campaign_key = t.id)
                        ORDER BY t.id FOR UPDATE SKIP LOCKED""").format(e=expression, t=table),
             (keys, self.m.name)).fetchall()
