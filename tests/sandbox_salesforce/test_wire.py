@@ -4,6 +4,8 @@ limits with Salesforce's error codes, the 16 KB URI limit, and an event loop tha
 query runs."""
 from __future__ import annotations
 
+import csv
+import io
 import socket
 import ssl
 import threading
@@ -55,6 +57,33 @@ def test_header_names_are_spelled_like_salesforce(sandbox: RunningSandbox) -> No
     status, names, body = raw_get(sandbox, f"{API}/jobs/query/{job['id']}/results?maxRecords=10", auth)
     assert status == 200 and b"Sforce-NumberOfRecords" in names and b"Sforce-Locator" in names
     assert body.count(b"\n") == 11
+
+
+def test_bulk_query_pages_cut_between_records_and_refuse_a_bad_locator(sandbox: RunningSandbox) -> None:
+    """Bulk 2.0 result pages are slices of the job's CSV: each page holds whole records, even ones whose
+    values hold line breaks and quotes, and the pages together are the REST query's records."""
+    http = sandbox.session()
+    http.headers["Authorization"] = f"Bearer {sandbox.access_token()}"
+    streets = ['1 Main St\nFloor 2', 'The "Old" Mill, Unit 3', '5 Quay\r\nDock "B"\n']
+    for i, street in enumerate(streets):
+        assert http.post(f"{sandbox.base_url}{API}/sobjects/Contact",
+                         json={"LastName": f"Paging{i}", "MailingStreet": street}).status_code == 201
+    soql = "SELECT Id, LastName, MailingStreet FROM Contact WHERE LastName LIKE 'Paging%' ORDER BY LastName"
+    job = http.post(f"{sandbox.base_url}{API}/jobs/query", json={"operation": "query", "query": soql}).json()
+    rows, locator, pages = [], None, 0
+    while locator != "null":
+        page = http.get(f"{sandbox.base_url}{API}/jobs/query/{job['id']}/results",
+                        params={"maxRecords": 1, **({"locator": locator} if locator else {})})
+        header, *records = list(csv.reader(io.StringIO(page.text, newline="")))
+        assert header == ["Id", "LastName", "MailingStreet"] and len(records) == 1
+        assert page.headers["Sforce-NumberOfRecords"] == "1"
+        rows += records
+        locator, pages = page.headers["Sforce-Locator"], pages + 1
+    rest = http.get(f"{sandbox.base_url}{API}/query", params={"q": soql}).json()["records"]
+    assert pages == 3 and rows == [[r["Id"], r["LastName"], r["MailingStreet"]] for r in rest]
+    for bad in ("LTU", "bm90LWEtbnVtYmVy"):  # base64 of "-5" and of "not-a-number"
+        refused = http.get(f"{sandbox.base_url}{API}/jobs/query/{job['id']}/results", params={"locator": bad})
+        assert refused.status_code == 400 and refused.json()[0]["errorCode"] == "INVALIDLOCATOR"
 
 
 def test_soap_login_at_trailing_slash_in_wsdl_order(sandbox: RunningSandbox) -> None:
