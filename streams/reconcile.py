@@ -117,10 +117,8 @@ def _stored_meta(link: Link) -> dict[str, list]:
     has any — a record that came whole from one side, as every record of a backfill does. It was about a third
     of a new sync-state row."""
     meta = link.field_meta
-    if not meta or len(meta) != len(link.agreed):
-        return meta
-    first = next(iter(meta.values()))
-    if all(value == first for value in meta.values()) and meta.keys() == link.agreed.keys():
+    first = next(iter(meta.values()), None)
+    if first is not None and meta.keys() == link.agreed.keys() and all(value == first for value in meta.values()):
         return {SAME_FOR_ALL: first}
     return meta
 
